@@ -1,0 +1,22 @@
+//! marnflow's data half: the lake on object storage, the raw-log contract, the synthetic
+//! e-commerce world, and SQL over every table (DataFusion).
+//!
+//! The pipeline and the model crate meet only at the batch contract; this crate knows nothing
+//! of burn.
+//!
+//! ```no_run
+//! # async fn demo() -> marnflow_pipeline::Result<()> {
+//! use marnflow_pipeline::{lake::Lake, query::LakeSession};
+//! let lake = Lake::open("./lake")?;
+//! let session = LakeSession::open(&lake).await?;
+//! let batches = session.sql("SELECT count(*) FROM raw.exposures").await?;
+//! # Ok(()) }
+//! ```
+
+pub mod contract;
+pub mod error;
+pub mod lake;
+pub mod query;
+pub mod world;
+
+pub use error::{PipelineError, Result};

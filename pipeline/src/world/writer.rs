@@ -1,0 +1,383 @@
+//! Streaming Parquet writers that publish atomically, and the row builders of each raw table.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayBuilder, ArrayRef, BooleanBuilder, Date32Builder, FixedSizeListBuilder, Float32Builder, Float64Builder,
+    Int32Builder, StringBuilder, TimestampMillisecondBuilder,
+};
+use arrow::datatypes::{Field, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use parquet::arrow::async_writer::AsyncArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::error::{PipelineError, Result};
+use crate::lake::Lake;
+
+/// Writes one Parquet file under `_staging/`, then publishes it to its final place.
+pub struct PartitionWriter {
+    lake: Lake,
+    target: String,
+    staged: Path,
+    writer: AsyncArrowWriter<BufWriter>,
+    rows: u64,
+}
+
+impl std::fmt::Debug for PartitionWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionWriter").field("target", &self.target).field("rows", &self.rows).finish()
+    }
+}
+
+/// Writer settings shared by every table marnflow writes: zstd, bounded row groups.
+pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        .build()
+}
+
+impl PartitionWriter {
+    /// Starts a file that will be published at `target` (relative to the lake root).
+    pub fn create(lake: &Lake, target: String, schema: SchemaRef, row_group_rows: usize) -> Result<Self> {
+        let staged = lake.staging_path(&target);
+        let object = BufWriter::new(Arc::clone(lake.store()), staged.clone());
+        let writer = AsyncArrowWriter::try_new(object, schema, Some(writer_properties(row_group_rows)))
+            .map_err(|e| PipelineError::parquet("open", &target, e))?;
+        Ok(Self { lake: lake.clone(), target, staged, writer, rows: 0 })
+    }
+
+    /// Appends a batch.
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        self.writer.write(batch).await.map_err(|e| PipelineError::parquet("write", &self.target, e))
+    }
+
+    /// Finishes the file and publishes it; returns the rows written.
+    pub async fn finish(self) -> Result<u64> {
+        let Self { lake, target, staged, writer, rows } = self;
+        if let Err(e) = writer.close().await {
+            lake.discard(&staged).await;
+            return Err(PipelineError::parquet("close", &target, e));
+        }
+        lake.publish(&staged, &target).await?;
+        Ok(rows)
+    }
+
+    /// Gives up on the file: nothing becomes visible.
+    pub async fn abort(self) {
+        let Self { lake, staged, writer, .. } = self;
+        drop(writer);
+        lake.discard(&staged).await;
+    }
+}
+
+fn batch(schema: &SchemaRef, columns: Vec<ArrayRef>, table: &str) -> Result<RecordBatch> {
+    RecordBatch::try_new(Arc::clone(schema), columns)
+        .map_err(|e| PipelineError::arrow(format!("building a batch of {table}"), e))
+}
+
+fn ts_builder() -> TimestampMillisecondBuilder {
+    TimestampMillisecondBuilder::new().with_timezone("UTC")
+}
+
+/// Rows of `raw/exposures`.
+#[derive(Debug)]
+pub struct ExposureRows {
+    schema: SchemaRef,
+    time: TimestampMillisecondBuilder,
+    request: StringBuilder,
+    user: StringBuilder,
+    item: StringBuilder,
+    position: Int32Builder,
+}
+
+impl ExposureRows {
+    pub fn new() -> Self {
+        Self {
+            schema: crate::contract::exposures_schema(),
+            time: ts_builder(),
+            request: StringBuilder::new(),
+            user: StringBuilder::new(),
+            item: StringBuilder::new(),
+            position: Int32Builder::new(),
+        }
+    }
+    pub fn push(&mut self, time_ms: i64, request: &str, user: &str, item: &str, position: i32) {
+        self.time.append_value(time_ms);
+        self.request.append_value(request);
+        self.user.append_value(user);
+        self.item.append_value(item);
+        self.position.append_value(position);
+    }
+    pub fn len(&self) -> usize {
+        self.time.len()
+    }
+    pub fn take(&mut self) -> Result<RecordBatch> {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.time.finish()),
+            Arc::new(self.request.finish()),
+            Arc::new(self.user.finish()),
+            Arc::new(self.item.finish()),
+            Arc::new(self.position.finish()),
+        ];
+        batch(&self.schema, cols, "raw/exposures")
+    }
+}
+
+/// Rows of `raw/clicks`.
+#[derive(Debug)]
+pub struct ClickRows {
+    schema: SchemaRef,
+    time: TimestampMillisecondBuilder,
+    request: StringBuilder,
+    user: StringBuilder,
+    item: StringBuilder,
+}
+
+impl ClickRows {
+    pub fn new() -> Self {
+        Self {
+            schema: crate::contract::clicks_schema(),
+            time: ts_builder(),
+            request: StringBuilder::new(),
+            user: StringBuilder::new(),
+            item: StringBuilder::new(),
+        }
+    }
+    pub fn push(&mut self, time_ms: i64, request: &str, user: &str, item: &str) {
+        self.time.append_value(time_ms);
+        self.request.append_value(request);
+        self.user.append_value(user);
+        self.item.append_value(item);
+    }
+    pub fn len(&self) -> usize {
+        self.time.len()
+    }
+    pub fn take(&mut self) -> Result<RecordBatch> {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.time.finish()),
+            Arc::new(self.request.finish()),
+            Arc::new(self.user.finish()),
+            Arc::new(self.item.finish()),
+        ];
+        batch(&self.schema, cols, "raw/clicks")
+    }
+}
+
+/// Rows of `raw/behaviors`.
+#[derive(Debug)]
+pub struct BehaviorRows {
+    schema: SchemaRef,
+    time: TimestampMillisecondBuilder,
+    user: StringBuilder,
+    item: StringBuilder,
+    behavior: StringBuilder,
+}
+
+impl BehaviorRows {
+    pub fn new() -> Self {
+        Self {
+            schema: crate::contract::behaviors_schema(),
+            time: ts_builder(),
+            user: StringBuilder::new(),
+            item: StringBuilder::new(),
+            behavior: StringBuilder::new(),
+        }
+    }
+    pub fn push(&mut self, time_ms: i64, user: &str, item: &str, behavior: &str) {
+        self.time.append_value(time_ms);
+        self.user.append_value(user);
+        self.item.append_value(item);
+        self.behavior.append_value(behavior);
+    }
+    pub fn len(&self) -> usize {
+        self.time.len()
+    }
+    pub fn take(&mut self) -> Result<RecordBatch> {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.time.finish()),
+            Arc::new(self.user.finish()),
+            Arc::new(self.item.finish()),
+            Arc::new(self.behavior.finish()),
+        ];
+        batch(&self.schema, cols, "raw/behaviors")
+    }
+}
+
+/// Rows of `truth/exposures`.
+#[derive(Debug)]
+pub struct TruthRows {
+    schema: SchemaRef,
+    request: StringBuilder,
+    user: StringBuilder,
+    item: StringBuilder,
+    p_click: Float64Builder,
+}
+
+impl TruthRows {
+    pub fn new() -> Self {
+        Self {
+            schema: crate::contract::truth_exposures_schema(),
+            request: StringBuilder::new(),
+            user: StringBuilder::new(),
+            item: StringBuilder::new(),
+            p_click: Float64Builder::new(),
+        }
+    }
+    pub fn push(&mut self, request: &str, user: &str, item: &str, p: f64) {
+        self.request.append_value(request);
+        self.user.append_value(user);
+        self.item.append_value(item);
+        self.p_click.append_value(p);
+    }
+    pub fn take(&mut self) -> Result<RecordBatch> {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.request.finish()),
+            Arc::new(self.user.finish()),
+            Arc::new(self.item.finish()),
+            Arc::new(self.p_click.finish()),
+        ];
+        batch(&self.schema, cols, "truth/exposures")
+    }
+}
+
+/// A builder for a non-null-element fixed-width float32 vector column.
+pub fn vector_builder(width: i32, capacity: usize) -> FixedSizeListBuilder<Float32Builder> {
+    FixedSizeListBuilder::with_capacity(Float32Builder::new(), width, capacity).with_field(Arc::new(Field::new(
+        "item",
+        arrow::datatypes::DataType::Float32,
+        false,
+    )))
+}
+
+/// Rows of `raw/items`.
+#[derive(Debug)]
+pub struct ItemRows {
+    schema: SchemaRef,
+    width: i32,
+    item: StringBuilder,
+    shop: StringBuilder,
+    brand: StringBuilder,
+    category: StringBuilder,
+    title: StringBuilder,
+    image: FixedSizeListBuilder<Float32Builder>,
+    price: Float64Builder,
+}
+
+impl ItemRows {
+    pub fn new(image_dim: i32) -> Self {
+        Self {
+            schema: crate::contract::items_schema(image_dim),
+            width: image_dim,
+            item: StringBuilder::new(),
+            shop: StringBuilder::new(),
+            brand: StringBuilder::new(),
+            category: StringBuilder::new(),
+            title: StringBuilder::new(),
+            image: vector_builder(image_dim, 0),
+            price: Float64Builder::new(),
+        }
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        item: &str,
+        shop: &str,
+        brand: &str,
+        category: &str,
+        title: &str,
+        image: Option<&[f32]>,
+        price: Option<f64>,
+    ) {
+        self.item.append_value(item);
+        self.shop.append_value(shop);
+        self.brand.append_value(brand);
+        self.category.append_value(category);
+        self.title.append_value(title);
+        match image {
+            Some(v) => {
+                self.image.values().append_slice(v);
+                self.image.append(true);
+            }
+            None => {
+                for _ in 0..self.width {
+                    self.image.values().append_value(0.0);
+                }
+                self.image.append(false);
+            }
+        }
+        self.price.append_option(price);
+    }
+    pub fn len(&self) -> usize {
+        self.item.len()
+    }
+    pub fn take(&mut self) -> Result<RecordBatch> {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.item.finish()),
+            Arc::new(self.shop.finish()),
+            Arc::new(self.brand.finish()),
+            Arc::new(self.category.finish()),
+            Arc::new(self.title.finish()),
+            Arc::new(self.image.finish()),
+            Arc::new(self.price.finish()),
+        ];
+        batch(&self.schema, cols, "raw/items")
+    }
+}
+
+/// Rows of `truth/items`.
+#[derive(Debug)]
+pub struct TruthItemRows {
+    schema: SchemaRef,
+    item: StringBuilder,
+    category: StringBuilder,
+    launch: Date32Builder,
+    quality: Float64Builder,
+    popularity: Float64Builder,
+    has_image: BooleanBuilder,
+}
+
+impl TruthItemRows {
+    pub fn new() -> Self {
+        Self {
+            schema: crate::contract::truth_items_schema(),
+            item: StringBuilder::new(),
+            category: StringBuilder::new(),
+            launch: Date32Builder::new(),
+            quality: Float64Builder::new(),
+            popularity: Float64Builder::new(),
+            has_image: BooleanBuilder::new(),
+        }
+    }
+    pub fn push(
+        &mut self,
+        item: &str,
+        category: &str,
+        launch_days_since_epoch: i32,
+        quality: f64,
+        popularity: f64,
+        has_image: bool,
+    ) {
+        self.item.append_value(item);
+        self.category.append_value(category);
+        self.launch.append_value(launch_days_since_epoch);
+        self.quality.append_value(quality);
+        self.popularity.append_value(popularity);
+        self.has_image.append_value(has_image);
+    }
+    pub fn take(&mut self) -> Result<RecordBatch> {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.item.finish()),
+            Arc::new(self.category.finish()),
+            Arc::new(self.launch.finish()),
+            Arc::new(self.quality.finish()),
+            Arc::new(self.popularity.finish()),
+            Arc::new(self.has_image.finish()),
+        ];
+        batch(&self.schema, cols, "truth/items")
+    }
+}

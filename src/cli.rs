@@ -1,0 +1,171 @@
+//! Command-line flags. Parsing and validation of single values only; the layering of file,
+//! environment and flags happens in `config.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// marnflow: raw e-commerce logs to trained click-through-rate models (MARN), every day.
+#[derive(Debug, Parser)]
+#[command(name = "marnflow", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Lake root: a local path, file://…, s3://bucket/prefix or memory:// [default: ./lake]
+    #[arg(long, global = true, value_name = "URI", help_heading = "Global")]
+    pub lake: Option<String>,
+
+    /// TOML config file; keys are those of configs/default.toml
+    #[arg(long, global = true, value_name = "FILE", env = "MARNFLOW_CONFIG", help_heading = "Global")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, env = "MARNFLOW_LOG_FORMAT", default_value_t = LogFormat::Human, help_heading = "Global")]
+    pub log_format: LogFormat,
+
+    /// More log detail: -v debug, -vv trace (RUST_LOG overrides)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global")]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines for a terminal
+    Human,
+    /// One JSON object per line, for log collectors
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a synthetic e-commerce world (raw logs and ground truth) to the lake
+    Generate(GenerateArgs),
+    /// Run SQL over every table of the lake (DataFusion)
+    Sql(SqlArgs),
+    /// Generate a small world into the lake and show what is in it
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Number of users
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "World")]
+    pub users: Option<u64>,
+
+    /// Number of items in the catalogue
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..), help_heading = "World")]
+    pub items: Option<u64>,
+
+    /// Number of days of logs
+    #[arg(long, value_name = "D", value_parser = clap::value_parser!(u32).range(1..=3660), conflicts_with = "end_date", help_heading = "World")]
+    pub days: Option<u32>,
+
+    /// First day (YYYY-MM-DD)
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date, help_heading = "World")]
+    pub start_date: Option<chrono::NaiveDate>,
+
+    /// Last day (YYYY-MM-DD), instead of --days
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date, help_heading = "World")]
+    pub end_date: Option<chrono::NaiveDate>,
+
+    /// Seed of every random draw: the same seed gives byte-identical files
+    #[arg(long, value_name = "S", help_heading = "World")]
+    pub seed: Option<u64>,
+
+    /// Width of the image embeddings (VGG16 fc7 is 4096)
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..=65536), help_heading = "World")]
+    pub image_dim: Option<u64>,
+
+    /// Exposures per day (rounded up to whole slates)
+    #[arg(long, value_name = "E", value_parser = clap::value_parser!(u64).range(1..), help_heading = "World")]
+    pub exposures_per_day: Option<u64>,
+
+    /// Print the summary as one JSON object
+    #[arg(long, help_heading = "Output")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The SQL statement, e.g. "SELECT dt, count(*) FROM raw.exposures GROUP BY dt"
+    #[arg(value_name = "QUERY", required_unless_present = "file", conflicts_with = "file")]
+    pub query: Option<String>,
+
+    /// Read the statement from a file instead
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Output format
+    #[arg(long, value_enum, default_value_t = SqlFormat::Table)]
+    pub format: SqlFormat,
+
+    /// Write the result to this file instead of stdout (required for parquet)
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+}
+
+/// Result formats of `marnflow sql`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SqlFormat {
+    /// An aligned text table
+    Table,
+    /// CSV with a header row
+    Csv,
+    /// Newline-delimited JSON, one object per row
+    Json,
+    /// A Parquet file (needs --output)
+    Parquet,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Seed of the demo world
+    #[arg(long, value_name = "S", default_value_t = 7)]
+    pub seed: u64,
+}
+
+fn parse_date(s: &str) -> Result<chrono::NaiveDate, String> {
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|e| format!("'{s}' is not a date (YYYY-MM-DD): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_has_help() {
+        fn walk(cmd: &clap::Command) {
+            for arg in cmd.get_arguments() {
+                if arg.get_id() != "help" && arg.get_id() != "version" {
+                    assert!(arg.get_help().is_some(), "{} --{} has no help", cmd.get_name(), arg.get_id());
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub);
+            }
+        }
+        walk(&Cli::command());
+    }
+
+    #[test]
+    fn impossible_values_are_refused_by_the_parser() {
+        for bad in [
+            vec!["marnflow", "generate", "--users", "0"],
+            vec!["marnflow", "generate", "--image-dim", "0"],
+            vec!["marnflow", "generate", "--start-date", "2026-13-01"],
+            vec!["marnflow", "generate", "--days", "3", "--end-date", "2026-01-05"],
+            vec!["marnflow", "generate", "--bogus"],
+            vec!["marnflow", "sql"],
+        ] {
+            assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Helpers for running the `marnflow` binary in tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A `marnflow` command with a clean environment (no MARNFLOW_* from the caller).
+pub fn marnflow() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_marnflow"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MARNFLOW_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// Runs `marnflow args…` and returns its output.
+pub fn run(args: &[&str]) -> Output {
+    marnflow().args(args).output().expect("the marnflow binary runs")
+}
+
+/// Runs and asserts success, returning stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "marnflow {args:?} failed ({:?}):\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Runs and asserts the exit code, returning stderr.
+pub fn fails(args: &[&str], code: i32) -> String {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(code), "marnflow {args:?}: expected exit {code}; stderr:\n{stderr}");
+    stderr
+}
+
+/// A small, fast world: the flags for `generate`.
+pub fn tiny_world(lake: &Path, seed: u64) -> Vec<String> {
+    [
+        "--lake",
+        lake.to_str().unwrap(),
+        "generate",
+        "--users",
+        "150",
+        "--items",
+        "400",
+        "--days",
+        "4",
+        "--image-dim",
+        "16",
+        "--exposures-per-day",
+        "3000",
+        "--seed",
+        &seed.to_string(),
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Every file under `dir`, relative, sorted.
+pub fn files(dir: &Path) -> Vec<PathBuf> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap().to_path_buf());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if dir.exists() {
+        walk(dir, dir, &mut out);
+    }
+    out.sort();
+    out
+}
+
+/// The Parquet files of the lake that readers see (outside `_staging/`).
+pub fn visible_parquet(lake: &Path) -> Vec<PathBuf> {
+    files(lake)
+        .into_iter()
+        .filter(|p| !p.starts_with("_staging") && p.extension().is_some_and(|e| e == "parquet"))
+        .collect()
+}
+
+/// The Arrow schema stored in a Parquet file.
+pub fn parquet_schema(path: &Path) -> arrow::datatypes::SchemaRef {
+    let file = std::fs::File::open(path).unwrap();
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap_or_else(|e| panic!("{} is not a readable Parquet file: {e}", path.display()));
+    builder.schema().clone()
+}
+
+/// The JSON summary printed by `generate --json`.
+pub fn summary(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
