@@ -42,6 +42,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Write a synthetic e-commerce world (raw logs and ground truth) to the lake
     Generate(GenerateArgs),
+    /// Build the feature tables of one day or a range: windows, labels, samples, items
+    Features(FeaturesArgs),
     /// Run SQL over every table of the lake (DataFusion)
     Sql(SqlArgs),
     /// Generate a small world into the lake and show what is in it
@@ -84,6 +86,34 @@ pub struct GenerateArgs {
 
     /// Print the summary as one JSON object
     #[arg(long, help_heading = "Output")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("days").required(true).args(["date", "from"]))]
+pub struct FeaturesArgs {
+    /// The day to build (YYYY-MM-DD)
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date, conflicts_with_all = ["from", "to"])]
+    pub date: Option<chrono::NaiveDate>,
+
+    /// First day of a backfill (YYYY-MM-DD)
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date, requires = "to")]
+    pub from: Option<chrono::NaiveDate>,
+
+    /// Last day of a backfill, inclusive (YYYY-MM-DD)
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date, requires = "from")]
+    pub to: Option<chrono::NaiveDate>,
+
+    /// Timely worker threads for the rolling windows
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub workers: Option<u64>,
+
+    /// Largest share of bad rows per raw table and day before the run fails (0 to 1)
+    #[arg(long, value_name = "SHARE")]
+    pub max_bad_share: Option<f64>,
+
+    /// Print the per-day report as JSON
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -164,6 +194,10 @@ mod tests {
             vec!["marnflow", "generate", "--days", "3", "--end-date", "2026-01-05"],
             vec!["marnflow", "generate", "--bogus"],
             vec!["marnflow", "sql"],
+            vec!["marnflow", "features"],
+            vec!["marnflow", "features", "--from", "2026-01-01"],
+            vec!["marnflow", "features", "--date", "2026-01-01", "--from", "2026-01-01", "--to", "2026-01-02"],
+            vec!["marnflow", "features", "--date", "2026-01-01", "--workers", "0"],
         ] {
             assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?} was accepted");
         }

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context;
+use marnflow_pipeline::features::FeaturesConfig;
 use marnflow_pipeline::world::WorldConfig;
 use serde::{Deserialize, Serialize};
 use toml::Value;
@@ -16,11 +17,13 @@ pub struct Config {
     pub lake: String,
     /// The synthetic world of `marnflow generate`.
     pub generate: WorldConfig,
+    /// The feature job (`marnflow features`).
+    pub features: FeaturesConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { lake: "./lake".into(), generate: WorldConfig::default() }
+        Self { lake: "./lake".into(), generate: WorldConfig::default(), features: FeaturesConfig::default() }
     }
 }
 
@@ -112,6 +115,7 @@ impl Config {
             problems.push("lake is empty: give a path or URI, e.g. ./lake or s3://bucket/prefix".into());
         }
         problems.extend(self.generate.validate("generate"));
+        problems.extend(self.features.validate());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -176,6 +180,12 @@ fn parse_like(expected: &Value, raw: &str) -> Result<Value, &'static str> {
         Value::Integer(_) => raw.trim().parse().map(Value::Integer).map_err(|_| "an integer"),
         Value::Float(_) => raw.trim().parse().map(Value::Float).map_err(|_| "a number"),
         Value::Boolean(_) => raw.trim().parse().map(Value::Boolean).map_err(|_| "true or false"),
+        Value::Array(_) => raw
+            .split(',')
+            .map(|x| x.trim().parse::<i64>().map(Value::Integer))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array)
+            .map_err(|_| "a comma-separated list of integers"),
         _ => Ok(Value::String(raw.to_string())),
     }
 }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use marnflow_pipeline::features::run_features;
 use marnflow_pipeline::lake::Lake;
 use marnflow_pipeline::query::{write_batches, LakeSession, OutputFormat};
 use marnflow_pipeline::world::{generate, WorldConfig, WorldSummary};
@@ -38,9 +39,15 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Some sources (DataFusion) repeat their causes in their own message: show each once.
+            let mut shown = e.to_string();
+            eprintln!("error: {shown}");
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                let text = cause.to_string();
+                if !shown.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                    shown.push_str(&text);
+                }
             }
             ExitCode::from(exit_code(&e))
         }
@@ -102,6 +109,55 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {
                 print_summary(&lake, &summary, &mut std::io::stdout())?;
+            }
+            Ok(())
+        }
+        Command::Features(ref args) => {
+            let mut cfg = Config::load(cli.config.as_deref())?;
+            apply_common_flags(&mut cfg, &cli);
+            if let Some(w) = args.workers {
+                cfg.features.workers = usize::try_from(w)?;
+            }
+            if let Some(s) = args.max_bad_share {
+                cfg.features.max_bad_share = s;
+            }
+            cfg.validate()?;
+            let (from, to) = match (args.date, args.from, args.to) {
+                (Some(d), _, _) => (d, d),
+                (None, Some(f), Some(t)) => (f, t),
+                _ => bail!(ConfigError(vec!["give --date D or --from D1 --to D2".into()])),
+            };
+            if to < from {
+                bail!(ConfigError(vec![format!("--to {to} is before --from {from}")]));
+            }
+            let lake = Lake::open(&cfg.lake)?;
+            let reports = runtime
+                .block_on(run_features(&lake, &cfg.features, from, to))
+                .with_context(|| format!("building features {from} .. {to} in {}", lake.uri()))?;
+            if args.json {
+                println!("{}", serde_json::to_string(&reports)?);
+            } else {
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "{:<12} {:>22} {:>22} {:>22} {:>9} {:>8}",
+                    "day", "exposures in/ok/bad", "clicks in/ok/bad", "behaviors in/ok/bad", "samples", "ctr"
+                )?;
+                for r in &reports {
+                    let acc = |a: &marnflow_pipeline::features::Accounting| {
+                        format!("{}/{}/{}", a.input, a.accepted, a.quarantined)
+                    };
+                    writeln!(
+                        out,
+                        "{:<12} {:>22} {:>22} {:>22} {:>9} {:>8.4}",
+                        r.date,
+                        acc(&r.exposures),
+                        acc(&r.clicks),
+                        acc(&r.behaviors),
+                        r.samples,
+                        r.positive_rate
+                    )?;
+                }
             }
             Ok(())
         }

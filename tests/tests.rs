@@ -1,5 +1,6 @@
 //! End-to-end tests of the `marnflow` binary on generated worlds.
 
+mod features;
 mod util;
 
 use std::path::Path;

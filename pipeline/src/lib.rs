@@ -15,8 +15,10 @@
 
 pub mod contract;
 pub mod error;
+pub mod features;
 pub mod lake;
 pub mod query;
+pub mod windows;
 pub mod world;
 
 pub use error::{PipelineError, Result};

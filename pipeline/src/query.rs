@@ -107,9 +107,12 @@ impl std::fmt::Debug for LakeSession {
 
 /// The session every marnflow SQL runs in: one place for its settings.
 pub fn new_context(lake: &Lake) -> SessionContext {
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_information_schema(true)
         .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    // Keep strings as Utf8, the type of the data contract, rather than Utf8View.
+    config.options_mut().execution.parquet.schema_force_view_types = false;
+    config.options_mut().sql_parser.map_string_types_to_utf8view = false;
     let ctx = SessionContext::new_with_config(config);
     ctx.register_object_store(lake.base_url(), Arc::clone(lake.store()));
     ctx
@@ -137,7 +140,9 @@ impl LakeSession {
             let (format, ext): (Arc<dyn FileFormat>, &str) = match t.format.as_str() {
                 "csv" => (Arc::new(CsvFormat::default().with_has_header(true)), ".csv"),
                 "json" => (Arc::new(JsonFormat::default()), ""),
-                _ => (Arc::new(ParquetFormat::default()), ".parquet"),
+                _ => {
+                    (Arc::new(ParquetFormat::default().with_options(state.table_options().parquet.clone())), ".parquet")
+                }
             };
             let options = ListingOptions::new(format).with_file_extension(ext).with_table_partition_cols(
                 t.partition_cols.iter().map(|c| (c.clone(), arrow::datatypes::DataType::Utf8)).collect(),

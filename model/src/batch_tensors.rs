@@ -1,0 +1,140 @@
+//! A validated [`Batch`] moved onto a device as tensors, in the layout the modules consume.
+
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use crate::batch::{Batch, ModelInputs};
+use crate::error::Result;
+
+/// Smallest padded title length: the widest TextCNN window (4) needs at least 4 positions.
+pub(crate) const MIN_TITLE_LEN: usize = 4;
+
+/// Tensors of one batch. `n` = distinct items, `B` = samples, `T` = padded sequence length.
+#[derive(Debug, Clone)]
+pub struct BatchTensors {
+    /// Distinct items `n`.
+    pub n_items: usize,
+    /// Samples `B`.
+    pub batch_size: usize,
+    /// Padded sequence length `T`.
+    pub seq_len: usize,
+    /// `[n]` item ids.
+    pub item: Tensor<1, Int>,
+    /// `[n]` shop ids, when the model uses shops.
+    pub shop: Option<Tensor<1, Int>>,
+    /// `[n]` brand ids, when the model uses brands.
+    pub brand: Option<Tensor<1, Int>>,
+    /// `[n]` category ids, when the model uses categories.
+    pub category: Option<Tensor<1, Int>>,
+    /// `[n * 2 * n_stats]` rows of one flat statistic table (coarse then fine, per statistic),
+    /// when the model uses statistics.
+    pub stat_rows: Option<Tensor<1, Int>>,
+    /// `[n, image_dim]`, when the model uses images.
+    pub images: Option<Tensor<2>>,
+    /// `[n * L]` title word indices (L = padded title length, at least 4), when the model uses
+    /// titles.
+    pub title_tokens: Option<Tensor<1, Int>>,
+    /// Padded title length `L`.
+    pub title_len: usize,
+    /// `[n]` title lengths, when the model uses titles.
+    pub title_lengths: Vec<u32>,
+    /// `[B]` candidate rows of the item table.
+    pub candidate: Tensor<1, Int>,
+    /// `[B * T]` history rows of the item table.
+    pub history: Tensor<1, Int>,
+    /// `[B * T]` behavior type ids.
+    pub behavior_type: Tensor<1, Int>,
+    /// `[B * T]` time bucket ids.
+    pub time_bucket: Tensor<1, Int>,
+    /// `[B, T]` true at padding positions (`position >= length`).
+    pub padding: Tensor<2, Bool>,
+    /// `[B, T]` 1.0 at real positions, 0.0 at padding.
+    pub mask: Tensor<2>,
+    /// `[B]` real lengths.
+    pub lengths: Vec<u32>,
+    /// `[B]` labels.
+    pub labels: Tensor<1>,
+}
+
+fn ints(values: impl IntoIterator<Item = u32>, device: &Device) -> Tensor<1, Int> {
+    let v: Vec<i64> = values.into_iter().map(i64::from).collect();
+    let n = v.len();
+    Tensor::from_data(TensorData::new(v, [n]), device)
+}
+
+impl BatchTensors {
+    /// Validate `batch` against `inputs` and move it to `device`.
+    pub fn new(batch: &Batch, inputs: &ModelInputs, device: &Device) -> Result<Self> {
+        batch.check_inputs(inputs)?;
+        let items = batch.items();
+        let s = batch.samples();
+        let n = items.len();
+        let b = batch.len();
+        let t = batch.seq_len();
+
+        let opt_ids = |vocab: usize, field: &Vec<u32>| (vocab > 0).then(|| ints(field.iter().copied(), device));
+        let stat_rows = inputs.has_stats().then(|| {
+            let k = inputs.n_stats;
+            let coarse = inputs.stat_coarse_buckets as u32;
+            let fine = inputs.stat_fine_buckets as u32;
+            let rows = items.stat_buckets.iter().enumerate().map(|(i, &v)| {
+                let col = (i % (2 * k)) as u32;
+                if (col as usize) < k {
+                    col * coarse + v
+                } else {
+                    k as u32 * coarse + (col - k as u32) * fine + v
+                }
+            });
+            ints(rows, device)
+        });
+        let images = match (&items.images, inputs.has_images()) {
+            (Some(images), true) => {
+                Some(Tensor::<2>::from_data(TensorData::new(images.clone(), [n, inputs.image_dim]), device))
+            }
+            _ => None,
+        };
+        let (title_tokens, title_len, title_lengths) = match (&items.titles, inputs.has_titles()) {
+            (Some(titles), true) => {
+                let l = titles.max_len.max(MIN_TITLE_LEN);
+                let mut tokens = vec![0u32; n * l];
+                for i in 0..n {
+                    let len = titles.lengths[i] as usize;
+                    tokens[i * l..i * l + len]
+                        .copy_from_slice(&titles.tokens[i * titles.max_len..i * titles.max_len + len]);
+                }
+                (Some(ints(tokens, device)), l, titles.lengths.clone())
+            }
+            _ => (None, 0, Vec::new()),
+        };
+
+        let mut padding = Vec::with_capacity(b * t);
+        let mut mask = Vec::with_capacity(b * t);
+        for &len in &s.lengths {
+            for p in 0..t {
+                padding.push(p >= len as usize);
+                mask.push(if p < len as usize { 1.0f32 } else { 0.0 });
+            }
+        }
+        Ok(Self {
+            n_items: n,
+            batch_size: b,
+            seq_len: t,
+            item: ints(items.item.iter().copied(), device),
+            shop: opt_ids(inputs.n_shops, &items.shop),
+            brand: opt_ids(inputs.n_brands, &items.brand),
+            category: opt_ids(inputs.n_categories, &items.category),
+            stat_rows,
+            images,
+            title_tokens,
+            title_len,
+            title_lengths,
+            candidate: ints(s.candidate.iter().copied(), device),
+            history: ints(s.history.iter().copied(), device),
+            behavior_type: ints(s.behavior_type.iter().copied(), device),
+            time_bucket: ints(s.time_bucket.iter().copied(), device),
+            padding: Tensor::from_data(TensorData::new(padding, [b, t]), device),
+            mask: Tensor::from_data(TensorData::new(mask, [b, t]), device),
+            lengths: s.lengths.clone(),
+            labels: Tensor::from_data(TensorData::new(s.label.clone(), [b]), device),
+        })
+    }
+}

@@ -1,0 +1,80 @@
+//! Multimodal attention fusion, MAF (paper §3.2, Eq. 2–3).
+//!
+//! Every modality gets a vector attention computed from its own specific features,
+//! `atten_m = tanh(W_m s_m + b_m)` (Eq. 3, `W_m` is `d x d`), and the fused specific
+//! representation is `s = Σ_m atten_m ⊙ s_m` (Eq. 2).
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::{Device, Tensor};
+
+/// Config of [`AttentionFusion`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionFusionConfig {
+    /// Width `d` of the specific features (paper: 256).
+    pub dim: usize,
+    /// Number of modalities `M`.
+    pub n_modalities: usize,
+}
+
+impl AttentionFusionConfig {
+    /// Build one `d x d` attention per modality.
+    pub fn init(&self, device: &Device) -> AttentionFusion {
+        AttentionFusion {
+            modality_attention: (0..self.n_modalities)
+                .map(|_| LinearConfig::new(self.dim, self.dim).init(device))
+                .collect(),
+        }
+    }
+}
+
+/// MAF: vector attention per modality, weighted sum of the specific features.
+#[derive(Module, Debug)]
+pub struct AttentionFusion {
+    /// `W_m, b_m`, one per modality.
+    pub modality_attention: Vec<Linear>,
+}
+
+impl AttentionFusion {
+    /// The attention weights `atten_m` of every modality (for inspection, Figure 4).
+    ///
+    /// # Shapes
+    /// - `specific`: M tensors `[n, d]`; output: M tensors `[n, d]`
+    pub fn attention(&self, specific: &[Tensor<2>]) -> Vec<Tensor<2>> {
+        specific
+            .iter()
+            .zip(&self.modality_attention)
+            .map(|(s, w)| w.forward(s.clone()).tanh()) // Eq. 3
+            .collect()
+    }
+
+    /// Fused specific representation `s`.
+    ///
+    /// # Shapes
+    /// - `specific`: M tensors `[n, d]`; output: `[n, d]`
+    pub fn forward(&self, specific: &[Tensor<2>]) -> Tensor<2> {
+        let attention = self.attention(specific);
+        let mut terms = specific.iter().zip(attention).map(|(s, a)| a * s.clone()); // Eq. 2
+        let first = terms.next().expect("at least one modality"); // guaranteed by MarnConfig::init
+        terms.fold(first, |acc, t| acc + t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Tolerance;
+
+    #[test]
+    fn fusion_is_the_attention_weighted_sum() {
+        let device = Device::flex();
+        let maf = AttentionFusionConfig { dim: 4, n_modalities: 2 }.init(&device);
+        let s1 = Tensor::<2>::random([3, 4], burn::tensor::Distribution::Default, &device);
+        let s2 = Tensor::<2>::random([3, 4], burn::tensor::Distribution::Default, &device);
+        let fused = maf.forward(&[s1.clone(), s2.clone()]);
+        let a = maf.attention(&[s1.clone(), s2.clone()]);
+        let expected = a[0].clone() * s1 + a[1].clone() * s2;
+        assert_eq!(fused.dims(), [3, 4]);
+        fused.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-6));
+    }
+}

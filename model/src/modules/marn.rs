@@ -1,0 +1,592 @@
+//! The whole model: MARN (paper §3), its Table 3 ablations and the Table 2 baselines, chosen by
+//! [`Variant`].
+//!
+//! One forward pass:
+//! 1. the modality embedding layer runs on the batch's **distinct** items, giving `e_m`;
+//! 2. the item representation `rep` of every distinct item: concatenation (`ids`, `image`,
+//!    `conc`, `youtube_net`, `din`), MAF (`maf`), MAF plus the invariant features pooled after a
+//!    single GRL discriminator (`maf_adv`) or after DDMA (`maf_ddma`, `marn`): `rep = s + c`;
+//! 3. candidates and behavior slots gather their rows of that table (exact: an item's
+//!    representation depends on the item alone);
+//! 4. the behaviors are integrated: GRU (`ids` … `maf_ddma`) or APGRU (`marn`) then candidate
+//!    attention; mean pooling (`youtube_net`); candidate attention over the items (`din`);
+//! 5. the prediction MLP on `[user, rep_X]`.
+//!
+//! `lr` and `fm` skip 1–5 and use the candidate's ids and the behavior items directly.
+//!
+//! # Loss (the paper's Eq. 10 is missing from its text)
+//!
+//! ```text
+//! L = L_CTR + λ(p) · (L_Ds + L_D0 + L_ADV),   λ(p) = λ0 (2 / (1 + exp(−γ p)) − 1)
+//! ```
+//! with `γ = 10`, `λ0 = 0.05`, `p` the training progress in `[0, 1]`, every auxiliary term the
+//! mean cross-entropy over the batch's (distinct item, modality) pairs, and the GRL weight 1 so
+//! the invariant projection `I` receives exactly `−λ ∂L_ADV/∂c` (the DANN schedule of the GRL
+//! paper the authors cite). Why one shared λ and a plain sum: §3.4.2 names exactly these four
+//! objectives and one trade-off λ; the auxiliary terms update disjoint parts (`L_D0` only `D0`;
+//! `L_Ds` the `S_m` and the shared discriminator matrix; `L_ADV` `D1` and, reversed, `I`), so
+//! separate weights would only rescale learning rates; and the ramp from 0 keeps the noisy early
+//! discriminators from disturbing the CTR task. `maf_adv` uses `L_ADV` alone; other variants have
+//! no auxiliary term.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::sigmoid;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::adversarial::{Adversarial, AdversarialConfig};
+use super::apgru::{ApGru, ApGruConfig, CandidateAttention, CandidateAttentionConfig};
+use super::attention_fusion::{AttentionFusion, AttentionFusionConfig};
+use super::baselines::{FactorizationMachine, LogisticRegression};
+use super::ctr_head::{log_loss, CtrHead, CtrHeadConfig};
+use super::modality_embedding::{
+    Modality, ModalityEmbedding, ModalityEmbeddingConfig, ModalityProjection, ModalityProjectionConfig,
+};
+use crate::batch::{Batch, ModelInputs};
+use crate::batch_tensors::BatchTensors;
+use crate::error::{Error, Result};
+
+/// Which model to build: the paper's Table 3 ablations and Table 2 baselines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// BaseModel + IDs: id embeddings, GRU, candidate attention, MLP.
+    Ids,
+    /// BaseModel + IDs + image, concatenated.
+    Image,
+    /// BaseModel + every available modality, concatenated.
+    Conc,
+    /// + multimodal attention fusion.
+    Maf,
+    /// + MAF + one modality discriminator behind a GRL.
+    MafAdv,
+    /// + MAF + double-discriminator multimodal adversarial network.
+    MafDdma,
+    /// MARN: MAF + DDMA + APGRU.
+    Marn,
+    /// Logistic regression.
+    Lr,
+    /// Factorization machine.
+    Fm,
+    /// YoutubeNet: mean pooling of the behavior items.
+    YoutubeNet,
+    /// DIN-style attention over the behavior items.
+    Din,
+}
+
+impl Variant {
+    /// Every variant, in the order of the paper's tables.
+    pub const ALL: [Variant; 11] = [
+        Variant::Ids,
+        Variant::Image,
+        Variant::Conc,
+        Variant::Maf,
+        Variant::MafAdv,
+        Variant::MafDdma,
+        Variant::Marn,
+        Variant::Lr,
+        Variant::Fm,
+        Variant::YoutubeNet,
+        Variant::Din,
+    ];
+
+    /// The config name (`maf_ddma`, `youtube_net`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Ids => "ids",
+            Variant::Image => "image",
+            Variant::Conc => "conc",
+            Variant::Maf => "maf",
+            Variant::MafAdv => "maf_adv",
+            Variant::MafDdma => "maf_ddma",
+            Variant::Marn => "marn",
+            Variant::Lr => "lr",
+            Variant::Fm => "fm",
+            Variant::YoutubeNet => "youtube_net",
+            Variant::Din => "din",
+        }
+    }
+
+    /// The modalities this variant wants (before dropping those the data lacks).
+    fn wanted(self) -> &'static [Modality] {
+        const ALL: &[Modality] = &[Modality::Ids, Modality::Image, Modality::Title, Modality::Statistic];
+        match self {
+            Variant::Image => &[Modality::Ids, Modality::Image],
+            Variant::Conc | Variant::Maf | Variant::MafAdv | Variant::MafDdma | Variant::Marn => ALL,
+            _ => &[Modality::Ids],
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Variant {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Variant::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = Variant::ALL.iter().map(|v| v.as_str()).collect();
+            Error::Config(format!("unknown variant {s:?}; expected one of {}", names.join(", ")))
+        })
+    }
+}
+
+/// Everything that shapes the model. Human-facing: serde with defaults; [`MarnConfig::validate`]
+/// reports every problem at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MarnConfig {
+    /// Which model.
+    pub variant: Variant,
+    /// Modality embedding widths.
+    pub embedding: ModalityEmbeddingConfig,
+    /// Width of `s_m`, `c_m` and `rep` (paper: 256).
+    pub representation_dim: usize,
+    /// GRU/APGRU hidden width.
+    pub gru_dim: usize,
+    /// Hidden width of the candidate attention MLP.
+    pub attention_dim: usize,
+    /// Prediction MLP hidden widths ([128, 64]; [512, 256] for Taobao).
+    pub head_layers: Vec<usize>,
+    /// Factor width of `fm`.
+    pub fm_dim: usize,
+    /// Gradient reversal weight.
+    pub grl_weight: f64,
+    /// λ0 of the auxiliary-loss schedule.
+    pub lambda0: f64,
+    /// γ of the auxiliary-loss schedule.
+    pub gamma: f64,
+}
+
+impl Default for MarnConfig {
+    fn default() -> Self {
+        Self {
+            variant: Variant::Marn,
+            embedding: ModalityEmbeddingConfig::default(),
+            representation_dim: 256,
+            gru_dim: 128,
+            attention_dim: 64,
+            head_layers: vec![128, 64],
+            fm_dim: 16,
+            grl_weight: 1.0,
+            lambda0: 0.05,
+            gamma: 10.0,
+        }
+    }
+}
+
+/// `λ(p) = λ0 (2 / (1 + exp(−γ p)) − 1)`, with `p` clamped to `[0, 1]`.
+pub fn aux_loss_weight(progress: f64, lambda0: f64, gamma: f64) -> f64 {
+    let p = progress.clamp(0.0, 1.0);
+    lambda0 * (2.0 / (1.0 + (-gamma * p).exp()) - 1.0)
+}
+
+impl MarnConfig {
+    /// Report every problem at once.
+    pub fn validate(&self) -> Result<()> {
+        let mut p = self.embedding.problems();
+        for (name, v) in [
+            ("representation_dim", self.representation_dim),
+            ("gru_dim", self.gru_dim),
+            ("attention_dim", self.attention_dim),
+            ("fm_dim", self.fm_dim),
+        ] {
+            if v == 0 {
+                p.push(format!("{name} must be > 0"));
+            }
+        }
+        if self.head_layers.contains(&0) {
+            p.push("head_layers must not contain 0".into());
+        }
+        for (name, v) in [("grl_weight", self.grl_weight), ("lambda0", self.lambda0), ("gamma", self.gamma)] {
+            if !v.is_finite() || v < 0.0 {
+                p.push(format!("{name} must be finite and >= 0"));
+            }
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Config(p.join("; ")))
+        }
+    }
+
+    /// The modalities the model will use: the variant's, minus those the data lacks.
+    pub fn modalities(&self, inputs: &ModelInputs) -> Vec<Modality> {
+        let available = Modality::available(inputs);
+        self.variant.wanted().iter().copied().filter(|m| available.contains(m)).collect()
+    }
+
+    /// Build the model for data described by `inputs`. Modalities the data lacks are dropped
+    /// (an adversarial variant left with one modality keeps `rep = s + c` without
+    /// discriminators).
+    pub fn init(&self, inputs: &ModelInputs, device: &Device) -> Result<Marn> {
+        self.validate()?;
+        inputs.validate()?;
+        let v = self.variant;
+        let modalities = self.modalities(inputs);
+        for dropped in v.wanted().iter().filter(|m| !modalities.contains(m)) {
+            tracing::warn!(variant = v.as_str(), modality = ?dropped, "modality absent from the data; dropped");
+        }
+        let m = modalities.len();
+        let h = self.representation_dim;
+        let e = self.embedding.modality_dim;
+        let mut model = Marn {
+            embedding: None,
+            concat: None,
+            projection: None,
+            fusion: None,
+            adversarial: None,
+            sequence: None,
+            attention: None,
+            head: None,
+            lr: None,
+            fm: None,
+            config: self.clone(),
+            inputs: inputs.clone(),
+            modalities: modalities.clone(),
+        };
+        match v {
+            Variant::Lr => {
+                model.lr = Some(LogisticRegression::new(inputs, device));
+                return Ok(model);
+            }
+            Variant::Fm => {
+                model.fm = Some(FactorizationMachine::new(inputs, self.fm_dim, device));
+                return Ok(model);
+            }
+            _ => {}
+        }
+        model.embedding = Some(self.embedding.init(inputs, &modalities, device));
+        let fused = matches!(v, Variant::Maf | Variant::MafAdv | Variant::MafDdma | Variant::Marn);
+        if fused {
+            let adversarial = matches!(v, Variant::MafAdv | Variant::MafDdma | Variant::Marn);
+            model.projection = Some(
+                ModalityProjectionConfig { input_dim: e, output_dim: h, n_modalities: m, invariant: adversarial }
+                    .init(device),
+            );
+            model.fusion = Some(AttentionFusionConfig { dim: h, n_modalities: m }.init(device));
+            if adversarial && m >= 2 {
+                model.adversarial = Some(
+                    AdversarialConfig {
+                        dim: h,
+                        n_modalities: m,
+                        double: v != Variant::MafAdv,
+                        grl_weight: self.grl_weight,
+                    }
+                    .init(device),
+                );
+            }
+        } else {
+            model.concat = Some(LinearConfig::new(m * e, h).init(device));
+        }
+        let user_dim = match v {
+            Variant::YoutubeNet => h,
+            Variant::Din => {
+                model.attention = Some(
+                    CandidateAttentionConfig { state_dim: h, candidate_dim: h, hidden_dim: self.attention_dim }
+                        .init(device),
+                );
+                h
+            }
+            _ => {
+                let property_dim = (v == Variant::Marn).then(|| self.embedding.property_dim());
+                model.sequence =
+                    Some(ApGruConfig { input_dim: h, property_dim, hidden_dim: self.gru_dim }.init(device));
+                model.attention = Some(
+                    CandidateAttentionConfig {
+                        state_dim: self.gru_dim,
+                        candidate_dim: h,
+                        hidden_dim: self.attention_dim,
+                    }
+                    .init(device),
+                );
+                self.gru_dim
+            }
+        };
+        model.head = Some(CtrHeadConfig { input_dim: user_dim + h, layers: self.head_layers.clone() }.init(device));
+        Ok(model)
+    }
+}
+
+/// The model. Build with [`MarnConfig::init`]; parts a variant does not use are `None`.
+#[derive(Module, Debug)]
+pub struct Marn {
+    /// Modality embedding layer `E`.
+    pub embedding: Option<ModalityEmbedding>,
+    /// Concatenation variants: projection of `[e_1, …, e_M]` to `rep`.
+    pub concat: Option<Linear>,
+    /// `S_m` and `I`.
+    pub projection: Option<ModalityProjection>,
+    /// MAF.
+    pub fusion: Option<AttentionFusion>,
+    /// GRL discriminator / DDMA.
+    pub adversarial: Option<Adversarial>,
+    /// GRU or APGRU.
+    pub sequence: Option<ApGru>,
+    /// Candidate attention.
+    pub attention: Option<CandidateAttention>,
+    /// Prediction MLP.
+    pub head: Option<CtrHead>,
+    /// `lr` baseline.
+    pub lr: Option<LogisticRegression>,
+    /// `fm` baseline.
+    pub fm: Option<FactorizationMachine>,
+    #[module(skip)]
+    config: MarnConfig,
+    #[module(skip)]
+    inputs: ModelInputs,
+    #[module(skip)]
+    modalities: Vec<Modality>,
+}
+
+/// Auxiliary losses of one forward pass (`None` where the variant has no such term).
+#[derive(Debug, Clone, Default)]
+pub struct AuxLosses {
+    /// `L_D0`, `[1]`.
+    pub importance: Option<Tensor<1>>,
+    /// `L_Ds`, `[1]`.
+    pub specific: Option<Tensor<1>>,
+    /// `L_ADV`, `[1]`.
+    pub adversarial: Option<Tensor<1>>,
+}
+
+impl AuxLosses {
+    /// `L_Ds + L_D0 + L_ADV` over the terms present.
+    pub fn sum(&self) -> Option<Tensor<1>> {
+        [&self.specific, &self.importance, &self.adversarial].into_iter().flatten().cloned().reduce(|a, b| a + b)
+    }
+}
+
+/// Output of [`Marn::forward`].
+#[derive(Debug, Clone)]
+pub struct MarnOutput {
+    /// Click logits, `[B]`.
+    pub logits: Tensor<1>,
+    /// Item representations `rep` of the distinct items, `[n, representation_dim]` (absent
+    /// for `lr`/`fm`).
+    pub item_representations: Option<Tensor<2>>,
+    /// Auxiliary losses.
+    pub aux: AuxLosses,
+}
+
+/// The loss terms of one batch.
+#[derive(Debug, Clone)]
+pub struct MarnLoss {
+    /// `L = L_CTR + λ (L_Ds + L_D0 + L_ADV)`, `[1]`.
+    pub total: Tensor<1>,
+    /// `L_CTR`, `[1]`.
+    pub ctr: Tensor<1>,
+    /// λ used.
+    pub lambda: f64,
+    /// The auxiliary terms.
+    pub aux: AuxLosses,
+}
+
+fn missing(part: &str) -> Error {
+    Error::Config(format!("model has no {part} (built for another variant?)"))
+}
+
+impl Marn {
+    /// The config it was built from.
+    pub fn config(&self) -> &MarnConfig {
+        &self.config
+    }
+
+    /// The data description it was built for.
+    pub fn inputs(&self) -> &ModelInputs {
+        &self.inputs
+    }
+
+    /// The modalities it uses.
+    pub fn modalities(&self) -> &[Modality] {
+        &self.modalities
+    }
+
+    /// The variant.
+    pub fn variant(&self) -> Variant {
+        self.config.variant
+    }
+
+    /// The device of its parameters (autodiff when built on an autodiff device).
+    pub fn device(&self) -> Device {
+        if let Some(e) = &self.embedding {
+            e.item.weight.val().device()
+        } else if let Some(lr) = &self.lr {
+            lr.bias.val().device()
+        } else if let Some(fm) = &self.fm {
+            fm.linear.bias.val().device()
+        } else {
+            Device::default()
+        }
+    }
+
+    /// Initialise the title word vectors from a row-major `[title_vocab, word_dim]` table
+    /// (whether they are then trained is `embedding.fine_tune_word_vectors`). A model without
+    /// titles ignores the table.
+    pub fn with_word_vectors(mut self, table: Vec<f32>) -> Result<Self> {
+        if let Some(embedding) = self.embedding.as_mut() {
+            if let Some(title) = embedding.title.take() {
+                embedding.title = Some(title.with_word_vectors(table)?);
+            }
+        }
+        Ok(self)
+    }
+
+    /// Move a batch onto this model's device, checking it against the model's inputs.
+    pub fn tensors(&self, batch: &Batch) -> Result<BatchTensors> {
+        BatchTensors::new(batch, &self.inputs, &self.device())
+    }
+
+    /// Item representations `rep` of the distinct items, with the auxiliary losses.
+    ///
+    /// # Shapes
+    /// - output: `[n, representation_dim]`
+    pub fn item_representations(&self, x: &BatchTensors) -> Result<(Tensor<2>, AuxLosses)> {
+        let embedding = self.embedding.as_ref().ok_or_else(|| missing("embedding"))?;
+        let e = embedding.forward(x)?;
+        let mut aux = AuxLosses::default();
+        if let Some(concat) = &self.concat {
+            return Ok((concat.forward(Tensor::cat(e, 1)).tanh(), aux));
+        }
+        let projection = self.projection.as_ref().ok_or_else(|| missing("projection"))?;
+        let fusion = self.fusion.as_ref().ok_or_else(|| missing("fusion"))?;
+        let s = fusion.forward(&projection.specific(&e));
+        let c = projection.invariant(&e);
+        let rep = match (&self.adversarial, c.len()) {
+            (_, 0) => s,
+            (Some(adv), _) => {
+                let out = adv.forward(&c);
+                aux.adversarial = Some(out.adversarial_loss);
+                aux.importance = out.importance_loss;
+                if adv.importance.is_some() {
+                    // D_s on S_m(e_m.detach()): no gradient into the embedding layer.
+                    let detached: Vec<Tensor<2>> = e.iter().map(|e| e.clone().detach()).collect();
+                    aux.specific = Some(adv.specific_loss(&projection.specific(&detached)));
+                }
+                s + out.invariant
+            }
+            (None, _) => {
+                // One modality: nothing to discriminate; c = c_1.
+                let mut it = c.into_iter();
+                match it.next() {
+                    Some(c1) => s + c1,
+                    None => s,
+                }
+            }
+        };
+        Ok((rep, aux))
+    }
+
+    /// Logits and auxiliary losses of a batch already on the device.
+    ///
+    /// # Shapes
+    /// - output logits: `[B]`
+    pub fn forward(&self, x: &BatchTensors) -> Result<MarnOutput> {
+        if let Some(lr) = &self.lr {
+            return Ok(MarnOutput { logits: lr.forward(x), item_representations: None, aux: AuxLosses::default() });
+        }
+        if let Some(fm) = &self.fm {
+            return Ok(MarnOutput { logits: fm.forward(x), item_representations: None, aux: AuxLosses::default() });
+        }
+        let (rep, aux) = self.item_representations(x)?;
+        let (b, t) = (x.batch_size, x.seq_len);
+        let h = rep.dims()[1];
+        let candidate = rep.clone().select(0, x.candidate.clone());
+        let device = rep.device();
+        let user = match (self.config.variant, &self.sequence, &self.attention) {
+            (_, _, _) if t == 0 => {
+                let width = match &self.sequence {
+                    Some(gru) => gru.hidden_dim,
+                    None => h,
+                };
+                Tensor::zeros([b, width], &device)
+            }
+            (Variant::YoutubeNet, _, _) => {
+                let slots = rep.clone().select(0, x.history.clone()).reshape([b, t, h]);
+                let count = x.mask.clone().sum_dim(1).clamp_min(1.0);
+                (slots * x.mask.clone().unsqueeze_dim::<3>(2)).sum_dim(1).reshape([b, h]) / count
+            }
+            (_, Some(gru), Some(attention)) => {
+                // W rep once per distinct item, gathered per slot.
+                let projected = gru.input_projection(rep.clone());
+                let width = projected.dims()[1];
+                let slots = projected.select(0, x.history.clone()).reshape([b, t, width]);
+                let property = match (&gru.property, &self.embedding) {
+                    (Some(_), Some(embedding)) => Some(embedding.property(x)),
+                    _ => None,
+                };
+                let states = gru.forward(slots, property);
+                attention.forward(states, candidate.clone(), x.padding.clone(), x.mask.clone())
+            }
+            (_, None, Some(attention)) => {
+                let slots = rep.clone().select(0, x.history.clone()).reshape([b, t, h]);
+                attention.forward(slots, candidate.clone(), x.padding.clone(), x.mask.clone())
+            }
+            _ => return Err(missing("behavior layer")),
+        };
+        let head = self.head.as_ref().ok_or_else(|| missing("prediction head"))?;
+        let logits = head.forward(Tensor::cat(vec![user, candidate], 1));
+        Ok(MarnOutput { logits, item_representations: Some(rep), aux })
+    }
+
+    /// `L = L_CTR + λ(p) (L_Ds + L_D0 + L_ADV)` for training progress `p ∈ [0, 1]`.
+    pub fn loss(&self, output: MarnOutput, labels: Tensor<1>, progress: f64) -> MarnLoss {
+        let ctr = log_loss(output.logits, labels);
+        let lambda = aux_loss_weight(progress, self.config.lambda0, self.config.gamma);
+        let total = match output.aux.sum() {
+            Some(aux) => ctr.clone() + aux.mul_scalar(lambda),
+            None => ctr.clone(),
+        };
+        MarnLoss { total, ctr, lambda, aux: output.aux }
+    }
+
+    /// Click probabilities of a batch (no gradient is recorded).
+    pub fn predict(&self, batch: &Batch) -> Result<Vec<f32>> {
+        let model = self.valid();
+        let x = model.tensors(batch)?;
+        let out = model.forward(&x)?;
+        sigmoid(out.logits)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| Error::Batch(format!("reading predictions: {e:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variant_names_round_trip() {
+        for v in Variant::ALL {
+            assert_eq!(v.as_str().parse::<Variant>().unwrap(), v);
+            let json = serde_json::to_string(&v).unwrap();
+            assert_eq!(json, format!("\"{}\"", v.as_str()));
+        }
+        assert!("nope".parse::<Variant>().is_err());
+    }
+
+    #[test]
+    fn lambda_schedule_ramps_from_zero_to_lambda0() {
+        assert_eq!(aux_loss_weight(0.0, 0.05, 10.0), 0.0);
+        let end = aux_loss_weight(1.0, 0.05, 10.0);
+        assert!((end - 0.05 * (2.0 / (1.0 + (-10f64).exp()) - 1.0)).abs() < 1e-12);
+        assert!(aux_loss_weight(0.3, 0.05, 10.0) < end);
+    }
+
+    #[test]
+    fn config_reports_every_problem() {
+        let mut c = MarnConfig::default();
+        c.gru_dim = 0;
+        c.lambda0 = -1.0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("gru_dim") && err.contains("lambda0"), "{err}");
+    }
+}

@@ -1,0 +1,452 @@
+//! Modality embedding layer (paper §3.1) and the specific/invariant projections (§3.2).
+//!
+//! Every modality of an item becomes one vector `e_m` of a common width:
+//! - **IDs** (Eq. 1): item, shop, brand and category embeddings (32/24/24/16), concatenated and
+//!   projected;
+//! - **image**: a projection of the (pre-extracted, e.g. VGG16) image embedding;
+//! - **title**: a TextCNN over word vectors (windows 2, 3, 4, ReLU, max-pool over the real words);
+//!   word vectors may be initialised from a supplied table and fine-tuned or frozen;
+//! - **statistic**: two 8-d embeddings per statistic (its 10- and 100-bucket ids), concatenated
+//!   and projected.
+//!
+//! The behavior property (§3.1.2) is the concatenation of a behavior-type embedding and a
+//! time-before-exposure bucket embedding.
+//!
+//! [`ModalityProjection`] then gives `s_m = S_m(e_m)` (one projection per modality) and
+//! `c_m = I(e_m)` (one projection shared by all modalities), both `tanh`, width 256 by default.
+//!
+//! Everything here works on the batch's **distinct** items (`n` rows), never per sequence slot.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv1d, Conv1dConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::batch::ModelInputs;
+use crate::batch_tensors::BatchTensors;
+use crate::error::{Error, Result};
+
+/// One item modality.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Modality {
+    /// Item, shop, brand and category ids.
+    Ids,
+    /// Image embedding.
+    Image,
+    /// Title words.
+    Title,
+    /// Discretised statistics.
+    Statistic,
+}
+
+impl Modality {
+    /// The modalities `inputs` provide, in the canonical order (IDs, image, title, statistic).
+    pub fn available(inputs: &ModelInputs) -> Vec<Modality> {
+        let mut out = vec![Modality::Ids];
+        if inputs.has_images() {
+            out.push(Modality::Image);
+        }
+        if inputs.has_titles() {
+            out.push(Modality::Title);
+        }
+        if inputs.has_stats() {
+            out.push(Modality::Statistic);
+        }
+        out
+    }
+}
+
+/// Widths of the modality embedding layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModalityEmbeddingConfig {
+    /// Item id embedding width (paper: 32).
+    pub item_dim: usize,
+    /// Shop id embedding width (paper: 24).
+    pub shop_dim: usize,
+    /// Brand id embedding width (paper: 24).
+    pub brand_dim: usize,
+    /// Category id embedding width (paper: 16).
+    pub category_dim: usize,
+    /// Width of each of the two embeddings of a statistic (paper: 8).
+    pub stat_dim: usize,
+    /// TextCNN filters per window.
+    pub title_filters: usize,
+    /// TextCNN windows (paper: 2, 3, 4). Every window must be in `1..=4`.
+    pub title_windows: Vec<usize>,
+    /// Whether word vectors are trained (true) or kept as supplied (false).
+    pub fine_tune_word_vectors: bool,
+    /// Common width `e_m` of every modality after projection.
+    pub modality_dim: usize,
+    /// Behavior type embedding width.
+    pub behavior_type_dim: usize,
+    /// Time bucket embedding width.
+    pub time_dim: usize,
+}
+
+impl Default for ModalityEmbeddingConfig {
+    fn default() -> Self {
+        Self {
+            item_dim: 32,
+            shop_dim: 24,
+            brand_dim: 24,
+            category_dim: 16,
+            stat_dim: 8,
+            title_filters: 32,
+            title_windows: vec![2, 3, 4],
+            fine_tune_word_vectors: true,
+            modality_dim: 128,
+            behavior_type_dim: 8,
+            time_dim: 8,
+        }
+    }
+}
+
+fn embedding(rows: usize, dim: usize, device: &Device) -> Embedding {
+    EmbeddingConfig::new(rows.max(1), dim).with_initializer(Initializer::Normal { mean: 0.0, std: 0.1 }).init(device)
+}
+
+fn lookup(table: &Embedding, ids: Tensor<1, Int>) -> Tensor<2> {
+    table.weight.val().select(0, ids)
+}
+
+impl ModalityEmbeddingConfig {
+    /// Problems with this config, for the caller's `validate`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for (name, v) in [
+            ("item_dim", self.item_dim),
+            ("stat_dim", self.stat_dim),
+            ("title_filters", self.title_filters),
+            ("modality_dim", self.modality_dim),
+            ("behavior_type_dim", self.behavior_type_dim),
+            ("time_dim", self.time_dim),
+        ] {
+            if v == 0 {
+                p.push(format!("embedding.{name} must be > 0"));
+            }
+        }
+        if self.title_windows.is_empty() || self.title_windows.iter().any(|&w| w == 0 || w > 4) {
+            p.push("embedding.title_windows must be a non-empty list of values in 1..=4".into());
+        }
+        p
+    }
+
+    /// Width of the behavior property embedding `p_t`.
+    pub fn property_dim(&self) -> usize {
+        self.behavior_type_dim + self.time_dim
+    }
+
+    /// Build the layer for the given `modalities` (a subset of [`Modality::available`]).
+    pub fn init(&self, inputs: &ModelInputs, modalities: &[Modality], device: &Device) -> ModalityEmbedding {
+        let e = self.modality_dim;
+        let opt = |vocab: usize, dim: usize| (vocab > 0).then(|| embedding(vocab, dim, device));
+        let shop = opt(inputs.n_shops, self.shop_dim);
+        let brand = opt(inputs.n_brands, self.brand_dim);
+        let category = opt(inputs.n_categories, self.category_dim);
+        let ids_width = self.item_dim
+            + shop.as_ref().map_or(0, |_| self.shop_dim)
+            + brand.as_ref().map_or(0, |_| self.brand_dim)
+            + category.as_ref().map_or(0, |_| self.category_dim);
+        let uses = |m: Modality| modalities.contains(&m);
+        let image = uses(Modality::Image).then(|| LinearConfig::new(inputs.image_dim, e).init(device));
+        let title = uses(Modality::Title).then(|| {
+            TitleCnnConfig {
+                vocab: inputs.title_vocab,
+                word_dim: inputs.word_dim,
+                filters: self.title_filters,
+                windows: self.title_windows.clone(),
+                fine_tune: self.fine_tune_word_vectors,
+                output_dim: e,
+            }
+            .init(device)
+        });
+        let (stat, stat_projection) = if uses(Modality::Statistic) {
+            let rows = inputs.n_stats * (inputs.stat_coarse_buckets + inputs.stat_fine_buckets);
+            (
+                Some(embedding(rows, self.stat_dim, device)),
+                Some(LinearConfig::new(2 * inputs.n_stats * self.stat_dim, e).init(device)),
+            )
+        } else {
+            (None, None)
+        };
+        ModalityEmbedding {
+            item: embedding(inputs.n_items, self.item_dim, device),
+            shop,
+            brand,
+            category,
+            ids_projection: LinearConfig::new(ids_width, e).init(device),
+            image,
+            title,
+            stat,
+            stat_projection,
+            behavior_type: embedding(inputs.n_behavior_types, self.behavior_type_dim, device),
+            time: embedding(inputs.n_time_buckets, self.time_dim, device),
+            modalities: modalities.to_vec(),
+            n_stats: inputs.n_stats,
+        }
+    }
+}
+
+/// The modality embedding layer `E`. Build with [`ModalityEmbeddingConfig::init`].
+#[derive(Module, Debug)]
+pub struct ModalityEmbedding {
+    /// Item id table.
+    pub item: Embedding,
+    /// Shop id table, when the data has shops.
+    pub shop: Option<Embedding>,
+    /// Brand id table, when the data has brands.
+    pub brand: Option<Embedding>,
+    /// Category id table, when the data has categories.
+    pub category: Option<Embedding>,
+    /// Projection of the concatenated ids to the common width.
+    pub ids_projection: Linear,
+    /// Projection of the image embedding, when images are used.
+    pub image: Option<Linear>,
+    /// Title TextCNN, when titles are used.
+    pub title: Option<TitleCnn>,
+    /// Flat statistic bucket table (coarse then fine buckets of every statistic).
+    pub stat: Option<Embedding>,
+    /// Projection of the `2 * n_stats` statistic embeddings to the common width.
+    pub stat_projection: Option<Linear>,
+    /// Behavior type table.
+    pub behavior_type: Embedding,
+    /// Time-before-exposure bucket table.
+    pub time: Embedding,
+    /// The modalities produced by [`ModalityEmbedding::forward`], in order.
+    #[module(skip)]
+    pub modalities: Vec<Modality>,
+    #[module(skip)]
+    n_stats: usize,
+}
+
+impl ModalityEmbedding {
+    /// Concatenated (unprojected) id embeddings of the distinct items.
+    ///
+    /// # Shapes
+    /// - output: `[n, item_dim + shop_dim + brand_dim + category_dim]` (absent ids omitted)
+    pub fn raw_ids(&self, x: &BatchTensors) -> Tensor<2> {
+        let mut parts = vec![lookup(&self.item, x.item.clone())];
+        for (table, ids) in [(&self.shop, &x.shop), (&self.brand, &x.brand), (&self.category, &x.category)] {
+            if let (Some(table), Some(ids)) = (table, ids) {
+                parts.push(lookup(table, ids.clone()));
+            }
+        }
+        Tensor::cat(parts, 1)
+    }
+
+    /// `e_m` of every modality of [`ModalityEmbedding::modalities`], for the distinct items.
+    ///
+    /// # Shapes
+    /// - output: one `[n, modality_dim]` tensor per modality
+    pub fn forward(&self, x: &BatchTensors) -> Result<Vec<Tensor<2>>> {
+        let n = x.n_items;
+        let missing = |what: &str| Error::Batch(format!("the batch has no {what} but the model uses them"));
+        self.modalities
+            .iter()
+            .map(|m| {
+                Ok(match m {
+                    Modality::Ids => self.ids_projection.forward(self.raw_ids(x)),
+                    Modality::Image => {
+                        let layer = self.image.as_ref().ok_or_else(|| missing("image layer"))?;
+                        let images = x.images.clone().ok_or_else(|| missing("images"))?;
+                        layer.forward(images)
+                    }
+                    Modality::Title => {
+                        let cnn = self.title.as_ref().ok_or_else(|| missing("title layer"))?;
+                        let tokens = x.title_tokens.clone().ok_or_else(|| missing("titles"))?;
+                        cnn.forward(tokens, x.title_len, &x.title_lengths)
+                    }
+                    Modality::Statistic => {
+                        let (table, proj) = match (&self.stat, &self.stat_projection) {
+                            (Some(t), Some(p)) => (t, p),
+                            _ => return Err(missing("statistic layer")),
+                        };
+                        let rows = x.stat_rows.clone().ok_or_else(|| missing("statistics"))?;
+                        let flat = lookup(table, rows);
+                        let width = 2 * self.n_stats * table.weight.val().dims()[1];
+                        proj.forward(flat.reshape([n, width]))
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Behavior property embeddings `p_t` of every sequence slot.
+    ///
+    /// # Shapes
+    /// - output: `[B, T, behavior_type_dim + time_dim]`
+    pub fn property(&self, x: &BatchTensors) -> Tensor<3> {
+        let (b, t) = (x.batch_size, x.seq_len);
+        let kind = lookup(&self.behavior_type, x.behavior_type.clone());
+        let time = lookup(&self.time, x.time_bucket.clone());
+        let p = Tensor::cat(vec![kind, time], 1);
+        let d = p.dims()[1];
+        p.reshape([b, t, d])
+    }
+}
+
+/// Config of the title TextCNN (Kim, 2014).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TitleCnnConfig {
+    /// Word vocabulary size.
+    pub vocab: usize,
+    /// Word vector width.
+    pub word_dim: usize,
+    /// Filters per window.
+    pub filters: usize,
+    /// Window widths.
+    pub windows: Vec<usize>,
+    /// Whether word vectors are trained.
+    pub fine_tune: bool,
+    /// Output width.
+    pub output_dim: usize,
+}
+
+impl TitleCnnConfig {
+    /// Build the TextCNN with randomly initialised word vectors.
+    pub fn init(&self, device: &Device) -> TitleCnn {
+        TitleCnn {
+            words: embedding(self.vocab, self.word_dim, device),
+            convs: self
+                .windows
+                .iter()
+                .map(|&w| Conv1dConfig::new(self.word_dim, self.filters, w).init(device))
+                .collect(),
+            projection: LinearConfig::new(self.filters * self.windows.len(), self.output_dim).init(device),
+            windows: self.windows.clone(),
+            fine_tune: self.fine_tune,
+        }
+    }
+}
+
+/// Title TextCNN: word vectors, one convolution per window, ReLU, max over the real windows,
+/// concatenation, projection.
+#[derive(Module, Debug)]
+pub struct TitleCnn {
+    /// Word vectors `[vocab, word_dim]`.
+    pub words: Embedding,
+    /// One convolution per window.
+    pub convs: Vec<Conv1d>,
+    /// Projection to the common modality width.
+    pub projection: Linear,
+    #[module(skip)]
+    windows: Vec<usize>,
+    #[module(skip)]
+    fine_tune: bool,
+}
+
+impl TitleCnn {
+    /// Replace the word vectors with a supplied row-major `[vocab, word_dim]` table.
+    pub fn with_word_vectors(mut self, table: Vec<f32>) -> Result<Self> {
+        let [vocab, dim] = self.words.weight.val().dims();
+        if table.len() != vocab * dim {
+            return Err(Error::Config(format!(
+                "word vector table has {} values, expected {vocab} x {dim}",
+                table.len()
+            )));
+        }
+        let device = self.words.weight.val().device();
+        let tensor = Tensor::<2>::from_data(TensorData::new(table, [vocab, dim]), &device);
+        self.words.weight = Param::from_tensor(tensor);
+        Ok(self)
+    }
+
+    /// Title embeddings.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[n * len]` word indices, `len >= max(windows)`
+    /// - `lengths`: `n` real title lengths
+    /// - output: `[n, output_dim]`
+    pub fn forward(&self, tokens: Tensor<1, Int>, len: usize, lengths: &[u32]) -> Tensor<2> {
+        let n = lengths.len();
+        let device = tokens.device();
+        let mut words = self.words.weight.val();
+        if !self.fine_tune {
+            words = words.detach();
+        }
+        let d = words.dims()[1];
+        let word_mask: Vec<f32> =
+            lengths.iter().flat_map(|&l| (0..len).map(move |p| if p < l as usize { 1.0 } else { 0.0 })).collect();
+        let word_mask = Tensor::<3>::from_data(TensorData::new(word_mask, [n, len, 1]), &device);
+        // Padding words are zero vectors, so a window overlapping them sees only real words.
+        let x = (words.select(0, tokens).reshape([n, len, d]) * word_mask).swap_dims(1, 2);
+        let pooled: Vec<Tensor<2>> = self
+            .convs
+            .iter()
+            .zip(&self.windows)
+            .map(|(conv, &w)| {
+                let positions = len + 1 - w;
+                // A window is real when it ends within the title; window 0 always counts, so a
+                // title shorter than the window still yields one (zero-padded) window.
+                let additive: Vec<f32> = lengths
+                    .iter()
+                    .flat_map(|&l| (0..positions).map(move |p| if p == 0 || p + w <= l as usize { 0.0 } else { -1e9 }))
+                    .collect();
+                let additive = Tensor::<3>::from_data(TensorData::new(additive, [n, 1, positions]), &device);
+                let features = relu(conv.forward(x.clone())) + additive;
+                let filters = features.dims()[1];
+                features.max_dim(2).reshape([n, filters])
+            })
+            .collect();
+        self.projection.forward(Tensor::cat(pooled, 1))
+    }
+}
+
+/// Config of the specific and invariant projections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModalityProjectionConfig {
+    /// Input width (the common modality width).
+    pub input_dim: usize,
+    /// Output width (paper: 256).
+    pub output_dim: usize,
+    /// Number of modalities `M`.
+    pub n_modalities: usize,
+    /// Whether the shared invariant projection `I` is built.
+    pub invariant: bool,
+}
+
+impl ModalityProjectionConfig {
+    /// Build `S_1..S_M` and, when asked, `I`.
+    pub fn init(&self, device: &Device) -> ModalityProjection {
+        ModalityProjection {
+            specific: (0..self.n_modalities)
+                .map(|_| LinearConfig::new(self.input_dim, self.output_dim).init(device))
+                .collect(),
+            invariant: self.invariant.then(|| LinearConfig::new(self.input_dim, self.output_dim).init(device)),
+        }
+    }
+}
+
+/// `s_m = tanh(S_m e_m)` per modality and `c_m = tanh(I e_m)` with one shared `I`.
+#[derive(Module, Debug)]
+pub struct ModalityProjection {
+    /// `S_m`, one per modality.
+    pub specific: Vec<Linear>,
+    /// `I`, shared by all modalities.
+    pub invariant: Option<Linear>,
+}
+
+impl ModalityProjection {
+    /// Modality-specific features.
+    ///
+    /// # Shapes
+    /// - `e`: M tensors `[n, input_dim]`; output: M tensors `[n, output_dim]`
+    pub fn specific(&self, e: &[Tensor<2>]) -> Vec<Tensor<2>> {
+        e.iter().zip(&self.specific).map(|(e, s)| s.forward(e.clone()).tanh()).collect()
+    }
+
+    /// Modality-invariant features (empty when `I` was not built).
+    ///
+    /// # Shapes
+    /// - `e`: M tensors `[n, input_dim]`; output: M tensors `[n, output_dim]`
+    pub fn invariant(&self, e: &[Tensor<2>]) -> Vec<Tensor<2>> {
+        match &self.invariant {
+            Some(i) => e.iter().map(|e| i.forward(e.clone()).tanh()).collect(),
+            None => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Whole-model tests: shapes of every variant, padding invariance, distinct-item computation
+//! equals per-slot computation, gradient isolation of D0 and D_s, overfitting a fixed batch,
+//! missing modalities, and checkpoint round trips.
+
+use std::sync::{Mutex, MutexGuard};
+
+use burn::module::Module;
+use burn::tensor::Device;
+use marnflow_model::synthetic::SyntheticSpec;
+use marnflow_model::{checkpoint, Batch, MarnConfig, ModalityEmbeddingConfig, Samples, TrainConfig, Trainer, Variant};
+
+fn tiny(variant: Variant) -> MarnConfig {
+    MarnConfig {
+        variant,
+        embedding: ModalityEmbeddingConfig {
+            item_dim: 8,
+            shop_dim: 4,
+            brand_dim: 4,
+            category_dim: 4,
+            stat_dim: 4,
+            title_filters: 4,
+            modality_dim: 12,
+            behavior_type_dim: 4,
+            time_dim: 4,
+            ..ModalityEmbeddingConfig::default()
+        },
+        representation_dim: 16,
+        gru_dim: 8,
+        attention_dim: 8,
+        head_layers: vec![32, 16],
+        fm_dim: 4,
+        ..MarnConfig::default()
+    }
+}
+
+/// Tests in this file run one at a time: burn's flex RNG is global and parameters initialise
+/// lazily, so a seeded model is reproducible only if nothing else draws meanwhile.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn assert_close(a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= tol, "index {i}: {x} vs {y}");
+    }
+}
+
+/// The same samples with `extra` more padding positions of arbitrary content.
+fn pad_more(batch: &Batch, extra: usize) -> Batch {
+    let (items, s) = batch.clone().into_parts();
+    let t = s.seq_len;
+    let n = items.len() as u32;
+    let mut out = Samples { seq_len: t + extra, ..s.clone() };
+    out.history.clear();
+    out.behavior_type.clear();
+    out.time_bucket.clear();
+    for i in 0..s.candidate.len() {
+        out.history.extend_from_slice(&s.history[i * t..(i + 1) * t]);
+        out.behavior_type.extend_from_slice(&s.behavior_type[i * t..(i + 1) * t]);
+        out.time_bucket.extend_from_slice(&s.time_bucket[i * t..(i + 1) * t]);
+        for k in 0..extra {
+            out.history.push((i as u32 * 7 + k as u32) % n);
+            out.behavior_type.push((k % 3) as u32);
+            out.time_bucket.push((k % 8) as u32);
+        }
+    }
+    Batch::new(items, out).expect("padded batch is valid")
+}
+
+#[test]
+fn every_variant_predicts_one_probability_per_sample() {
+    let _serial = serial();
+    let spec = SyntheticSpec::default();
+    let batch = spec.batch().unwrap();
+    let device = Device::flex();
+    for v in Variant::ALL {
+        let model = tiny(v).init(&spec.inputs(), &device).unwrap();
+        let x = model.tensors(&batch).unwrap();
+        let out = model.forward(&x).unwrap();
+        assert_eq!(out.logits.dims(), [batch.len()], "{v}");
+        if let Some(rep) = &out.item_representations {
+            assert_eq!(rep.dims(), [batch.n_items(), 16], "{v}");
+        }
+        let p = model.predict(&batch).unwrap();
+        assert!(p.iter().all(|p| (0.0..=1.0).contains(p)), "{v}: {p:?}");
+    }
+}
+
+#[test]
+fn padding_never_changes_the_prediction() {
+    let _serial = serial();
+    let spec = SyntheticSpec { batch_size: 6, ..SyntheticSpec::default() };
+    let batch = spec.batch().unwrap();
+    let longer = pad_more(&batch, 5);
+    let device = Device::flex();
+    for v in Variant::ALL {
+        let model = tiny(v).init(&spec.inputs(), &device).unwrap();
+        let a = model.predict(&batch).unwrap();
+        let b = model.predict(&longer).unwrap();
+        assert_close(&a, &b, 1e-5);
+    }
+}
+
+#[test]
+fn distinct_item_computation_equals_per_slot_computation() {
+    let _serial = serial();
+    let spec = SyntheticSpec { batch_size: 6, zipf_exponent: 1.2, ..SyntheticSpec::default() };
+    let dedup = spec.batch().unwrap();
+    let per_slot = SyntheticSpec { dedup: false, ..spec.clone() }.batch().unwrap();
+    assert!(dedup.n_items() < per_slot.n_items());
+    let device = Device::flex();
+    for v in [Variant::Marn, Variant::Conc, Variant::Din, Variant::Fm] {
+        let model = tiny(v).init(&spec.inputs(), &device).unwrap();
+        let a = model.predict(&dedup).unwrap();
+        let b = model.predict(&per_slot).unwrap();
+        assert_close(&a, &b, 1e-5);
+    }
+}
+
+#[test]
+fn importance_discriminator_loss_puts_no_gradient_into_the_invariant_projection() {
+    let _serial = serial();
+    let spec = SyntheticSpec::default();
+    let batch = spec.batch().unwrap();
+    let model = tiny(Variant::Marn).init(&spec.inputs(), &Device::flex().autodiff()).unwrap();
+    let x = model.tensors(&batch).unwrap();
+    let out = model.forward(&x).unwrap();
+    let grads = out.aux.importance.expect("marn has L_D0").backward();
+    let projection = model.projection.as_ref().unwrap();
+    let invariant = projection.invariant.as_ref().unwrap();
+    assert!(invariant.weight.val().grad(&grads).is_none(), "L_D0 reached I");
+    assert!(model.embedding.as_ref().unwrap().item.weight.val().grad(&grads).is_none());
+    let d0 = model.adversarial.as_ref().unwrap().importance.as_ref().unwrap();
+    assert!(d0.weight.val().grad(&grads).is_some(), "L_D0 does not train D0");
+}
+
+#[test]
+fn specific_discriminator_loss_puts_no_gradient_into_the_embedding_layer() {
+    let _serial = serial();
+    let spec = SyntheticSpec::default();
+    let batch = spec.batch().unwrap();
+    let model = tiny(Variant::Marn).init(&spec.inputs(), &Device::flex().autodiff()).unwrap();
+    let x = model.tensors(&batch).unwrap();
+    let out = model.forward(&x).unwrap();
+    let grads = out.aux.specific.expect("marn has L_Ds").backward();
+    let embedding = model.embedding.as_ref().unwrap();
+    assert!(embedding.item.weight.val().grad(&grads).is_none(), "L_Ds reached the item table");
+    assert!(embedding.ids_projection.weight.val().grad(&grads).is_none(), "L_Ds reached E");
+    if let Some(image) = &embedding.image {
+        assert!(image.weight.val().grad(&grads).is_none(), "L_Ds reached the image projection");
+    }
+    let projection = model.projection.as_ref().unwrap();
+    assert!(projection.specific[0].weight.val().grad(&grads).is_some(), "L_Ds does not train S_m");
+    let shared = &model.adversarial.as_ref().unwrap().modality;
+    assert!(shared.weight.val().grad(&grads).is_some(), "L_Ds does not train the shared matrix");
+}
+
+#[test]
+fn adversarial_loss_reaches_the_invariant_projection_negated_and_scaled() {
+    let _serial = serial();
+    // Gradient of L_ADV into I with GRL weight w is −w times the un-reversed gradient (w = −1).
+    let spec = SyntheticSpec::default();
+    let batch = spec.batch().unwrap();
+    let device = Device::flex().autodiff();
+    let model = tiny(Variant::MafAdv).init(&spec.inputs(), &device).unwrap();
+    let grad_with = |w: f64| {
+        let mut m = model.clone();
+        m.adversarial.as_mut().unwrap().grl_weight = w;
+        let x = m.tensors(&batch).unwrap();
+        let grads = m.forward(&x).unwrap().aux.adversarial.unwrap().backward();
+        let i = m.projection.as_ref().unwrap().invariant.as_ref().unwrap();
+        let d1 = m.adversarial.as_ref().unwrap().modality.weight.val().grad(&grads);
+        assert!(d1.is_some(), "L_ADV does not train D1");
+        let g = i.weight.val().grad(&grads).expect("L_ADV reaches I");
+        g.into_data().try_to_vec::<f32>().unwrap()
+    };
+    let plain = grad_with(-1.0);
+    let reversed = grad_with(1.0);
+    let doubled = grad_with(2.0);
+    assert!(plain.iter().any(|g| g.abs() > 1e-7));
+    let neg: Vec<f32> = plain.iter().map(|g| -g).collect();
+    let neg2: Vec<f32> = plain.iter().map(|g| -2.0 * g).collect();
+    assert_close(&reversed, &neg, 1e-6);
+    assert_close(&doubled, &neg2, 1e-6);
+}
+
+#[test]
+fn every_variant_overfits_a_small_fixed_batch() {
+    let _serial = serial();
+    let spec = SyntheticSpec { batch_size: 16, n_items: 400, zipf_exponent: 0.0, seed: 11, ..SyntheticSpec::default() };
+    let batch = spec.batch().unwrap();
+    let device = Device::flex().autodiff();
+    let steps = 400;
+    let mut results = Vec::new();
+    for v in Variant::ALL {
+        device.seed(3);
+        let model = tiny(v).init(&spec.inputs(), &device).unwrap();
+        model.predict(&batch).unwrap(); // materialise the lazily initialised parameters now
+        let mut trainer = Trainer::new(model, TrainConfig::default()).unwrap();
+        let first = trainer.step(&batch, 0.0).unwrap();
+        let mut last = first;
+        for s in 1..steps {
+            last = trainer.step(&batch, s as f64 / steps as f64).unwrap();
+        }
+        assert!(last.ctr.is_finite() && last.total.is_finite(), "{v}: {last:?}");
+        if matches!(v, Variant::MafDdma | Variant::Marn) {
+            assert!(last.importance.is_some() && last.specific.is_some() && last.adversarial.is_some());
+        }
+        eprintln!("{v}: ctr loss {} -> {}", first.ctr, last.ctr);
+        results.push((v, first.ctr, last.ctr));
+    }
+    for (v, first, last) in results {
+        assert!(last < 0.5 * first, "{v}: ctr loss {first} -> {last} did not fall well below its start");
+    }
+}
+
+#[test]
+fn missing_modalities_are_dropped_not_fatal() {
+    let _serial = serial();
+    let spec =
+        SyntheticSpec { image_dim: 0, title_vocab: 0, n_stats: 0, n_shops: 0, n_brands: 0, ..SyntheticSpec::default() };
+    let batch = spec.batch().unwrap();
+    let device = Device::flex().autodiff();
+    for v in Variant::ALL {
+        let model = tiny(v).init(&spec.inputs(), &device).unwrap();
+        assert!(model.modalities().len() <= 1, "{v}");
+        let mut trainer = Trainer::new(model, TrainConfig::default()).unwrap();
+        let l = trainer.step(&batch, 0.5).unwrap();
+        assert!(l.total.is_finite(), "{v}");
+    }
+    // A model that uses images refuses a batch without them, with an error.
+    let full = SyntheticSpec::default();
+    let model = tiny(Variant::Marn).init(&full.inputs(), &Device::flex()).unwrap();
+    assert!(model.predict(&batch).is_err());
+}
+
+#[test]
+fn empty_histories_are_handled() {
+    let _serial = serial();
+    let spec = SyntheticSpec { max_seq_len: 0, ..SyntheticSpec::default() };
+    let batch = spec.batch().unwrap();
+    assert_eq!(batch.seq_len(), 0);
+    for v in Variant::ALL {
+        let model = tiny(v).init(&spec.inputs(), &Device::flex()).unwrap();
+        let p = model.predict(&batch).unwrap();
+        assert!(p.iter().all(|p| p.is_finite()), "{v}");
+    }
+}
+
+#[test]
+fn save_then_load_reproduces_predictions_exactly() {
+    let _serial = serial();
+    let spec = SyntheticSpec::default();
+    let batch = spec.batch().unwrap();
+    let device = Device::flex().autodiff();
+    let dir = std::env::temp_dir().join(format!("marnflow-model-ckpt-{}", std::process::id()));
+    for v in [Variant::Marn, Variant::Fm] {
+        let model = tiny(v).init(&spec.inputs(), &device).unwrap();
+        let mut trainer = Trainer::new(model, TrainConfig::default()).unwrap();
+        trainer.step(&batch, 0.5).unwrap();
+        let model = trainer.into_model().unwrap();
+        let before = model.predict(&batch).unwrap();
+        checkpoint::save(&model, &dir).unwrap();
+        let loaded = checkpoint::load(&dir, &Device::flex()).unwrap();
+        assert_eq!(loaded.config(), model.config());
+        let after = loaded.predict(&batch).unwrap();
+        assert_eq!(before, after, "{v}");
+        assert_eq!(loaded.num_params(), model.num_params());
+    }
+    assert!(checkpoint::load(&dir.join("missing"), &Device::flex()).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn supplied_word_vectors_are_used_and_stay_frozen_unless_fine_tuned() {
+    let _serial = serial();
+    let spec = SyntheticSpec::default();
+    let batch = spec.batch().unwrap();
+    let inputs = spec.inputs();
+    let table: Vec<f32> = (0..inputs.title_vocab * inputs.word_dim).map(|i| (i % 13) as f32 / 13.0 - 0.5).collect();
+    let words = |m: &marnflow_model::Marn| {
+        let title = m.embedding.as_ref().unwrap().title.as_ref().unwrap();
+        title.words.weight.val().into_data().try_to_vec::<f32>().unwrap()
+    };
+    for fine_tune in [false, true] {
+        let mut config = tiny(Variant::Conc);
+        config.embedding.fine_tune_word_vectors = fine_tune;
+        let model = config.init(&inputs, &Device::flex().autodiff()).unwrap().with_word_vectors(table.clone()).unwrap();
+        assert_eq!(words(&model), table);
+        let mut trainer = Trainer::new(model, TrainConfig::default()).unwrap();
+        trainer.step(&batch, 0.5).unwrap();
+        let after = words(trainer.model().unwrap());
+        assert_eq!(after == table, !fine_tune, "fine_tune = {fine_tune}");
+    }
+    let bad = tiny(Variant::Conc).init(&inputs, &Device::flex()).unwrap().with_word_vectors(vec![0.0; 3]);
+    assert!(bad.is_err());
+}
+
+#[test]
+fn a_damaged_checkpoint_is_refused_with_an_error() {
+    let _serial = serial();
+    let spec = SyntheticSpec::default();
+    let dir = std::env::temp_dir().join(format!("marnflow-model-bad-{}", std::process::id()));
+    let model = tiny(Variant::Ids).init(&spec.inputs(), &Device::flex()).unwrap();
+    checkpoint::save(&model, &dir).unwrap();
+    std::fs::write(dir.join(checkpoint::WEIGHTS_FILE), b"not a burnpack").unwrap();
+    let err = checkpoint::load(&dir, &Device::flex()).unwrap_err();
+    assert!(err.to_string().contains(checkpoint::WEIGHTS_FILE), "{err}");
+    // Weights of another architecture do not load either.
+    let other = tiny(Variant::Marn).init(&spec.inputs(), &Device::flex()).unwrap();
+    checkpoint::save(&other, &dir).unwrap();
+    let mut meta = checkpoint::load_meta(&dir).unwrap();
+    meta.config.variant = Variant::Ids;
+    std::fs::write(dir.join(checkpoint::CONFIG_FILE), serde_json::to_vec(&meta).unwrap()).unwrap();
+    assert!(checkpoint::load(&dir, &Device::flex()).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn total_loss_is_ctr_plus_lambda_times_the_auxiliary_losses() {
+    let _serial = serial();
+    let spec = SyntheticSpec::default();
+    let batch = spec.batch().unwrap();
+    let model = tiny(Variant::Marn).init(&spec.inputs(), &Device::flex()).unwrap();
+    let x = model.tensors(&batch).unwrap();
+    let scalar = |t: &burn::tensor::Tensor<1>| t.clone().into_scalar::<f32>() as f64;
+    for progress in [0.0, 0.3, 1.0] {
+        let loss = model.loss(model.forward(&x).unwrap(), x.labels.clone(), progress);
+        let aux = scalar(loss.aux.importance.as_ref().unwrap())
+            + scalar(loss.aux.specific.as_ref().unwrap())
+            + scalar(loss.aux.adversarial.as_ref().unwrap());
+        let lambda = marnflow_model::aux_loss_weight(progress, 0.05, 10.0);
+        assert_eq!(loss.lambda, lambda);
+        let expected = scalar(&loss.ctr) + lambda * aux;
+        assert!((scalar(&loss.total) - expected).abs() < 1e-5, "progress {progress}");
+    }
+}

@@ -1,0 +1,865 @@
+//! `marnflow features`: the daily feature job and its backfills.
+//!
+//! For each day `D` (in order):
+//!
+//! 1. **Ingest and validate** (`sql/clean_*.sql`): the day's raw exposures, clicks and behaviors,
+//!    each row with the reason it breaks the contract, if any. Bad rows are written to
+//!    `quarantine/raw_<table>/dt=D/` with their `reason`; input = accepted + quarantined, always.
+//!    Past `max_bad_share` the run fails and shows a few offending rows.
+//! 2. **Daily aggregates** (`sql/daily_item_counts.sql`) → `features/daily_item_counts/dt=D/`, and
+//!    **labels** (`sql/labels.sql`) → `features/labels/dt=D/`.
+//! 3. **Rolling windows** ([`crate::windows`], differential dataflow): one dataflow for the whole
+//!    range, fed with the daily aggregates of `[from − max window, to − 1]` →
+//!    `features/item_stats/dt=D/` (the statistics known at the end of `D − 1`).
+//! 4. **Buckets** (`sql/item_stat_buckets.sql`), **samples** (`sql/samples.sql`, with the compact
+//!    user state `sql/user_history.sql`) and the **item side table** (`sql/items.sql`), then the
+//!    append-only **dictionaries** (`features/dictionaries/`).
+//!
+//! Every output is a Parquet file published atomically; rerunning a day rewrites that day's files
+//! with the same bytes and touches no other day.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, AsArray, Float64Array, Float64Builder, Int32Builder, Int64Array, ListArray, StringArray, StringBuilder,
+};
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use chrono::{Duration, NaiveDate};
+use datafusion::catalog::MemTable;
+use datafusion::prelude::SessionContext;
+use datafusion::scalar::ScalarValue;
+use serde::{Deserialize, Serialize};
+use tracing::{info, instrument, warn};
+
+use crate::error::{PipelineError, Result};
+use crate::lake::{partition, Lake};
+use crate::query::LakeSession;
+use crate::windows::{item_window_stats, DailyCounts, ItemWindows, AMOUNT, STATS};
+use crate::world::writer::PartitionWriter;
+
+/// `features/<name>` tables written by this job.
+pub const DAILY_ITEM_COUNTS: &str = "features/daily_item_counts";
+pub const LABELS: &str = "features/labels";
+pub const ITEM_STATS: &str = "features/item_stats";
+pub const ITEM_STAT_BUCKETS: &str = "features/item_stat_buckets";
+pub const SAMPLES: &str = "features/samples";
+pub const USER_HISTORY: &str = "features/user_history";
+pub const ITEMS: &str = "features/items";
+pub const DICTIONARIES: &str = "features/dictionaries";
+
+/// The SQL jobs, one file each under `sql/`, embedded so the binary runs anywhere; a `sql_dir`
+/// that exists overrides them, so a data engineer changes a feature without touching Rust.
+pub const SQL_JOBS: [(&str, &str); 9] = [
+    ("clean_exposures", include_str!("../../sql/clean_exposures.sql")),
+    ("clean_clicks", include_str!("../../sql/clean_clicks.sql")),
+    ("clean_behaviors", include_str!("../../sql/clean_behaviors.sql")),
+    ("daily_item_counts", include_str!("../../sql/daily_item_counts.sql")),
+    ("labels", include_str!("../../sql/labels.sql")),
+    ("item_stat_buckets", include_str!("../../sql/item_stat_buckets.sql")),
+    ("user_history", include_str!("../../sql/user_history.sql")),
+    ("samples", include_str!("../../sql/samples.sql")),
+    ("items", include_str!("../../sql/items.sql")),
+];
+
+/// Columns of `features/samples` the trainer reads; a `samples.sql` that drops one fails with the
+/// file and the column named.
+pub const SAMPLES_REQUIRED: [&str; 11] = [
+    "request_id",
+    "user_id",
+    "item_id",
+    "event_time",
+    "label",
+    "shop_id",
+    "brand_id",
+    "category_id",
+    "hist_item_ids",
+    "hist_behaviors",
+    "hist_seconds_before",
+];
+
+/// The `[features]` section of the config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeaturesConfig {
+    /// Rolling windows in days.
+    pub windows: Vec<u32>,
+    /// Behaviors kept per sample (most recent first, stored oldest first).
+    pub sequence_length: u32,
+    /// Smoothed CTR = (clicks + prior_clicks) / (exposures + prior_exposures).
+    pub ctr_prior_clicks: f64,
+    pub ctr_prior_exposures: f64,
+    /// Largest share of quarantined rows per table and day before the run fails.
+    pub max_bad_share: f64,
+    /// Timely worker threads for the windows.
+    pub workers: usize,
+    /// Folder with the SQL jobs; the embedded copies are used when it does not exist.
+    pub sql_dir: String,
+}
+
+impl Default for FeaturesConfig {
+    fn default() -> Self {
+        Self {
+            windows: vec![1, 7, 30],
+            sequence_length: 50,
+            ctr_prior_clicks: 1.0,
+            ctr_prior_exposures: 20.0,
+            max_bad_share: 0.01,
+            workers: 1,
+            sql_dir: "sql".into(),
+        }
+    }
+}
+
+impl FeaturesConfig {
+    /// Every problem, naming its key and the allowed range.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.windows.is_empty() || self.windows.iter().any(|&w| w == 0 || w > 3650) {
+            p.push(format!("features.windows = {:?}: give one or more windows of 1 to 3650 days", self.windows));
+        }
+        if !(1..=10_000).contains(&self.sequence_length) {
+            p.push(format!("features.sequence_length = {} is out of range: allowed 1 to 10000", self.sequence_length));
+        }
+        if !(self.ctr_prior_clicks >= 0.0
+            && self.ctr_prior_exposures > 0.0
+            && self.ctr_prior_clicks <= self.ctr_prior_exposures)
+        {
+            p.push(
+                "features.ctr_prior_clicks and ctr_prior_exposures: need 0 <= clicks <= exposures and exposures > 0"
+                    .into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.max_bad_share) {
+            p.push(format!("features.max_bad_share = {} is out of range: allowed 0 to 1", self.max_bad_share));
+        }
+        if !(1..=1024).contains(&self.workers) {
+            p.push(format!("features.workers = {} is out of range: allowed 1 to 1024", self.workers));
+        }
+        p
+    }
+
+    /// Names of the statistics of `features/item_stats`, in column order (after `item_id`).
+    pub fn stat_columns(&self) -> Vec<String> {
+        let mut cols = Vec::new();
+        for w in &self.windows {
+            for s in STATS {
+                cols.push(format!("{s}_{w}d"));
+            }
+        }
+        for w in &self.windows {
+            cols.push(format!("ctr_{w}d"));
+        }
+        cols
+    }
+}
+
+/// The SQL text of every job.
+#[derive(Debug, Clone)]
+pub struct SqlRegistry {
+    jobs: BTreeMap<String, String>,
+    origin: String,
+}
+
+impl SqlRegistry {
+    /// The files of `dir` when it exists (every job must be there), else the embedded copies.
+    pub fn load(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            let jobs = SQL_JOBS.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
+            return Ok(Self { jobs, origin: "embedded sql/".into() });
+        }
+        let mut jobs = BTreeMap::new();
+        let mut missing = Vec::new();
+        for (name, _) in SQL_JOBS {
+            let path = dir.join(format!("{name}.sql"));
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    jobs.insert(name.to_string(), text);
+                }
+                Err(e) => missing.push(format!("{}: {e}", path.display())),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(PipelineError::Config(missing));
+        }
+        Ok(Self { jobs, origin: format!("{}/", dir.display()) })
+    }
+
+    /// The statement of job `name`.
+    pub fn get(&self, name: &str) -> Result<&str> {
+        self.jobs
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| PipelineError::Config(vec![format!("no SQL job named {name}")]))
+    }
+
+    /// Where the statements came from (for messages).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+}
+
+/// Rows in, accepted and quarantined for one raw table and day.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Accounting {
+    pub input: u64,
+    pub accepted: u64,
+    pub quarantined: u64,
+}
+
+/// What one day of the job did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DayReport {
+    pub date: String,
+    pub exposures: Accounting,
+    pub clicks: Accounting,
+    pub behaviors: Accounting,
+    pub samples: u64,
+    pub items_with_stats: u64,
+    pub positive_rate: f64,
+}
+
+async fn run_sql(
+    ctx: &SessionContext,
+    registry: &SqlRegistry,
+    job: &str,
+    params: Vec<ScalarValue>,
+) -> Result<Vec<RecordBatch>> {
+    let text = registry.get(job)?;
+    let wrap = |e: datafusion::error::DataFusionError| {
+        PipelineError::Sql(datafusion::error::DataFusionError::Context(
+            format!("{}{job}.sql", registry.origin()),
+            Box::new(e),
+        ))
+    };
+    let mut df = ctx.sql(text).await.map_err(wrap)?;
+    if !params.is_empty() {
+        df = df.with_param_values(params).map_err(wrap)?;
+    }
+    df.collect().await.map_err(wrap)
+}
+
+fn replace_table(ctx: &SessionContext, name: &str, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<()> {
+    let _ = ctx.deregister_table(name)?;
+    let table = MemTable::try_new(schema, vec![batches])?;
+    ctx.register_table(name, Arc::new(table))?;
+    Ok(())
+}
+
+fn schema_of(batches: &[RecordBatch], fallback: SchemaRef) -> SchemaRef {
+    batches.first().map_or(fallback, RecordBatch::schema)
+}
+
+fn total_rows(batches: &[RecordBatch]) -> u64 {
+    batches.iter().map(|b| b.num_rows() as u64).sum()
+}
+
+/// The contract's string type everywhere: `Utf8View`/`LargeUtf8` become `Utf8`, inside lists too,
+/// so every partition of a table has the same schema whatever SQL functions produced it.
+fn plain_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+        DataType::List(f) | DataType::LargeList(f) | DataType::ListView(f) => {
+            let item = if f.data_type() == &DataType::Null { DataType::Utf8 } else { plain_type(f.data_type()) };
+            DataType::List(Arc::new(Field::new("item", item, true)))
+        }
+        other => other.clone(),
+    }
+}
+
+fn plain_schema(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_data_type(plain_type(f.data_type())))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn plain_batch(b: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let cols = b
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| PipelineError::arrow("normalizing string types", e))?;
+    RecordBatch::try_new(Arc::clone(schema), cols).map_err(|e| PipelineError::arrow("normalizing string types", e))
+}
+
+/// Writes `batches` as the single file of `table/dt=D`.
+async fn publish(lake: &Lake, table: &str, dt: &str, schema: SchemaRef, batches: &[RecordBatch]) -> Result<u64> {
+    let target = format!("{}/part-00000.parquet", partition(table, dt));
+    let schema = plain_schema(&schema);
+    let mut w = PartitionWriter::create(lake, target, Arc::clone(&schema), 65_536)?;
+    for b in batches {
+        let b = &plain_batch(b, &schema)?;
+        if let Err(e) = w.write(b).await {
+            w.abort().await;
+            return Err(e);
+        }
+    }
+    w.finish().await
+}
+
+/// Splits a validated table into accepted rows (without `reason`) and quarantined rows.
+fn split_by_reason(batches: &[RecordBatch], table: &str) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    for b in batches {
+        let reason_idx =
+            b.schema().index_of("reason").map_err(|e| PipelineError::arrow(format!("{table}: no reason column"), e))?;
+        let reason = b.column(reason_idx);
+        let is_bad = arrow::compute::is_not_null(reason).map_err(|e| PipelineError::arrow(table.to_string(), e))?;
+        let is_good = arrow::compute::not(&is_bad).map_err(|e| PipelineError::arrow(table.to_string(), e))?;
+        let filter =
+            |mask| arrow::compute::filter_record_batch(b, mask).map_err(|e| PipelineError::arrow(table.to_string(), e));
+        let g = filter(&is_good)?;
+        let keep: Vec<usize> = (0..g.num_columns()).filter(|&i| i != reason_idx).collect();
+        good.push(g.project(&keep).map_err(|e| PipelineError::arrow(table.to_string(), e))?);
+        bad.push(filter(&is_bad)?);
+    }
+    Ok((good, bad))
+}
+
+fn show_bad_rows(bad: &[RecordBatch], n: usize) -> String {
+    let mut shown = Vec::new();
+    let mut left = n;
+    for b in bad {
+        if left == 0 {
+            break;
+        }
+        let take = left.min(b.num_rows());
+        shown.push(b.slice(0, take));
+        left -= take;
+    }
+    arrow::util::pretty::pretty_format_batches(&shown).map(|t| t.to_string()).unwrap_or_default()
+}
+
+fn day_string(d: NaiveDate) -> String {
+    d.format("%Y-%m-%d").to_string()
+}
+
+fn epoch_day(d: NaiveDate) -> u32 {
+    (d - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days().max(0) as u32
+}
+
+/// Validates, quarantines and registers one raw table of day `dt`; returns its accounting.
+async fn ingest(
+    lake: &Lake,
+    ctx: &SessionContext,
+    registry: &SqlRegistry,
+    cfg: &FeaturesConfig,
+    raw: &str,
+    dt: &str,
+) -> Result<Accounting> {
+    let job = format!("clean_{raw}");
+    let checked = run_sql(ctx, registry, &job, vec![ScalarValue::Utf8(Some(dt.to_string()))]).await?;
+    let fallback = Arc::new(Schema::empty());
+    let schema = schema_of(&checked, fallback);
+    replace_table(ctx, &job, Arc::clone(&schema), checked.clone())?;
+    let (good, bad) = split_by_reason(&checked, &job)?;
+    let acc = Accounting { input: total_rows(&checked), accepted: total_rows(&good), quarantined: total_rows(&bad) };
+    debug_assert_eq!(acc.input, acc.accepted + acc.quarantined);
+    publish(lake, &format!("quarantine/raw_{raw}"), dt, Arc::clone(&schema), &bad).await?;
+    if acc.quarantined > 0 {
+        warn!(table = %format!("raw/{raw}"), dt, quarantined = acc.quarantined, input = acc.input, "rows quarantined");
+    }
+    if acc.input > 0 && acc.quarantined as f64 > cfg.max_bad_share * acc.input as f64 {
+        return Err(PipelineError::Config(vec![format!(
+            "raw/{raw}/dt={dt}: {} of {} rows ({:.2}%) break the contract, more than features.max_bad_share = {}; \
+             they are in quarantine/raw_{raw}/dt={dt}/. The first ones:\n{}",
+            acc.quarantined,
+            acc.input,
+            100.0 * acc.quarantined as f64 / acc.input as f64,
+            cfg.max_bad_share,
+            show_bad_rows(&bad, 5)
+        )]));
+    }
+    let good_schema = good.first().map_or_else(
+        || {
+            let keep: Vec<Field> =
+                schema.fields().iter().filter(|f| f.name() != "reason").map(|f| f.as_ref().clone()).collect();
+            Arc::new(Schema::new(keep))
+        },
+        RecordBatch::schema,
+    );
+    replace_table(ctx, raw, good_schema, good)?;
+    Ok(acc)
+}
+
+fn history_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Utf8, true),
+        Field::new("event_time", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
+        Field::new("item_id", DataType::Utf8, true),
+        Field::new("behavior", DataType::Utf8, true),
+    ]))
+}
+
+/// Runs the feature job for every day of `[from, to]`, in order.
+#[instrument(skip_all, fields(lake = lake.uri(), from = %from, to = %to))]
+pub async fn run_features(lake: &Lake, cfg: &FeaturesConfig, from: NaiveDate, to: NaiveDate) -> Result<Vec<DayReport>> {
+    let mut problems = cfg.validate();
+    if to < from {
+        problems.push(format!("--to {to} is before --from {from}"));
+    }
+    if !problems.is_empty() {
+        return Err(PipelineError::Config(problems));
+    }
+    let registry = SqlRegistry::load(Path::new(&cfg.sql_dir))?;
+    info!(sql = registry.origin(), "feature job starts");
+    let days: Vec<NaiveDate> = (0..=(to - from).num_days()).map(|i| from + Duration::days(i)).collect();
+
+    // Pass 1: validate, quarantine, daily aggregates and labels, day by day.
+    let mut reports = Vec::new();
+    for day in &days {
+        let dt = day_string(*day);
+        let session = LakeSession::open(lake).await?;
+        require_raw(&session)?;
+        let ctx = session.context();
+        let exposures = ingest(lake, ctx, &registry, cfg, "exposures", &dt).await?;
+        let clicks = ingest(lake, ctx, &registry, cfg, "clicks", &dt).await?;
+        let behaviors = ingest(lake, ctx, &registry, cfg, "behaviors", &dt).await?;
+        let counts = run_sql(ctx, &registry, "daily_item_counts", vec![]).await?;
+        publish(lake, DAILY_ITEM_COUNTS, &dt, schema_of(&counts, daily_counts_schema()), &counts).await?;
+        let labels = run_sql(ctx, &registry, "labels", vec![]).await?;
+        let positives = labels_positive(&labels);
+        publish(lake, LABELS, &dt, schema_of(&labels, Arc::new(Schema::empty())), &labels).await?;
+        info!(
+            dt,
+            exposures = exposures.accepted,
+            clicks = clicks.accepted,
+            behaviors = behaviors.accepted,
+            "day ingested"
+        );
+        let n = total_rows(&labels);
+        reports.push(DayReport {
+            date: dt,
+            exposures,
+            clicks,
+            behaviors,
+            samples: 0,
+            items_with_stats: 0,
+            positive_rate: if n > 0 { positives as f64 / n as f64 } else { 0.0 },
+        });
+    }
+
+    // Pass 2: one dataflow for the whole range, fed with the daily aggregates.
+    let max_w = cfg.windows.iter().copied().max().unwrap_or(1);
+    let first_needed = from - Duration::days(i64::from(max_w));
+    let daily = load_daily_counts(lake, first_needed, to - Duration::days(1)).await?;
+    let report_days: Vec<u32> = days.iter().map(|d| epoch_day(*d)).collect();
+    let windows = item_window_stats(&daily, &cfg.windows, &report_days, cfg.workers)?;
+
+    // Pass 3: statistics, buckets, samples, user state, item side and dictionaries, day by day.
+    for (day, report) in days.iter().zip(reports.iter_mut()) {
+        let dt = day_string(*day);
+        let stats = windows.get(&epoch_day(*day)).map(Vec::as_slice).unwrap_or(&[]);
+        let stats_batch = item_stats_batch(cfg, stats)?;
+        publish(lake, ITEM_STATS, &dt, stats_batch.schema(), std::slice::from_ref(&stats_batch)).await?;
+        report.items_with_stats = stats.len() as u64;
+
+        let session = LakeSession::open(lake).await?;
+        let ctx = session.context();
+        let long = long_stats(cfg, &stats_batch)?;
+        replace_table(ctx, "item_stats_long", long.schema(), vec![long])?;
+        let names = cfg.stat_columns();
+        let prior = cfg.ctr_prior_clicks / cfg.ctr_prior_exposures;
+        let names = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("stat", DataType::Utf8, false),
+                Field::new("empty_value", DataType::Float64, false),
+            ])),
+            vec![
+                Arc::new(StringArray::from_iter_values(names.iter().map(String::as_str))),
+                Arc::new(Float64Array::from_iter_values(names.iter().map(|n| {
+                    if n.starts_with("ctr_") {
+                        prior
+                    } else {
+                        0.0
+                    }
+                }))),
+            ],
+        )
+        .map_err(|e| PipelineError::arrow("building stat_names", e))?;
+        replace_table(ctx, "stat_names", names.schema(), vec![names])?;
+        let buckets = run_sql(ctx, &registry, "item_stat_buckets", vec![]).await?;
+        let wide = widen_buckets(cfg, &buckets)?;
+        publish(lake, ITEM_STAT_BUCKETS, &dt, wide.schema(), std::slice::from_ref(&wide)).await?;
+        replace_table(ctx, "item_stat_buckets_wide", wide.schema(), vec![wide])?;
+
+        // This day's accepted behaviors (validated again: cheap, and no state kept in memory).
+        ingest_quiet(ctx, &registry, "behaviors", &dt).await?;
+        let previous = previous_history(lake, &session, *day).await?;
+        replace_table(ctx, "previous_history", schema_of(&previous, history_schema()), previous)?;
+        let labels_df = ctx
+            .sql("SELECT * FROM features.labels WHERE dt = $1")
+            .await?
+            .with_param_values(vec![ScalarValue::Utf8(Some(dt.clone()))])?
+            .drop_columns(&["dt"])?;
+        let labels: Vec<RecordBatch> = labels_df.collect().await?;
+        replace_table(ctx, "labels", schema_of(&labels, Arc::new(Schema::empty())), labels)?;
+
+        let t = ScalarValue::Int64(Some(i64::from(cfg.sequence_length)));
+        let samples = run_sql(ctx, &registry, "samples", vec![t.clone()]).await?;
+        check_columns(&registry, "samples", &samples, &SAMPLES_REQUIRED)?;
+        report.samples = publish(lake, SAMPLES, &dt, schema_of(&samples, Arc::new(Schema::empty())), &samples).await?;
+        let history = run_sql(ctx, &registry, "user_history", vec![t]).await?;
+        publish(lake, USER_HISTORY, &dt, schema_of(&history, history_schema()), &history).await?;
+        let items = run_sql(ctx, &registry, "items", vec![]).await?;
+        publish(lake, ITEMS, &dt, schema_of(&items, Arc::new(Schema::empty())), &items).await?;
+        update_dictionaries(lake, &samples, &items).await?;
+        info!(dt, samples = report.samples, items_with_stats = report.items_with_stats, "day published");
+    }
+    Ok(reports)
+}
+
+fn require_raw(session: &LakeSession) -> Result<()> {
+    let have: BTreeSet<String> = session.tables().iter().map(|t| t.qualified()).collect();
+    let missing: Vec<String> = ["raw.exposures", "raw.clicks", "raw.behaviors", "raw.items"]
+        .iter()
+        .filter(|t| !have.contains(**t))
+        .map(|t| format!("{t} is missing from the lake (run `marnflow generate` or an importer first)"))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PipelineError::Config(missing))
+    }
+}
+
+async fn ingest_quiet(ctx: &SessionContext, registry: &SqlRegistry, raw: &str, dt: &str) -> Result<()> {
+    let job = format!("clean_{raw}");
+    let checked = run_sql(ctx, registry, &job, vec![ScalarValue::Utf8(Some(dt.to_string()))]).await?;
+    let (good, _) = split_by_reason(&checked, &job)?;
+    let schema = good.first().map_or_else(history_schema, RecordBatch::schema);
+    replace_table(ctx, raw, schema, good)
+}
+
+fn labels_positive(batches: &[RecordBatch]) -> u64 {
+    batches
+        .iter()
+        .filter_map(|b| b.column_by_name("label"))
+        .filter_map(|c| arrow::compute::cast(c, &DataType::Int64).ok())
+        .map(|c| c.as_primitive::<Int64Type>().iter().flatten().sum::<i64>() as u64)
+        .sum()
+}
+
+fn check_columns(registry: &SqlRegistry, job: &str, batches: &[RecordBatch], required: &[&str]) -> Result<()> {
+    let Some(b) = batches.first() else { return Ok(()) };
+    let missing: Vec<String> = required
+        .iter()
+        .filter(|c| b.schema().index_of(c).is_err())
+        .map(|c| format!("{}{job}.sql does not produce column `{c}`, which the trainer needs", registry.origin()))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PipelineError::Config(missing))
+    }
+}
+
+fn daily_counts_schema() -> SchemaRef {
+    let i = |n: &str| Field::new(n, DataType::Int64, true);
+    Arc::new(Schema::new(vec![
+        Field::new("item_id", DataType::Utf8, true),
+        i("exposures"),
+        i("clicks"),
+        i("carts"),
+        i("purchases"),
+        Field::new("amount", DataType::Float64, true),
+    ]))
+}
+
+/// The daily aggregates of `[first, last]` from `features/daily_item_counts`.
+async fn load_daily_counts(lake: &Lake, first: NaiveDate, last: NaiveDate) -> Result<Vec<DailyCounts>> {
+    if last < first {
+        return Ok(Vec::new());
+    }
+    let session = LakeSession::open(lake).await?;
+    if !session.tables().iter().any(|t| t.qualified() == "features.daily_item_counts") {
+        return Ok(Vec::new());
+    }
+    let df = session
+        .context()
+        .sql("SELECT dt, item_id, exposures, clicks, carts, purchases, amount FROM features.daily_item_counts WHERE dt >= $1 AND dt <= $2 ORDER BY dt, item_id")
+        .await?
+        .with_param_values(vec![ScalarValue::Utf8(Some(day_string(first))), ScalarValue::Utf8(Some(day_string(last)))])?;
+    let batches = df.collect().await?;
+    let mut by_day: BTreeMap<u32, Vec<(String, [i64; 5])>> = BTreeMap::new();
+    for b in &batches {
+        let dt = arrow::compute::cast(b.column(0), &DataType::Utf8)
+            .map_err(|e| PipelineError::arrow("daily counts dt", e))?;
+        let dt = dt.as_string::<i32>();
+        let item = arrow::compute::cast(b.column(1), &DataType::Utf8)
+            .map_err(|e| PipelineError::arrow("daily counts item_id", e))?;
+        let item = item.as_string::<i32>();
+        let ints: Vec<ArrayRef> = (2..6)
+            .map(|c| arrow::compute::cast(b.column(c), &DataType::Int64))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| PipelineError::arrow("daily counts", e))?;
+        let amount = arrow::compute::cast(b.column(6), &DataType::Float64)
+            .map_err(|e| PipelineError::arrow("daily counts amount", e))?;
+        let amount = amount.as_primitive::<arrow::datatypes::Float64Type>();
+        for r in 0..b.num_rows() {
+            let Some(day) = NaiveDate::parse_from_str(dt.value(r), "%Y-%m-%d").ok() else { continue };
+            let mut c = [0i64; 5];
+            for (k, a) in ints.iter().enumerate() {
+                c[k] = a.as_primitive::<Int64Type>().value(r);
+            }
+            c[AMOUNT] = (amount.value(r) * 100.0).round() as i64;
+            by_day.entry(epoch_day(day)).or_default().push((item.value(r).to_string(), c));
+        }
+    }
+    Ok(by_day.into_iter().map(|(day, rows)| DailyCounts { day, rows }).collect())
+}
+
+/// The `features/item_stats` batch of one day from the window sums.
+pub fn item_stats_batch(cfg: &FeaturesConfig, stats: &[ItemWindows]) -> Result<RecordBatch> {
+    let mut fields = vec![Field::new("item_id", DataType::Utf8, false)];
+    let mut cols: Vec<ArrayRef> =
+        vec![Arc::new(StringArray::from_iter_values(stats.iter().map(|s| s.item_id.as_str())))];
+    for (w, width) in cfg.windows.iter().enumerate() {
+        for (s, name) in STATS.iter().enumerate() {
+            let col = format!("{name}_{width}d");
+            if s == AMOUNT {
+                fields.push(Field::new(col, DataType::Float64, false));
+                cols.push(Arc::new(Float64Array::from_iter_values(stats.iter().map(|x| x.sums[w][s] as f64 / 100.0))));
+            } else {
+                fields.push(Field::new(col, DataType::Int64, false));
+                cols.push(Arc::new(Int64Array::from_iter_values(stats.iter().map(|x| x.sums[w][s]))));
+            }
+        }
+    }
+    for (w, width) in cfg.windows.iter().enumerate() {
+        fields.push(Field::new(format!("ctr_{width}d"), DataType::Float64, false));
+        cols.push(Arc::new(Float64Array::from_iter_values(
+            stats.iter().map(|x| {
+                (x.sums[w][1] as f64 + cfg.ctr_prior_clicks) / (x.sums[w][0] as f64 + cfg.ctr_prior_exposures)
+            }),
+        )));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+        .map_err(|e| PipelineError::arrow("building item_stats", e))
+}
+
+/// `item_stats` in long form (item_id, stat, value) for the bucket job.
+fn long_stats(cfg: &FeaturesConfig, wide: &RecordBatch) -> Result<RecordBatch> {
+    let (mut item, mut stat, mut value) = (StringBuilder::new(), StringBuilder::new(), Float64Builder::new());
+    let ids = wide.column(0).as_string::<i32>();
+    for name in cfg.stat_columns() {
+        let col = wide
+            .column_by_name(&name)
+            .ok_or_else(|| PipelineError::Config(vec![format!("item_stats lacks {name}")]))?;
+        let col = arrow::compute::cast(col, &DataType::Float64).map_err(|e| PipelineError::arrow("long stats", e))?;
+        let col = col.as_primitive::<arrow::datatypes::Float64Type>();
+        for r in 0..wide.num_rows() {
+            item.append_value(ids.value(r));
+            stat.append_value(&name);
+            value.append_value(col.value(r));
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("item_id", DataType::Utf8, false),
+        Field::new("stat", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, false),
+    ]));
+    RecordBatch::try_new(schema, vec![Arc::new(item.finish()), Arc::new(stat.finish()), Arc::new(value.finish())])
+        .map_err(|e| PipelineError::arrow("building item_stats_long", e))
+}
+
+/// Pivots (item_id, stat, b10, b100) into one row per item with `<stat>_b10`, `<stat>_b100`.
+fn widen_buckets(cfg: &FeaturesConfig, long: &[RecordBatch]) -> Result<RecordBatch> {
+    let names = cfg.stat_columns();
+    let index: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+    let mut items: BTreeMap<String, Vec<(i32, i32)>> = BTreeMap::new();
+    for b in long {
+        let item =
+            arrow::compute::cast(b.column(0), &DataType::Utf8).map_err(|e| PipelineError::arrow("buckets", e))?;
+        let stat =
+            arrow::compute::cast(b.column(1), &DataType::Utf8).map_err(|e| PipelineError::arrow("buckets", e))?;
+        let b10 =
+            arrow::compute::cast(b.column(2), &DataType::Int32).map_err(|e| PipelineError::arrow("buckets", e))?;
+        let b100 =
+            arrow::compute::cast(b.column(3), &DataType::Int32).map_err(|e| PipelineError::arrow("buckets", e))?;
+        let (item, stat) = (item.as_string::<i32>(), stat.as_string::<i32>());
+        let (b10, b100) = (b10.as_primitive::<Int32Type>(), b100.as_primitive::<Int32Type>());
+        for r in 0..b.num_rows() {
+            let Some(&k) = index.get(stat.value(r)) else { continue };
+            let e = items.entry(item.value(r).to_string()).or_insert_with(|| vec![(0, 0); names.len()]);
+            e[k] = (b10.value(r), b100.value(r));
+        }
+    }
+    let mut fields = vec![Field::new("item_id", DataType::Utf8, false)];
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(items.keys().map(String::as_str)))];
+    for (k, name) in names.iter().enumerate() {
+        for (suffix, pick) in [("b10", 0usize), ("b100", 1)] {
+            fields.push(Field::new(format!("{name}_{suffix}"), DataType::Int32, false));
+            let mut col = Int32Builder::with_capacity(items.len());
+            for v in items.values() {
+                col.append_value(if pick == 0 { v[k].0 } else { v[k].1 });
+            }
+            cols.push(Arc::new(col.finish()));
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+        .map_err(|e| PipelineError::arrow("building item_stat_buckets", e))
+}
+
+/// The user state at the end of the day before `day` (empty before the data starts).
+async fn previous_history(lake: &Lake, session: &LakeSession, day: NaiveDate) -> Result<Vec<RecordBatch>> {
+    let prev = day_string(day - Duration::days(1));
+    let has_table = session.tables().iter().any(|t| t.qualified() == "features.user_history");
+    let exists = has_table && !lake.list(&partition(USER_HISTORY, &prev)).await?.is_empty();
+    if exists {
+        let df = session
+            .context()
+            .sql("SELECT user_id, event_time, item_id, behavior FROM features.user_history WHERE dt = $1")
+            .await?
+            .with_param_values(vec![ScalarValue::Utf8(Some(prev.clone()))])?;
+        return Ok(df.collect().await?);
+    }
+    // No state for the previous day: fine before the data starts, an error after it.
+    let raw_prev = lake.list(&partition(crate::contract::BEHAVIORS, &prev)).await?;
+    if !raw_prev.is_empty() {
+        return Err(PipelineError::Config(vec![format!(
+            "features/user_history/dt={prev} is missing but raw behaviors of {prev} exist: \
+             run `marnflow features --from <first day> --to {}` so every day's state is built in order",
+            day_string(day)
+        )]));
+    }
+    Ok(Vec::new())
+}
+
+/// The dictionaries and which columns feed them.
+pub const DICTIONARY_NAMES: [&str; 6] = ["item", "shop", "brand", "category", "user", "token"];
+/// Reserved indices: padding and unknown; real values start at 2.
+pub const PADDING: i64 = 0;
+pub const UNKNOWN: i64 = 1;
+
+fn dictionary_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, false), Field::new("index", DataType::Int64, false)]))
+}
+
+fn strings_of(col: &ArrayRef, out: &mut BTreeSet<String>) {
+    match col.data_type() {
+        DataType::List(_) => {
+            if let Some(list) = col.as_any().downcast_ref::<ListArray>() {
+                strings_of(list.values(), out);
+            }
+        }
+        _ => {
+            if let Ok(c) = arrow::compute::cast(col, &DataType::Utf8) {
+                out.extend(c.as_string::<i32>().iter().flatten().map(str::to_string));
+            }
+        }
+    }
+}
+
+/// Appends the day's new ids and tokens to `features/dictionaries/<name>.parquet`.
+async fn update_dictionaries(lake: &Lake, samples: &[RecordBatch], items: &[RecordBatch]) -> Result<()> {
+    let sources: [(&str, &[&str]); 6] = [
+        ("item", &["item_id", "hist_item_ids"]),
+        ("shop", &["shop_id"]),
+        ("brand", &["brand_id"]),
+        ("category", &["category_id"]),
+        ("user", &["user_id"]),
+        ("token", &["title_tokens"]),
+    ];
+    for (name, columns) in sources {
+        let mut seen = BTreeSet::new();
+        for b in samples.iter().chain(items) {
+            for c in columns {
+                if let Some(col) = b.column_by_name(c) {
+                    strings_of(col, &mut seen);
+                }
+            }
+        }
+        let rel = format!("{DICTIONARIES}/{name}.parquet");
+        let mut existing = read_dictionary(lake, &rel).await?;
+        let next = existing.values().copied().max().map_or(UNKNOWN + 1, |m| m + 1);
+        let new: Vec<String> = seen.into_iter().filter(|v| !existing.contains_key(v)).collect();
+        if new.is_empty() && !existing.is_empty() {
+            continue;
+        }
+        for (k, v) in new.into_iter().enumerate() {
+            existing.insert(v, next + k as i64);
+        }
+        let mut rows: Vec<(&String, &i64)> = existing.iter().collect();
+        rows.sort_by_key(|(_, i)| **i);
+        let batch = RecordBatch::try_new(
+            dictionary_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|(v, _)| v.as_str()))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, i)| **i))),
+            ],
+        )
+        .map_err(|e| PipelineError::arrow("building a dictionary", e))?;
+        let mut w = PartitionWriter::create(lake, rel, dictionary_schema(), 1 << 20)?;
+        w.write(&batch).await?;
+        w.finish().await?;
+    }
+    Ok(())
+}
+
+/// A dictionary as value → index (empty when it does not exist yet).
+pub async fn read_dictionary(lake: &Lake, rel: &str) -> Result<BTreeMap<String, i64>> {
+    let bytes = match lake.get(rel).await {
+        Ok(b) => b,
+        Err(PipelineError::Store { source: object_store::Error::NotFound { .. }, .. }) => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e),
+    };
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| PipelineError::parquet("read", rel, e))?;
+    let mut out = BTreeMap::new();
+    for b in reader {
+        let b = b.map_err(|e| PipelineError::arrow(format!("reading {rel}"), e))?;
+        let (v, i) = (b.column(0).as_string::<i32>(), b.column(1).as_primitive::<Int64Type>());
+        for r in 0..b.num_rows() {
+            out.insert(v.value(r).to_string(), i.value(r));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sql_file_is_registered() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".sql")).map(str::to_string))
+            .collect();
+        files.sort();
+        let mut jobs: Vec<String> = SQL_JOBS.iter().map(|(n, _)| n.to_string()).collect();
+        jobs.sort();
+        assert_eq!(files, jobs, "every sql/*.sql is a registered job and every job has a file");
+        for (name, text) in SQL_JOBS {
+            assert!(text.starts_with(&format!("-- {name}:")), "{name}.sql lacks its header comment");
+            for key in ["-- inputs:", "-- outputs:", "-- params:"] {
+                assert!(text.contains(key), "{name}.sql header lacks {key}");
+            }
+        }
+    }
+
+    #[test]
+    fn config_validation_lists_every_problem() {
+        let cfg = FeaturesConfig {
+            windows: vec![0],
+            sequence_length: 0,
+            max_bad_share: 2.0,
+            workers: 0,
+            ..Default::default()
+        };
+        assert_eq!(cfg.validate().len(), 4);
+        assert_eq!(FeaturesConfig::default().stat_columns().len(), 18);
+    }
+}

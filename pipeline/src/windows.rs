@@ -1,0 +1,259 @@
+//! Rolling-window item statistics, maintained incrementally by a differential dataflow.
+//!
+//! Input: per item and day, the counts of that day ([`DailyCounts`]: exposures, clicks, carts,
+//! purchases and purchase amount in cents). Day `d`'s counts enter the dataflow as an insertion at
+//! time `d` and, for each window `W`, leave as a retraction at time `d + W`
+//! (`negate().delay(t + W)`); `count_total` then keeps, per (item, statistic, window), the sum over
+//! the last `W` days. Advancing one day costs work proportional to that day's changes, not to the
+//! window.
+//!
+//! The statistics attached to day `D` are those known at the end of day `D − 1` (no leakage from
+//! the day being predicted): [`item_window_stats`] reports, for each requested day `D`, the window
+//! sums at time `D − 1`.
+//!
+//! ```
+//! use marnflow_pipeline::windows::{item_window_stats, DailyCounts};
+//! let days = vec![DailyCounts { day: 10, rows: vec![("i1".into(), [4, 1, 0, 0, 0])] }];
+//! let out = item_window_stats(&days, &[1, 7], &[11, 12], 1).unwrap();
+//! assert_eq!(out[&11][0].sums[0], [4, 1, 0, 0, 0]); // 1-day window at the end of day 10
+//! assert!(out[&12].iter().all(|r| r.sums[0] == [0; 5])); // the 1-day window has moved on
+//! assert_eq!(out[&12][0].sums[1], [4, 1, 0, 0, 0]); // the 7-day window still holds it
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use differential_dataflow::input::Input;
+use differential_dataflow::operators::CountTotal;
+use timely::dataflow::operators::probe::Handle;
+
+use crate::error::{PipelineError, Result};
+
+/// The statistics counted per item and day, in this order everywhere.
+pub const STATS: [&str; 5] = ["exposures", "clicks", "carts", "purchases", "amount"];
+/// Index of the purchase amount (kept in cents, so sums stay exact).
+pub const AMOUNT: usize = 4;
+
+/// One day of per-item counts; `day` is days since 1970-01-01.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailyCounts {
+    pub day: u32,
+    /// `(item_id, [exposures, clicks, carts, purchases, amount_cents])`
+    pub rows: Vec<(String, [i64; 5])>,
+}
+
+/// The window sums of one item on one report day: `sums[w][s]` for window `windows[w]` and
+/// statistic `STATS[s]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemWindows {
+    pub item_id: String,
+    pub sums: Vec<[i64; 5]>,
+}
+
+/// Runs the window dataflow over `days` (any order) on `workers` timely threads and returns, for
+/// each day `D` of `report_days`, every item with a non-zero sum in some window at the end of
+/// `D − 1`, sorted by item id.
+pub fn item_window_stats(
+    days: &[DailyCounts],
+    windows: &[u32],
+    report_days: &[u32],
+    workers: usize,
+) -> Result<BTreeMap<u32, Vec<ItemWindows>>> {
+    if windows.is_empty() || windows.contains(&0) {
+        return Err(PipelineError::Config(vec![format!(
+            "windows {windows:?}: give at least one window of 1 day or more"
+        )]));
+    }
+    let mut by_day: Vec<DailyCounts> = days.to_vec();
+    by_day.sort_by_key(|d| d.day);
+    let first_report = report_days.iter().copied().min().unwrap_or(0);
+    let last_report = report_days.iter().copied().max().unwrap_or(0);
+    // The dataflow runs over [first time, last report − 1]; days at or after the last report
+    // day cannot change any report, so they are not fed.
+    let first_time =
+        by_day.first().map_or(first_report.saturating_sub(1), |d| d.day).min(first_report.saturating_sub(1));
+    let n_windows = windows.len();
+    let windows: Arc<Vec<u32>> = Arc::new(windows.to_vec());
+    let days: Arc<Vec<DailyCounts>> = Arc::new(by_day);
+    let report: Arc<Vec<u32>> = Arc::new(report_days.to_vec());
+    let results: Arc<Mutex<BTreeMap<u32, Vec<ItemWindows>>>> = Arc::new(Mutex::new(BTreeMap::new()));
+
+    let shared = Arc::clone(&results);
+    let config = timely::Config::process(workers.max(1));
+    let guards = timely::execute(config, move |worker| {
+        let index = worker.index();
+        let peers = worker.peers();
+        let windows = Arc::clone(&windows);
+        // Changes to (item, stat, window) → total, as seen by this worker.
+        let changes: Arc<Mutex<Vec<((String, u8, u8), i64, u32, isize)>>> = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&changes);
+        let mut probe = Handle::new();
+        let mut input = worker.dataflow::<u32, _, _>(|scope| {
+            let (input, counts) = scope.new_collection::<(String, u8), isize>();
+            let mut per_window = Vec::with_capacity(windows.len());
+            for (w, &width) in windows.iter().enumerate() {
+                let tagged = counts.clone().map(move |(item, stat)| (item, stat, w as u8));
+                per_window.push(tagged.clone().concat(tagged.negate().delay(move |t: &u32| t + width)));
+            }
+            let mut all = per_window.pop().expect("at least one window");
+            for c in per_window {
+                all = all.concat(c);
+            }
+            all.count_total()
+                .inspect(move |((key, total), time, diff)| {
+                    if let Ok(mut v) = sink.lock() {
+                        v.push((key.clone(), *total as i64, *time, *diff));
+                    }
+                })
+                .probe_with(&mut probe);
+            input
+        });
+
+        let mut state: HashMap<(String, u8, u8), i64> = HashMap::new();
+        let mut fed = 0usize;
+        let last_time = last_report.saturating_sub(1);
+        let mut t = first_time;
+        input.advance_to(t);
+        loop {
+            // Feed this worker's share of day t.
+            while fed < days.len() && days[fed].day <= t {
+                for (i, (item, counts)) in days[fed].rows.iter().enumerate() {
+                    if i % peers != index {
+                        continue;
+                    }
+                    for (s, &c) in counts.iter().enumerate() {
+                        if c != 0 {
+                            input.update((item.clone(), s as u8), c as isize);
+                        }
+                    }
+                }
+                fed += 1;
+            }
+            input.advance_to(t + 1);
+            input.flush();
+            worker.step_while(|| probe.less_than(&(t + 1)));
+            // Everything up to time t is final: apply it to this worker's state.
+            if let Ok(mut v) = changes.lock() {
+                for (key, total, _time, diff) in v.drain(..) {
+                    if diff > 0 {
+                        state.insert(key, total);
+                    } else if state.get(&key) == Some(&total) {
+                        state.remove(&key);
+                    }
+                }
+            }
+            if report.contains(&(t + 1)) {
+                let mut items: BTreeMap<String, Vec<[i64; 5]>> = BTreeMap::new();
+                for ((item, stat, w), total) in &state {
+                    items.entry(item.clone()).or_insert_with(|| vec![[0; 5]; n_windows])[*w as usize][*stat as usize] =
+                        *total;
+                }
+                if let Ok(mut r) = shared.lock() {
+                    let out = r.entry(t + 1).or_default();
+                    out.extend(items.into_iter().map(|(item_id, sums)| ItemWindows { item_id, sums }));
+                }
+            }
+            if t >= last_time {
+                break;
+            }
+            t += 1;
+        }
+    })
+    .map_err(|e| PipelineError::Config(vec![format!("cannot start timely workers: {e}")]))?;
+    let joined = guards.join();
+    if let Some(e) = joined.into_iter().find_map(|r| r.err()) {
+        return Err(PipelineError::Config(vec![format!("a timely worker failed: {e}")]));
+    }
+    let mut results = Arc::try_unwrap(results)
+        .map_err(|_| PipelineError::Config(vec!["window results still shared after the workers ended".into()]))?
+        .into_inner()
+        .map_err(|_| PipelineError::Config(vec!["a timely worker panicked".into()]))?;
+    // Keys (item, statistic, window) are spread over workers by hash: merge each item's parts.
+    let mut merged = BTreeMap::new();
+    for d in report_days {
+        let mut items: BTreeMap<String, Vec<[i64; 5]>> = BTreeMap::new();
+        for part in results.remove(d).unwrap_or_default() {
+            let e = items.entry(part.item_id).or_insert_with(|| vec![[0; 5]; n_windows]);
+            for (acc, add) in e.iter_mut().zip(&part.sums) {
+                for (a, b) in acc.iter_mut().zip(add) {
+                    *a += b;
+                }
+            }
+        }
+        merged.insert(*d, items.into_iter().map(|(item_id, sums)| ItemWindows { item_id, sums }).collect());
+    }
+    Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The windows computed from scratch: for report day D, the sum over days D−W ..= D−1.
+    fn oracle(days: &[DailyCounts], windows: &[u32], report: u32) -> Vec<ItemWindows> {
+        let mut items: BTreeMap<String, Vec<[i64; 5]>> = BTreeMap::new();
+        for d in days {
+            for (w, &width) in windows.iter().enumerate() {
+                if d.day < report && d.day + width >= report {
+                    for (item, c) in &d.rows {
+                        let e = items.entry(item.clone()).or_insert_with(|| vec![[0; 5]; windows.len()]);
+                        for s in 0..5 {
+                            e[w][s] += c[s];
+                        }
+                    }
+                }
+            }
+        }
+        items
+            .into_iter()
+            .filter(|(_, s)| s.iter().any(|x| x.iter().any(|&v| v != 0)))
+            .map(|(item_id, sums)| ItemWindows { item_id, sums })
+            .collect()
+    }
+
+    fn random_days(seed: u64, first: u32, n: u32) -> Vec<DailyCounts> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let present: Vec<u32> = (first..first + n).filter(|_| rng.random::<f64>() > 0.15).collect();
+        present // some days have no data at all
+            .into_iter()
+            .map(|day| DailyCounts {
+                day,
+                rows: (0..rng.random_range(0..12))
+                    .map(|_| {
+                        let item = format!("i{}", rng.random_range(0..15));
+                        let e = rng.random_range(1..50);
+                        (
+                            item,
+                            [
+                                e,
+                                rng.random_range(0..=e),
+                                rng.random_range(0..3),
+                                rng.random_range(0..2),
+                                rng.random_range(0..5000),
+                            ],
+                        )
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn windows_equal_the_oracle_on_random_days() {
+        for (seed, workers) in [(1, 1), (2, 2), (3, 3)] {
+            let days = random_days(seed, 100, 40);
+            let windows = [1, 7, 30];
+            let report: Vec<u32> = (95..145).collect();
+            let got = item_window_stats(&days, &windows, &report, workers).unwrap();
+            for d in &report {
+                assert_eq!(got[d], oracle(&days, &windows, *d), "seed {seed}, workers {workers}, day {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn zero_windows_are_refused() {
+        assert!(item_window_stats(&[], &[0, 7], &[1], 1).is_err());
+    }
+}

@@ -1,0 +1,18 @@
+-- clean_behaviors: one day of raw behaviors with the reason each bad row breaks the contract.
+-- inputs:  raw.behaviors (dt = $1)
+-- outputs: event_time, user_id, item_id, behavior, reason
+-- params:  $1 = the day (YYYY-MM-DD)
+SELECT
+  arrow_cast(try_cast(event_time AS TIMESTAMP), 'Timestamp(ms, "UTC")') AS event_time,
+  CAST(user_id AS VARCHAR) AS user_id,
+  CAST(item_id AS VARCHAR) AS item_id,
+  CAST(behavior AS VARCHAR) AS behavior,
+  CASE
+    WHEN try_cast(event_time AS TIMESTAMP) IS NULL THEN 'missing or unparsable event_time'
+    WHEN CAST(try_cast(event_time AS TIMESTAMP) AS DATE) <> CAST($1 AS DATE) THEN 'event_time outside its dt partition'
+    WHEN user_id IS NULL OR trim(CAST(user_id AS VARCHAR)) = '' THEN 'empty user_id'
+    WHEN item_id IS NULL OR trim(CAST(item_id AS VARCHAR)) = '' THEN 'empty item_id'
+    WHEN behavior IS NULL OR CAST(behavior AS VARCHAR) NOT IN ('click', 'cart', 'purchase') THEN 'unknown behavior'
+  END AS reason
+FROM raw.behaviors
+WHERE dt = $1

@@ -1,0 +1,21 @@
+-- clean_exposures: one day of raw exposures, each row with the reason it breaks the contract
+--   (reason IS NULL: the row is accepted; otherwise it goes to quarantine/raw_exposures/dt=D/).
+-- inputs:  raw.exposures (partition dt = $1)
+-- outputs: event_time timestamp(ms, UTC), request_id, user_id, item_id, position int32, reason
+-- params:  $1 = the day (YYYY-MM-DD)
+SELECT
+  arrow_cast(try_cast(event_time AS TIMESTAMP), 'Timestamp(ms, "UTC")') AS event_time,
+  CAST(request_id AS VARCHAR) AS request_id,
+  CAST(user_id AS VARCHAR) AS user_id,
+  CAST(item_id AS VARCHAR) AS item_id,
+  try_cast(position AS INT) AS position,
+  CASE
+    WHEN try_cast(event_time AS TIMESTAMP) IS NULL THEN 'missing or unparsable event_time'
+    WHEN CAST(try_cast(event_time AS TIMESTAMP) AS DATE) <> CAST($1 AS DATE) THEN 'event_time outside its dt partition'
+    WHEN request_id IS NULL OR trim(CAST(request_id AS VARCHAR)) = '' THEN 'empty request_id'
+    WHEN user_id IS NULL OR trim(CAST(user_id AS VARCHAR)) = '' THEN 'empty user_id'
+    WHEN item_id IS NULL OR trim(CAST(item_id AS VARCHAR)) = '' THEN 'empty item_id'
+    WHEN position IS NOT NULL AND try_cast(position AS INT) IS NULL THEN 'unparsable position'
+  END AS reason
+FROM raw.exposures
+WHERE dt = $1

@@ -1,0 +1,49 @@
+-- samples: one row per exposure of the day: the candidate's ids and stat buckets, the label, and
+--   the user's most recent T behaviors strictly before the exposure time (oldest first): item
+--   ids, behavior types and seconds before the exposure. Point-in-time correct: only behaviors
+--   before the exposure and statistics known at the end of the previous day reach a row.
+-- inputs:  labels, previous_history (user state at the end of the previous day), behaviors (this
+--          day's accepted rows), raw.items, item_stat_buckets_wide (the day's buckets, one column
+--          per <stat>_b10 / <stat>_b100)
+-- outputs: request_id, user_id, item_id, event_time, label, shop_id, brand_id, category_id,
+--          <stat>_b10, <stat>_b100 for every statistic, hist_item_ids, hist_behaviors,
+--          hist_seconds_before
+-- params:  $1 = T (the sequence length)
+WITH candidate_events AS (
+  SELECT user_id, event_time, item_id, behavior FROM previous_history
+  UNION ALL
+  SELECT user_id, event_time, item_id, behavior FROM behaviors
+),
+history AS (
+  SELECT l.request_id, l.user_id, l.item_id AS candidate, l.event_time AS exposure_time,
+         b.event_time, b.item_id, b.behavior,
+         row_number() OVER (
+           PARTITION BY l.request_id, l.user_id, l.item_id, l.event_time
+           ORDER BY b.event_time DESC, b.item_id DESC, b.behavior DESC) AS recency
+  FROM (SELECT DISTINCT request_id, user_id, item_id, event_time FROM labels) l
+  JOIN candidate_events b ON b.user_id = l.user_id AND b.event_time < l.event_time
+),
+sequences AS (
+  SELECT request_id, user_id, candidate, exposure_time,
+         array_agg(item_id ORDER BY event_time, item_id, behavior) AS hist_item_ids,
+         array_agg(behavior ORDER BY event_time, item_id, behavior) AS hist_behaviors,
+         array_agg(CAST((CAST(exposure_time AS BIGINT) - CAST(event_time AS BIGINT)) / 1000 AS BIGINT)
+                   ORDER BY event_time, item_id, behavior) AS hist_seconds_before
+  FROM history
+  WHERE recency <= $1
+  GROUP BY request_id, user_id, candidate, exposure_time
+)
+SELECT
+  l.request_id, l.user_id, l.item_id, l.event_time, l.label,
+  i.shop_id, i.brand_id, i.category_id,
+  k.* EXCLUDE (item_id),
+  coalesce(s.hist_item_ids, make_array()) AS hist_item_ids,
+  coalesce(s.hist_behaviors, make_array()) AS hist_behaviors,
+  coalesce(s.hist_seconds_before, make_array()) AS hist_seconds_before
+FROM labels l
+LEFT JOIN (SELECT item_id, max(shop_id) AS shop_id, max(brand_id) AS brand_id, max(category_id) AS category_id
+           FROM raw.items GROUP BY item_id) i ON i.item_id = l.item_id
+LEFT JOIN item_stat_buckets_wide k ON k.item_id = l.item_id
+LEFT JOIN sequences s
+  ON s.request_id = l.request_id AND s.user_id = l.user_id AND s.candidate = l.item_id AND s.exposure_time = l.event_time
+ORDER BY l.event_time, l.request_id, l.position, l.item_id
