@@ -1,13 +1,14 @@
 -- clean_clicks: one day of raw clicks with the reason each bad row breaks the contract; a click
 --   must match an exposure of the same day on (request_id, user_id, item_id).
 -- inputs:  raw.clicks (dt = $1), clean_exposures (this day's accepted exposures)
--- outputs: event_time, request_id, user_id, item_id, reason
+-- outputs: event_time, request_id, user_id, item_id, raw_event_time, reason
 -- params:  $1 = the day (YYYY-MM-DD)
 SELECT
   arrow_cast(try_cast(c.event_time AS TIMESTAMP), 'Timestamp(ms, "UTC")') AS event_time,
   CAST(c.request_id AS VARCHAR) AS request_id,
   CAST(c.user_id AS VARCHAR) AS user_id,
   CAST(c.item_id AS VARCHAR) AS item_id,
+  CAST(c.event_time AS VARCHAR) AS raw_event_time,
   CASE
     WHEN try_cast(c.event_time AS TIMESTAMP) IS NULL THEN 'missing or unparsable event_time'
     WHEN CAST(try_cast(c.event_time AS TIMESTAMP) AS DATE) <> CAST($1 AS DATE) THEN 'event_time outside its dt partition'

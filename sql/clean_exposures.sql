@@ -1,7 +1,7 @@
 -- clean_exposures: one day of raw exposures, each row with the reason it breaks the contract
 --   (reason IS NULL: the row is accepted; otherwise it goes to quarantine/raw_exposures/dt=D/).
 -- inputs:  raw.exposures (partition dt = $1)
--- outputs: event_time timestamp(ms, UTC), request_id, user_id, item_id, position int32, reason
+-- outputs: event_time timestamp(ms, UTC), request_id, user_id, item_id, position int32, raw_event_time, reason
 -- params:  $1 = the day (YYYY-MM-DD)
 SELECT
   arrow_cast(try_cast(event_time AS TIMESTAMP), 'Timestamp(ms, "UTC")') AS event_time,
@@ -9,6 +9,7 @@ SELECT
   CAST(user_id AS VARCHAR) AS user_id,
   CAST(item_id AS VARCHAR) AS item_id,
   try_cast(position AS INT) AS position,
+  CAST(event_time AS VARCHAR) AS raw_event_time,
   CASE
     WHEN try_cast(event_time AS TIMESTAMP) IS NULL THEN 'missing or unparsable event_time'
     WHEN CAST(try_cast(event_time AS TIMESTAMP) AS DATE) <> CAST($1 AS DATE) THEN 'event_time outside its dt partition'

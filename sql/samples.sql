@@ -14,24 +14,26 @@ WITH candidate_events AS (
   UNION ALL
   SELECT user_id, event_time, item_id, behavior FROM behaviors
 ),
+-- A sequence depends on (user, exposure time) alone: the items of one slate share it, so each is
+-- built once per distinct pair and joined back to every exposure.
 history AS (
-  SELECT l.request_id, l.user_id, l.item_id AS candidate, l.event_time AS exposure_time,
+  SELECT l.user_id, l.event_time AS exposure_time,
          b.event_time, b.item_id, b.behavior,
          row_number() OVER (
-           PARTITION BY l.request_id, l.user_id, l.item_id, l.event_time
+           PARTITION BY l.user_id, l.event_time
            ORDER BY b.event_time DESC, b.item_id DESC, b.behavior DESC) AS recency
-  FROM (SELECT DISTINCT request_id, user_id, item_id, event_time FROM labels) l
+  FROM (SELECT DISTINCT user_id, event_time FROM labels) l
   JOIN candidate_events b ON b.user_id = l.user_id AND b.event_time < l.event_time
 ),
 sequences AS (
-  SELECT request_id, user_id, candidate, exposure_time,
+  SELECT user_id, exposure_time,
          array_agg(item_id ORDER BY event_time, item_id, behavior) AS hist_item_ids,
          array_agg(behavior ORDER BY event_time, item_id, behavior) AS hist_behaviors,
          array_agg(CAST((CAST(exposure_time AS BIGINT) - CAST(event_time AS BIGINT)) / 1000 AS BIGINT)
                    ORDER BY event_time, item_id, behavior) AS hist_seconds_before
   FROM history
   WHERE recency <= $1
-  GROUP BY request_id, user_id, candidate, exposure_time
+  GROUP BY user_id, exposure_time
 )
 SELECT
   l.request_id, l.user_id, l.item_id, l.event_time, l.label,
@@ -44,6 +46,5 @@ FROM labels l
 LEFT JOIN (SELECT item_id, max(shop_id) AS shop_id, max(brand_id) AS brand_id, max(category_id) AS category_id
            FROM raw.items GROUP BY item_id) i ON i.item_id = l.item_id
 LEFT JOIN item_stat_buckets_wide k ON k.item_id = l.item_id
-LEFT JOIN sequences s
-  ON s.request_id = l.request_id AND s.user_id = l.user_id AND s.candidate = l.item_id AND s.exposure_time = l.event_time
+LEFT JOIN sequences s ON s.user_id = l.user_id AND s.exposure_time = l.event_time
 ORDER BY l.event_time, l.request_id, l.position, l.item_id

@@ -108,13 +108,40 @@ pub struct FeaturesArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub workers: Option<u64>,
 
+    /// This process's index in timely's cluster mode (0-based; with --processes and --hostfile)
+    #[arg(long, value_name = "I", requires_all = ["processes", "hostfile"], help_heading = "Cluster")]
+    pub process: Option<usize>,
+
+    /// Number of processes in timely's cluster mode
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096), requires_all = ["process", "hostfile"], help_heading = "Cluster")]
+    pub processes: Option<u64>,
+
+    /// File with one host:port per line, one line per process, in process order
+    #[arg(long, value_name = "FILE", requires_all = ["process", "processes"], help_heading = "Cluster")]
+    pub hostfile: Option<PathBuf>,
+
     /// Largest share of bad rows per raw table and day before the run fails (0 to 1)
     #[arg(long, value_name = "SHARE")]
     pub max_bad_share: Option<f64>,
 
+    /// Read raw files as this format whatever their extension (default: by extension)
+    #[arg(long, value_enum)]
+    pub format: Option<RawFormat>,
+
     /// Print the per-day report as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+/// Formats of raw log files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RawFormat {
+    /// Apache Parquet
+    Parquet,
+    /// CSV with a header row
+    Csv,
+    /// Newline-delimited JSON
+    Json,
 }
 
 #[derive(Debug, Args)]

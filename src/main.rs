@@ -121,6 +121,14 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(s) = args.max_bad_share {
                 cfg.features.max_bad_share = s;
             }
+            if let Some(f) = args.format {
+                cfg.features.raw_format = match f {
+                    cli::RawFormat::Parquet => "parquet",
+                    cli::RawFormat::Csv => "csv",
+                    cli::RawFormat::Json => "json",
+                }
+                .into();
+            }
             cfg.validate()?;
             let (from, to) = match (args.date, args.from, args.to) {
                 (Some(d), _, _) => (d, d),
@@ -130,9 +138,13 @@ fn run(cli: Cli) -> Result<()> {
             if to < from {
                 bail!(ConfigError(vec![format!("--to {to} is before --from {from}")]));
             }
+            let cluster = match (args.process, args.processes, &args.hostfile) {
+                (Some(process), Some(processes), Some(file)) => Some(cluster_addresses(process, processes, file)?),
+                _ => None,
+            };
             let lake = Lake::open(&cfg.lake)?;
             let reports = runtime
-                .block_on(run_features(&lake, &cfg.features, from, to))
+                .block_on(run_features(&lake, &cfg.features, from, to, cluster))
                 .with_context(|| format!("building features {from} .. {to} in {}", lake.uri()))?;
             if args.json {
                 println!("{}", serde_json::to_string(&reports)?);
@@ -200,6 +212,30 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Reads the hostfile of timely's cluster mode: one `host:port` per line, one per process.
+fn cluster_addresses(process: usize, processes: u64, file: &std::path::Path) -> Result<(usize, Vec<String>)> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read hostfile {}", file.display()))?;
+    let addresses: Vec<String> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
+    let mut problems = Vec::new();
+    let n = usize::try_from(processes)?;
+    if addresses.len() < n {
+        problems.push(format!("hostfile {} has {} addresses for --processes {n}", file.display(), addresses.len()));
+    }
+    if process >= n {
+        problems.push(format!("--process {process} is out of range: allowed 0 to {}", n.saturating_sub(1)));
+    }
+    for a in &addresses {
+        if a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            problems.push(format!("hostfile {}: '{a}' is not host:port", file.display()));
+        }
+    }
+    if !problems.is_empty() {
+        bail!(ConfigError(problems));
+    }
+    Ok((process, addresses.into_iter().take(n).collect()))
 }
 
 fn apply_common_flags(cfg: &mut Config, cli: &Cli) {

@@ -322,3 +322,337 @@ fn a_day_out_of_order_is_refused_with_a_clear_message() {
     let err = fails(&["--lake", l, "features", "--from", "2026-01-03", "--to", "2026-01-01"], 2);
     assert!(err.contains("before"), "{err}");
 }
+
+/// Replaces a generated day's raw logs with hand-made CSV files holding broken rows.
+fn broken_lake() -> tempfile::TempDir {
+    let lake = tempfile::tempdir().unwrap();
+    let l = lake.path().to_str().unwrap();
+    ok(&[
+        "--lake",
+        l,
+        "generate",
+        "--users",
+        "10",
+        "--items",
+        "20",
+        "--days",
+        "1",
+        "--image-dim",
+        "4",
+        "--exposures-per-day",
+        "20",
+    ]);
+    for t in ["exposures", "clicks", "behaviors"] {
+        std::fs::remove_dir_all(lake.path().join("raw").join(t)).unwrap();
+        std::fs::create_dir_all(lake.path().join(format!("raw/{t}/dt=2026-01-01"))).unwrap();
+    }
+    let write = |t: &str, text: &str| {
+        std::fs::write(lake.path().join(format!("raw/{t}/dt=2026-01-01/part-0.csv")), text).unwrap()
+    };
+    write(
+        "exposures",
+        "event_time,request_id,user_id,item_id,position\n\
+         2026-01-01T10:00:00Z,r1,u0000001,i0000001,1\n\
+         2026-01-01T10:00:00Z,r1,u0000001,i0000002,2\n\
+         not-a-time,r2,u0000002,i0000001,1\n\
+         2026-01-02T00:00:01Z,r3,u0000002,i0000003,1\n\
+         2026-01-01T11:00:00Z,r4,,i0000001,1\n\
+         2026-01-01T11:00:00Z,r5,u0000003,,1\n",
+    );
+    write(
+        "clicks",
+        "event_time,request_id,user_id,item_id\n\
+         2026-01-01T10:00:05Z,r1,u0000001,i0000001\n\
+         2026-01-01T10:00:05Z,r9,u0000009,i0000009\n\
+         2026-01-01T10:00:05Z,r2,u0000002,i0000001\n",
+    );
+    write(
+        "behaviors",
+        "event_time,user_id,item_id,behavior\n\
+         2026-01-01T10:00:05Z,u0000001,i0000001,click\n\
+         2026-01-01T10:00:06Z,u0000001,i0000001,wishlist\n\
+         2026-01-01T10:00:07Z,u0000001,,cart\n",
+    );
+    lake
+}
+
+#[test]
+fn broken_rows_are_quarantined_counted_and_never_dropped() {
+    let lake = broken_lake();
+    let l = lake.path().to_str().unwrap();
+
+    // Past the default share the run fails, naming the table, the share and the first rows.
+    let err = fails(&["--lake", l, "features", "--date", "2026-01-01"], 2);
+    assert!(err.contains("raw/exposures/dt=2026-01-01: 4 of 6 rows"), "{err}");
+    assert!(err.contains("missing or unparsable event_time") && err.contains("not-a-time"), "{err}");
+
+    let out = ok(&["--lake", l, "features", "--date", "2026-01-01", "--max-bad-share", "1", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let day = &report[0];
+    for (table, input, accepted, quarantined) in [("exposures", 6, 2, 4), ("clicks", 3, 1, 2), ("behaviors", 3, 1, 2)] {
+        assert_eq!(day[table]["input"], input, "{table}: {day}");
+        assert_eq!(day[table]["accepted"], accepted, "{table}: {day}");
+        assert_eq!(day[table]["quarantined"], quarantined, "{table}: {day}");
+    }
+    let reasons = ok(&[
+        "--lake",
+        l,
+        "sql",
+        "--format",
+        "csv",
+        "SELECT 'exposures' AS t, reason FROM quarantine.raw_exposures UNION ALL \
+         SELECT 'clicks', reason FROM quarantine.raw_clicks UNION ALL \
+         SELECT 'behaviors', reason FROM quarantine.raw_behaviors ORDER BY t, reason",
+    ]);
+    assert_eq!(
+        reasons,
+        "t,reason\n\
+         behaviors,empty item_id\n\
+         behaviors,unknown behavior\n\
+         clicks,click with no matching exposure\n\
+         clicks,click with no matching exposure\n\
+         exposures,empty item_id\n\
+         exposures,empty user_id\n\
+         exposures,event_time outside its dt partition\n\
+         exposures,missing or unparsable event_time\n"
+    );
+    let samples =
+        ok(&["--lake", l, "sql", "--format", "csv", "SELECT item_id, label FROM features.samples ORDER BY item_id"]);
+    assert_eq!(samples, "item_id,label\ni0000001,1\ni0000002,0\n");
+}
+
+/// Rewrites one raw Parquet partition through `edit`.
+fn rewrite(path: &Path, edit: impl Fn(RecordBatch) -> RecordBatch) {
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+    let schema = batches[0].schema();
+    let merged = arrow::compute::concat_batches(&schema, &batches).unwrap();
+    let edited = edit(merged);
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), edited.schema(), None).unwrap();
+    w.write(&edited).unwrap();
+    w.close().unwrap();
+}
+
+/// Changing anything at or after an exposure's time never changes that exposure's features.
+#[test]
+fn nothing_at_or_after_an_exposure_reaches_its_row() {
+    use arrow::array::{ArrayRef, BooleanArray, StringArray, TimestampMillisecondArray};
+    use std::sync::Arc;
+    let lake = tempfile::tempdir().unwrap();
+    let l = lake.path().to_str().unwrap();
+    ok(&[
+        "--lake",
+        l,
+        "generate",
+        "--users",
+        "60",
+        "--items",
+        "150",
+        "--days",
+        "3",
+        "--image-dim",
+        "4",
+        "--exposures-per-day",
+        "2000",
+        "--seed",
+        "4",
+    ]);
+    ok(&["--lake", l, "features", "--from", "2026-01-01", "--to", "2026-01-03"]);
+    let rows = |lake: &Path| -> BTreeMap<(String, String), (i64, String)> {
+        let mut out = BTreeMap::new();
+        for b in read_table(lake, "features/samples/dt=2026-01-03") {
+            let (req, item, t) = (strings(&b, "request_id"), strings(&b, "item_id"), times(&b, "event_time"));
+            let keep: Vec<usize> = (0..b.num_columns()).filter(|&i| b.schema().field(i).name() != "label").collect();
+            let features = b.project(&keep).unwrap();
+            for r in 0..b.num_rows() {
+                let row = arrow::util::pretty::pretty_format_batches(&[features.slice(r, 1)]).unwrap().to_string();
+                out.insert((req[r].clone(), item[r].clone()), (t[r], row));
+            }
+        }
+        out
+    };
+    let before = rows(lake.path());
+    let mut exposure_times: Vec<i64> = before.values().map(|(t, _)| *t).collect();
+    exposure_times.sort_unstable();
+    let t0 = exposure_times[exposure_times.len() / 2];
+
+    // Behaviors at or after t0 are dropped, and new ones are added exactly at t0 and later, for
+    // every user: a tie with the exposure time must not enter the sequence either.
+    let day = lake.path().join("raw/behaviors/dt=2026-01-03/part-00000.parquet");
+    rewrite(&day, |b| {
+        let t = b.column_by_name("event_time").unwrap().as_primitive::<TimestampMillisecondType>();
+        let keep = BooleanArray::from_iter(t.iter().map(|x| Some(x.unwrap() < t0)));
+        let kept = arrow::compute::filter_record_batch(&b, &keep).unwrap();
+        let users: Vec<String> = (0..60).map(|u| format!("u{u:07}")).collect();
+        let n = users.len() * 2;
+        let times: Vec<i64> = (0..n).map(|k| if k % 2 == 0 { t0 } else { t0 + 60_000 }).collect();
+        let extra = RecordBatch::try_new(
+            b.schema(),
+            vec![
+                Arc::new(TimestampMillisecondArray::from(times).with_timezone("UTC")) as ArrayRef,
+                Arc::new(StringArray::from_iter_values((0..n).map(|k| users[k / 2].as_str()))),
+                Arc::new(StringArray::from_iter_values((0..n).map(|_| "i0000000"))),
+                Arc::new(StringArray::from_iter_values((0..n).map(|_| "purchase"))),
+            ],
+        )
+        .unwrap();
+        arrow::compute::concat_batches(&b.schema(), &[kept, extra]).unwrap()
+    });
+    // Exposures after t0 are dropped too (their clicks with them).
+    for t in ["exposures", "clicks"] {
+        let p = lake.path().join(format!("raw/{t}/dt=2026-01-03/part-00000.parquet"));
+        rewrite(&p, |b| {
+            let ts = b.column_by_name("event_time").unwrap().as_primitive::<TimestampMillisecondType>();
+            let keep = BooleanArray::from_iter(ts.iter().map(|x| Some(x.unwrap() <= t0)));
+            arrow::compute::filter_record_batch(&b, &keep).unwrap()
+        });
+    }
+    ok(&["--lake", l, "features", "--date", "2026-01-03", "--max-bad-share", "1"]);
+    let after = rows(lake.path());
+    let mut compared = 0;
+    for (key, (t, row)) in &before {
+        if *t <= t0 {
+            let (_, again) = after.get(key).unwrap_or_else(|| panic!("{key:?} vanished"));
+            assert_eq!(again, row, "the row of exposure {key:?} at {t} changed after edits at or after {t0}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 100, "only {compared} rows compared");
+    assert!(after.len() < before.len(), "the edit removed nothing");
+}
+
+/// Timely's cluster mode: two processes on loopback produce exactly the files of one process.
+#[test]
+fn two_processes_give_exactly_the_one_process_output() {
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for lake in [&one, &two] {
+        ok(&[
+            "--lake",
+            lake.path().to_str().unwrap(),
+            "generate",
+            "--users",
+            "80",
+            "--items",
+            "200",
+            "--days",
+            "4",
+            "--image-dim",
+            "4",
+            "--exposures-per-day",
+            "1500",
+            "--seed",
+            "21",
+        ]);
+    }
+    let range = ["features", "--from", "2026-01-01", "--to", "2026-01-04"];
+    let mut single = vec!["--lake", one.path().to_str().unwrap()];
+    single.extend(range);
+    ok(&single);
+
+    // Two free loopback ports (held together so they differ, released before the processes bind).
+    let listeners: Vec<std::net::TcpListener> =
+        (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let hosts: Vec<String> =
+        listeners.iter().map(|l| format!("127.0.0.1:{}", l.local_addr().unwrap().port())).collect();
+    drop(listeners);
+    let hostfile = two.path().join("hosts.txt");
+    std::fs::write(&hostfile, hosts.join("\n")).unwrap();
+    let mut children: Vec<std::process::Child> = (0..2)
+        .map(|i| {
+            marnflow()
+                .args(["--lake", two.path().to_str().unwrap()])
+                .args(range)
+                .args(["--process", &i.to_string(), "--processes", "2", "--hostfile", hostfile.to_str().unwrap()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    for child in &mut children {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+                assert!(status.success(), "a cluster process failed:\n{err}");
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("a cluster process did not finish in time");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let features = |lake: &Path| -> Vec<std::path::PathBuf> {
+        visible_parquet(lake).into_iter().filter(|p| p.starts_with("features")).collect()
+    };
+    let files = features(one.path());
+    assert_eq!(files, features(two.path()));
+    assert!(files.len() > 20);
+    for f in &files {
+        assert_eq!(
+            std::fs::read(one.path().join(f)).unwrap(),
+            std::fs::read(two.path().join(f)).unwrap(),
+            "{} differs",
+            f.display()
+        );
+    }
+}
+
+/// Raw files of any name are read with `--format`; dictionaries only ever grow.
+#[test]
+fn format_override_and_append_only_dictionaries() {
+    let lake = broken_lake();
+    let l = lake.path().to_str().unwrap();
+    for t in ["exposures", "clicks", "behaviors"] {
+        let dir = lake.path().join(format!("raw/{t}/dt=2026-01-01"));
+        std::fs::rename(dir.join("part-0.csv"), dir.join("part-0.txt")).unwrap();
+    }
+    // Without --format nothing is recognised as a raw log table.
+    let err = fails(&["--lake", l, "features", "--date", "2026-01-01", "--max-bad-share", "1"], 2);
+    assert!(err.contains("raw.exposures is missing"), "{err}");
+    ok(&["--lake", l, "features", "--date", "2026-01-01", "--max-bad-share", "1", "--format", "csv"]);
+    let dict = |name: &str| -> BTreeMap<String, i64> {
+        let mut out = BTreeMap::new();
+        for b in read_table(lake.path(), &format!("features/dictionaries/{name}.parquet")) {
+            let idx = b.column(1).as_primitive::<Int64Type>();
+            for (r, v) in strings(&b, "value").into_iter().enumerate() {
+                out.insert(v, idx.value(r));
+            }
+        }
+        out
+    };
+    let first = dict("item");
+    assert!(!first.is_empty() && first.values().all(|&i| i >= 2), "0 and 1 are reserved: {first:?}");
+
+    // A second day with new items: old indices keep their meaning, new ones come after.
+    let dir = lake.path().join("raw/exposures/dt=2026-01-02");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("part-0.txt"),
+        "event_time,request_id,user_id,item_id,position\n2026-01-02T09:00:00Z,r7,u0000001,i0000007,1\n",
+    )
+    .unwrap();
+    for t in ["clicks", "behaviors"] {
+        let dir = lake.path().join(format!("raw/{t}/dt=2026-01-02"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let header = if t == "clicks" {
+            "event_time,request_id,user_id,item_id\n"
+        } else {
+            "event_time,user_id,item_id,behavior\n"
+        };
+        std::fs::write(dir.join("part-0.txt"), header).unwrap();
+    }
+    ok(&["--lake", l, "features", "--date", "2026-01-02", "--format", "csv"]);
+    let second = dict("item");
+    for (v, i) in &first {
+        assert_eq!(second.get(v), Some(i), "index of {v} changed");
+    }
+    let max_first = first.values().max().copied().unwrap();
+    assert!(second.iter().filter(|(v, _)| !first.contains_key(*v)).all(|(_, i)| *i > max_first));
+    assert!(second.len() >= first.len());
+}

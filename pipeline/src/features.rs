@@ -32,12 +32,12 @@ use datafusion::catalog::MemTable;
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
 use serde::{Deserialize, Serialize};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::error::{PipelineError, Result};
 use crate::lake::{partition, Lake};
 use crate::query::LakeSession;
-use crate::windows::{item_window_stats, DailyCounts, ItemWindows, AMOUNT, STATS};
+use crate::windows::{item_window_stats_timed, DailyCounts, ItemWindows, Topology, AMOUNT, STATS};
 use crate::world::writer::PartitionWriter;
 
 /// `features/<name>` tables written by this job.
@@ -97,6 +97,8 @@ pub struct FeaturesConfig {
     pub workers: usize,
     /// Folder with the SQL jobs; the embedded copies are used when it does not exist.
     pub sql_dir: String,
+    /// Format of the raw files (`parquet`, `csv` or `json`); empty: by file extension.
+    pub raw_format: String,
 }
 
 impl Default for FeaturesConfig {
@@ -109,6 +111,7 @@ impl Default for FeaturesConfig {
             max_bad_share: 0.01,
             workers: 1,
             sql_dir: "sql".into(),
+            raw_format: String::new(),
         }
     }
 }
@@ -135,10 +138,21 @@ impl FeaturesConfig {
         if !(0.0..=1.0).contains(&self.max_bad_share) {
             p.push(format!("features.max_bad_share = {} is out of range: allowed 0 to 1", self.max_bad_share));
         }
+        if !["", "parquet", "csv", "json"].contains(&self.raw_format.as_str()) {
+            p.push(format!(
+                "features.raw_format = {:?}: use parquet, csv, json or \"\" (by extension)",
+                self.raw_format
+            ));
+        }
         if !(1..=1024).contains(&self.workers) {
             p.push(format!("features.workers = {} is out of range: allowed 1 to 1024", self.workers));
         }
         p
+    }
+
+    /// The forced raw format, if any.
+    pub fn raw_format(&self) -> Option<&str> {
+        Some(self.raw_format.as_str()).filter(|f| !f.is_empty())
     }
 
     /// Names of the statistics of `features/item_stats`, in column order (after `item_id`).
@@ -234,11 +248,19 @@ async fn run_sql(
             Box::new(e),
         ))
     };
+    let started = std::time::Instant::now();
     let mut df = ctx.sql(text).await.map_err(wrap)?;
     if !params.is_empty() {
         df = df.with_param_values(params).map_err(wrap)?;
     }
-    df.collect().await.map_err(wrap)
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let mut out = df.collect().await.map_err(wrap)?;
+    if out.is_empty() {
+        // No rows: keep the columns, so later jobs and the published file still have them.
+        out.push(RecordBatch::new_empty(schema));
+    }
+    debug!(job, rows = total_rows(&out), ms = started.elapsed().as_millis() as u64, "sql job done");
+    Ok(out)
 }
 
 fn replace_table(ctx: &SessionContext, name: &str, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<()> {
@@ -305,7 +327,8 @@ async fn publish(lake: &Lake, table: &str, dt: &str, schema: SchemaRef, batches:
     w.finish().await
 }
 
-/// Splits a validated table into accepted rows (without `reason`) and quarantined rows.
+/// Splits a validated table into accepted rows and quarantined rows. Accepted rows lose the
+/// `reason` column and the `raw_*` columns (original text kept for quarantine only).
 fn split_by_reason(batches: &[RecordBatch], table: &str) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
     let (mut good, mut bad) = (Vec::new(), Vec::new());
     for b in batches {
@@ -317,7 +340,9 @@ fn split_by_reason(batches: &[RecordBatch], table: &str) -> Result<(Vec<RecordBa
         let filter =
             |mask| arrow::compute::filter_record_batch(b, mask).map_err(|e| PipelineError::arrow(table.to_string(), e));
         let g = filter(&is_good)?;
-        let keep: Vec<usize> = (0..g.num_columns()).filter(|&i| i != reason_idx).collect();
+        let keep: Vec<usize> = (0..g.num_columns())
+            .filter(|&i| i != reason_idx && !g.schema().field(i).name().starts_with("raw_"))
+            .collect();
         good.push(g.project(&keep).map_err(|e| PipelineError::arrow(table.to_string(), e))?);
         bad.push(filter(&is_bad)?);
     }
@@ -401,7 +426,17 @@ fn history_schema() -> SchemaRef {
 
 /// Runs the feature job for every day of `[from, to]`, in order.
 #[instrument(skip_all, fields(lake = lake.uri(), from = %from, to = %to))]
-pub async fn run_features(lake: &Lake, cfg: &FeaturesConfig, from: NaiveDate, to: NaiveDate) -> Result<Vec<DayReport>> {
+///
+/// `cluster`: `Some((process, addresses))` runs the windows in timely's cluster mode, with
+/// `cfg.workers` threads in each process; every process runs this same job (the files they
+/// publish are identical), while the dataflow's work is spread over all of them.
+pub async fn run_features(
+    lake: &Lake,
+    cfg: &FeaturesConfig,
+    from: NaiveDate,
+    to: NaiveDate,
+    cluster: Option<(usize, Vec<String>)>,
+) -> Result<Vec<DayReport>> {
     let mut problems = cfg.validate();
     if to < from {
         problems.push(format!("--to {to} is before --from {from}"));
@@ -417,7 +452,7 @@ pub async fn run_features(lake: &Lake, cfg: &FeaturesConfig, from: NaiveDate, to
     let mut reports = Vec::new();
     for day in &days {
         let dt = day_string(*day);
-        let session = LakeSession::open(lake).await?;
+        let session = LakeSession::open_with(lake, cfg.raw_format()).await?;
         require_raw(&session)?;
         let ctx = session.context();
         let exposures = ingest(lake, ctx, &registry, cfg, "exposures", &dt).await?;
@@ -452,7 +487,11 @@ pub async fn run_features(lake: &Lake, cfg: &FeaturesConfig, from: NaiveDate, to
     let first_needed = from - Duration::days(i64::from(max_w));
     let daily = load_daily_counts(lake, first_needed, to - Duration::days(1)).await?;
     let report_days: Vec<u32> = days.iter().map(|d| epoch_day(*d)).collect();
-    let windows = item_window_stats(&daily, &cfg.windows, &report_days, cfg.workers)?;
+    let topology = match cluster {
+        Some((process, addresses)) => Topology::Cluster { threads: cfg.workers, process, addresses },
+        None => Topology::Threads(cfg.workers),
+    };
+    let (windows, _) = item_window_stats_timed(&daily, &cfg.windows, &report_days, &topology)?;
 
     // Pass 3: statistics, buckets, samples, user state, item side and dictionaries, day by day.
     for (day, report) in days.iter().zip(reports.iter_mut()) {
@@ -462,7 +501,7 @@ pub async fn run_features(lake: &Lake, cfg: &FeaturesConfig, from: NaiveDate, to
         publish(lake, ITEM_STATS, &dt, stats_batch.schema(), std::slice::from_ref(&stats_batch)).await?;
         report.items_with_stats = stats.len() as u64;
 
-        let session = LakeSession::open(lake).await?;
+        let session = LakeSession::open_with(lake, cfg.raw_format()).await?;
         let ctx = session.context();
         let long = long_stats(cfg, &stats_batch)?;
         replace_table(ctx, "item_stats_long", long.schema(), vec![long])?;
@@ -575,7 +614,7 @@ fn daily_counts_schema() -> SchemaRef {
 }
 
 /// The daily aggregates of `[first, last]` from `features/daily_item_counts`.
-async fn load_daily_counts(lake: &Lake, first: NaiveDate, last: NaiveDate) -> Result<Vec<DailyCounts>> {
+pub async fn load_daily_counts(lake: &Lake, first: NaiveDate, last: NaiveDate) -> Result<Vec<DailyCounts>> {
     if last < first {
         return Ok(Vec::new());
     }

@@ -33,6 +33,9 @@ pub struct TableInfo {
     pub rel: String,
     /// File kind: `parquet`, `csv` or `json`.
     pub format: String,
+    /// Whether the format was given rather than read from file extensions (then every file
+    /// of the folder is read).
+    pub forced: bool,
     /// Hive partition columns, in path order.
     pub partition_cols: Vec<String>,
     /// Number of data files.
@@ -58,6 +61,12 @@ fn format_of(file: &str) -> Option<&'static str> {
 
 /// Finds every table under the lake: folders at least two levels deep holding data files.
 pub async fn discover_tables(lake: &Lake) -> Result<Vec<TableInfo>> {
+    discover_tables_with(lake, None).await
+}
+
+/// [`discover_tables`], reading every file of the raw log tables (`raw/exposures`, `raw/clicks`,
+/// `raw/behaviors`) as `raw_format` (`parquet`, `csv` or `json`) whatever its extension, when given.
+pub async fn discover_tables_with(lake: &Lake, raw_format: Option<&str>) -> Result<Vec<TableInfo>> {
     let mut found: BTreeMap<String, TableInfo> = BTreeMap::new();
     for meta in lake.list("").await? {
         let Some(rel) = lake.relative(&meta.location) else { continue };
@@ -66,7 +75,10 @@ pub async fn discover_tables(lake: &Lake) -> Result<Vec<TableInfo>> {
             continue;
         }
         let Some((file, dirs)) = segments.split_last() else { continue };
-        let Some(format) = format_of(file) else { continue };
+        let is_log =
+            dirs.first() == Some(&"raw") && matches!(dirs.get(1), Some(&("exposures" | "clicks" | "behaviors")));
+        let forced = raw_format.filter(|_| is_log);
+        let Some(format) = forced.or_else(|| format_of(file)) else { continue };
         let table_len = dirs.iter().position(|s| s.contains('=')).unwrap_or(dirs.len());
         if table_len < 2 {
             continue;
@@ -79,6 +91,7 @@ pub async fn discover_tables(lake: &Lake) -> Result<Vec<TableInfo>> {
             name: sql_ident(&dirs[1..table_len].join("_")),
             rel: table_rel,
             format: format.to_string(),
+            forced: forced.is_some(),
             partition_cols,
             files: 0,
         });
@@ -121,8 +134,13 @@ pub fn new_context(lake: &Lake) -> SessionContext {
 impl LakeSession {
     /// Opens a session over the lake and registers every table found.
     pub async fn open(lake: &Lake) -> Result<Self> {
+        Self::open_with(lake, None).await
+    }
+
+    /// [`LakeSession::open`], reading raw tables as `raw_format` whatever their file extensions.
+    pub async fn open_with(lake: &Lake, raw_format: Option<&str>) -> Result<Self> {
         let ctx = new_context(lake);
-        let tables = discover_tables(lake).await?;
+        let tables = discover_tables_with(lake, raw_format).await?;
         let catalog = ctx.catalog("datafusion").ok_or_else(|| {
             PipelineError::Sql(datafusion::error::DataFusionError::Internal("default catalog missing".into()))
         })?;
@@ -138,15 +156,19 @@ impl LakeSession {
             };
             let url = ListingTableUrl::parse(lake.folder_url(&t.rel))?;
             let (format, ext): (Arc<dyn FileFormat>, &str) = match t.format.as_str() {
-                "csv" => (Arc::new(CsvFormat::default().with_has_header(true)), ".csv"),
+                // Every CSV column is read as text: typing is the clean jobs' work (`try_cast`), so one
+                // file with a bad value does not change the table's types.
+                "csv" => (Arc::new(CsvFormat::default().with_has_header(true).with_schema_infer_max_rec(0)), ".csv"),
                 "json" => (Arc::new(JsonFormat::default()), ""),
                 _ => {
                     (Arc::new(ParquetFormat::default().with_options(state.table_options().parquet.clone())), ".parquet")
                 }
             };
-            let options = ListingOptions::new(format).with_file_extension(ext).with_table_partition_cols(
-                t.partition_cols.iter().map(|c| (c.clone(), arrow::datatypes::DataType::Utf8)).collect(),
-            );
+            let options = ListingOptions::new(format)
+                .with_file_extension(if t.forced { "" } else { ext })
+                .with_table_partition_cols(
+                    t.partition_cols.iter().map(|c| (c.clone(), arrow::datatypes::DataType::Utf8)).collect(),
+                );
             let file_schema = options.infer_schema(&state, &url).await?;
             let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(file_schema);
             let table = ListingTable::try_new(config)?;

@@ -34,6 +34,40 @@ pub const STATS: [&str; 5] = ["exposures", "clicks", "carts", "purchases", "amou
 /// Index of the purchase amount (kept in cents, so sums stay exact).
 pub const AMOUNT: usize = 4;
 
+/// Where the timely workers run: threads of this process, or processes on several machines
+/// (timely's cluster mode; every process runs the same job with the same arguments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// `threads` workers in this process.
+    Threads(usize),
+    /// `threads` workers in each of `addresses.len()` processes; this one is `process`.
+    Cluster { threads: usize, process: usize, addresses: Vec<String> },
+}
+
+impl Topology {
+    fn config(&self) -> timely::Config {
+        match self {
+            Topology::Threads(n) => timely::Config::process((*n).max(1)),
+            Topology::Cluster { threads, process, addresses } => timely::Config {
+                communication: timely::CommunicationConfig::Cluster {
+                    threads: (*threads).max(1),
+                    process: *process,
+                    addresses: addresses.clone(),
+                    report: false,
+                    zerocopy: false,
+                },
+                worker: timely::WorkerConfig::default(),
+            },
+        }
+    }
+
+    fn threads(&self) -> usize {
+        match self {
+            Topology::Threads(n) | Topology::Cluster { threads: n, .. } => (*n).max(1),
+        }
+    }
+}
+
 /// One day of per-item counts; `day` is days since 1970-01-01.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DailyCounts {
@@ -52,13 +86,26 @@ pub struct ItemWindows {
 
 /// Runs the window dataflow over `days` (any order) on `workers` timely threads and returns, for
 /// each day `D` of `report_days`, every item with a non-zero sum in some window at the end of
-/// `D − 1`, sorted by item id.
+/// `D − 1`, sorted by item id. Days before `min(report_days) − max(windows)` cannot matter and are
+/// ignored.
 pub fn item_window_stats(
     days: &[DailyCounts],
     windows: &[u32],
     report_days: &[u32],
     workers: usize,
 ) -> Result<BTreeMap<u32, Vec<ItemWindows>>> {
+    item_window_stats_timed(days, windows, report_days, &Topology::Threads(workers)).map(|(r, _)| r)
+}
+
+/// [`item_window_stats`] on any [`Topology`], also returning the first worker's seconds per
+/// dataflow step `(time, seconds)`: feeding one day, advancing the input and running until the
+/// day is final. In cluster mode every process gets the whole result.
+pub fn item_window_stats_timed(
+    days: &[DailyCounts],
+    windows: &[u32],
+    report_days: &[u32],
+    topology: &Topology,
+) -> Result<(BTreeMap<u32, Vec<ItemWindows>>, Vec<(u32, f64)>)> {
     if windows.is_empty() || windows.contains(&0) {
         return Err(PipelineError::Config(vec![format!(
             "windows {windows:?}: give at least one window of 1 day or more"
@@ -77,12 +124,16 @@ pub fn item_window_stats(
     let days: Arc<Vec<DailyCounts>> = Arc::new(by_day);
     let report: Arc<Vec<u32>> = Arc::new(report_days.to_vec());
     let results: Arc<Mutex<BTreeMap<u32, Vec<ItemWindows>>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let timings: Arc<Mutex<Vec<(u32, f64)>>> = Arc::new(Mutex::new(Vec::new()));
+    let step_times = Arc::clone(&timings);
 
     let shared = Arc::clone(&results);
-    let config = timely::Config::process(workers.max(1));
-    let guards = timely::execute(config, move |worker| {
+    let threads = topology.threads();
+    let guards = timely::execute(topology.config(), move |worker| {
         let index = worker.index();
         let peers = worker.peers();
+        // The first worker of each process keeps the results (they are broadcast to all).
+        let recorder = index % threads == 0;
         let windows = Arc::clone(&windows);
         // Changes to (item, stat, window) → total, as seen by this worker.
         let changes: Arc<Mutex<Vec<((String, u8, u8), i64, u32, isize)>>> = Arc::new(Mutex::new(Vec::new()));
@@ -99,10 +150,17 @@ pub fn item_window_stats(
             for c in per_window {
                 all = all.concat(c);
             }
+            use differential_dataflow::AsCollection;
+            use timely::dataflow::operators::vec::Broadcast;
             all.count_total()
+                .inner
+                .broadcast()
+                .as_collection()
                 .inspect(move |((key, total), time, diff)| {
-                    if let Ok(mut v) = sink.lock() {
-                        v.push((key.clone(), *total as i64, *time, *diff));
+                    if recorder {
+                        if let Ok(mut v) = sink.lock() {
+                            v.push((key.clone(), *total as i64, *time, *diff));
+                        }
                     }
                 })
                 .probe_with(&mut probe);
@@ -115,6 +173,7 @@ pub fn item_window_stats(
         let mut t = first_time;
         input.advance_to(t);
         loop {
+            let started = std::time::Instant::now();
             // Feed this worker's share of day t.
             while fed < days.len() && days[fed].day <= t {
                 for (i, (item, counts)) in days[fed].rows.iter().enumerate() {
@@ -132,6 +191,11 @@ pub fn item_window_stats(
             input.advance_to(t + 1);
             input.flush();
             worker.step_while(|| probe.less_than(&(t + 1)));
+            if recorder {
+                if let Ok(mut s) = step_times.lock() {
+                    s.push((t, started.elapsed().as_secs_f64()));
+                }
+            }
             // Everything up to time t is final: apply it to this worker's state.
             if let Ok(mut v) = changes.lock() {
                 for (key, total, _time, diff) in v.drain(..) {
@@ -142,7 +206,7 @@ pub fn item_window_stats(
                     }
                 }
             }
-            if report.contains(&(t + 1)) {
+            if recorder && report.contains(&(t + 1)) {
                 let mut items: BTreeMap<String, Vec<[i64; 5]>> = BTreeMap::new();
                 for ((item, stat, w), total) in &state {
                     items.entry(item.clone()).or_insert_with(|| vec![[0; 5]; n_windows])[*w as usize][*stat as usize] =
@@ -182,7 +246,8 @@ pub fn item_window_stats(
         }
         merged.insert(*d, items.into_iter().map(|(item_id, sums)| ItemWindows { item_id, sums }).collect());
     }
-    Ok(merged)
+    let timings = timings.lock().map(|t| t.clone()).unwrap_or_default();
+    Ok((merged, timings))
 }
 
 #[cfg(test)]
