@@ -7,6 +7,8 @@
 //! MARNFLOW_BENCH_EXPOSURES_PER_DAY=50000 cargo bench --bench features
 //! ```
 
+mod common;
+
 use std::time::Instant;
 
 use chrono::{Duration, NaiveDate};
@@ -14,15 +16,6 @@ use marnflow_pipeline::features::{load_daily_counts, run_features, FeaturesConfi
 use marnflow_pipeline::lake::Lake;
 use marnflow_pipeline::windows::{item_window_stats_timed, Topology};
 use marnflow_pipeline::world::{generate, WorldConfig};
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 fn main() {
     let per_day: u64 =
@@ -78,5 +71,5 @@ fn main() {
     println!("| windows: one incremental day (warm dataflow) | {:.1} ms |", incremental * 1e3);
     println!("| windows: full recompute of the 30-day window | {:.1} ms |", full * 1e3);
     println!("| incremental / full | {:.3} (1/W = {:.3}) |", incremental / full, 1.0 / 30.0);
-    println!("| peak RSS | {:.0} MiB |", peak_rss_mib());
+    println!("| peak RSS | {:.0} MiB |", common::peak_rss_mib());
 }

@@ -21,10 +21,11 @@ use config::{Config, ConfigError};
 /// The demo world's configuration, embedded so `marnflow demo` needs no file.
 const DEMO_CONFIG: &str = include_str!("../configs/demo.toml");
 /// Analyst queries the demo shows (they live in sql/analysis/ for everyone to reuse).
-const DEMO_QUERIES: [(&str, &str); 3] = [
+const DEMO_QUERIES: [(&str, &str); 4] = [
     ("rows and click rate per day", include_str!("../sql/analysis/rows_per_day.sql")),
     ("click rate by slate position", include_str!("../sql/analysis/ctr_by_position.sql")),
     ("planted category profiles", include_str!("../sql/analysis/modality_profiles.sql")),
+    ("training samples per day (marnflow features)", include_str!("../sql/analysis/samples_per_day.sql")),
 ];
 
 fn main() -> ExitCode {
@@ -340,6 +341,19 @@ async fn demo(cfg: &Config) -> Result<()> {
     let mut out = std::io::stdout().lock();
     print_summary(&lake, &summary, &mut out)?;
     writeln!(out, "  {:<20} {:>12.1}s", "generated in", started.elapsed().as_secs_f64())?;
+    let started = std::time::Instant::now();
+    let (first, last) =
+        (cfg.generate.start().context("demo start date")?, *cfg.generate.dates().last().context("demo days")?);
+    let reports =
+        run_features(&lake, &cfg.features, first, last, None).await.context("building the demo's features")?;
+    let samples: u64 = reports.iter().map(|r| r.samples).sum();
+    writeln!(
+        out,
+        "  {:<20} {:>12}   samples in features/samples, built in {:.1}s",
+        "features",
+        samples,
+        started.elapsed().as_secs_f64()
+    )?;
     let session = LakeSession::open(&lake).await?;
     for (title, sql) in DEMO_QUERIES {
         writeln!(out, "\n{title}:")?;

@@ -255,7 +255,14 @@ fn a_killed_generate_leaves_only_whole_files_visible() {
 fn the_demo_runs_end_to_end() {
     let lake = tempfile::tempdir().unwrap();
     let out = ok(&["--lake", lake.path().to_str().unwrap(), "demo"]);
-    for needle in ["Bayes-optimal AUC", "click rate by slate position", "planted category profiles", "statistics"] {
+    for needle in [
+        "Bayes-optimal AUC",
+        "click rate by slate position",
+        "planted category profiles",
+        "statistics",
+        "mean_history",
+        "2026-01-07",
+    ] {
         assert!(out.contains(needle), "demo output lacks {needle:?}:\n{out}");
     }
 }

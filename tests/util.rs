@@ -39,6 +39,37 @@ pub fn fails(args: &[&str], code: i32) -> String {
     stderr
 }
 
+/// Generates a small world (4-wide images) into `lake` and returns the summary.
+pub fn generate_world(
+    lake: &Path,
+    users: u32,
+    items: u32,
+    days: u32,
+    exposures_per_day: u32,
+    seed: u64,
+) -> serde_json::Value {
+    let (users, items, days, per_day, seed) =
+        (users.to_string(), items.to_string(), days.to_string(), exposures_per_day.to_string(), seed.to_string());
+    summary(&ok(&[
+        "--lake",
+        lake.to_str().unwrap(),
+        "generate",
+        "--users",
+        &users,
+        "--items",
+        &items,
+        "--days",
+        &days,
+        "--image-dim",
+        "4",
+        "--exposures-per-day",
+        &per_day,
+        "--seed",
+        &seed,
+        "--json",
+    ]))
+}
+
 /// A small, fast world: the flags for `generate`.
 pub fn tiny_world(lake: &Path, seed: u64) -> Vec<String> {
     [

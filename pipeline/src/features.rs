@@ -857,7 +857,14 @@ pub async fn read_dictionary(lake: &Lake, rel: &str) -> Result<BTreeMap<String, 
     let mut out = BTreeMap::new();
     for b in reader {
         let b = b.map_err(|e| PipelineError::arrow(format!("reading {rel}"), e))?;
-        let (v, i) = (b.column(0).as_string::<i32>(), b.column(1).as_primitive::<Int64Type>());
+        if b.num_columns() < 2 {
+            return Err(PipelineError::Config(vec![format!("{rel}: a dictionary needs columns value and index")]));
+        }
+        let cast = |c: &ArrayRef, t: &DataType| {
+            arrow::compute::cast(c, t).map_err(|e| PipelineError::arrow(format!("reading {rel}"), e))
+        };
+        let (v, i) = (cast(b.column(0), &DataType::Utf8)?, cast(b.column(1), &DataType::Int64)?);
+        let (v, i) = (v.as_string::<i32>(), i.as_primitive::<Int64Type>());
         for r in 0..b.num_rows() {
             out.insert(v.value(r).to_string(), i.value(r));
         }
