@@ -111,17 +111,29 @@ pub fn item_window_stats_timed(
             "windows {windows:?}: give at least one window of 1 day or more"
         )]));
     }
-    let mut by_day: Vec<DailyCounts> = days.to_vec();
-    by_day.sort_by_key(|d| d.day);
     let first_report = report_days.iter().copied().min().unwrap_or(0);
     let last_report = report_days.iter().copied().max().unwrap_or(0);
-    // The dataflow runs over [first time, last report − 1]; days at or after the last report
-    // day cannot change any report, so they are not fed.
-    let first_time =
-        by_day.first().map_or(first_report.saturating_sub(1), |d| d.day).min(first_report.saturating_sub(1));
+    let max_window = windows.iter().copied().max().unwrap_or(1);
+    // The dataflow steps through [first_time, last report − 1], the same times in every process
+    // whatever data it holds; earlier days cannot reach a report, later ones are not needed.
+    let first_time = first_report.saturating_sub(max_window);
+    let mut by_day: Vec<&DailyCounts> = days.iter().filter(|d| d.day >= first_time).collect();
+    by_day.sort_by_key(|d| d.day);
+    // Items enter the dataflow as dense u32 ids, cheap to hash and copy. The ids follow the sorted
+    // item names, so every process of a cluster assigns the same ones.
+    let names: Vec<String> = by_day
+        .iter()
+        .flat_map(|d| d.rows.iter().map(|(item, _)| item.clone()))
+        .collect::<std::collections::BTreeSet<String>>()
+        .into_iter()
+        .collect();
+    let id_of: HashMap<&str, u32> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
+    let days: Arc<Vec<(u32, Vec<(u32, [i64; 5])>)>> = Arc::new(
+        by_day.iter().map(|d| (d.day, d.rows.iter().map(|(item, c)| (id_of[item.as_str()], *c)).collect())).collect(),
+    );
+    let names: Arc<Vec<String>> = Arc::new(names);
     let n_windows = windows.len();
     let windows: Arc<Vec<u32>> = Arc::new(windows.to_vec());
-    let days: Arc<Vec<DailyCounts>> = Arc::new(by_day);
     let report: Arc<Vec<u32>> = Arc::new(report_days.to_vec());
     let results: Arc<Mutex<BTreeMap<u32, Vec<ItemWindows>>>> = Arc::new(Mutex::new(BTreeMap::new()));
     let timings: Arc<Mutex<Vec<(u32, f64)>>> = Arc::new(Mutex::new(Vec::new()));
@@ -135,12 +147,13 @@ pub fn item_window_stats_timed(
         // The first worker of each process keeps the results (they are broadcast to all).
         let recorder = index % threads == 0;
         let windows = Arc::clone(&windows);
+        let names = Arc::clone(&names);
         // Changes to (item, stat, window) → total, as seen by this worker.
-        let changes: Arc<Mutex<Vec<((String, u8, u8), i64, u32, isize)>>> = Arc::new(Mutex::new(Vec::new()));
+        let changes: Arc<Mutex<Vec<((u32, u8, u8), i64, u32, isize)>>> = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&changes);
         let mut probe = Handle::new();
         let mut input = worker.dataflow::<u32, _, _>(|scope| {
-            let (input, counts) = scope.new_collection::<(String, u8), isize>();
+            let (input, counts) = scope.new_collection::<(u32, u8), isize>();
             let mut per_window = Vec::with_capacity(windows.len());
             for (w, &width) in windows.iter().enumerate() {
                 let tagged = counts.clone().map(move |(item, stat)| (item, stat, w as u8));
@@ -159,7 +172,7 @@ pub fn item_window_stats_timed(
                 .inspect(move |((key, total), time, diff)| {
                     if recorder {
                         if let Ok(mut v) = sink.lock() {
-                            v.push((key.clone(), *total as i64, *time, *diff));
+                            v.push((*key, *total as i64, *time, *diff));
                         }
                     }
                 })
@@ -167,7 +180,7 @@ pub fn item_window_stats_timed(
             input
         });
 
-        let mut state: HashMap<(String, u8, u8), i64> = HashMap::new();
+        let mut state: HashMap<(u32, u8, u8), i64> = HashMap::new();
         let mut fed = 0usize;
         let last_time = last_report.saturating_sub(1);
         let mut t = first_time;
@@ -175,14 +188,14 @@ pub fn item_window_stats_timed(
         loop {
             let started = std::time::Instant::now();
             // Feed this worker's share of day t.
-            while fed < days.len() && days[fed].day <= t {
-                for (i, (item, counts)) in days[fed].rows.iter().enumerate() {
+            while fed < days.len() && days[fed].0 <= t {
+                for (i, (item, counts)) in days[fed].1.iter().enumerate() {
                     if i % peers != index {
                         continue;
                     }
                     for (s, &c) in counts.iter().enumerate() {
                         if c != 0 {
-                            input.update((item.clone(), s as u8), c as isize);
+                            input.update((*item, s as u8), c as isize);
                         }
                     }
                 }
@@ -209,8 +222,8 @@ pub fn item_window_stats_timed(
             if recorder && report.contains(&(t + 1)) {
                 let mut items: BTreeMap<String, Vec<[i64; 5]>> = BTreeMap::new();
                 for ((item, stat, w), total) in &state {
-                    items.entry(item.clone()).or_insert_with(|| vec![[0; 5]; n_windows])[*w as usize][*stat as usize] =
-                        *total;
+                    items.entry(names[*item as usize].clone()).or_insert_with(|| vec![[0; 5]; n_windows])
+                        [*w as usize][*stat as usize] = *total;
                 }
                 if let Ok(mut r) = shared.lock() {
                     let out = r.entry(t + 1).or_default();
