@@ -7,7 +7,7 @@ SELECT s.dt,
        count(*) AS samples,
        round(avg(CAST(s.label AS DOUBLE)), 4) AS ctr,
        round(avg(CAST(cardinality(s.hist_item_ids) AS DOUBLE)), 1) AS mean_history,
-       max(i.n) AS items_with_stats
+       coalesce(max(i.n), 0) AS items_with_stats
 FROM features.samples s
 LEFT JOIN (SELECT dt, count(*) AS n FROM features.item_stats GROUP BY dt) i ON i.dt = s.dt
 GROUP BY s.dt
