@@ -14,7 +14,7 @@ if [ "${1:-}" != "--env" ]; then
   command -v python3 >/dev/null || { echo "setup-tch: python3 is needed" >&2; exit 1; }
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --upgrade pip >&2
-  "$venv/bin/python" -m pip install "torch==2.9.0" >&2
+  "$venv/bin/python" -m pip install "torch==2.9.0" numpy >&2
 fi
 lib=$("$venv/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 cat <<ENV

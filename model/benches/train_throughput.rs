@@ -2,7 +2,8 @@
 //! Zipf-popular batches, the backend's large-matmul GFLOP/s, the model's achieved GFLOP/s, the
 //! speed-up of computing each distinct item once, and peak memory. Prints Markdown tables.
 //!
-//! `cargo bench -p marnflow-model --bench train_throughput [-- --quick] [-- --device cpu]`
+//! `cargo bench --workspace --bench train_throughput [-- --quick] [-- --device cpu|tch:cpu|cuda:0]`
+//! (`--workspace`, not `-p`: with `-p` cargo unifies features differently and rebuilds burn.)
 //! Environment: `BENCH_SECONDS` (per case, default 3), `BENCH_BATCHES` (default `32,1024`),
 //! `BENCH_VARIANTS` (comma-separated, default all).
 
