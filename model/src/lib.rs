@@ -34,6 +34,7 @@ pub mod device;
 pub mod error;
 pub mod metrics;
 pub mod modules;
+pub mod registry;
 pub mod synthetic;
 pub mod train;
 
