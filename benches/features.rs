@@ -12,6 +12,7 @@ mod common;
 use std::time::Instant;
 
 use chrono::{Duration, NaiveDate};
+use marnflow_pipeline::contract;
 use marnflow_pipeline::features::{load_daily_counts, run_features, FeaturesConfig};
 use marnflow_pipeline::lake::Lake;
 use marnflow_pipeline::windows::{item_window_stats_timed, Topology};
@@ -53,7 +54,7 @@ fn main() {
     // Windows alone: 30 warm days then one more (incremental), against a fresh dataflow that
     // recomputes the last 30-day window from its 30 daily aggregates.
     let counts = runtime.block_on(load_daily_counts(&lake, start, last)).expect("daily counts");
-    let epoch = |d: NaiveDate| (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as u32;
+    let epoch = |d: NaiveDate| contract::epoch_day(d) as u32;
     let (_, steps) =
         item_window_stats_timed(&counts, &cfg.windows, &[epoch(last) + 1], &Topology::Threads(1)).expect("windows");
     let incremental = steps.last().map_or(f64::NAN, |s| s.1);

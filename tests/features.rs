@@ -47,7 +47,7 @@ fn day_of(ms: i64) -> usize {
 fn features_equal_an_oracle_over_the_raw_rows_and_reruns_are_idempotent() {
     let lake = tempfile::tempdir().unwrap();
     let l = lake.path().to_str().unwrap();
-    generate_world(lake.path(), 120, 300, 5, 1500, 9);
+    generate_world(lake.path(), 120, 300, 5, 4, 1500, 9);
     let cfg = lake.path().join("features.toml");
     std::fs::write(&cfg, "[features]\nwindows = [1, 3]\nsequence_length = 6\nworkers = 2\n").unwrap();
     let c = cfg.to_str().unwrap();
@@ -286,7 +286,7 @@ fn features_equal_an_oracle_over_the_raw_rows_and_reruns_are_idempotent() {
 fn a_day_out_of_order_is_refused_with_a_clear_message() {
     let lake = tempfile::tempdir().unwrap();
     let l = lake.path().to_str().unwrap();
-    generate_world(lake.path(), 30, 60, 3, 200, 42);
+    generate_world(lake.path(), 30, 60, 3, 4, 200, 42);
     let err = fails(&["--lake", l, "features", "--date", "2026-01-02"], 2);
     assert!(err.contains("user_history/dt=2026-01-01 is missing"), "{err}");
     let err = fails(&["--lake", l, "features", "--from", "2026-01-03", "--to", "2026-01-01"], 2);
@@ -296,7 +296,7 @@ fn a_day_out_of_order_is_refused_with_a_clear_message() {
 /// Replaces a generated day's raw logs with hand-made CSV files holding broken rows.
 fn broken_lake() -> tempfile::TempDir {
     let lake = tempfile::tempdir().unwrap();
-    generate_world(lake.path(), 10, 20, 1, 20, 42);
+    generate_world(lake.path(), 10, 20, 1, 4, 20, 42);
     for t in ["exposures", "clicks", "behaviors"] {
         std::fs::remove_dir_all(lake.path().join("raw").join(t)).unwrap();
         std::fs::create_dir_all(lake.path().join(format!("raw/{t}/dt=2026-01-01"))).unwrap();
@@ -397,7 +397,7 @@ fn nothing_at_or_after_an_exposure_reaches_its_row() {
     use std::sync::Arc;
     let lake = tempfile::tempdir().unwrap();
     let l = lake.path().to_str().unwrap();
-    generate_world(lake.path(), 60, 150, 3, 2000, 4);
+    generate_world(lake.path(), 60, 150, 3, 4, 2000, 4);
     ok(&["--lake", l, "features", "--from", "2026-01-01", "--to", "2026-01-03"]);
     let rows = |lake: &Path| -> BTreeMap<(String, String), (i64, String)> {
         let mut out = BTreeMap::new();
@@ -467,7 +467,7 @@ fn nothing_at_or_after_an_exposure_reaches_its_row() {
 fn two_processes_give_exactly_the_one_process_output() {
     let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     for lake in [&one, &two] {
-        generate_world(lake.path(), 80, 200, 4, 1500, 21);
+        generate_world(lake.path(), 80, 200, 4, 4, 1500, 21);
     }
     let range = ["features", "--from", "2026-01-01", "--to", "2026-01-04"];
     let mut single = vec!["--lake", one.path().to_str().unwrap()];

@@ -39,29 +39,30 @@ pub fn fails(args: &[&str], code: i32) -> String {
     stderr
 }
 
-/// Generates a small world (4-wide images) into `lake` and returns the summary.
+/// Generates a world into `lake` with `marnflow generate` and returns its JSON summary.
 pub fn generate_world(
     lake: &Path,
     users: u32,
     items: u32,
     days: u32,
+    image_dim: u32,
     exposures_per_day: u32,
     seed: u64,
 ) -> serde_json::Value {
-    let (users, items, days, per_day, seed) =
-        (users.to_string(), items.to_string(), days.to_string(), exposures_per_day.to_string(), seed.to_string());
+    let numbers = [users.to_string(), items.to_string(), days.to_string(), image_dim.to_string()];
+    let (per_day, seed) = (exposures_per_day.to_string(), seed.to_string());
     summary(&ok(&[
         "--lake",
         lake.to_str().unwrap(),
         "generate",
         "--users",
-        &users,
+        &numbers[0],
         "--items",
-        &items,
+        &numbers[1],
         "--days",
-        &days,
+        &numbers[2],
         "--image-dim",
-        "4",
+        &numbers[3],
         "--exposures-per-day",
         &per_day,
         "--seed",
@@ -70,29 +71,9 @@ pub fn generate_world(
     ]))
 }
 
-/// A small, fast world: the flags for `generate`.
-pub fn tiny_world(lake: &Path, seed: u64) -> Vec<String> {
-    [
-        "--lake",
-        lake.to_str().unwrap(),
-        "generate",
-        "--users",
-        "150",
-        "--items",
-        "400",
-        "--days",
-        "4",
-        "--image-dim",
-        "16",
-        "--exposures-per-day",
-        "3000",
-        "--seed",
-        &seed.to_string(),
-        "--json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+/// A small, fast world (150 users, 400 items, 4 days, 16-wide images, 3000 exposures a day).
+pub fn tiny_world(lake: &Path, seed: u64) -> serde_json::Value {
+    generate_world(lake, 150, 400, 4, 16, 3000, seed)
 }
 
 /// Every file under `dir`, relative, sorted.

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use chrono::NaiveDate;
 
 /// `raw/exposures/dt=D/`: one row per item shown to a user in a request.
 pub const EXPOSURES: &str = "raw/exposures";
@@ -29,6 +30,11 @@ pub const TRUTH_WORLD: &str = "truth/world.json";
 
 /// The three behavior types of the contract.
 pub const BEHAVIOR_TYPES: [&str; 3] = ["click", "cart", "purchase"];
+
+/// A date as days since 1970-01-01 (Arrow's `Date32`; also the timestamps of the window dataflow).
+pub fn epoch_day(date: NaiveDate) -> i32 {
+    (date - NaiveDate::default()).num_days() as i32
+}
 
 /// Event times: milliseconds since the epoch, UTC.
 pub fn event_time_type() -> DataType {
@@ -122,4 +128,15 @@ pub fn truth_categories_schema() -> SchemaRef {
         w("w_id"),
         w("logit_offset"),
     ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_days_count_from_1970() {
+        assert_eq!(epoch_day(NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()), 0);
+        assert_eq!(epoch_day(NaiveDate::from_ymd_opt(2026, 1, 1).unwrap()), 20454);
+    }
 }

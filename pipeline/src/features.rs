@@ -29,16 +29,16 @@ use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef,
 use arrow::record_batch::RecordBatch;
 use chrono::{Duration, NaiveDate};
 use datafusion::catalog::MemTable;
+use datafusion::dataframe::DataFrame;
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, instrument, warn};
 
 use crate::error::{PipelineError, Result};
-use crate::lake::{partition, Lake};
+use crate::lake::{data_file, partition, write_parquet, Lake};
 use crate::query::LakeSession;
 use crate::windows::{item_window_stats_timed, DailyCounts, ItemWindows, Topology, AMOUNT, STATS};
-use crate::world::writer::PartitionWriter;
 
 /// `features/<name>` tables written by this job.
 pub const DAILY_ITEM_COUNTS: &str = "features/daily_item_counts";
@@ -253,25 +253,32 @@ async fn run_sql(
     if !params.is_empty() {
         df = df.with_param_values(params).map_err(wrap)?;
     }
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let mut out = df.collect().await.map_err(wrap)?;
-    if out.is_empty() {
-        // No rows: keep the columns, so later jobs and the published file still have them.
-        out.push(RecordBatch::new_empty(schema));
-    }
+    let out = collect(df).await.map_err(wrap)?;
     debug!(job, rows = total_rows(&out), ms = started.elapsed().as_millis() as u64, "sql job done");
     Ok(out)
 }
 
-fn replace_table(ctx: &SessionContext, name: &str, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<()> {
-    let _ = ctx.deregister_table(name)?;
-    let table = MemTable::try_new(schema, vec![batches])?;
-    ctx.register_table(name, Arc::new(table))?;
-    Ok(())
+/// Runs a query to the end. Never returns an empty vector: a result without rows is one empty
+/// batch with the query's columns, so every table registered or published from it keeps them.
+async fn collect(df: DataFrame) -> datafusion::error::Result<Vec<RecordBatch>> {
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let mut out = df.collect().await?;
+    if out.is_empty() {
+        out.push(RecordBatch::new_empty(schema));
+    }
+    Ok(out)
 }
 
-fn schema_of(batches: &[RecordBatch], fallback: SchemaRef) -> SchemaRef {
-    batches.first().map_or(fallback, RecordBatch::schema)
+/// The schema of batches from [`collect`] (or built here), which are never empty.
+fn schema_of(batches: &[RecordBatch]) -> SchemaRef {
+    batches.first().map_or_else(|| Arc::new(Schema::empty()), RecordBatch::schema)
+}
+
+fn replace_table(ctx: &SessionContext, name: &str, batches: Vec<RecordBatch>) -> Result<()> {
+    let _ = ctx.deregister_table(name)?;
+    let table = MemTable::try_new(schema_of(&batches), vec![batches])?;
+    ctx.register_table(name, Arc::new(table))?;
+    Ok(())
 }
 
 fn total_rows(batches: &[RecordBatch]) -> u64 {
@@ -312,19 +319,11 @@ fn plain_batch(b: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     RecordBatch::try_new(Arc::clone(schema), cols).map_err(|e| PipelineError::arrow("normalizing string types", e))
 }
 
-/// Writes `batches` as the single file of `table/dt=D`.
-async fn publish(lake: &Lake, table: &str, dt: &str, schema: SchemaRef, batches: &[RecordBatch]) -> Result<u64> {
-    let target = format!("{}/part-00000.parquet", partition(table, dt));
-    let schema = plain_schema(&schema);
-    let mut w = PartitionWriter::create(lake, target, Arc::clone(&schema), 65_536)?;
-    for b in batches {
-        let b = &plain_batch(b, &schema)?;
-        if let Err(e) = w.write(b).await {
-            w.abort().await;
-            return Err(e);
-        }
-    }
-    w.finish().await
+/// Writes `batches` as the single file of `table/dt=D`, strings normalised to `Utf8`.
+async fn publish(lake: &Lake, table: &str, dt: &str, batches: &[RecordBatch]) -> Result<u64> {
+    let schema = plain_schema(&schema_of(batches));
+    let plain = batches.iter().map(|b| plain_batch(b, &schema)).collect::<Result<Vec<_>>>()?;
+    write_parquet(lake, data_file(&partition(table, dt)), schema, &plain, 65_536).await
 }
 
 /// Splits a validated table into accepted rows and quarantined rows. Accepted rows lose the
@@ -367,11 +366,29 @@ fn day_string(d: NaiveDate) -> String {
     d.format("%Y-%m-%d").to_string()
 }
 
+/// A day as the window dataflow's timestamp (days since 1970; earlier dates are 0).
 fn epoch_day(d: NaiveDate) -> u32 {
-    (d - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days().max(0) as u32
+    u32::try_from(crate::contract::epoch_day(d)).unwrap_or(0)
 }
 
-/// Validates, quarantines and registers one raw table of day `dt`; returns its accounting.
+/// Runs `clean_<raw>.sql` for day `dt` and registers its result as `clean_<raw>` (every row, with
+/// its `reason`) and the accepted rows as `<raw>`; returns (every row, accepted, quarantined).
+async fn validate(
+    ctx: &SessionContext,
+    registry: &SqlRegistry,
+    raw: &str,
+    dt: &str,
+) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>, Vec<RecordBatch>)> {
+    let job = format!("clean_{raw}");
+    let checked = run_sql(ctx, registry, &job, vec![ScalarValue::Utf8(Some(dt.to_string()))]).await?;
+    replace_table(ctx, &job, checked.clone())?;
+    let (good, bad) = split_by_reason(&checked, &job)?;
+    replace_table(ctx, raw, good.clone())?;
+    Ok((checked, good, bad))
+}
+
+/// Validates one raw table of day `dt`, quarantines its bad rows and checks their share;
+/// returns its accounting.
 async fn ingest(
     lake: &Lake,
     ctx: &SessionContext,
@@ -380,15 +397,10 @@ async fn ingest(
     raw: &str,
     dt: &str,
 ) -> Result<Accounting> {
-    let job = format!("clean_{raw}");
-    let checked = run_sql(ctx, registry, &job, vec![ScalarValue::Utf8(Some(dt.to_string()))]).await?;
-    let fallback = Arc::new(Schema::empty());
-    let schema = schema_of(&checked, fallback);
-    replace_table(ctx, &job, Arc::clone(&schema), checked.clone())?;
-    let (good, bad) = split_by_reason(&checked, &job)?;
+    let (checked, good, bad) = validate(ctx, registry, raw, dt).await?;
     let acc = Accounting { input: total_rows(&checked), accepted: total_rows(&good), quarantined: total_rows(&bad) };
     debug_assert_eq!(acc.input, acc.accepted + acc.quarantined);
-    publish(lake, &format!("quarantine/raw_{raw}"), dt, Arc::clone(&schema), &bad).await?;
+    publish(lake, &format!("quarantine/raw_{raw}"), dt, &bad).await?;
     if acc.quarantined > 0 {
         warn!(table = %format!("raw/{raw}"), dt, quarantined = acc.quarantined, input = acc.input, "rows quarantined");
     }
@@ -403,15 +415,6 @@ async fn ingest(
             show_bad_rows(&bad, 5)
         )]));
     }
-    let good_schema = good.first().map_or_else(
-        || {
-            let keep: Vec<Field> =
-                schema.fields().iter().filter(|f| f.name() != "reason").map(|f| f.as_ref().clone()).collect();
-            Arc::new(Schema::new(keep))
-        },
-        RecordBatch::schema,
-    );
-    replace_table(ctx, raw, good_schema, good)?;
     Ok(acc)
 }
 
@@ -425,11 +428,11 @@ fn history_schema() -> SchemaRef {
 }
 
 /// Runs the feature job for every day of `[from, to]`, in order.
-#[instrument(skip_all, fields(lake = lake.uri(), from = %from, to = %to))]
 ///
 /// `cluster`: `Some((process, addresses))` runs the windows in timely's cluster mode, with
 /// `cfg.workers` threads in each process; every process runs this same job (the files they
 /// publish are identical), while the dataflow's work is spread over all of them.
+#[instrument(skip_all, fields(lake = lake.uri(), from = %from, to = %to))]
 pub async fn run_features(
     lake: &Lake,
     cfg: &FeaturesConfig,
@@ -459,10 +462,10 @@ pub async fn run_features(
         let clicks = ingest(lake, ctx, &registry, cfg, "clicks", &dt).await?;
         let behaviors = ingest(lake, ctx, &registry, cfg, "behaviors", &dt).await?;
         let counts = run_sql(ctx, &registry, "daily_item_counts", vec![]).await?;
-        publish(lake, DAILY_ITEM_COUNTS, &dt, schema_of(&counts, daily_counts_schema()), &counts).await?;
+        publish(lake, DAILY_ITEM_COUNTS, &dt, &counts).await?;
         let labels = run_sql(ctx, &registry, "labels", vec![]).await?;
         let positives = labels_positive(&labels);
-        publish(lake, LABELS, &dt, schema_of(&labels, Arc::new(Schema::empty())), &labels).await?;
+        publish(lake, LABELS, &dt, &labels).await?;
         info!(
             dt,
             exposures = exposures.accepted,
@@ -498,13 +501,13 @@ pub async fn run_features(
         let dt = day_string(*day);
         let stats = windows.get(&epoch_day(*day)).map(Vec::as_slice).unwrap_or(&[]);
         let stats_batch = item_stats_batch(cfg, stats)?;
-        publish(lake, ITEM_STATS, &dt, stats_batch.schema(), std::slice::from_ref(&stats_batch)).await?;
+        publish(lake, ITEM_STATS, &dt, std::slice::from_ref(&stats_batch)).await?;
         report.items_with_stats = stats.len() as u64;
 
         let session = LakeSession::open_with(lake, cfg.raw_format()).await?;
         let ctx = session.context();
         let long = long_stats(cfg, &stats_batch)?;
-        replace_table(ctx, "item_stats_long", long.schema(), vec![long])?;
+        replace_table(ctx, "item_stats_long", vec![long])?;
         let names = cfg.stat_columns();
         let prior = cfg.ctr_prior_clicks / cfg.ctr_prior_exposures;
         let names = RecordBatch::try_new(
@@ -524,32 +527,31 @@ pub async fn run_features(
             ],
         )
         .map_err(|e| PipelineError::arrow("building stat_names", e))?;
-        replace_table(ctx, "stat_names", names.schema(), vec![names])?;
+        replace_table(ctx, "stat_names", vec![names])?;
         let buckets = run_sql(ctx, &registry, "item_stat_buckets", vec![]).await?;
         let wide = widen_buckets(cfg, &buckets)?;
-        publish(lake, ITEM_STAT_BUCKETS, &dt, wide.schema(), std::slice::from_ref(&wide)).await?;
-        replace_table(ctx, "item_stat_buckets_wide", wide.schema(), vec![wide])?;
+        publish(lake, ITEM_STAT_BUCKETS, &dt, std::slice::from_ref(&wide)).await?;
+        replace_table(ctx, "item_stat_buckets_wide", vec![wide])?;
 
         // This day's accepted behaviors (validated again: cheap, and no state kept in memory).
-        ingest_quiet(ctx, &registry, "behaviors", &dt).await?;
+        validate(ctx, &registry, "behaviors", &dt).await?;
         let previous = previous_history(lake, &session, *day).await?;
-        replace_table(ctx, "previous_history", schema_of(&previous, history_schema()), previous)?;
+        replace_table(ctx, "previous_history", previous)?;
         let labels_df = ctx
             .sql("SELECT * FROM features.labels WHERE dt = $1")
             .await?
             .with_param_values(vec![ScalarValue::Utf8(Some(dt.clone()))])?
             .drop_columns(&["dt"])?;
-        let labels: Vec<RecordBatch> = labels_df.collect().await?;
-        replace_table(ctx, "labels", schema_of(&labels, Arc::new(Schema::empty())), labels)?;
+        replace_table(ctx, "labels", collect(labels_df).await?)?;
 
         let t = ScalarValue::Int64(Some(i64::from(cfg.sequence_length)));
         let samples = run_sql(ctx, &registry, "samples", vec![t.clone()]).await?;
         check_columns(&registry, "samples", &samples, &SAMPLES_REQUIRED)?;
-        report.samples = publish(lake, SAMPLES, &dt, schema_of(&samples, Arc::new(Schema::empty())), &samples).await?;
+        report.samples = publish(lake, SAMPLES, &dt, &samples).await?;
         let history = run_sql(ctx, &registry, "user_history", vec![t]).await?;
-        publish(lake, USER_HISTORY, &dt, schema_of(&history, history_schema()), &history).await?;
+        publish(lake, USER_HISTORY, &dt, &history).await?;
         let items = run_sql(ctx, &registry, "items", vec![]).await?;
-        publish(lake, ITEMS, &dt, schema_of(&items, Arc::new(Schema::empty())), &items).await?;
+        publish(lake, ITEMS, &dt, &items).await?;
         update_dictionaries(lake, &samples, &items).await?;
         info!(dt, samples = report.samples, items_with_stats = report.items_with_stats, "day published");
     }
@@ -568,14 +570,6 @@ fn require_raw(session: &LakeSession) -> Result<()> {
     } else {
         Err(PipelineError::Config(missing))
     }
-}
-
-async fn ingest_quiet(ctx: &SessionContext, registry: &SqlRegistry, raw: &str, dt: &str) -> Result<()> {
-    let job = format!("clean_{raw}");
-    let checked = run_sql(ctx, registry, &job, vec![ScalarValue::Utf8(Some(dt.to_string()))]).await?;
-    let (good, _) = split_by_reason(&checked, &job)?;
-    let schema = good.first().map_or_else(history_schema, RecordBatch::schema);
-    replace_table(ctx, raw, schema, good)
 }
 
 fn labels_positive(batches: &[RecordBatch]) -> u64 {
@@ -599,18 +593,6 @@ fn check_columns(registry: &SqlRegistry, job: &str, batches: &[RecordBatch], req
     } else {
         Err(PipelineError::Config(missing))
     }
-}
-
-fn daily_counts_schema() -> SchemaRef {
-    let i = |n: &str| Field::new(n, DataType::Int64, true);
-    Arc::new(Schema::new(vec![
-        Field::new("item_id", DataType::Utf8, true),
-        i("exposures"),
-        i("clicks"),
-        i("carts"),
-        i("purchases"),
-        Field::new("amount", DataType::Float64, true),
-    ]))
 }
 
 /// The daily aggregates of `[first, last]` from `features/daily_item_counts`.
@@ -759,7 +741,7 @@ async fn previous_history(lake: &Lake, session: &LakeSession, day: NaiveDate) ->
             .sql("SELECT user_id, event_time, item_id, behavior FROM features.user_history WHERE dt = $1")
             .await?
             .with_param_values(vec![ScalarValue::Utf8(Some(prev.clone()))])?;
-        return Ok(df.collect().await?);
+        return Ok(collect(df).await?);
     }
     // No state for the previous day: fine before the data starts, an error after it.
     let raw_prev = lake.list(&partition(crate::contract::BEHAVIORS, &prev)).await?;
@@ -770,7 +752,7 @@ async fn previous_history(lake: &Lake, session: &LakeSession, day: NaiveDate) ->
             day_string(day)
         )]));
     }
-    Ok(Vec::new())
+    Ok(vec![RecordBatch::new_empty(history_schema())])
 }
 
 /// The dictionaries and which columns feed them.
@@ -837,9 +819,7 @@ async fn update_dictionaries(lake: &Lake, samples: &[RecordBatch], items: &[Reco
             ],
         )
         .map_err(|e| PipelineError::arrow("building a dictionary", e))?;
-        let mut w = PartitionWriter::create(lake, rel, dictionary_schema(), 1 << 20)?;
-        w.write(&batch).await?;
-        w.finish().await?;
+        write_parquet(lake, rel, dictionary_schema(), &[batch], 1 << 20).await?;
     }
     Ok(())
 }

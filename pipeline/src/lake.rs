@@ -12,11 +12,17 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
 use futures::TryStreamExt;
+use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::async_writer::AsyncArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
 use url::Url;
 
 use crate::error::{PipelineError, Result};
@@ -197,6 +203,87 @@ impl Lake {
         all.sort_by(|a, b| a.location.cmp(&b.location));
         Ok(all)
     }
+}
+
+/// Writes one Parquet file under `_staging/`, then publishes it to its final place.
+pub struct PartitionWriter {
+    lake: Lake,
+    target: String,
+    staged: Path,
+    writer: AsyncArrowWriter<BufWriter>,
+    rows: u64,
+}
+
+impl std::fmt::Debug for PartitionWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionWriter").field("target", &self.target).field("rows", &self.rows).finish()
+    }
+}
+
+/// Writer settings shared by every table marnflow writes: zstd, bounded row groups.
+pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        .build()
+}
+
+impl PartitionWriter {
+    /// Starts a file that will be published at `target` (relative to the lake root).
+    pub fn create(lake: &Lake, target: String, schema: SchemaRef, row_group_rows: usize) -> Result<Self> {
+        let staged = lake.staging_path(&target);
+        let object = BufWriter::new(Arc::clone(lake.store()), staged.clone());
+        let writer = AsyncArrowWriter::try_new(object, schema, Some(writer_properties(row_group_rows)))
+            .map_err(|e| PipelineError::parquet("open", &target, e))?;
+        Ok(Self { lake: lake.clone(), target, staged, writer, rows: 0 })
+    }
+
+    /// Appends a batch.
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        self.writer.write(batch).await.map_err(|e| PipelineError::parquet("write", &self.target, e))
+    }
+
+    /// Finishes the file and publishes it; returns the rows written.
+    pub async fn finish(self) -> Result<u64> {
+        let Self { lake, target, staged, writer, rows } = self;
+        if let Err(e) = writer.close().await {
+            lake.discard(&staged).await;
+            return Err(PipelineError::parquet("close", &target, e));
+        }
+        lake.publish(&staged, &target).await?;
+        Ok(rows)
+    }
+
+    /// Gives up on the file: nothing becomes visible.
+    pub async fn abort(self) {
+        let Self { lake, staged, writer, .. } = self;
+        drop(writer);
+        lake.discard(&staged).await;
+    }
+}
+
+/// The one data file of a table folder or partition: `<folder>/part-00000.parquet`.
+pub fn data_file(folder: &str) -> String {
+    format!("{folder}/part-00000.parquet")
+}
+
+/// Writes `batches` as one Parquet file published atomically at `target`; returns the rows.
+pub async fn write_parquet(
+    lake: &Lake,
+    target: String,
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+    row_group_rows: usize,
+) -> Result<u64> {
+    let mut w = PartitionWriter::create(lake, target, schema, row_group_rows)?;
+    for b in batches {
+        if let Err(e) = w.write(b).await {
+            w.abort().await;
+            return Err(e);
+        }
+    }
+    w.finish().await
 }
 
 /// Removes `.` and `..` components without touching the file system.

@@ -35,10 +35,10 @@ use tracing::{debug, info, instrument};
 
 use crate::contract;
 use crate::error::{PipelineError, Result};
-use crate::lake::{partition, Lake};
+use crate::lake::{data_file, partition, write_parquet, Lake, PartitionWriter};
 use latent::Latent;
 use sampling::BinnedAuc;
-use writer::{BehaviorRows, ClickRows, ExposureRows, ItemRows, PartitionWriter, TruthItemRows, TruthRows};
+use writer::{BehaviorRows, ClickRows, ExposureRows, ItemRows, TruthItemRows, TruthRows};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -298,11 +298,6 @@ impl DayCounts {
     }
 }
 
-fn epoch_days(date: NaiveDate) -> i32 {
-    (date - NaiveDate::default()).num_days() as i32
-        + (NaiveDate::default() - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days() as i32
-}
-
 async fn write_items(
     lake: &Lake,
     cfg: &WorldConfig,
@@ -314,15 +309,10 @@ async fn write_items(
     let width = cfg.image_dim as i32;
     // Image vectors are wide: keep each batch near 16 MiB.
     let batch = (4_000_000 / cfg.image_dim.max(1)).clamp(64, cfg.batch_rows.max(64));
-    let mut out = PartitionWriter::create(
-        lake,
-        format!("{}/part-00000.parquet", contract::ITEMS),
-        contract::items_schema(width),
-        batch,
-    )?;
+    let mut out = PartitionWriter::create(lake, data_file(contract::ITEMS), contract::items_schema(width), batch)?;
     let mut truth = PartitionWriter::create(
         lake,
-        format!("{}/part-00000.parquet", contract::TRUTH_ITEMS),
+        data_file(contract::TRUTH_ITEMS),
         contract::truth_items_schema(),
         cfg.batch_rows,
     )?;
@@ -352,7 +342,7 @@ async fn write_items(
             truth_rows.push(
                 &ids.items[i],
                 &ids.categories[it.category as usize],
-                epoch_days(dates[it.launch_day as usize]),
+                contract::epoch_day(dates[it.launch_day as usize]),
                 it.quality,
                 it.popularity,
                 has_image,
@@ -380,12 +370,6 @@ async fn write_items(
 async fn write_word_vectors(lake: &Lake, cfg: &WorldConfig, vocab: &text::Vocabulary) -> Result<u64> {
     use arrow::array::{ArrayRef, StringBuilder};
     let schema = contract::word_vectors_schema(cfg.word_dim as i32);
-    let mut out = PartitionWriter::create(
-        lake,
-        format!("{}/part-00000.parquet", contract::WORD_VECTORS),
-        schema.clone(),
-        cfg.batch_rows,
-    )?;
     let mut tokens = StringBuilder::new();
     let mut vectors = writer::vector_builder(cfg.word_dim as i32, vocab.words.len());
     for (w, word) in vocab.words.iter().enumerate() {
@@ -395,13 +379,9 @@ async fn write_word_vectors(lake: &Lake, cfg: &WorldConfig, vocab: &text::Vocabu
         vectors.append(true);
     }
     let cols: Vec<ArrayRef> = vec![std::sync::Arc::new(tokens.finish()), std::sync::Arc::new(vectors.finish())];
-    let batch = arrow::record_batch::RecordBatch::try_new(schema, cols)
+    let batch = arrow::record_batch::RecordBatch::try_new(schema.clone(), cols)
         .map_err(|e| PipelineError::arrow("building raw/word_vectors", e))?;
-    if let Err(e) = out.write(&batch).await {
-        out.abort().await;
-        return Err(e);
-    }
-    out.finish().await
+    write_parquet(lake, data_file(contract::WORD_VECTORS), schema, &[batch], cfg.batch_rows).await
 }
 
 async fn write_categories(lake: &Lake, world: &Latent, ids: &Ids) -> Result<()> {
@@ -422,13 +402,7 @@ async fn write_categories(lake: &Lake, world: &Latent, ids: &Ids) -> Result<()> 
     ];
     let batch = arrow::record_batch::RecordBatch::try_new(schema.clone(), cols)
         .map_err(|e| PipelineError::arrow("building truth/categories", e))?;
-    let mut out =
-        PartitionWriter::create(lake, format!("{}/part-00000.parquet", contract::TRUTH_CATEGORIES), schema, 1024)?;
-    if let Err(e) = out.write(&batch).await {
-        out.abort().await;
-        return Err(e);
-    }
-    out.finish().await.map(|_| ())
+    write_parquet(lake, data_file(contract::TRUTH_CATEGORIES), schema, &[batch], 1024).await.map(|_| ())
 }
 
 /// The four writers of one day, published together only when the whole day succeeded.
@@ -475,7 +449,7 @@ async fn write_day(
     first_exposed: &mut [u32],
 ) -> Result<DayCounts> {
     let dt = date.to_string();
-    let part = |table: &str| format!("{}/part-00000.parquet", partition(table, &dt));
+    let part = |table: &str| data_file(&partition(table, &dt));
     let rg = cfg.batch_rows;
     let mut w = DayWriters {
         exposures: PartitionWriter::create(lake, part(contract::EXPOSURES), contract::exposures_schema(), rg)?,

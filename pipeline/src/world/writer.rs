@@ -1,79 +1,14 @@
-//! Streaming Parquet writers that publish atomically, and the row builders of each raw table.
+//! The row builders of each raw table (files are written by [`crate::lake::PartitionWriter`]).
 
 use std::sync::Arc;
 
+use crate::error::{PipelineError, Result};
 use arrow::array::{
     ArrayBuilder, ArrayRef, BooleanBuilder, Date32Builder, FixedSizeListBuilder, Float32Builder, Float64Builder,
     Int32Builder, StringBuilder, TimestampMillisecondBuilder,
 };
 use arrow::datatypes::{Field, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use object_store::buffered::BufWriter;
-use object_store::path::Path;
-use parquet::arrow::async_writer::AsyncArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
-
-use crate::error::{PipelineError, Result};
-use crate::lake::Lake;
-
-/// Writes one Parquet file under `_staging/`, then publishes it to its final place.
-pub struct PartitionWriter {
-    lake: Lake,
-    target: String,
-    staged: Path,
-    writer: AsyncArrowWriter<BufWriter>,
-    rows: u64,
-}
-
-impl std::fmt::Debug for PartitionWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PartitionWriter").field("target", &self.target).field("rows", &self.rows).finish()
-    }
-}
-
-/// Writer settings shared by every table marnflow writes: zstd, bounded row groups.
-pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
-        .build()
-}
-
-impl PartitionWriter {
-    /// Starts a file that will be published at `target` (relative to the lake root).
-    pub fn create(lake: &Lake, target: String, schema: SchemaRef, row_group_rows: usize) -> Result<Self> {
-        let staged = lake.staging_path(&target);
-        let object = BufWriter::new(Arc::clone(lake.store()), staged.clone());
-        let writer = AsyncArrowWriter::try_new(object, schema, Some(writer_properties(row_group_rows)))
-            .map_err(|e| PipelineError::parquet("open", &target, e))?;
-        Ok(Self { lake: lake.clone(), target, staged, writer, rows: 0 })
-    }
-
-    /// Appends a batch.
-    pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.rows += batch.num_rows() as u64;
-        self.writer.write(batch).await.map_err(|e| PipelineError::parquet("write", &self.target, e))
-    }
-
-    /// Finishes the file and publishes it; returns the rows written.
-    pub async fn finish(self) -> Result<u64> {
-        let Self { lake, target, staged, writer, rows } = self;
-        if let Err(e) = writer.close().await {
-            lake.discard(&staged).await;
-            return Err(PipelineError::parquet("close", &target, e));
-        }
-        lake.publish(&staged, &target).await?;
-        Ok(rows)
-    }
-
-    /// Gives up on the file: nothing becomes visible.
-    pub async fn abort(self) {
-        let Self { lake, staged, writer, .. } = self;
-        drop(writer);
-        lake.discard(&staged).await;
-    }
-}
 
 fn batch(schema: &SchemaRef, columns: Vec<ArrayRef>, table: &str) -> Result<RecordBatch> {
     RecordBatch::try_new(Arc::clone(schema), columns)
