@@ -579,3 +579,34 @@ fn format_override_and_append_only_dictionaries() {
     assert!(second.iter().filter(|(v, _)| !first.contains_key(*v)).all(|(_, i)| *i > max_first));
     assert!(second.len() >= first.len());
 }
+
+/// Regression (issue 3): a day whose raw logs hold no rows builds empty tables with every column,
+/// instead of failing on a table registered without columns.
+#[test]
+fn regression_3_a_day_without_events_builds_empty_tables() {
+    let lake = broken_lake();
+    let l = lake.path().to_str().unwrap();
+    let headers = [
+        ("exposures", "event_time,request_id,user_id,item_id,position\n"),
+        ("clicks", "event_time,request_id,user_id,item_id\n"),
+        ("behaviors", "event_time,user_id,item_id,behavior\n"),
+    ];
+    for (t, header) in headers {
+        std::fs::write(lake.path().join(format!("raw/{t}/dt=2026-01-01/part-0.csv")), header).unwrap();
+    }
+    let out = ok(&["--lake", l, "features", "--date", "2026-01-01", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report[0]["samples"], 0);
+    assert_eq!(report[0]["exposures"]["input"], 0);
+    let columns = ok(&[
+        "--lake",
+        l,
+        "sql",
+        "--format",
+        "csv",
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'features' AND table_name = 'samples'",
+    ]);
+    for c in ["request_id", "label", "hist_item_ids", "clicks_7d_b10"] {
+        assert!(columns.lines().any(|x| x == c), "{c} missing: {columns}");
+    }
+}
