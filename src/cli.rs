@@ -46,8 +46,212 @@ pub enum Command {
     Features(FeaturesArgs),
     /// Run SQL over every table of the lake (DataFusion)
     Sql(SqlArgs),
-    /// Generate a small world into the lake and show what is in it
+    /// Train a model on the samples of a date range and register it as a new version
+    Train(TrainArgs),
+    /// Evaluate a registered version on one day: AUC, user AUC, deciles, unseen-item recall
+    Evaluate(EvaluateArgs),
+    /// The model registry: list, show, diff, promote, rollback
+    Models(ModelsArgs),
+    /// The scheduled daily job: features, train, evaluate, register as candidate, maybe promote
+    Run(RunArgs),
+    /// Write every item's representation (rep) of a version as Parquet
+    ExportItemEmbeddings(ExportArgs),
+    /// Write a click probability for every sample row of a day as Parquet
+    Score(ScoreArgs),
+    /// Generate a small world, build features, train MARN and baselines, evaluate and report
     Demo(DemoArgs),
+}
+
+/// Training settings shared by `train` and `run`.
+#[derive(Debug, Args)]
+pub struct TrainFlags {
+    /// Model variant (marn, maf_ddma, maf_adv, maf, conc, image, ids, lr, fm, youtube_net, din)
+    #[arg(long, value_name = "V", help_heading = "Training")]
+    pub variant: Option<String>,
+
+    /// Passes over the data
+    #[arg(long, value_name = "E", value_parser = clap::value_parser!(u32).range(1..=1000), help_heading = "Training")]
+    pub epochs: Option<u32>,
+
+    /// Samples per step
+    #[arg(long, value_name = "B", value_parser = clap::value_parser!(u64).range(1..=1048576), help_heading = "Training")]
+    pub batch_size: Option<u64>,
+
+    /// cpu, cuda:N, tch:cpu or tch:cuda:N
+    #[arg(long, value_name = "DEVICE", help_heading = "Training")]
+    pub device: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Name of the model in the registry
+    #[arg(long, value_name = "NAME")]
+    pub model: String,
+
+    /// First training day
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date)]
+    pub from: chrono::NaiveDate,
+
+    /// Last training day
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date)]
+    pub to: chrono::NaiveDate,
+
+    #[command(flatten)]
+    pub flags: TrainFlags,
+
+    /// Continue from a registered version (NAME@ALIAS or NAME@vN); new ids get fresh rows
+    #[arg(long, value_name = "NAME@X")]
+    pub warm_start: Option<String>,
+
+    /// Continue an interrupted run with the same settings from its last checkpoint
+    #[arg(long)]
+    pub resume: bool,
+
+    /// Print the outcome as one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// The version: NAME@ALIAS or NAME@vN
+    #[arg(long, value_name = "NAME@X")]
+    pub model: String,
+
+    /// Day to evaluate on
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date)]
+    pub date: chrono::NaiveDate,
+
+    /// Print one JSON object
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write evaluation.json, summary.md and PNG/SVG plots into this folder
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+
+    /// cpu, cuda:N, tch:cpu or tch:cuda:N
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    pub command: ModelsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Every model with its versions and aliases
+    List {
+        /// One JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// A version's manifest, aliases and evaluations
+    Show {
+        /// NAME@ALIAS or NAME@vN
+        #[arg(value_name = "NAME@X")]
+        spec: String,
+        /// The manifest as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// What differs between two versions: data, settings, metrics
+    Diff {
+        /// NAME@ALIAS or NAME@vN
+        #[arg(value_name = "NAME@A")]
+        a: String,
+        /// NAME@ALIAS or NAME@vN
+        #[arg(value_name = "NAME@B")]
+        b: String,
+    },
+    /// Point an alias at a version (a conditional write: a racing change fails cleanly)
+    Promote {
+        /// NAME@vN or NAME@ALIAS
+        #[arg(value_name = "NAME@X")]
+        spec: String,
+        /// The alias to move (production, candidate, …)
+        #[arg(long, value_name = "ALIAS")]
+        to: String,
+        /// Why, kept in the alias history
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Return an alias to the version it pointed at before its latest change
+    Rollback {
+        /// Model name
+        #[arg(value_name = "NAME")]
+        model: String,
+        /// The alias to roll back
+        #[arg(long, value_name = "ALIAS")]
+        alias: String,
+        /// Why, kept in the alias history
+        #[arg(long, value_name = "TEXT", default_value = "rollback")]
+        reason: String,
+    },
+    /// Every change of an alias: when, from, to, why
+    History {
+        /// Model name
+        #[arg(value_name = "NAME")]
+        model: String,
+        /// The alias
+        #[arg(long, value_name = "ALIAS")]
+        alias: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The day to run
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date)]
+    pub date: chrono::NaiveDate,
+
+    /// Name of the model in the registry
+    #[arg(long, value_name = "NAME", default_value = "ctr")]
+    pub model: String,
+
+    #[command(flatten)]
+    pub flags: TrainFlags,
+
+    /// Promote the candidate to production when it beats production on train.promote_metric
+    #[arg(long)]
+    pub promote_if_better: bool,
+
+    /// Print the outcome as one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The version: NAME@ALIAS or NAME@vN
+    #[arg(long, value_name = "NAME@X")]
+    pub model: String,
+
+    /// Output Parquet file: a path, file://…, s3://bucket/key
+    #[arg(long, value_name = "URI")]
+    pub out: String,
+
+    /// Day whose item table and statistics to use [default: the last day with features]
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date)]
+    pub date: Option<chrono::NaiveDate>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// The version: NAME@ALIAS or NAME@vN
+    #[arg(long, value_name = "NAME@X")]
+    pub model: String,
+
+    /// Day whose samples to score
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date)]
+    pub date: chrono::NaiveDate,
+
+    /// Output Parquet file: a path, file://…, s3://bucket/key
+    #[arg(long, value_name = "URI")]
+    pub out: String,
 }
 
 #[derive(Debug, Args)]
@@ -181,6 +385,10 @@ pub struct DemoArgs {
     /// Seed of the demo world
     #[arg(long, value_name = "S", default_value_t = 7)]
     pub seed: u64,
+
+    /// Folder of the demo's report (Table 3, plots)
+    #[arg(long, value_name = "DIR", default_value = "demo-report")]
+    pub report: PathBuf,
 }
 
 fn parse_date(s: &str) -> Result<chrono::NaiveDate, String> {

@@ -19,11 +19,145 @@ pub struct Config {
     pub generate: WorldConfig,
     /// The feature job (`marnflow features`).
     pub features: FeaturesConfig,
+    /// Training, evaluation and the daily run.
+    pub train: TrainSection,
+}
+
+/// The `[train]` section: the model, the optimizer, the data stream, evaluation and `run`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub variant: String,
+    pub epochs: u32,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub representation_dim: usize,
+    pub modality_dim: usize,
+    pub gru_dim: usize,
+    pub attention_dim: usize,
+    pub head_layers: Vec<usize>,
+    pub title_filters: usize,
+    pub fine_tune_word_vectors: bool,
+    pub lambda0: f64,
+    pub seed: u64,
+    pub device: String,
+    pub shuffle_buffer: usize,
+    pub prefetch_batches: usize,
+    pub checkpoint_every: u64,
+    pub window_days: u32,
+    pub holdout_share: f64,
+    pub promote_metric: String,
+    pub recall_users: usize,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            variant: "marn".into(),
+            epochs: 1,
+            batch_size: 256,
+            learning_rate: 0.1,
+            representation_dim: 256,
+            modality_dim: 128,
+            gru_dim: 128,
+            attention_dim: 64,
+            head_layers: vec![128, 64],
+            title_filters: 32,
+            fine_tune_word_vectors: true,
+            lambda0: 0.05,
+            seed: 42,
+            device: "cpu".into(),
+            shuffle_buffer: 65536,
+            prefetch_batches: 8,
+            checkpoint_every: 200,
+            window_days: 7,
+            holdout_share: 0.1,
+            promote_metric: "auc".into(),
+            recall_users: 200,
+        }
+    }
+}
+
+/// Metrics `run --promote-if-better` can compare (higher is better except `logloss`).
+pub const PROMOTE_METRICS: [&str; 3] = ["auc", "user_auc", "logloss"];
+
+impl TrainSection {
+    /// Every problem, naming its key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.variant.parse::<marnflow_model::Variant>().is_err() {
+            let names: Vec<&str> = marnflow_model::Variant::ALL.iter().map(|v| v.as_str()).collect();
+            p.push(format!("train.variant = {:?}: use one of {}", self.variant, names.join(", ")));
+        }
+        let ranges: [(&str, u64, u64, u64); 11] = [
+            ("epochs", self.epochs.into(), 1, 1000),
+            ("batch_size", self.batch_size as u64, 1, 1 << 20),
+            ("representation_dim", self.representation_dim as u64, 1, 8192),
+            ("modality_dim", self.modality_dim as u64, 1, 8192),
+            ("gru_dim", self.gru_dim as u64, 1, 8192),
+            ("attention_dim", self.attention_dim as u64, 1, 8192),
+            ("title_filters", self.title_filters as u64, 1, 4096),
+            ("shuffle_buffer", self.shuffle_buffer as u64, 1, 1 << 26),
+            ("prefetch_batches", self.prefetch_batches as u64, 1, 1024),
+            ("checkpoint_every", self.checkpoint_every, 1, u64::MAX),
+            ("window_days", self.window_days.into(), 1, 3650),
+        ];
+        for (key, v, lo, hi) in ranges {
+            if !(lo..=hi).contains(&v) {
+                p.push(format!("train.{key} = {v} is out of range: allowed {lo} to {hi}"));
+            }
+        }
+        if self.head_layers.iter().any(|&w| w == 0 || w > 8192) {
+            p.push(format!("train.head_layers = {:?}: every width must be 1 to 8192", self.head_layers));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            p.push(format!("train.learning_rate = {} must be a number > 0", self.learning_rate));
+        }
+        if !(self.lambda0.is_finite() && self.lambda0 >= 0.0) {
+            p.push(format!("train.lambda0 = {} must be a number >= 0", self.lambda0));
+        }
+        if !(self.holdout_share > 0.0 && self.holdout_share < 1.0) {
+            p.push(format!("train.holdout_share = {} is out of range: allowed between 0 and 1", self.holdout_share));
+        }
+        if !PROMOTE_METRICS.contains(&self.promote_metric.as_str()) {
+            p.push(format!(
+                "train.promote_metric = {:?}: use one of {}",
+                self.promote_metric,
+                PROMOTE_METRICS.join(", ")
+            ));
+        }
+        if let Err(e) = marnflow_model::device::parse_device(&self.device) {
+            p.push(format!("train.device = {:?}: {e}", self.device));
+        }
+        p
+    }
+
+    /// The model config these settings describe, for `variant`.
+    pub fn model_config(&self, variant: marnflow_model::Variant) -> marnflow_model::MarnConfig {
+        let mut c = marnflow_model::MarnConfig {
+            variant,
+            representation_dim: self.representation_dim,
+            gru_dim: self.gru_dim,
+            attention_dim: self.attention_dim,
+            head_layers: self.head_layers.clone(),
+            lambda0: self.lambda0,
+            ..Default::default()
+        };
+        c.embedding.modality_dim = self.modality_dim;
+        c.embedding.title_filters = self.title_filters;
+        c.embedding.fine_tune_word_vectors = self.fine_tune_word_vectors;
+        c
+    }
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { lake: "./lake".into(), generate: WorldConfig::default(), features: FeaturesConfig::default() }
+        Self {
+            lake: "./lake".into(),
+            generate: WorldConfig::default(),
+            features: FeaturesConfig::default(),
+            train: TrainSection::default(),
+        }
     }
 }
 
@@ -116,6 +250,7 @@ impl Config {
         }
         problems.extend(self.generate.validate("generate"));
         problems.extend(self.features.validate());
+        problems.extend(self.train.validate());
         if problems.is_empty() {
             Ok(())
         } else {

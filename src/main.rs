@@ -3,6 +3,13 @@
 
 mod cli;
 mod config;
+mod daily;
+mod data;
+mod evaluate;
+mod models_cmd;
+mod plot;
+mod serving;
+mod training;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -97,7 +104,7 @@ fn run(cli: Cli) -> Result<()> {
                 cfg.lake = lake.clone();
             }
             cfg.validate()?;
-            runtime.block_on(demo(&cfg))
+            runtime.block_on(demo(&cfg, &args.report))
         }
         Command::Generate(ref args) => {
             let mut cfg = Config::load(cli.config.as_deref())?;
@@ -174,6 +181,150 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Train(ref args) => {
+            let mut cfg = Config::load(cli.config.as_deref())?;
+            apply_common_flags(&mut cfg, &cli);
+            apply_train_flags(&mut cfg, &args.flags)?;
+            cfg.validate()?;
+            let variant = parse_variant(&cfg.train.variant)?;
+            let lake = Lake::open(&cfg.lake)?;
+            let request = training::TrainRequest {
+                model: args.model.clone(),
+                from: args.from,
+                to: args.to,
+                variant,
+                settings: cfg.train.clone(),
+                warm_start: args.warm_start.clone(),
+                resume: args.resume,
+                slices: Default::default(),
+                progress: true,
+            };
+            let outcome = runtime.block_on(training::train(&lake, &request))?;
+            if args.json {
+                println!("{}", serde_json::to_string(&outcome)?);
+            } else {
+                println!(
+                    "{}@v{}{}: {} samples, {} steps, {:.1}s ({:.0} samples/s), final CTR loss {}",
+                    outcome.model,
+                    outcome.version,
+                    if outcome.reused { " (already registered by an identical run)" } else { "" },
+                    outcome.samples,
+                    outcome.steps,
+                    outcome.seconds,
+                    outcome.samples_per_second,
+                    outcome.final_ctr_loss.map_or("-".into(), |l| format!("{l:.4}"))
+                );
+            }
+            Ok(())
+        }
+        Command::Evaluate(ref args) => {
+            let mut cfg = Config::load(cli.config.as_deref())?;
+            apply_common_flags(&mut cfg, &cli);
+            if let Some(d) = &args.device {
+                cfg.train.device = d.clone();
+            }
+            cfg.validate()?;
+            let lake = Lake::open(&cfg.lake)?;
+            let e = runtime.block_on(evaluate::evaluate(
+                &lake,
+                &args.model,
+                args.date,
+                data::Slice::All,
+                &cfg.train.device,
+                cfg.train.recall_users,
+            ))?;
+            if let Some(dir) = &args.report {
+                let (_, files) =
+                    runtime.block_on(training::load_version(&lake, &format!("{}@v{}", e.model, e.version)))?;
+                let written = evaluate::write_report(dir, &e, training::training_record(&files).as_ref())?;
+                tracing::info!(files = written.len(), dir = %dir.display(), "report written");
+            }
+            if args.json {
+                println!("{}", serde_json::to_string(&e)?);
+            } else {
+                print!("{}", evaluate::markdown(&e, None));
+            }
+            Ok(())
+        }
+        Command::Models(ref args) => {
+            let mut cfg = Config::load(cli.config.as_deref())?;
+            apply_common_flags(&mut cfg, &cli);
+            cfg.validate()?;
+            let lake = Lake::open(&cfg.lake)?;
+            runtime.block_on(models_cmd::run(&lake, &args.command, &mut std::io::stdout().lock()))
+        }
+        Command::Run(ref args) => {
+            let mut cfg = Config::load(cli.config.as_deref())?;
+            apply_common_flags(&mut cfg, &cli);
+            apply_train_flags(&mut cfg, &args.flags)?;
+            cfg.validate()?;
+            let variant = parse_variant(&cfg.train.variant)?;
+            let lake = Lake::open(&cfg.lake)?;
+            let o = runtime.block_on(daily::run_day(
+                &lake,
+                &cfg,
+                &args.model,
+                variant,
+                args.date,
+                args.promote_if_better,
+            ))?;
+            if args.json {
+                println!("{}", serde_json::to_string(&o)?);
+            } else {
+                let m = &cfg.train.promote_metric;
+                println!(
+                    "{}: trained {}@v{} on {} .. {}{}; evaluated on {} ({}): AUC {}, user AUC {}; candidate → v{}{}",
+                    o.plan.date,
+                    o.train.model,
+                    o.train.version,
+                    o.plan.from,
+                    o.plan.date,
+                    o.plan.warm_start.map_or(String::new(), |v| format!(" warm-started from v{v}")),
+                    o.plan.eval_date,
+                    if o.plan.holdout_share.is_some() { "held-out users" } else { "next day" },
+                    o.candidate.auc.map_or("-".into(), |a| format!("{a:.4}")),
+                    o.candidate.user_auc.map_or("-".into(), |a| format!("{a:.4}")),
+                    o.train.version,
+                    if !args.promote_if_better {
+                        String::new()
+                    } else if o.promoted {
+                        format!("; production → v{} ({m})", o.train.version)
+                    } else {
+                        format!(
+                            "; production stays v{} ({m} {} vs {})",
+                            o.production_before.map_or("-".into(), |v| v.to_string()),
+                            o.production_score.map_or("-".into(), |v| format!("{:.4}", v.abs())),
+                            o.candidate_score.map_or("-".into(), |v| format!("{:.4}", v.abs()))
+                        )
+                    }
+                );
+            }
+            Ok(())
+        }
+        Command::ExportItemEmbeddings(ref args) => {
+            let mut cfg = Config::load(cli.config.as_deref())?;
+            apply_common_flags(&mut cfg, &cli);
+            cfg.validate()?;
+            let lake = Lake::open(&cfg.lake)?;
+            let (rows, width) = runtime.block_on(serving::export_item_embeddings(
+                &lake,
+                &args.model,
+                args.date,
+                &args.out,
+                &cfg.train.device,
+            ))?;
+            println!("wrote {rows} item embeddings ({width} wide) to {}", args.out);
+            Ok(())
+        }
+        Command::Score(ref args) => {
+            let mut cfg = Config::load(cli.config.as_deref())?;
+            apply_common_flags(&mut cfg, &cli);
+            cfg.validate()?;
+            let lake = Lake::open(&cfg.lake)?;
+            let rows = runtime.block_on(serving::score(&lake, &args.model, args.date, &args.out, &cfg.train.device))?;
+            println!("wrote {rows} scores to {}", args.out);
+            Ok(())
+        }
         Command::Sql(ref args) => {
             let mut cfg = Config::load(cli.config.as_deref())?;
             apply_common_flags(&mut cfg, &cli);
@@ -237,6 +388,26 @@ fn cluster_addresses(process: usize, processes: u64, file: &std::path::Path) -> 
         bail!(ConfigError(problems));
     }
     Ok((process, addresses.into_iter().take(n).collect()))
+}
+
+fn parse_variant(name: &str) -> Result<marnflow_model::Variant> {
+    name.parse().map_err(|e| anyhow::anyhow!(ConfigError(vec![format!("train.variant: {e}")])))
+}
+
+fn apply_train_flags(cfg: &mut Config, f: &cli::TrainFlags) -> Result<()> {
+    if let Some(v) = &f.variant {
+        cfg.train.variant = v.clone();
+    }
+    if let Some(v) = f.epochs {
+        cfg.train.epochs = v;
+    }
+    if let Some(v) = f.batch_size {
+        cfg.train.batch_size = usize::try_from(v)?;
+    }
+    if let Some(v) = &f.device {
+        cfg.train.device = v.clone();
+    }
+    Ok(())
 }
 
 fn apply_common_flags(cfg: &mut Config, cli: &Cli) {
@@ -334,8 +505,12 @@ fn print_summary(lake: &Lake, s: &WorldSummary, out: &mut dyn Write) -> Result<(
     Ok(())
 }
 
-async fn demo(cfg: &Config) -> Result<()> {
+/// The models the demo trains, in the order of the paper's Table 3 (baselines first).
+const DEMO_VARIANTS: [&str; 4] = ["youtube_net", "ids", "conc", "marn"];
+
+async fn demo(cfg: &Config, report: &std::path::Path) -> Result<()> {
     let lake = Lake::open(&cfg.lake)?;
+    let demo_started = std::time::Instant::now();
     let started = std::time::Instant::now();
     let summary = generate_with_progress(&lake, &cfg.generate).await?;
     let mut out = std::io::stdout().lock();
@@ -360,6 +535,92 @@ async fn demo(cfg: &Config) -> Result<()> {
         let batches = session.sql(sql).await.with_context(|| format!("demo query '{title}'"))?;
         write_batches(&batches, OutputFormat::Table, &mut out, "stdout")?;
     }
+    anyhow::ensure!(last > first, "the demo needs at least two days: one to train on, one to evaluate");
+    let train_to = last - chrono::Duration::days(1);
+    writeln!(out, "\ntraining on {first} .. {train_to}, evaluating on {last} (the paper's Table 3, on this world):")?;
+    out.flush()?;
+    let mut rows = Vec::new();
+    for name in DEMO_VARIANTS {
+        let variant = parse_variant(name)?;
+        let started = std::time::Instant::now();
+        let outcome = training::train(
+            &lake,
+            &training::TrainRequest {
+                model: format!("demo-{name}"),
+                from: first,
+                to: train_to,
+                variant,
+                settings: cfg.train.clone(),
+                warm_start: None,
+                resume: false,
+                slices: Default::default(),
+                progress: true,
+            },
+        )
+        .await
+        .with_context(|| format!("training {name}"))?;
+        let spec = format!("demo-{name}@v{}", outcome.version);
+        let e = evaluate::evaluate(&lake, &spec, last, data::Slice::All, &cfg.train.device, cfg.train.recall_users)
+            .await
+            .with_context(|| format!("evaluating {name}"))?;
+        let (_, files) = training::load_version(&lake, &spec).await?;
+        evaluate::write_report(&report.join(name), &e, training::training_record(&files).as_ref())?;
+        tracing::info!(model = name, seconds = started.elapsed().as_secs_f64(), "trained and evaluated");
+        rows.push((name, outcome, e));
+    }
+    let table = demo_table(&rows);
+    writeln!(out, "{table}")?;
+    std::fs::create_dir_all(report).with_context(|| format!("cannot create {}", report.display()))?;
+    std::fs::write(report.join("table3.md"), &table).with_context(|| format!("cannot write {}", report.display()))?;
+    let deciles = plot::BarChart {
+        title: format!("AUC per item-popularity decile on {last} (Table 4)"),
+        y_label: "AUC".into(),
+        labels: (1..=10).map(|d| d.to_string()).collect(),
+        groups: rows
+            .iter()
+            .map(|(name, _, e)| plot::BarGroup {
+                name: name.to_string(),
+                values: e.deciles.iter().map(|d| d.auc.unwrap_or(f64::NAN)).collect(),
+            })
+            .collect(),
+        y_min: Some(0.5),
+    };
+    use plot::Chart;
+    std::fs::write(report.join("deciles.svg"), deciles.svg())?;
+    std::fs::write(report.join("deciles.png"), deciles.png().map_err(|e| anyhow::anyhow!("deciles.png: {e}"))?)?;
+    writeln!(
+        out,
+        "report: {}/table3.md, per-model reports (summary.md, loss/deciles/attention .png/.svg) in {}/<model>/",
+        report.display(),
+        report.display()
+    )?;
+    writeln!(out, "demo finished in {:.1}s", demo_started.elapsed().as_secs_f64())?;
     writeln!(out, "\nquery it yourself: marnflow --lake {} sql \"SHOW TABLES\"", cfg.lake)?;
+    writeln!(out, "the registry: marnflow --lake {} models list", cfg.lake)?;
     Ok(())
+}
+
+/// The Table-3-shaped comparison of the demo.
+fn demo_table(rows: &[(&str, training::TrainOutcome, evaluate::Evaluation)]) -> String {
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    let mut s = String::from(
+        "| model | AUC | user AUC | log loss | AUC deciles 1-3 | AUC unseen items | recall@50 unseen | train samples/s |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let oracle = rows.iter().find_map(|(_, _, e)| e.oracle_auc);
+    for (name, t, e) in rows {
+        let low: Vec<f64> = e.deciles.iter().take(3).filter_map(|d| d.auc).collect();
+        let low = (!low.is_empty()).then(|| low.iter().sum::<f64>() / low.len() as f64);
+        s += &format!(
+            "| {name} | {} | {} | {:.4} | {} | {} | {} | {:.0} |\n",
+            f(e.auc),
+            f(e.user_auc),
+            e.logloss,
+            f(low),
+            f(e.unseen.auc_unseen_rows),
+            f(e.unseen.recall.get(&50).copied()),
+            t.samples_per_second
+        );
+    }
+    s += &format!("| Bayes-optimal (truth/) | {} | | | | | | |\n", f(oracle));
+    s
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `marnflow` binary on generated worlds.
 
 mod features;
+mod training;
 mod util;
 
 use std::path::Path;

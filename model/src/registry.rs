@@ -251,6 +251,26 @@ impl Registry {
         Ok(out)
     }
 
+    /// Every alias of `model` that was ever set, with the version it points to now, sorted.
+    pub async fn aliases(&self, model: &str) -> Result<Vec<(String, u32)>> {
+        validate_name("model", model)?;
+        let prefix = self.path(&[model, "aliases"]);
+        let mut names: Vec<String> = self
+            .list(&prefix)
+            .await?
+            .iter()
+            .filter_map(|p| p.prefix_match(&prefix).and_then(|mut parts| parts.next()).map(|s| s.as_ref().to_string()))
+            .collect();
+        names.dedup();
+        let mut out = Vec::new();
+        for name in names {
+            if let Some(v) = self.alias(model, &name).await? {
+                out.push((name, v));
+            }
+        }
+        Ok(out)
+    }
+
     /// The version `alias` points to, if it was ever set.
     pub async fn alias(&self, model: &str, alias: &str) -> Result<Option<u32>> {
         Ok(self.alias_history(model, alias).await?.last().map(|e| e.version))

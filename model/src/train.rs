@@ -129,12 +129,55 @@ impl Trainer {
         self.model
     }
 
+    /// The model's weights (with their parameter ids) and the AdaGrad accumulators, as two byte
+    /// buffers: a training checkpoint that [`Trainer::restore`] continues exactly.
+    pub fn state_bytes(&self) -> Result<(Vec<u8>, Vec<u8>)> {
+        let model = self.model_ref()?;
+        let weights = model
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| Error::Checkpoint { path: "training state".into(), message: e.to_string() })?;
+        let optimizer = self
+            .optimizer
+            .into_bytes()
+            .map_err(|e| Error::Checkpoint { path: "optimizer state".into(), message: e.to_string() })?;
+        Ok((weights.to_vec(), optimizer.to_vec()))
+    }
+
+    /// A trainer continuing from [`Trainer::state_bytes`]: `model` is a freshly built model of
+    /// the same config and inputs on an autodiff device.
+    pub fn restore(model: Marn, weights: Vec<u8>, optimizer: Vec<u8>, config: TrainConfig) -> Result<Self> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| Error::Checkpoint {
+            path: format!("training state ({what})"),
+            message: e.to_string(),
+        };
+        let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(weights))
+            .map_err(|e| bad("weights", &e))?;
+        let model = model.try_load_record(record).map_err(|e| bad("weights", &e))?;
+        let mut trainer = Self::new(model, config)?;
+        let fresh = std::mem::replace(
+            &mut trainer.optimizer,
+            ModuleOptimizer::from(AdaGrad { initial_accumulator: 0.0, epsilon: 1.0 }),
+        );
+        trainer.optimizer =
+            fresh.from_bytes(burn::tensor::Bytes::from_bytes_vec(optimizer)).map_err(|e| bad("optimizer", &e))?;
+        Ok(trainer)
+    }
+
     /// One step on `batch` at training progress `progress ∈ [0, 1]`.
-    #[tracing::instrument(level = "trace", skip_all, fields(batch = batch.len(), items = batch.n_items()))]
     pub fn step(&mut self, batch: &Batch, progress: f64) -> Result<StepLosses> {
+        Ok(self.step_scored(batch, progress)?.0)
+    }
+
+    /// One step, also returning the click probabilities the model gave the batch before the
+    /// update (read back with the losses in one transfer): a running AUC for free.
+    #[tracing::instrument(level = "trace", skip_all, fields(batch = batch.len(), items = batch.n_items()))]
+    pub fn step_scored(&mut self, batch: &Batch, progress: f64) -> Result<(StepLosses, Vec<f32>)> {
         let model = self.model_ref()?;
         let x = model.tensors(batch)?;
         let output = model.forward(&x)?;
+        let scores = burn::tensor::activation::sigmoid(output.logits.clone().detach());
         let loss = model.loss(output, x.labels.clone(), progress);
         let grads = loss.total.backward();
         let model = self.model.take().ok_or_else(|| Error::Config("the trainer has no model".into()))?;
@@ -152,19 +195,22 @@ impl Trainer {
         .into_iter()
         .flatten()
         .map(|t| t.detach())
+        .chain(std::iter::once(scores))
         .collect();
         let values = Tensor::cat(parts, 0)
             .into_data()
             .try_to_vec::<f32>()
             .map_err(|e| Error::Batch(format!("reading losses: {e:?}")))?;
-        let mut it = values.into_iter();
+        let n_losses = values.len().saturating_sub(batch.len());
+        let (losses, scores) = values.split_at(n_losses);
+        let mut it = losses.iter().copied();
         let mut next = || it.next();
         let total = next().unwrap_or(f32::NAN);
         let ctr = next().unwrap_or(f32::NAN);
         let importance = aux.importance.as_ref().and_then(|_| next());
         let specific = aux.specific.as_ref().and_then(|_| next());
         let adversarial = aux.adversarial.as_ref().and_then(|_| next());
-        Ok(StepLosses { total, ctr, importance, specific, adversarial, lambda: loss.lambda })
+        Ok((StepLosses { total, ctr, importance, specific, adversarial, lambda: loss.lambda }, scores.to_vec()))
     }
 }
 

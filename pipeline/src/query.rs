@@ -59,6 +59,10 @@ fn format_of(file: &str) -> Option<&'static str> {
     }
 }
 
+/// Top-level folders that hold documents, not tables: the model registry (`models/`) and the
+/// daily job's plans (`runs/`). `marnflow models` reads them.
+pub const NOT_TABLES: [&str; 2] = ["models", "runs"];
+
 /// Finds every table under the lake: folders at least two levels deep holding data files.
 pub async fn discover_tables(lake: &Lake) -> Result<Vec<TableInfo>> {
     discover_tables_with(lake, None).await
@@ -71,7 +75,10 @@ pub async fn discover_tables_with(lake: &Lake, raw_format: Option<&str>) -> Resu
     for meta in lake.list("").await? {
         let Some(rel) = lake.relative(&meta.location) else { continue };
         let segments: Vec<&str> = rel.split('/').collect();
-        if segments.iter().any(|s| s.starts_with('_') || s.starts_with('.')) || segments[0] == STAGING {
+        if segments.iter().any(|s| s.starts_with('_') || s.starts_with('.'))
+            || segments[0] == STAGING
+            || NOT_TABLES.contains(&segments[0])
+        {
             continue;
         }
         let Some((file, dirs)) = segments.split_last() else { continue };

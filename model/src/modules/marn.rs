@@ -484,6 +484,29 @@ impl Marn {
         Ok((rep, aux))
     }
 
+    /// Mean MAF attention intensity of every modality for every distinct item (Figure 4):
+    /// `mean_d atten_m[d]` of Eq. 3, `[n][M]` in the order of [`Marn::modalities`]. `None` for
+    /// variants without MAF.
+    pub fn modality_attention(&self, x: &BatchTensors) -> Result<Option<Vec<Vec<f32>>>> {
+        let (Some(embedding), Some(projection), Some(fusion)) = (&self.embedding, &self.projection, &self.fusion)
+        else {
+            return Ok(None);
+        };
+        let e = embedding.forward(x)?;
+        let attention = fusion.attention(&projection.specific(&e));
+        let m = attention.len();
+        if m == 0 {
+            return Ok(None);
+        }
+        let n = x.n_items;
+        let means: Vec<Tensor<2>> = attention.into_iter().map(|a| a.mean_dim(1)).collect();
+        let values = Tensor::cat(means, 1)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| Error::Batch(format!("reading attention: {e:?}")))?;
+        Ok(Some((0..n).map(|i| values[i * m..(i + 1) * m].to_vec()).collect()))
+    }
+
     /// Logits and auxiliary losses of a batch already on the device.
     ///
     /// # Shapes

@@ -1,0 +1,574 @@
+//! `marnflow evaluate`: a registered version on one day's samples.
+//!
+//! - AUC, user-averaged AUC (paper Eq. 11: users with at least one click and one non-click;
+//!   plain and impression-weighted), log loss.
+//! - AUC per item-popularity decile (Table 4): the rows ordered by their candidate's exposures in
+//!   the training days (`features/daily_item_counts`), cut into ten equal parts; decile 1 holds
+//!   the least popular candidates.
+//! - Recall@N on items never exposed in training (Table 5): the pool is every candidate of the
+//!   day with no training exposure; for each user who clicked one (up to `recall_users`, chosen
+//!   by a hash of the user id), the model scores the whole pool with the user's sequence at that
+//!   click, and recall@N is the share of the user's clicked pool items ranked in the top N.
+//! - Mean MAF attention intensity per modality and category (Figure 4), beside the planted
+//!   profile of the category when the lake is a generated world.
+//! - The Bayes-optimal AUC: the AUC of `truth/exposures.p_click` on the same rows, when known.
+//!
+//! The result is saved beside the version (`models/NAME/evaluations/vN/DATE.json`: versions stay
+//! immutable) and, with `--report DIR`, written as JSON, Markdown and PNG/SVG plots.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Float64Type, Int64Type};
+use chrono::NaiveDate;
+use marnflow_model::{metrics, Batch, ItemTable, Marn, Samples};
+use marnflow_pipeline::contract::{TRUTH_CATEGORIES, TRUTH_EXPOSURES};
+use marnflow_pipeline::features::DAILY_ITEM_COUNTS;
+use marnflow_pipeline::lake::{partition, Lake};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{self, day_string, BatchBuilder, ItemStore, Row, Slice};
+use crate::plot::{BarChart, BarGroup, Chart, HeatMap, LineChart, Series};
+use crate::training::{self, TrainingRecord};
+
+/// Rows per prediction batch.
+const EVAL_BATCH: usize = 1024;
+
+/// AUC of one popularity decile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decile {
+    pub decile: usize,
+    pub rows: usize,
+    pub min_exposures: u64,
+    pub max_exposures: u64,
+    pub auc: Option<f64>,
+}
+
+/// Recall on items never exposed in training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnseenRecall {
+    /// Items in the pool.
+    pub pool: usize,
+    /// Users measured and their clicks on pool items.
+    pub users: usize,
+    pub clicks: usize,
+    /// `N` → recall@N.
+    pub recall: BTreeMap<usize, f64>,
+    /// AUC on the day's rows whose candidate is unseen.
+    pub auc_unseen_rows: Option<f64>,
+    pub unseen_rows: usize,
+}
+
+/// Mean attention intensity of each modality, per category.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attention {
+    pub modalities: Vec<String>,
+    pub categories: Vec<CategoryAttention>,
+}
+
+/// One category's row of the Figure-4 heat map.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CategoryAttention {
+    pub category: String,
+    /// Planted profile (generated worlds).
+    pub profile: Option<String>,
+    pub items: usize,
+    pub intensity: Vec<f64>,
+}
+
+/// Everything `evaluate` reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub model: String,
+    pub version: u32,
+    pub variant: String,
+    pub date: String,
+    pub slice: String,
+    pub rows: usize,
+    pub positives: usize,
+    pub auc: Option<f64>,
+    pub user_auc: Option<f64>,
+    pub user_auc_weighted: Option<f64>,
+    pub users: usize,
+    pub logloss: f64,
+    pub oracle_auc: Option<f64>,
+    pub deciles: Vec<Decile>,
+    pub unseen: UnseenRecall,
+    pub attention: Option<Attention>,
+    pub seconds: f64,
+}
+
+impl Evaluation {
+    /// The value of a `train.promote_metric`, oriented so that higher is better.
+    pub fn score(&self, metric: &str) -> Option<f64> {
+        match metric {
+            "auc" => self.auc,
+            "user_auc" => self.user_auc,
+            "logloss" => Some(-self.logloss),
+            _ => None,
+        }
+    }
+}
+
+/// Where an evaluation is kept.
+pub fn evaluation_path(model: &str, version: u32, date: &str, slice: Slice) -> String {
+    let suffix = match slice {
+        Slice::All => String::new(),
+        Slice::HeldOut(s) => format!("-heldout-{s}"),
+        Slice::Rest(s) => format!("-rest-{s}"),
+    };
+    format!("models/{model}/evaluations/v{version}/{date}{suffix}.json")
+}
+
+/// A saved evaluation, if any.
+pub async fn saved_evaluation(lake: &Lake, model: &str, version: u32, date: &str, slice: Slice) -> Option<Evaluation> {
+    let bytes = lake.get(&evaluation_path(model, version, date, slice)).await.ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Evaluates `spec` (NAME@ALIAS or NAME@vN) on `date`.
+pub async fn evaluate(
+    lake: &Lake,
+    spec: &str,
+    date: NaiveDate,
+    slice: Slice,
+    device: &str,
+    recall_users: usize,
+) -> Result<Evaluation> {
+    let started = std::time::Instant::now();
+    let scorer = training::Scorer::open(lake, spec, date, device).await?;
+    let (manifest, model, record, store) = (&scorer.manifest, &scorer.model, &scorer.record, &scorer.store);
+    let rows = scorer.rows(lake, date, slice).await?;
+    anyhow::ensure!(!rows.is_empty(), "{} has no rows to evaluate ({slice:?})", day_string(date));
+    let builder = scorer.builder();
+    let scores = scorer.predict(&rows)?;
+    let labels: Vec<f32> = rows.iter().map(|r| r.label).collect();
+    let mut user_ids: HashMap<&str, u32> = HashMap::new();
+    let users: Vec<u32> = rows
+        .iter()
+        .map(|r| {
+            let n = user_ids.len() as u32;
+            *user_ids.entry(r.key.as_ref().map_or("", |k| k.user_id.as_str())).or_insert(n)
+        })
+        .collect();
+    let auc = metrics::auc(&scores, &labels)?;
+    let user_auc = metrics::user_auc(&scores, &labels, &users)?;
+    let logloss = metrics::log_loss(&scores, &labels)?;
+    let oracle_auc = oracle_auc(lake, date, &rows).await?;
+
+    // Popularity in training: exposures per item over the training days.
+    let popularity = match &record {
+        Some(r) => training_exposures(lake, r).await?,
+        None => HashMap::new(),
+    };
+    let pop_of = |r: &Row| popularity.get(r.key.as_ref().map_or("", |k| k.item_id.as_str())).copied().unwrap_or(0);
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| (pop_of(&rows[i]), rows[i].candidate));
+    let deciles = (0..10)
+        .map(|d| {
+            let part = &order[d * order.len() / 10..(d + 1) * order.len() / 10];
+            let s: Vec<f32> = part.iter().map(|&i| scores[i]).collect();
+            let l: Vec<f32> = part.iter().map(|&i| labels[i]).collect();
+            Decile {
+                decile: d + 1,
+                rows: part.len(),
+                min_exposures: part.first().map_or(0, |&i| pop_of(&rows[i])),
+                max_exposures: part.last().map_or(0, |&i| pop_of(&rows[i])),
+                auc: metrics::auc(&s, &l).ok().flatten(),
+            }
+        })
+        .collect();
+    let unseen = unseen_recall(model, &builder, &rows, &scores, &labels, |r| pop_of(r) == 0, recall_users)?;
+    let attention = attention(lake, model, &builder, &rows, store).await?;
+    let evaluation = Evaluation {
+        model: manifest.model.clone(),
+        version: manifest.version,
+        variant: model.variant().as_str().to_string(),
+        date: day_string(date),
+        slice: format!("{slice:?}"),
+        rows: rows.len(),
+        positives: labels.iter().filter(|&&l| l == 1.0).count(),
+        auc,
+        user_auc: user_auc.map(|u| u.unweighted),
+        user_auc_weighted: user_auc.map(|u| u.weighted),
+        users: user_auc.map_or(0, |u| u.users),
+        logloss,
+        oracle_auc,
+        deciles,
+        unseen,
+        attention,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let path = evaluation_path(&manifest.model, manifest.version, &evaluation.date, slice);
+    lake.put_atomic(&path, serde_json::to_vec_pretty(&evaluation)?).await?;
+    Ok(evaluation)
+}
+
+/// The AUC of the planted click probability on the same rows (generated worlds only).
+async fn oracle_auc(lake: &Lake, date: NaiveDate, rows: &[Row]) -> Result<Option<f64>> {
+    let folder = partition(TRUTH_EXPOSURES, &day_string(date));
+    let files: Vec<String> = lake
+        .list(&folder)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| lake.relative(&m.location))
+        .filter(|p| p.ends_with(".parquet"))
+        .collect();
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let mut truth: HashMap<(String, String), f64> = HashMap::new();
+    for f in files {
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(lake.get(&f).await?)?.build()?;
+        for b in reader {
+            let b = b?;
+            let req = arrow::compute::cast(
+                b.column_by_name("request_id").context("truth without request_id")?,
+                &DataType::Utf8,
+            )?;
+            let item =
+                arrow::compute::cast(b.column_by_name("item_id").context("truth without item_id")?, &DataType::Utf8)?;
+            let p = arrow::compute::cast(
+                b.column_by_name("p_click").context("truth without p_click")?,
+                &DataType::Float64,
+            )?;
+            let (req, item, p) = (req.as_string::<i32>(), item.as_string::<i32>(), p.as_primitive::<Float64Type>());
+            for r in 0..b.num_rows() {
+                truth.insert((req.value(r).to_string(), item.value(r).to_string()), p.value(r));
+            }
+        }
+    }
+    let mut s = Vec::with_capacity(rows.len());
+    let mut l = Vec::with_capacity(rows.len());
+    for r in rows {
+        let Some(k) = &r.key else { continue };
+        if let Some(p) = truth.get(&(k.request_id.clone(), k.item_id.clone())) {
+            s.push(*p as f32);
+            l.push(r.label);
+        }
+    }
+    if s.len() < rows.len() {
+        tracing::warn!(matched = s.len(), rows = rows.len(), "truth/exposures covers only part of the rows");
+    }
+    Ok(metrics::auc(&s, &l)?)
+}
+
+/// Exposures per item id over the training days of a version.
+async fn training_exposures(lake: &Lake, record: &TrainingRecord) -> Result<HashMap<String, u64>> {
+    let (Ok(from), Ok(to)) =
+        (NaiveDate::parse_from_str(&record.from, "%Y-%m-%d"), NaiveDate::parse_from_str(&record.to, "%Y-%m-%d"))
+    else {
+        return Ok(HashMap::new());
+    };
+    let mut out = HashMap::new();
+    for day in data::days(from, to) {
+        for f in data::partition_files(lake, DAILY_ITEM_COUNTS, day).await? {
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(lake.get(&f).await?)?.build()?;
+            for b in reader {
+                let b = b?;
+                let item = arrow::compute::cast(b.column_by_name("item_id").context("no item_id")?, &DataType::Utf8)?;
+                let n = arrow::compute::cast(b.column_by_name("exposures").context("no exposures")?, &DataType::Int64)?;
+                let (item, n) = (item.as_string::<i32>(), n.as_primitive::<Int64Type>());
+                for r in 0..b.num_rows() {
+                    if !item.is_null(r) && !n.is_null(r) {
+                        *out.entry(item.value(r).to_string()).or_insert(0) += n.value(r).max(0) as u64;
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Recall sizes measured: 10 to 100, and 1000 when the pool is larger.
+fn recall_sizes(pool: usize) -> Vec<usize> {
+    let mut n = vec![10, 20, 50, 100];
+    if pool > 1000 {
+        n.push(1000);
+    }
+    n
+}
+
+fn unseen_recall(
+    model: &Marn,
+    builder: &BatchBuilder<'_>,
+    rows: &[Row],
+    scores: &[f32],
+    labels: &[f32],
+    unseen: impl Fn(&Row) -> bool,
+    max_users: usize,
+) -> Result<UnseenRecall> {
+    let is_unseen: Vec<bool> = rows.iter().map(&unseen).collect();
+    let mut pool: Vec<u32> = rows.iter().zip(&is_unseen).filter(|(_, u)| **u).map(|(r, _)| r.candidate).collect();
+    pool.sort_unstable();
+    pool.dedup();
+    let s: Vec<f32> = (0..rows.len()).filter(|&i| is_unseen[i]).map(|i| scores[i]).collect();
+    let l: Vec<f32> = (0..rows.len()).filter(|&i| is_unseen[i]).map(|i| labels[i]).collect();
+    let auc_unseen_rows = metrics::auc(&s, &l)?;
+    // Users with a click on an unseen item: their first such click gives the context.
+    let mut contexts: BTreeMap<String, (usize, HashSet<u32>)> = BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        if is_unseen[i] && r.label == 1.0 {
+            let user = r.key.as_ref().map_or(String::new(), |k| k.user_id.clone());
+            contexts.entry(user).or_insert_with(|| (i, HashSet::new())).1.insert(r.candidate);
+        }
+    }
+    let mut users: Vec<(&String, &(usize, HashSet<u32>))> = contexts.iter().collect();
+    users.sort_by(|a, b| data::user_share(a.0).total_cmp(&data::user_share(b.0)).then(a.0.cmp(b.0)));
+    users.truncate(max_users);
+    let sizes = recall_sizes(pool.len());
+    let mut hits = vec![0usize; sizes.len()];
+    let mut clicks = 0usize;
+    if !pool.is_empty() {
+        for (_, (context, clicked)) in &users {
+            let row = &rows[*context];
+            let mut pool_scores = Vec::with_capacity(pool.len());
+            for chunk in pool.chunks(EVAL_BATCH) {
+                let refs: Vec<&Row> = std::iter::repeat_n(row, chunk.len()).collect();
+                pool_scores.extend(model.predict(&builder.build(&refs, Some(chunk))?)?);
+            }
+            let mut ranked: Vec<usize> = (0..pool.len()).collect();
+            ranked.sort_by(|&a, &b| pool_scores[b].total_cmp(&pool_scores[a]).then(pool[a].cmp(&pool[b])));
+            let rank_of: HashMap<u32, usize> = ranked.iter().enumerate().map(|(rank, &k)| (pool[k], rank)).collect();
+            for item in clicked.iter() {
+                clicks += 1;
+                let rank = rank_of.get(item).copied().unwrap_or(usize::MAX);
+                for (h, &n) in hits.iter_mut().zip(&sizes) {
+                    if rank < n {
+                        *h += 1;
+                    }
+                }
+            }
+        }
+    }
+    let recall = sizes.iter().zip(&hits).filter(|_| clicks > 0).map(|(&n, &h)| (n, h as f64 / clicks as f64)).collect();
+    Ok(UnseenRecall { pool: pool.len(), users: users.len(), clicks, recall, auc_unseen_rows, unseen_rows: s.len() })
+}
+
+async fn attention(
+    lake: &Lake,
+    model: &Marn,
+    builder: &BatchBuilder<'_>,
+    rows: &[Row],
+    store: &ItemStore,
+) -> Result<Option<Attention>> {
+    let mut items: Vec<u32> = rows.iter().map(|r| r.candidate).collect();
+    items.sort_unstable();
+    items.dedup();
+    let mut per_category: BTreeMap<String, (usize, Vec<f64>)> = BTreeMap::new();
+    let m = model.modalities().len();
+    for chunk in items.chunks(EVAL_BATCH) {
+        let refs: Vec<&Row> = std::iter::repeat_n(&rows[0], chunk.len()).collect();
+        let batch = builder.build(&refs, Some(chunk))?;
+        let only_items = items_batch(&batch)?;
+        let x = model.tensors(&only_items)?;
+        let Some(values) = model.modality_attention(&x)? else { return Ok(None) };
+        for (k, &item) in only_items.items().item.iter().enumerate() {
+            let category = store.row(item).map_or("unknown".to_string(), |r| store.category_ids[r].clone());
+            let slot = per_category.entry(category).or_insert_with(|| (0, vec![0.0; m]));
+            slot.0 += 1;
+            for (acc, v) in slot.1.iter_mut().zip(&values[k]) {
+                *acc += f64::from(*v);
+            }
+        }
+    }
+    let profiles = category_profiles(lake).await;
+    let mut categories: Vec<CategoryAttention> = per_category
+        .into_iter()
+        .map(|(category, (n, sums))| CategoryAttention {
+            profile: profiles.get(&category).cloned(),
+            intensity: sums.iter().map(|s| s / n as f64).collect(),
+            items: n,
+            category,
+        })
+        .collect();
+    categories.sort_by(|a, b| b.items.cmp(&a.items).then(a.category.cmp(&b.category)));
+    categories.truncate(24);
+    categories.sort_by(|a, b| a.profile.cmp(&b.profile).then(a.category.cmp(&b.category)));
+    Ok(Some(Attention {
+        modalities: model.modalities().iter().map(|m| format!("{m:?}").to_lowercase()).collect(),
+        categories,
+    }))
+}
+
+/// The batch's item table with one sequence-less sample per item (what item-only passes need).
+pub fn items_batch(batch: &Batch) -> Result<Batch> {
+    let items: ItemTable = batch.items().clone();
+    let n = items.len() as u32;
+    let samples = Samples {
+        candidate: (0..n).collect(),
+        lengths: vec![0; n as usize],
+        seq_len: 0,
+        label: vec![0.0; n as usize],
+        ..Samples::default()
+    };
+    Ok(Batch::new(items, samples)?)
+}
+
+async fn category_profiles(lake: &Lake) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let Ok(files) = lake.list(TRUTH_CATEGORIES).await else { return out };
+    for f in files.into_iter().filter_map(|m| lake.relative(&m.location)).filter(|p| p.ends_with(".parquet")) {
+        let Ok(bytes) = lake.get(&f).await else { continue };
+        let Ok(reader) =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build())
+        else {
+            continue;
+        };
+        for b in reader.flatten() {
+            let (Some(c), Some(p)) = (b.column_by_name("category_id"), b.column_by_name("profile")) else { continue };
+            let (Ok(c), Ok(p)) = (arrow::compute::cast(c, &DataType::Utf8), arrow::compute::cast(p, &DataType::Utf8))
+            else {
+                continue;
+            };
+            let (c, p) = (c.as_string::<i32>(), p.as_string::<i32>());
+            for r in 0..b.num_rows() {
+                out.insert(c.value(r).to_string(), p.value(r).to_string());
+            }
+        }
+    }
+    out
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.4}"))
+}
+
+/// The Markdown summary of an evaluation.
+pub fn markdown(e: &Evaluation, record: Option<&TrainingRecord>) -> String {
+    let mut s = format!("# {}@v{} ({}) on {}\n\n", e.model, e.version, e.variant, e.date);
+    s += "| metric | value |\n|---|---|\n";
+    s += &format!("| rows | {} ({} clicks) |\n", e.rows, e.positives);
+    s += &format!("| AUC | {} |\n", fmt(e.auc));
+    s += &format!(
+        "| user-averaged AUC (Eq. 11) | {} ({} users; weighted {}) |\n",
+        fmt(e.user_auc),
+        e.users,
+        fmt(e.user_auc_weighted)
+    );
+    s += &format!("| log loss | {:.4} |\n", e.logloss);
+    s += &format!("| Bayes-optimal AUC (truth) | {} |\n", fmt(e.oracle_auc));
+    s += &format!("| AUC on unseen-item rows | {} ({} rows) |\n", fmt(e.unseen.auc_unseen_rows), e.unseen.unseen_rows);
+    if let Some(r) = record {
+        s += &format!(
+            "| training | {} .. {}, {} samples, {} steps, {:.0} samples/s |\n",
+            r.from, r.to, r.samples, r.steps, r.samples_per_second
+        );
+    }
+    s += "\n## AUC per item-popularity decile (Table 4)\n\n| decile | rows | training exposures | AUC |\n|---|---|---|---|\n";
+    for d in &e.deciles {
+        s += &format!("| {} | {} | {}..{} | {} |\n", d.decile, d.rows, d.min_exposures, d.max_exposures, fmt(d.auc));
+    }
+    s += &format!(
+        "\n## Recall on items never seen in training (Table 5)\n\n{} unseen items, {} users, {} clicks.\n\n| N | recall@N |\n|---|---|\n",
+        e.unseen.pool, e.unseen.users, e.unseen.clicks
+    );
+    for (n, r) in &e.unseen.recall {
+        s += &format!("| {n} | {r:.4} |\n");
+    }
+    if let Some(a) = &e.attention {
+        s += "\n## Mean modality attention per category (Figure 4)\n\n| category | profile | items |";
+        for m in &a.modalities {
+            s += &format!(" {m} |");
+        }
+        s += "\n|---|---|---|";
+        s += &"---|".repeat(a.modalities.len());
+        s += "\n";
+        for c in &a.categories {
+            s += &format!("| {} | {} | {} |", c.category, c.profile.as_deref().unwrap_or("-"), c.items);
+            for v in &c.intensity {
+                s += &format!(" {v:.3} |");
+            }
+            s += "\n";
+        }
+    }
+    s += "\nPlots: `loss.png`/`.svg` (Figure 6a), `deciles.png`/`.svg`, `attention.png`/`.svg` (Figure 4).\n";
+    s
+}
+
+/// Writes `evaluation.json`, `summary.md` and the plots into `dir`.
+pub fn write_report(dir: &Path, e: &Evaluation, record: Option<&TrainingRecord>) -> Result<Vec<String>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create report folder {}", dir.display()))?;
+    let mut written = Vec::new();
+    let mut put = |name: &str, bytes: &[u8]| -> Result<()> {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(path.display().to_string());
+        Ok(())
+    };
+    put("evaluation.json", &serde_json::to_vec_pretty(e)?)?;
+    put("summary.md", markdown(e, record).as_bytes())?;
+    let mut charts: Vec<(&str, Box<dyn Chart>)> = Vec::new();
+    if let Some(r) = record {
+        let line = |name: &str, f: &dyn Fn(&training::CurvePoint) -> Option<f64>| Series {
+            name: name.to_string(),
+            points: r.curve.iter().filter_map(|c| f(c).map(|v| (c.samples as f64, v))).collect(),
+        };
+        let mut series = vec![line("CTR loss", &|c| Some(c.ctr_loss)), line("total loss", &|c| Some(c.total_loss))];
+        for (name, f) in [
+            (
+                "adversarial loss (L_ADV)",
+                &(|c: &training::CurvePoint| c.adversarial_loss) as &dyn Fn(&training::CurvePoint) -> Option<f64>,
+            ),
+            ("D0 loss", &|c: &training::CurvePoint| c.importance_loss),
+            ("Ds loss", &|c: &training::CurvePoint| c.specific_loss),
+        ] {
+            let s = line(name, f);
+            if !s.points.is_empty() {
+                series.push(s);
+            }
+        }
+        charts.push((
+            "loss",
+            Box::new(LineChart {
+                title: format!("{}@v{} training losses (Figure 6a)", e.model, e.version),
+                x_label: "training samples".into(),
+                y_label: "loss".into(),
+                series,
+            }),
+        ));
+    }
+    charts.push((
+        "deciles",
+        Box::new(BarChart {
+            title: format!("AUC per item-popularity decile, {}", e.date),
+            y_label: "AUC".into(),
+            labels: e.deciles.iter().map(|d| d.decile.to_string()).collect(),
+            groups: vec![BarGroup {
+                name: format!("{}@v{}", e.model, e.version),
+                values: e.deciles.iter().map(|d| d.auc.unwrap_or(f64::NAN)).collect(),
+            }],
+            y_min: Some(0.5),
+        }),
+    ));
+    if let Some(a) = &e.attention {
+        charts.push((
+            "attention",
+            Box::new(HeatMap {
+                title: "mean MAF attention per category (Figure 4)".into(),
+                row_label: "category (planted profile)".into(),
+                col_label: "modality".into(),
+                rows: a
+                    .categories
+                    .iter()
+                    .map(|c| match &c.profile {
+                        Some(p) => format!("{} ({p})", c.category),
+                        None => c.category.clone(),
+                    })
+                    .collect(),
+                cols: a.modalities.clone(),
+                values: a.categories.iter().map(|c| c.intensity.clone()).collect(),
+            }),
+        ));
+    }
+    for (name, chart) in charts {
+        put(&format!("{name}.svg"), chart.svg().as_bytes())?;
+        put(&format!("{name}.png"), &chart.png().map_err(|e| anyhow::anyhow!("rendering {name}.png: {e}"))?)?;
+    }
+    Ok(written)
+}

@@ -1,0 +1,286 @@
+//! `marnflow models …`: the registry for model owners.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+
+use anyhow::Result;
+use marnflow_model::registry::Manifest;
+use marnflow_pipeline::lake::Lake;
+use serde_json::Value;
+
+use crate::cli::ModelsCommand;
+use crate::evaluate::Evaluation;
+use crate::training::registry;
+
+fn summary(m: &Manifest) -> String {
+    let meta = &m.metadata;
+    let data = &meta["data"];
+    let training = &meta["training"];
+    format!(
+        "v{:<4} {:<24} {:<12} {} .. {}  {:>9} samples  parent {}",
+        m.version,
+        m.created,
+        meta["variant"].as_str().unwrap_or("-"),
+        data["from"].as_str().unwrap_or("?"),
+        data["to"].as_str().unwrap_or("?"),
+        training["samples"].as_u64().unwrap_or(0),
+        m.parent.map_or("-".into(), |p| format!("v{p}")),
+    )
+}
+
+/// Saved evaluations of a version, oldest date first.
+async fn evaluations(lake: &Lake, model: &str, version: u32) -> Vec<Evaluation> {
+    let mut out = Vec::new();
+    let Ok(files) = lake.list(&format!("models/{model}/evaluations/v{version}")).await else { return out };
+    for f in files {
+        let Some(rel) = lake.relative(&f.location) else { continue };
+        if let Ok(bytes) = lake.get(&rel).await {
+            if let Ok(e) = serde_json::from_slice::<Evaluation>(&bytes) {
+                out.push(e);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.date.cmp(&b.date).then(a.slice.cmp(&b.slice)));
+    out
+}
+
+fn metric(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.4}"))
+}
+
+/// Runs one `models` subcommand, writing to `out`.
+pub async fn run(lake: &Lake, command: &ModelsCommand, out: &mut dyn Write) -> Result<()> {
+    let registry = registry(lake);
+    match command {
+        ModelsCommand::List { json } => {
+            let mut all = Vec::new();
+            for name in registry.models().await? {
+                let versions = registry.versions(&name).await?;
+                let aliases = registry.aliases(&name).await?;
+                all.push((name, versions, aliases));
+            }
+            if *json {
+                let v: Vec<Value> = all
+                    .iter()
+                    .map(|(n, vs, al)| {
+                        serde_json::json!({
+                            "model": n,
+                            "versions": vs.iter().map(|m| m.version).collect::<Vec<_>>(),
+                            "aliases": al.iter().map(|(a, v)| (a.clone(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+                        })
+                    })
+                    .collect();
+                writeln!(out, "{}", serde_json::to_string(&v)?)?;
+                return Ok(());
+            }
+            if all.is_empty() {
+                writeln!(out, "no models in {}: train one with `marnflow train`", lake.folder_url("models"))?;
+            }
+            for (name, versions, aliases) in all {
+                let al: Vec<String> = aliases.iter().map(|(a, v)| format!("{a} → v{v}")).collect();
+                writeln!(
+                    out,
+                    "{name}  ({} versions; {})",
+                    versions.len(),
+                    if al.is_empty() { "no aliases".into() } else { al.join(", ") }
+                )?;
+                for m in &versions {
+                    let marks: Vec<&str> =
+                        aliases.iter().filter(|(_, v)| *v == m.version).map(|(a, _)| a.as_str()).collect();
+                    writeln!(
+                        out,
+                        "  {}  {}",
+                        summary(m),
+                        if marks.is_empty() { String::new() } else { format!("[{}]", marks.join(", ")) }
+                    )?;
+                }
+            }
+        }
+        ModelsCommand::Show { spec, json } => {
+            let (name, version) = registry.resolve(spec).await?;
+            let manifest = registry
+                .versions(&name)
+                .await?
+                .into_iter()
+                .find(|m| m.version == version)
+                .ok_or_else(|| anyhow::anyhow!("{name} has no version v{version}"))?;
+            let evals = evaluations(lake, &name, version).await;
+            if *json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"manifest": manifest, "evaluations": evals}))?
+                )?;
+                return Ok(());
+            }
+            let aliases: Vec<String> =
+                registry.aliases(&name).await?.into_iter().filter(|(_, v)| *v == version).map(|(a, _)| a).collect();
+            writeln!(
+                out,
+                "{name}@v{version}  {}",
+                if aliases.is_empty() { String::new() } else { format!("[{}]", aliases.join(", ")) }
+            )?;
+            writeln!(out, "  {}", summary(&manifest))?;
+            writeln!(out, "  code: {}", manifest.metadata["code_version"].as_str().unwrap_or("-"))?;
+            writeln!(out, "  warm start: {}", manifest.metadata["warm_start"].as_str().unwrap_or("-"))?;
+            let t = &manifest.metadata["training"];
+            writeln!(
+                out,
+                "  training: {} steps, {:.1}s, {:.0} samples/s, final CTR loss {}",
+                t["steps"].as_u64().unwrap_or(0),
+                t["seconds"].as_f64().unwrap_or(0.0),
+                t["samples_per_second"].as_f64().unwrap_or(0.0),
+                metric(t["final_ctr_loss"].as_f64())
+            )?;
+            writeln!(out, "  data:")?;
+            for p in manifest.metadata["data"]["partitions"].as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "    {}  {} rows  sha256 {}",
+                    p["path"].as_str().unwrap_or("?"),
+                    p["rows"].as_u64().unwrap_or(0),
+                    p["sha256"].as_str().unwrap_or("?").get(..16).unwrap_or("?")
+                )?;
+            }
+            writeln!(out, "  files:")?;
+            for f in &manifest.files {
+                writeln!(
+                    out,
+                    "    {:<32} {:>10} bytes  sha256 {}",
+                    f.name,
+                    f.bytes,
+                    &f.sha256[..16.min(f.sha256.len())]
+                )?;
+            }
+            if !evals.is_empty() {
+                writeln!(out, "  evaluations:")?;
+                for e in evals {
+                    writeln!(
+                        out,
+                        "    {} {:<18} AUC {}  user AUC {}  log loss {:.4}  (Bayes-optimal {})",
+                        e.date,
+                        e.slice,
+                        metric(e.auc),
+                        metric(e.user_auc),
+                        e.logloss,
+                        metric(e.oracle_auc)
+                    )?;
+                }
+            }
+        }
+        ModelsCommand::Diff { a, b } => {
+            let (na, va) = registry.resolve(a).await?;
+            let (nb, vb) = registry.resolve(b).await?;
+            let find = |name: String, v: u32| {
+                let registry = registry.clone();
+                async move {
+                    registry
+                        .versions(&name)
+                        .await?
+                        .into_iter()
+                        .find(|m| m.version == v)
+                        .ok_or_else(|| anyhow::anyhow!("{name} has no version v{v}"))
+                }
+            };
+            let (ma, mb) = (find(na.clone(), va).await?, find(nb.clone(), vb).await?);
+            writeln!(out, "--- {na}@v{va}\n+++ {nb}@v{vb}")?;
+            let mut lines = Vec::new();
+            diff_json("", &ma.metadata, &mb.metadata, &mut lines);
+            for l in lines.iter().filter(|l| !l.contains("partitions")) {
+                writeln!(out, "{l}")?;
+            }
+            let parts = |m: &Manifest| -> BTreeSet<(String, String)> {
+                m.metadata["data"]["partitions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        (p["path"].as_str().unwrap_or("").to_string(), p["sha256"].as_str().unwrap_or("").to_string())
+                    })
+                    .collect()
+            };
+            let (pa, pb) = (parts(&ma), parts(&mb));
+            for p in pa.difference(&pb) {
+                writeln!(out, "- data {} ({})", p.0, p.1.get(..16).unwrap_or(""))?;
+            }
+            for p in pb.difference(&pa) {
+                writeln!(out, "+ data {} ({})", p.0, p.1.get(..16).unwrap_or(""))?;
+            }
+            let (ea, eb) = (evaluations(lake, &na, va).await, evaluations(lake, &nb, vb).await);
+            for x in &ea {
+                if let Some(y) = eb.iter().find(|y| y.date == x.date && y.slice == x.slice) {
+                    writeln!(
+                        out,
+                        "  evaluation {} {}: AUC {} → {}, user AUC {} → {}, log loss {:.4} → {:.4}",
+                        x.date,
+                        x.slice,
+                        metric(x.auc),
+                        metric(y.auc),
+                        metric(x.user_auc),
+                        metric(y.user_auc),
+                        x.logloss,
+                        y.logloss
+                    )?;
+                }
+            }
+        }
+        ModelsCommand::Promote { spec, to, reason } => {
+            let (name, version) = registry.resolve(spec).await?;
+            let current = registry.alias(&name, to).await?;
+            if current == Some(version) {
+                writeln!(out, "{name}@{to} already is v{version}")?;
+                return Ok(());
+            }
+            let e = registry.set_alias(&name, to, version, current, reason).await?;
+            writeln!(
+                out,
+                "{name}@{to}: {} → v{} ({})",
+                e.previous.map_or("unset".into(), |v| format!("v{v}")),
+                e.version,
+                e.reason
+            )?;
+        }
+        ModelsCommand::Rollback { model, alias, reason } => {
+            let e = registry.rollback(model, alias, reason).await?;
+            writeln!(
+                out,
+                "{model}@{alias}: {} → v{} ({})",
+                e.previous.map_or("unset".into(), |v| format!("v{v}")),
+                e.version,
+                e.reason
+            )?;
+        }
+        ModelsCommand::History { model, alias } => {
+            for e in registry.alias_history(model, alias).await? {
+                writeln!(
+                    out,
+                    "{:>4}  {}  {} → v{}  {}",
+                    e.seq,
+                    e.at,
+                    e.previous.map_or("unset".into(), |v| format!("v{v}")),
+                    e.version,
+                    e.reason
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lines `- path: a` / `+ path: b` for every leaf that differs.
+fn diff_json(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                diff_json(&p, x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), out);
+            }
+        }
+        _ if a != b => {
+            out.push(format!("- {path}: {a}"));
+            out.push(format!("+ {path}: {b}"));
+        }
+        _ => {}
+    }
+}

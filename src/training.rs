@@ -1,0 +1,589 @@
+//! `marnflow train`: streams the `samples` partitions of a date range into the model, checkpoints
+//! as it goes (what `--resume` continues from), and registers the trained model as a new version.
+//!
+//! A training run is identified by its **run key**: the sha256 of the exact training partitions
+//! (their content digests), the settings and the warm-start version. Training the same key again
+//! returns the version already registered for it, so rerunning a finished or killed job gives
+//! the same registered outcome instead of a second version.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::module::Module;
+use chrono::NaiveDate;
+use marnflow_model::registry::{Manifest, Registry};
+use marnflow_model::{checkpoint, device::parse_device, metrics, Marn, TrainConfig, Trainer, Variant};
+use marnflow_pipeline::features::{DICTIONARIES, DICTIONARY_NAMES};
+use marnflow_pipeline::lake::Lake;
+use object_store::ObjectStoreExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use crate::config::TrainSection;
+use crate::data::{self, day_string, DataSpec, FileDigest, Slice, StreamConfig, Vocab};
+
+/// The file of a version holding the training curves and data description.
+pub const TRAINING_FILE: &str = "training.json";
+
+/// The registry of a lake: `<lake>/models/`.
+pub fn registry(lake: &Lake) -> Registry {
+    Registry::new(lake.store().clone(), lake.path("models"))
+}
+
+/// What to train.
+#[derive(Debug, Clone)]
+pub struct TrainRequest {
+    pub model: String,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub variant: Variant,
+    pub settings: TrainSection,
+    pub warm_start: Option<String>,
+    pub resume: bool,
+    /// Rows of a day left out (held-out evaluation slices).
+    pub slices: BTreeMap<NaiveDate, Slice>,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+/// One point of the training curves (means over the steps since the previous point).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    pub step: u64,
+    pub samples: u64,
+    pub ctr_loss: f64,
+    pub total_loss: f64,
+    pub adversarial_loss: Option<f64>,
+    pub importance_loss: Option<f64>,
+    pub specific_loss: Option<f64>,
+    pub lambda: f64,
+}
+
+/// `training.json` of a version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRecord {
+    pub run_key: String,
+    pub variant: String,
+    pub from: String,
+    pub to: String,
+    pub partitions: Vec<FileDigest>,
+    pub spec: DataSpec,
+    pub settings: TrainSection,
+    pub warm_start: Option<String>,
+    pub samples: u64,
+    pub steps: u64,
+    pub seconds: f64,
+    pub samples_per_second: f64,
+    pub curve: Vec<CurvePoint>,
+}
+
+/// What a training run gives back.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainOutcome {
+    pub model: String,
+    pub version: u32,
+    /// True when an identical run had already registered this version.
+    pub reused: bool,
+    pub samples: u64,
+    pub steps: u64,
+    pub seconds: f64,
+    pub samples_per_second: f64,
+    pub final_ctr_loss: Option<f64>,
+    /// Seconds the trainer waited for the reader thread, and that share of the run: the pipeline
+    /// is the bottleneck only when this share is large.
+    pub waited_for_data_seconds: f64,
+    pub data_wait_share: f64,
+    /// Peak resident memory of the process (VmHWM), MiB; NaN where /proc is missing.
+    pub peak_rss_mib: f64,
+}
+
+/// Peak resident memory of this process so far, MiB.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Where an unfinished run keeps its training state.
+fn work_dir(model: &str, run_key: &str) -> String {
+    format!("_work/train/{model}/{}", &run_key[..16])
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ResumeState {
+    run_key: String,
+    /// Epoch to continue in and batches of it already trained.
+    epoch: u32,
+    batches_done: u64,
+    step: u64,
+    samples: u64,
+    seconds: f64,
+    curve: Vec<CurvePoint>,
+    weights: String,
+    optimizer: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Accumulates step losses into curve points.
+#[derive(Debug, Default)]
+struct CurveAccumulator {
+    n: u64,
+    ctr: f64,
+    total: f64,
+    adversarial: (f64, u64),
+    importance: (f64, u64),
+    specific: (f64, u64),
+    lambda: f64,
+}
+
+impl CurveAccumulator {
+    fn add(&mut self, l: &marnflow_model::StepLosses) {
+        self.n += 1;
+        self.ctr += f64::from(l.ctr);
+        self.total += f64::from(l.total);
+        self.lambda = l.lambda;
+        for (slot, v) in [
+            (&mut self.adversarial, l.adversarial),
+            (&mut self.importance, l.importance),
+            (&mut self.specific, l.specific),
+        ] {
+            if let Some(v) = v {
+                slot.0 += f64::from(v);
+                slot.1 += 1;
+            }
+        }
+    }
+
+    fn take(&mut self, step: u64, samples: u64) -> Option<CurvePoint> {
+        if self.n == 0 {
+            return None;
+        }
+        let mean = |(s, n): (f64, u64)| (n > 0).then(|| s / n as f64);
+        let p = CurvePoint {
+            step,
+            samples,
+            ctr_loss: self.ctr / self.n as f64,
+            total_loss: self.total / self.n as f64,
+            adversarial_loss: mean(self.adversarial),
+            importance_loss: mean(self.importance),
+            specific_loss: mean(self.specific),
+            lambda: self.lambda,
+        };
+        *self = Self::default();
+        Some(p)
+    }
+}
+
+/// Loads a registered version's files, checking every checksum.
+pub async fn load_version(lake: &Lake, spec: &str) -> Result<(Manifest, BTreeMap<String, Vec<u8>>)> {
+    let registry = registry(lake);
+    let (name, version) = registry.resolve(spec).await?;
+    let (manifest, files) = registry.load(&name, version).await?;
+    Ok((manifest, files))
+}
+
+/// The model of a registered version on `device`.
+pub async fn load_model(
+    lake: &Lake,
+    spec: &str,
+    device: &burn::tensor::Device,
+) -> Result<(Manifest, Marn, BTreeMap<String, Vec<u8>>)> {
+    let (manifest, files) = load_version(lake, spec).await?;
+    let model = checkpoint::from_files(&files, device)
+        .with_context(|| format!("loading {}@v{}", manifest.model, manifest.version))?;
+    Ok((manifest, model, files))
+}
+
+/// A registered model ready to score one day: the model on its device, the dictionaries, and
+/// the day's item side table read the way the model was trained.
+pub struct Scorer {
+    pub manifest: Manifest,
+    pub model: Marn,
+    pub record: Option<TrainingRecord>,
+    pub vocab: Vocab,
+    pub store: Arc<data::ItemStore>,
+    stores: std::collections::HashMap<u16, Arc<data::ItemStore>>,
+}
+
+impl std::fmt::Debug for Scorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scorer").field("model", &self.manifest.model).field("version", &self.manifest.version).finish()
+    }
+}
+
+impl Scorer {
+    /// Loads `spec` (NAME@ALIAS or NAME@vN) on `device` with the item table of `day`.
+    pub async fn open(lake: &Lake, spec: &str, day: NaiveDate, device: &str) -> Result<Self> {
+        let device = parse_device(device)?;
+        let (manifest, model, files) = load_model(lake, spec, &device).await?;
+        let record = training_record(&files);
+        let vocab = Vocab::load(lake).await?;
+        let stat_columns = match &record {
+            Some(r) => r.spec.stat_columns.clone(),
+            None => DataSpec::discover(lake, &vocab, day).await?.stat_columns,
+        };
+        let data_spec = DataSpec { inputs: model.inputs().clone(), stat_columns };
+        let store = Arc::new(data::ItemStore::load(lake, day, &data_spec, &vocab).await?);
+        let stores = [(0u16, store.clone())].into();
+        Ok(Self { manifest, model, record, vocab, store, stores })
+    }
+
+    /// Builds batches of rows of the day (rows read with day index 0).
+    pub fn builder(&self) -> data::BatchBuilder<'_> {
+        data::BatchBuilder { inputs: self.model.inputs(), stores: &self.stores }
+    }
+
+    /// The day's rows, ids mapped for this model.
+    pub async fn rows(&self, lake: &Lake, day: NaiveDate, slice: Slice) -> Result<Vec<data::Row>> {
+        data::read_day(lake, &self.vocab, self.model.inputs(), day, slice).await
+    }
+
+    /// Click probabilities of `rows`, in batches.
+    pub fn predict(&self, rows: &[data::Row]) -> Result<Vec<f32>> {
+        let builder = self.builder();
+        let mut scores = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(1024) {
+            let refs: Vec<&data::Row> = chunk.iter().collect();
+            scores.extend(self.model.predict(&builder.build(&refs, None)?)?);
+        }
+        Ok(scores)
+    }
+}
+
+/// The training record of a version's files, when it has one.
+pub fn training_record(files: &BTreeMap<String, Vec<u8>>) -> Option<TrainingRecord> {
+    files.get(TRAINING_FILE).and_then(|b| serde_json::from_slice(b).ok())
+}
+
+/// Trains and registers; see the module docs.
+pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
+    marnflow_model::registry::validate_name("model", &req.model)?;
+    if req.to < req.from {
+        bail!(crate::config::ConfigError(vec![format!("--to {} is before --from {}", req.to, req.from)]));
+    }
+    let settings = &req.settings;
+    let days = data::days(req.from, req.to);
+    let vocab = Arc::new(Vocab::load(lake).await?);
+    let spec = Arc::new(DataSpec::discover(lake, &vocab, req.to).await?);
+    let partitions = data::digest_days(lake, &days).await?;
+    let registry = registry(lake);
+    let warm = match &req.warm_start {
+        Some(s) => Some(registry.resolve(s).await?),
+        None => None,
+    };
+    let model_config = settings.model_config(req.variant);
+    let slices: Vec<(String, String)> = req.slices.iter().map(|(d, s)| (day_string(*d), format!("{s:?}"))).collect();
+    let key_material = serde_json::json!({
+        "model": req.model,
+        "model_config": model_config,
+        "inputs": spec.inputs,
+        "partitions": partitions,
+        "slices": slices,
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "learning_rate": settings.learning_rate,
+        "seed": settings.seed,
+        "shuffle_buffer": settings.shuffle_buffer,
+        "warm_start": warm,
+    });
+    let run_key = hex(&Sha256::digest(serde_json::to_vec(&key_material)?));
+    let work = work_dir(&req.model, &run_key);
+
+    // A run with this key already registered: the same outcome, no second version.
+    if let Some(m) = registry
+        .versions(&req.model)
+        .await?
+        .into_iter()
+        .find(|m| m.metadata.get("run_key").and_then(|k| k.as_str()) == Some(run_key.as_str()))
+    {
+        info!(model = %req.model, version = m.version, "this exact run is already registered");
+        clear_work(lake, &work).await;
+        let t = &m.metadata["training"];
+        return Ok(TrainOutcome {
+            model: req.model.clone(),
+            version: m.version,
+            reused: true,
+            samples: t["samples"].as_u64().unwrap_or(0),
+            steps: t["steps"].as_u64().unwrap_or(0),
+            seconds: t["seconds"].as_f64().unwrap_or(0.0),
+            samples_per_second: t["samples_per_second"].as_f64().unwrap_or(0.0),
+            final_ctr_loss: t["final_ctr_loss"].as_f64(),
+            waited_for_data_seconds: 0.0,
+            data_wait_share: 0.0,
+            peak_rss_mib: peak_rss_mib(),
+        });
+    }
+
+    let device = parse_device(&settings.device)?;
+    device.seed(settings.seed);
+    let autodiff = device.clone().autodiff();
+    let mut model = model_config.init(&spec.inputs, &autodiff)?;
+    if spec.inputs.has_titles() {
+        model = model.with_word_vectors(data::word_vector_table(lake, &vocab, &spec.inputs).await?)?;
+    }
+    if let Some((name, version)) = &warm {
+        let (_, old, _) = load_model(lake, &format!("{name}@v{version}"), &device).await?;
+        if old.variant() != req.variant {
+            bail!(
+                "--warm-start {name}@v{version} is a {} model; this run trains {}",
+                old.variant().as_str(),
+                req.variant.as_str()
+            );
+        }
+        model = checkpoint::grow_into(&old, model).with_context(|| format!("warm-starting from {name}@v{version}"))?;
+        info!(from = %format!("{name}@v{version}"), "warm start: new ids get fresh embedding rows");
+    }
+    let optimizer = TrainConfig { learning_rate: settings.learning_rate, ..TrainConfig::default() };
+
+    // Resume from the last checkpoint of this exact run, if asked and present.
+    let mut state = ResumeState {
+        run_key: run_key.clone(),
+        epoch: 0,
+        batches_done: 0,
+        step: 0,
+        samples: 0,
+        seconds: 0.0,
+        curve: Vec::new(),
+        weights: String::new(),
+        optimizer: String::new(),
+    };
+    let saved = read_state(lake, &work).await;
+    let mut trainer = match (req.resume, saved) {
+        (true, Some(saved)) if saved.run_key == run_key => {
+            let weights = lake.get(&format!("{work}/{}", saved.weights)).await?.to_vec();
+            let opt = lake.get(&format!("{work}/{}", saved.optimizer)).await?.to_vec();
+            info!(step = saved.step, epoch = saved.epoch, "resuming from the last checkpoint");
+            let trainer = Trainer::restore(model, weights, opt, optimizer)?;
+            state = saved;
+            trainer
+        }
+        (resume, saved) => {
+            if resume {
+                info!("nothing to resume for this run: starting from the beginning");
+            } else if saved.is_some() {
+                warn!("an unfinished run with these settings exists: starting over (--resume continues it)");
+            }
+            Trainer::new(model, optimizer)?
+        }
+    };
+
+    let rows: u64 = partitions.iter().map(|p| p.rows).sum();
+    if rows == 0 {
+        bail!("no samples in {} .. {}: nothing to train on", req.from, req.to);
+    }
+    let batch = settings.batch_size as u64;
+    let steps_per_epoch = rows.div_ceil(batch);
+    let total_steps = (steps_per_epoch * u64::from(settings.epochs)).max(1);
+    let curve_every = (total_steps / 200).max(1);
+    let (rx, handle) = data::spawn_stream(
+        lake.clone(),
+        vocab.clone(),
+        spec.clone(),
+        StreamConfig {
+            days: days.clone(),
+            slices: req.slices.clone(),
+            epochs: settings.epochs,
+            batch_size: settings.batch_size,
+            shuffle_buffer: settings.shuffle_buffer,
+            prefetch: settings.prefetch_batches,
+            seed: settings.seed,
+            start_epoch: state.epoch,
+            skip: state.batches_done,
+        },
+    )?;
+    let bar = (req.progress && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(total_steps);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed_precise}] {wide_bar} {pos}/{len} steps")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_position(state.step);
+        bar
+    });
+    let started = Instant::now();
+    let seconds_before = state.seconds;
+    let samples_before = state.samples;
+    let mut acc = CurveAccumulator::default();
+    let mut recent: VecDeque<(f32, f32)> = VecDeque::new();
+    let mut last_log = Instant::now();
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        let wait = Instant::now();
+        let Ok(msg) = rx.recv() else { break };
+        waited += wait.elapsed();
+        let (epoch, index, b) = match msg {
+            data::Msg::Failed(e) => bail!("reading the training data: {e}"),
+            data::Msg::Skipped => continue,
+            data::Msg::Batch { epoch, index, batch } => (epoch, index, batch),
+        };
+        let progress = state.step as f64 / total_steps as f64;
+        let (losses, scores) = trainer.step_scored(&b, progress)?;
+        if !losses.total.is_finite() {
+            bail!("the loss became {} at step {}: lower train.learning_rate", losses.total, state.step);
+        }
+        state.step += 1;
+        state.samples += b.len() as u64;
+        state.epoch = epoch;
+        state.batches_done = index + 1;
+        acc.add(&losses);
+        for (s, l) in scores.iter().zip(b.samples().label.iter()) {
+            recent.push_back((*s, *l));
+        }
+        while recent.len() > 20_000 {
+            recent.pop_front();
+        }
+        if state.step % curve_every == 0 {
+            state.curve.extend(acc.take(state.step, state.samples));
+        }
+        let elapsed = seconds_before + started.elapsed().as_secs_f64();
+        let rate = (state.samples - samples_before) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        if let Some(bar) = &bar {
+            if state.step % 10 == 0 {
+                let (s, l): (Vec<f32>, Vec<f32>) = recent.iter().copied().unzip();
+                let auc = metrics::auc(&s, &l).ok().flatten().map_or("-".into(), |a| format!("{a:.4}"));
+                bar.set_message(format!("{:.0} samples/s  loss {:.4}  auc {auc}", rate, losses.ctr));
+            }
+            bar.set_position(state.step);
+        } else if last_log.elapsed().as_secs() >= 10 {
+            let (s, l): (Vec<f32>, Vec<f32>) = recent.iter().copied().unzip();
+            let auc = metrics::auc(&s, &l).ok().flatten();
+            info!(
+                step = state.step,
+                total_steps,
+                samples_per_s = rate as u64,
+                loss = losses.ctr,
+                running_auc = auc,
+                "training"
+            );
+            last_log = Instant::now();
+        }
+        if state.step % settings.checkpoint_every == 0 {
+            state.seconds = elapsed;
+            // Resuming skips the batches done (an epoch fully done is skipped whole).
+            let mut saved = state.clone();
+            write_state(lake, &work, &trainer, &mut saved).await?;
+        }
+    }
+    handle.join().map_err(|_| anyhow!("the batch reader thread panicked"))?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    state.curve.extend(acc.take(state.step, state.samples));
+    state.seconds = seconds_before + started.elapsed().as_secs_f64();
+    let run_seconds = started.elapsed().as_secs_f64();
+    let samples_per_second = (state.samples - samples_before) as f64 / run_seconds.max(1e-9);
+    info!(
+        samples = state.samples,
+        steps = state.step,
+        seconds = state.seconds,
+        samples_per_s = samples_per_second as u64,
+        waited_for_data_s = waited.as_secs_f64(),
+        "training done"
+    );
+    let final_ctr_loss = state.curve.last().map(|c| c.ctr_loss);
+    let model = trainer.into_model().ok_or_else(|| anyhow!("the trainer lost its model"))?.valid();
+
+    let record = TrainingRecord {
+        run_key: run_key.clone(),
+        variant: req.variant.as_str().to_string(),
+        from: day_string(req.from),
+        to: day_string(req.to),
+        partitions: partitions.clone(),
+        spec: (*spec).clone(),
+        settings: settings.clone(),
+        warm_start: warm.as_ref().map(|(n, v)| format!("{n}@v{v}")),
+        samples: state.samples,
+        steps: state.step,
+        seconds: state.seconds,
+        samples_per_second,
+        curve: state.curve.clone(),
+    };
+    let mut files = checkpoint::to_files(&model)?;
+    files.push((TRAINING_FILE.to_string(), serde_json::to_vec_pretty(&record)?));
+    for name in DICTIONARY_NAMES {
+        let rel = format!("{DICTIONARIES}/{name}.parquet");
+        if let Ok(bytes) = lake.get(&rel).await {
+            files.push((format!("dictionary_{name}.parquet"), bytes.to_vec()));
+        }
+    }
+    let metadata = serde_json::json!({
+        "run_key": run_key,
+        "code_version": concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION")),
+        "variant": req.variant.as_str(),
+        "config": settings,
+        "inputs": spec.inputs,
+        "warm_start": record.warm_start,
+        "data": {
+            "from": record.from,
+            "to": record.to,
+            "partitions": partitions,
+            "slices": slices,
+        },
+        "training": {
+            "samples": state.samples,
+            "steps": state.step,
+            "seconds": state.seconds,
+            "samples_per_second": samples_per_second,
+            "final_ctr_loss": final_ctr_loss,
+        },
+    });
+    let parent = warm.as_ref().filter(|(n, _)| *n == req.model).map(|(_, v)| *v);
+    let manifest = registry.register(&req.model, &files, parent, metadata).await?;
+    clear_work(lake, &work).await;
+    Ok(TrainOutcome {
+        model: req.model.clone(),
+        version: manifest.version,
+        reused: false,
+        samples: state.samples,
+        steps: state.step,
+        seconds: state.seconds,
+        samples_per_second,
+        final_ctr_loss,
+        waited_for_data_seconds: waited.as_secs_f64(),
+        data_wait_share: waited.as_secs_f64() / run_seconds.max(1e-9),
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+async fn read_state(lake: &Lake, work: &str) -> Option<ResumeState> {
+    let bytes = lake.get(&format!("{work}/state.json")).await.ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Weights and optimizer first (named by step), then `state.json` pointing at them; the
+/// previous step's files are removed after.
+async fn write_state(lake: &Lake, work: &str, trainer: &Trainer, state: &mut ResumeState) -> Result<()> {
+    let previous = read_state(lake, work).await;
+    let (weights, optimizer) = trainer.state_bytes()?;
+    state.weights = format!("weights-{:010}.bpk", state.step);
+    state.optimizer = format!("optimizer-{:010}.bpk", state.step);
+    lake.put_atomic(&format!("{work}/{}", state.weights), weights).await?;
+    lake.put_atomic(&format!("{work}/{}", state.optimizer), optimizer).await?;
+    lake.put_atomic(&format!("{work}/state.json"), serde_json::to_vec_pretty(state)?).await?;
+    if let Some(p) = previous {
+        for f in [p.weights, p.optimizer] {
+            if f != state.weights && f != state.optimizer {
+                let _ = lake.store().delete(&lake.path(&format!("{work}/{f}"))).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn clear_work(lake: &Lake, work: &str) {
+    if let Ok(files) = lake.list(work).await {
+        for f in files {
+            let _ = lake.store().delete(&f.location).await;
+        }
+    }
+}

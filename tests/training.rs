@@ -1,0 +1,331 @@
+//! Training, evaluation, the registry, the daily run and serving, end to end through the binary.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// Small model widths so every test trains in seconds.
+const SMALL: &str = "[train]\nrepresentation_dim = 24\nmodality_dim = 24\ngru_dim = 24\nattention_dim = 16\n\
+head_layers = [32, 16]\ntitle_filters = 8\nbatch_size = 128\nrecall_users = 40\n";
+
+struct World {
+    _dir: tempfile::TempDir,
+    lake: PathBuf,
+    config: PathBuf,
+}
+
+impl World {
+    /// A 5-day world with features for every day.
+    fn new(seed: u64, extra_config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = dir.path().join("lake");
+        generate_world(&lake, 300, 800, 5, 16, 4000, seed);
+        let config = dir.path().join("small.toml");
+        std::fs::write(&config, format!("{SMALL}{extra_config}")).unwrap();
+        let w = Self { _dir: dir, lake, config };
+        w.ok(&["features", "--from", "2026-01-01", "--to", "2026-01-05"]);
+        w
+    }
+
+    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = vec!["--lake", self.lake.to_str().unwrap(), "--config", self.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        all
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        ok(&self.args(args))
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        summary(&self.ok(args))
+    }
+
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        fails(&self.args(args), code)
+    }
+
+    fn train(&self, model: &str, variant: &str, to: &str, extra: &[&str]) -> serde_json::Value {
+        let mut a = vec!["train", "--model", model, "--from", "2026-01-01", "--to", to, "--variant", variant, "--json"];
+        a.extend_from_slice(extra);
+        self.json(&a)
+    }
+
+    fn evaluate(&self, spec: &str, date: &str) -> serde_json::Value {
+        self.json(&["evaluate", "--model", spec, "--date", date, "--json"])
+    }
+}
+
+fn f(v: &serde_json::Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+#[test]
+fn train_evaluate_promote_rollback_and_serve() {
+    let w = World::new(21, "");
+    let t = w.train("ctr", "marn", "2026-01-04", &[]);
+    assert_eq!(t["version"], 1, "{t}");
+    assert_eq!(t["reused"], false);
+    assert!(f(&t, "samples") > 10_000.0, "{t}");
+    // The same run again: the registered version, not a second one.
+    let again = w.train("ctr", "marn", "2026-01-04", &[]);
+    assert_eq!(again["version"], 1);
+    assert_eq!(again["reused"], true);
+
+    let report = w._dir.path().join("report");
+    let e = w.json(&[
+        "evaluate",
+        "--model",
+        "ctr@v1",
+        "--date",
+        "2026-01-05",
+        "--json",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    for key in ["auc", "user_auc", "logloss", "oracle_auc"] {
+        let v = f(&e, key);
+        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    }
+    assert!(f(&e, "rows") > 3000.0);
+    assert!(f(&e, "auc") > 0.6, "MARN learns something: {e}");
+    assert!(f(&e, "auc") < f(&e, "oracle_auc") + 0.02, "no model beats the truth by much: {e}");
+    assert_eq!(e["deciles"].as_array().unwrap().len(), 10);
+    assert!(e["unseen"]["recall"]["10"].as_f64().is_some(), "recall@10 on unseen items: {}", e["unseen"]);
+    let attention = &e["attention"];
+    assert_eq!(attention["modalities"].as_array().unwrap().len(), 4, "ids, image, title, statistic: {attention}");
+    for name in [
+        "evaluation.json",
+        "summary.md",
+        "loss.png",
+        "loss.svg",
+        "deciles.png",
+        "deciles.svg",
+        "attention.png",
+        "attention.svg",
+    ] {
+        let bytes = std::fs::read(report.join(name)).unwrap_or_else(|_| panic!("report lacks {name}"));
+        if name.ends_with(".png") {
+            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{name} is a PNG");
+        }
+    }
+
+    // Registry: a second version, promotion, rollback, history.
+    let ids = w.train("ctr", "ids", "2026-01-04", &[]);
+    assert_eq!(ids["version"], 2);
+    w.ok(&["models", "promote", "ctr@v1", "--to", "production", "--reason", "first"]);
+    w.ok(&["models", "promote", "ctr@v2", "--to", "production", "--reason", "try ids"]);
+    let list = w.json(&["models", "list", "--json"]);
+    assert_eq!(list[0]["model"], "ctr");
+    assert_eq!(list[0]["versions"], serde_json::json!([1, 2]));
+    assert_eq!(list[0]["aliases"]["production"], 2);
+    let rolled = w.ok(&["models", "rollback", "ctr", "--alias", "production", "--reason", "ids is worse"]);
+    assert!(rolled.contains("v2 → v1"), "{rolled}");
+    let history = w.ok(&["models", "history", "ctr", "--alias", "production"]);
+    assert_eq!(history.lines().count(), 3, "{history}");
+    assert!(history.contains("ids is worse"), "{history}");
+    let show = w.ok(&["models", "show", "ctr@production"]);
+    assert!(show.starts_with("ctr@v1"), "{show}");
+    assert!(show.contains("features/samples/dt=2026-01-04"), "the exact partitions are listed: {show}");
+    let diff = w.ok(&["models", "diff", "ctr@v1", "ctr@v2"]);
+    assert!(diff.contains("variant") && diff.contains("\"marn\"") && diff.contains("\"ids\""), "{diff}");
+
+    // Serving: embeddings of every item, a probability per row.
+    let emb = w._dir.path().join("out/embeddings.parquet");
+    w.ok(&["export-item-embeddings", "--model", "ctr@production", "--out", emb.to_str().unwrap()]);
+    let schema = parquet_schema(&emb);
+    assert_eq!(schema.field(0).name(), "item_id");
+    assert_eq!(
+        schema.field_with_name("embedding").unwrap().data_type(),
+        &arrow::datatypes::DataType::FixedSizeList(
+            std::sync::Arc::new(arrow::datatypes::Field::new("item", arrow::datatypes::DataType::Float32, false)),
+            24
+        )
+    );
+    assert_eq!(parquet_rows(&emb), 800, "one row per catalogue item");
+    let scores = w._dir.path().join("out/scores.parquet");
+    w.ok(&["score", "--model", "ctr@v1", "--date", "2026-01-05", "--out", scores.to_str().unwrap()]);
+    assert_eq!(parquet_rows(&scores) as f64, f(&e, "rows"));
+
+    // Warm start: new version with v1 as parent.
+    let warm = w.json(&[
+        "train",
+        "--model",
+        "ctr",
+        "--from",
+        "2026-01-05",
+        "--to",
+        "2026-01-05",
+        "--warm-start",
+        "ctr@v1",
+        "--json",
+    ]);
+    assert_eq!(warm["version"], 3);
+    let show = w.json(&["models", "show", "ctr@v3", "--json"]);
+    assert_eq!(show["manifest"]["parent"], 1);
+    assert_eq!(show["manifest"]["metadata"]["warm_start"], "ctr@v1");
+
+    // A corrupted file is refused; names cannot escape the registry.
+    let weights = w.lake.join("models/ctr/versions/v2/weights.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&weights, bytes).unwrap();
+    let err = w.fails(&["evaluate", "--model", "ctr@v2", "--date", "2026-01-05"], 1);
+    assert!(err.contains("checksum"), "{err}");
+    for bad in ["../ctr@v1", "a/b@v1", "ctr@../x"] {
+        let err = w.fails(&["models", "show", bad], 1);
+        assert!(err.contains("invalid"), "{bad}: {err}");
+    }
+    assert!(!w.lake.join("x").exists());
+}
+
+/// Rows of a Parquet file.
+fn parquet_rows(path: &Path) -> i64 {
+    let file = std::fs::File::open(path).unwrap();
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .metadata()
+        .file_metadata()
+        .num_rows()
+}
+
+#[test]
+#[ignore = "not yet true: on small generated worlds MARN and ids both stay near AUC 0.6 (issue 5 notes)"]
+fn marn_beats_ids_by_more_than_the_seed_spread_most_on_unseen_items() {
+    let w = World::new(5, "epochs = 2\n");
+    let mut auc: Vec<(String, f64, f64, f64)> = Vec::new();
+    for variant in ["ids", "marn"] {
+        for seed in ["1", "2"] {
+            let name = format!("{variant}-{seed}");
+            let cfg = w._dir.path().join(format!("{name}.toml"));
+            std::fs::write(&cfg, format!("{SMALL}epochs = 2\nseed = {seed}\n")).unwrap();
+            let lake = w.lake.to_str().unwrap();
+            summary(&ok(&[
+                "--lake",
+                lake,
+                "--config",
+                cfg.to_str().unwrap(),
+                "train",
+                "--model",
+                &name,
+                "--from",
+                "2026-01-01",
+                "--to",
+                "2026-01-04",
+                "--variant",
+                variant,
+                "--json",
+            ]));
+            let e = w.evaluate(&format!("{name}@v1"), "2026-01-05");
+            let low: Vec<f64> =
+                e["deciles"].as_array().unwrap()[..3].iter().filter_map(|d| d["auc"].as_f64()).collect();
+            let high: Vec<f64> =
+                e["deciles"].as_array().unwrap()[7..].iter().filter_map(|d| d["auc"].as_f64()).collect();
+            let unseen = e["unseen"]["auc_unseen_rows"].as_f64().unwrap_or(0.5);
+            eprintln!("{name}: auc {} low {low:?} high {high:?} unseen {unseen}", f(&e, "auc"));
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+            auc.push((variant.to_string(), f(&e, "auc"), mean(&low) - mean(&high), unseen));
+        }
+    }
+    let of = |v: &str| -> Vec<&(String, f64, f64, f64)> { auc.iter().filter(|a| a.0 == v).collect() };
+    let (ids, marn) = (of("ids"), of("marn"));
+    let mean = |v: &[&(String, f64, f64, f64)], k: fn(&(String, f64, f64, f64)) -> f64| {
+        v.iter().map(|a| k(a)).sum::<f64>() / v.len() as f64
+    };
+    let spread = |v: &[&(String, f64, f64, f64)]| {
+        let a: Vec<f64> = v.iter().map(|a| a.1).collect();
+        a.iter().cloned().fold(f64::MIN, f64::max) - a.iter().cloned().fold(f64::MAX, f64::min)
+    };
+    let gain = mean(&marn, |a| a.1) - mean(&ids, |a| a.1);
+    let noise = spread(&marn).max(spread(&ids));
+    assert!(gain > noise, "MARN's AUC gain over ids {gain:.4} must exceed the seed spread {noise:.4}: {auc:?}");
+    // The planted world gives new and rare items content (image, title, statistics) but no
+    // learned id embedding: MARN's gain is largest there.
+    let unseen_gain = mean(&marn, |a| a.3) - mean(&ids, |a| a.3);
+    let tail_gain = mean(&marn, |a| a.2) - mean(&ids, |a| a.2);
+    assert!(unseen_gain > gain, "gain on unseen items {unseen_gain:.4} vs overall {gain:.4}: {auc:?}");
+    assert!(tail_gain > 0.0, "low-popularity deciles gain more than popular ones: {tail_gain:.4}: {auc:?}");
+}
+
+/// Waits until `path` exists (or the process ends), then kills the process.
+fn kill_when(mut child: std::process::Child, path: &Path) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
+        if path.exists() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return true;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    false
+}
+
+fn state_file(lake: &Path, model: &str) -> Option<PathBuf> {
+    let dir = lake.join("_work/train").join(model);
+    let run = std::fs::read_dir(&dir).ok()?.flatten().next()?.path();
+    Some(run.join("state.json"))
+}
+
+#[test]
+fn a_killed_train_resumes_to_the_same_model_and_a_killed_run_reruns_to_the_same_outcome() {
+    let extra = "checkpoint_every = 4\nepochs = 2\n";
+    let a = World::new(9, extra);
+    let b = World::new(9, extra);
+    let straight = a.train("m", "maf_ddma", "2026-01-03", &[]);
+    // Kill b's run once a checkpoint exists, then resume it.
+    let mut cmd = marnflow();
+    cmd.args(b.args(&["train", "--model", "m", "--from", "2026-01-01", "--to", "2026-01-03", "--variant", "maf_ddma"]));
+    let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let watched = b.lake.join("_work/train/m");
+    let started = Instant::now();
+    while state_file(&b.lake, "m").is_none() && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let state = state_file(&b.lake, "m").expect("a checkpoint was written");
+    assert!(kill_when(child, &state), "the run was killed after its first checkpoint");
+    assert!(watched.exists());
+    let resumed = b.train("m", "maf_ddma", "2026-01-03", &["--resume"]);
+    assert_eq!(resumed["version"], 1);
+    assert_eq!(resumed["samples"], straight["samples"], "every sample trained exactly once per epoch");
+    let (ea, eb) = (a.evaluate("m@v1", "2026-01-04"), b.evaluate("m@v1", "2026-01-04"));
+    for key in ["auc", "logloss"] {
+        assert!((f(&ea, key) - f(&eb, key)).abs() < 1e-4, "{key}: {} vs {}", f(&ea, key), f(&eb, key));
+    }
+    assert!(!watched.join("x").exists());
+
+    // The daily job: killed mid-training, rerun: one version, aliases in place, same as straight.
+    let mut cmd = marnflow();
+    cmd.args(b.args(&["run", "--date", "2026-01-04", "--model", "daily", "--promote-if-better"]));
+    let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while state_file(&b.lake, "daily").is_none() && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let state = state_file(&b.lake, "daily").expect("the run checkpointed");
+    kill_when(child, &state);
+    let rerun = b.json(&["run", "--date", "2026-01-04", "--model", "daily", "--promote-if-better", "--json"]);
+    let straight = a.json(&["run", "--date", "2026-01-04", "--model", "daily", "--promote-if-better", "--json"]);
+    assert_eq!(rerun["train"]["version"], 1);
+    assert_eq!(rerun["promoted"], true);
+    assert_eq!(rerun["plan"], straight["plan"]);
+    assert!((f(&rerun["candidate"], "auc") - f(&straight["candidate"], "auc")).abs() < 1e-4);
+    // Rerunning a finished day changes nothing.
+    let third = b.json(&["run", "--date", "2026-01-04", "--model", "daily", "--promote-if-better", "--json"]);
+    assert_eq!(third["train"]["version"], 1);
+    assert_eq!(third["train"]["reused"], true);
+    let list = b.json(&["models", "list", "--json"]);
+    let daily = list.as_array().unwrap().iter().find(|m| m["model"] == "daily").unwrap();
+    assert_eq!(daily["versions"], serde_json::json!([1]));
+    assert_eq!(daily["aliases"]["production"], 1);
+    assert_eq!(daily["aliases"]["candidate"], 1);
+    // The next day warm-starts from production.
+    let next = b.json(&["run", "--date", "2026-01-05", "--model", "daily", "--promote-if-better", "--json"]);
+    assert_eq!(next["train"]["version"], 2);
+    assert_eq!(next["plan"]["warm_start"], 1);
+}
