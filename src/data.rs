@@ -82,9 +82,13 @@ fn i64_list() -> DataType {
 
 /// Files of one day partition of a `features/` table, sorted.
 pub async fn partition_files(lake: &Lake, table: &str, day: NaiveDate) -> Result<Vec<String>> {
-    let folder = partition(table, &day_string(day));
+    parquet_files(lake, &partition(table, &day_string(day))).await
+}
+
+/// The Parquet files under `folder`, sorted.
+async fn parquet_files(lake: &Lake, folder: &str) -> Result<Vec<String>> {
     let mut files: Vec<String> = lake
-        .list(&folder)
+        .list(folder)
         .await?
         .into_iter()
         .filter_map(|m| lake.relative(&m.location))
@@ -219,15 +223,7 @@ impl DataSpec {
 }
 
 async fn word_vector_files(lake: &Lake) -> Result<Vec<String>> {
-    let mut files: Vec<String> = lake
-        .list(marnflow_pipeline::contract::WORD_VECTORS)
-        .await?
-        .into_iter()
-        .filter_map(|m| lake.relative(&m.location))
-        .filter(|p| p.ends_with(".parquet"))
-        .collect();
-    files.sort();
-    Ok(files)
+    parquet_files(lake, marnflow_pipeline::contract::WORD_VECTORS).await
 }
 
 async fn word_vector_width(lake: &Lake) -> Result<usize> {

@@ -107,8 +107,7 @@ fn run(cli: Cli) -> Result<()> {
             runtime.block_on(demo(&cfg, &args.report))
         }
         Command::Generate(ref args) => {
-            let mut cfg = Config::load(cli.config.as_deref())?;
-            apply_common_flags(&mut cfg, &cli);
+            let mut cfg = load_config(&cli)?;
             apply_generate_flags(&mut cfg.generate, args)?;
             cfg.validate()?;
             let lake = Lake::open(&cfg.lake)?;
@@ -121,8 +120,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Features(ref args) => {
-            let mut cfg = Config::load(cli.config.as_deref())?;
-            apply_common_flags(&mut cfg, &cli);
+            let mut cfg = load_config(&cli)?;
             if let Some(w) = args.workers {
                 cfg.features.workers = usize::try_from(w)?;
             }
@@ -182,8 +180,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Train(ref args) => {
-            let mut cfg = Config::load(cli.config.as_deref())?;
-            apply_common_flags(&mut cfg, &cli);
+            let mut cfg = load_config(&cli)?;
             apply_train_flags(&mut cfg, &args.flags)?;
             cfg.validate()?;
             let variant = parse_variant(&cfg.train.variant)?;
@@ -218,8 +215,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Evaluate(ref args) => {
-            let mut cfg = Config::load(cli.config.as_deref())?;
-            apply_common_flags(&mut cfg, &cli);
+            let mut cfg = load_config(&cli)?;
             if let Some(d) = &args.device {
                 cfg.train.device = d.clone();
             }
@@ -247,15 +243,11 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Models(ref args) => {
-            let mut cfg = Config::load(cli.config.as_deref())?;
-            apply_common_flags(&mut cfg, &cli);
-            cfg.validate()?;
-            let lake = Lake::open(&cfg.lake)?;
+            let (_, lake) = open_lake(&cli)?;
             runtime.block_on(models_cmd::run(&lake, &args.command, &mut std::io::stdout().lock()))
         }
         Command::Run(ref args) => {
-            let mut cfg = Config::load(cli.config.as_deref())?;
-            apply_common_flags(&mut cfg, &cli);
+            let mut cfg = load_config(&cli)?;
             apply_train_flags(&mut cfg, &args.flags)?;
             cfg.validate()?;
             let variant = parse_variant(&cfg.train.variant)?;
@@ -302,10 +294,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::ExportItemEmbeddings(ref args) => {
-            let mut cfg = Config::load(cli.config.as_deref())?;
-            apply_common_flags(&mut cfg, &cli);
-            cfg.validate()?;
-            let lake = Lake::open(&cfg.lake)?;
+            let (cfg, lake) = open_lake(&cli)?;
             let (rows, width) = runtime.block_on(serving::export_item_embeddings(
                 &lake,
                 &args.model,
@@ -317,17 +306,13 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Score(ref args) => {
-            let mut cfg = Config::load(cli.config.as_deref())?;
-            apply_common_flags(&mut cfg, &cli);
-            cfg.validate()?;
-            let lake = Lake::open(&cfg.lake)?;
+            let (cfg, lake) = open_lake(&cli)?;
             let rows = runtime.block_on(serving::score(&lake, &args.model, args.date, &args.out, &cfg.train.device))?;
             println!("wrote {rows} scores to {}", args.out);
             Ok(())
         }
         Command::Sql(ref args) => {
-            let mut cfg = Config::load(cli.config.as_deref())?;
-            apply_common_flags(&mut cfg, &cli);
+            let cfg = load_config(&cli)?;
             cfg.validate()?;
             let query = match (&args.query, &args.file) {
                 (Some(q), _) => q.clone(),
@@ -408,6 +393,21 @@ fn apply_train_flags(cfg: &mut Config, f: &cli::TrainFlags) -> Result<()> {
         cfg.train.device = v.clone();
     }
     Ok(())
+}
+
+/// The config file and environment, with the global flags applied (not yet validated).
+fn load_config(cli: &Cli) -> Result<Config> {
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    apply_common_flags(&mut cfg, cli);
+    Ok(cfg)
+}
+
+/// For commands without flags of their own: the validated config and its lake.
+fn open_lake(cli: &Cli) -> Result<(Config, Lake)> {
+    let cfg = load_config(cli)?;
+    cfg.validate()?;
+    let lake = Lake::open(&cfg.lake)?;
+    Ok((cfg, lake))
 }
 
 fn apply_common_flags(cfg: &mut Config, cli: &Cli) {
