@@ -252,8 +252,17 @@ fn a_killed_generate_leaves_only_whole_files_visible() {
 #[test]
 fn the_demo_runs_end_to_end() {
     let lake = tempfile::tempdir().unwrap();
-    let out = ok(&["--lake", lake.path().to_str().unwrap(), "demo"]);
+    let report = lake.path().join("report");
+    let out = ok(&["--lake", lake.path().to_str().unwrap(), "demo", "--report", report.to_str().unwrap()]);
+    for name in ["table3.md", "deciles.png", "marn/summary.md", "marn/attention.svg", "ids/loss.png"] {
+        assert!(report.join(name).exists(), "the demo report lacks {name}");
+    }
     for needle in [
+        "| marn |",
+        "| ids |",
+        "| conc |",
+        "| youtube_net |",
+        "Bayes-optimal (truth/)",
         "Bayes-optimal AUC",
         "click rate by slate position",
         "planted category profiles",
