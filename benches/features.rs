@@ -7,8 +7,6 @@
 //! MARNFLOW_BENCH_EXPOSURES_PER_DAY=50000 cargo bench --bench features
 //! ```
 
-mod common;
-
 use std::time::Instant;
 
 use chrono::{Duration, NaiveDate};
@@ -72,5 +70,5 @@ fn main() {
     println!("| windows: one incremental day (warm dataflow) | {:.1} ms |", incremental * 1e3);
     println!("| windows: full recompute of the 30-day window | {:.1} ms |", full * 1e3);
     println!("| incremental / full | {:.3} (1/W = {:.3}) |", incremental / full, 1.0 / 30.0);
-    println!("| peak RSS | {:.0} MiB |", common::peak_rss_mib());
+    println!("| peak RSS | {:.0} MiB |", marnflow_model::device::peak_rss_mib());
 }

@@ -8,8 +8,6 @@
 //! The world is 100k users and 100k items with 4096-wide image embeddings (as VGG16 fc7), 10
 //! days; the exposures are spread evenly over the days. Written to a temporary local lake.
 
-mod common;
-
 use std::time::Instant;
 
 use marnflow_pipeline::lake::Lake;
@@ -51,7 +49,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let lake = Lake::open(dir.path().to_str().expect("utf-8 path")).expect("lake");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let rss_before = common::peak_rss_mib();
+    let rss_before = marnflow_model::device::peak_rss_mib();
     let started = Instant::now();
     let mut day_times = Vec::new();
     let mut last = Instant::now();
@@ -74,7 +72,10 @@ fn main() {
     println!("| exposures/s, whole run (items and word vectors included) | {:.0} |", summary.exposures as f64 / secs);
     println!("| exposures/s, daily logs only (days 2..) | {:.0} |", cfg.exposures_per_day as f64 / per_day);
     println!("| catalogue (items with images, word vectors) | {catalogue_secs:.1} s |");
-    println!("| peak RSS | {:.0} MiB (before generating: {rss_before:.0} MiB) |", common::peak_rss_mib());
+    println!(
+        "| peak RSS | {:.0} MiB (before generating: {rss_before:.0} MiB) |",
+        marnflow_model::device::peak_rss_mib()
+    );
     println!("| lake size | {:.0} MiB |", dir_bytes(dir.path()) as f64 / (1024.0 * 1024.0));
     println!(
         "| click rate / Bayes-optimal AUC | {:.4} / {:.4} |",

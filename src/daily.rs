@@ -97,7 +97,7 @@ pub async fn run_day(
                     if has_samples(lake, next).await? { (next, None) } else { (date, Some(settings.holdout_share)) };
                 let warm_start = match registry.alias(model, "production").await? {
                     Some(v) => {
-                        let (m, _) = training::load_version(lake, &format!("{model}@v{v}")).await?;
+                        let m = registry.manifest(model, v).await?;
                         (m.metadata.get("variant").and_then(|x| x.as_str()) == Some(variant.as_str())).then_some(v)
                     }
                     None => None,

@@ -60,14 +60,14 @@ pub fn days(from: NaiveDate, to: NaiveDate) -> Vec<NaiveDate> {
     from.iter_days().take_while(|d| *d <= to).collect()
 }
 
-fn parquet_batches(bytes: bytes::Bytes, what: &str) -> Result<Vec<RecordBatch>> {
+pub fn parquet_batches(bytes: bytes::Bytes, what: &str) -> Result<Vec<RecordBatch>> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| b.with_batch_size(READ_ROWS).build())
         .with_context(|| format!("reading {what}: not a Parquet file"))?;
     reader.map(|b| b.with_context(|| format!("reading {what}"))).collect()
 }
 
-fn column(batch: &RecordBatch, name: &str, to: &DataType, what: &str) -> Result<ArrayRef> {
+pub fn column(batch: &RecordBatch, name: &str, to: &DataType, what: &str) -> Result<ArrayRef> {
     let col = batch.column_by_name(name).ok_or_else(|| anyhow!("{what} has no column {name}"))?;
     arrow::compute::cast(col, to).with_context(|| format!("{what}: column {name} is not {to}"))
 }
@@ -83,6 +83,15 @@ fn i64_list() -> DataType {
 /// Files of one day partition of a `features/` table, sorted.
 pub async fn partition_files(lake: &Lake, table: &str, day: NaiveDate) -> Result<Vec<String>> {
     parquet_files(lake, &partition(table, &day_string(day))).await
+}
+
+/// Every batch of every Parquet file under `folder` (empty when there is none).
+pub async fn read_folder(lake: &Lake, folder: &str) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for file in parquet_files(lake, folder).await? {
+        out.extend(parquet_batches(lake.get(&file).await?, &file)?);
+    }
+    Ok(out)
 }
 
 /// The Parquet files under `folder`, sorted.

@@ -145,14 +145,8 @@ pub async fn evaluate(
     let builder = scorer.builder();
     let scores = scorer.predict(&rows)?;
     let labels: Vec<f32> = rows.iter().map(|r| r.label).collect();
-    let mut user_ids: HashMap<&str, u32> = HashMap::new();
-    let users: Vec<u32> = rows
-        .iter()
-        .map(|r| {
-            let n = user_ids.len() as u32;
-            *user_ids.entry(r.key.as_ref().map_or("", |k| k.user_id.as_str())).or_insert(n)
-        })
-        .collect();
+    // Every sample's user is in the user dictionary (the feature job adds them day by day).
+    let users: Vec<u32> = rows.iter().map(|r| r.user).collect();
     let auc = metrics::auc(&scores, &labels)?;
     let user_auc = metrics::user_auc(&scores, &labels, &users)?;
     let logloss = metrics::log_loss(&scores, &labels)?;
@@ -209,37 +203,18 @@ pub async fn evaluate(
 /// The AUC of the planted click probability on the same rows (generated worlds only).
 async fn oracle_auc(lake: &Lake, date: NaiveDate, rows: &[Row]) -> Result<Option<f64>> {
     let folder = partition(TRUTH_EXPOSURES, &day_string(date));
-    let files: Vec<String> = lake
-        .list(&folder)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|m| lake.relative(&m.location))
-        .filter(|p| p.ends_with(".parquet"))
-        .collect();
-    if files.is_empty() {
+    let batches = data::read_folder(lake, &folder).await?;
+    if batches.is_empty() {
         return Ok(None);
     }
     let mut truth: HashMap<(String, String), f64> = HashMap::new();
-    for f in files {
-        let reader =
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(lake.get(&f).await?)?.build()?;
-        for b in reader {
-            let b = b?;
-            let req = arrow::compute::cast(
-                b.column_by_name("request_id").context("truth without request_id")?,
-                &DataType::Utf8,
-            )?;
-            let item =
-                arrow::compute::cast(b.column_by_name("item_id").context("truth without item_id")?, &DataType::Utf8)?;
-            let p = arrow::compute::cast(
-                b.column_by_name("p_click").context("truth without p_click")?,
-                &DataType::Float64,
-            )?;
-            let (req, item, p) = (req.as_string::<i32>(), item.as_string::<i32>(), p.as_primitive::<Float64Type>());
-            for r in 0..b.num_rows() {
-                truth.insert((req.value(r).to_string(), item.value(r).to_string()), p.value(r));
-            }
+    for b in &batches {
+        let req = data::column(b, "request_id", &DataType::Utf8, &folder)?;
+        let item = data::column(b, "item_id", &DataType::Utf8, &folder)?;
+        let p = data::column(b, "p_click", &DataType::Float64, &folder)?;
+        let (req, item, p) = (req.as_string::<i32>(), item.as_string::<i32>(), p.as_primitive::<Float64Type>());
+        for r in 0..b.num_rows() {
+            truth.insert((req.value(r).to_string(), item.value(r).to_string()), p.value(r));
         }
     }
     let mut s = Vec::with_capacity(rows.len());
@@ -266,18 +241,14 @@ async fn training_exposures(lake: &Lake, record: &TrainingRecord) -> Result<Hash
     };
     let mut out = HashMap::new();
     for day in data::days(from, to) {
-        for f in data::partition_files(lake, DAILY_ITEM_COUNTS, day).await? {
-            let reader =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(lake.get(&f).await?)?.build()?;
-            for b in reader {
-                let b = b?;
-                let item = arrow::compute::cast(b.column_by_name("item_id").context("no item_id")?, &DataType::Utf8)?;
-                let n = arrow::compute::cast(b.column_by_name("exposures").context("no exposures")?, &DataType::Int64)?;
-                let (item, n) = (item.as_string::<i32>(), n.as_primitive::<Int64Type>());
-                for r in 0..b.num_rows() {
-                    if !item.is_null(r) && !n.is_null(r) {
-                        *out.entry(item.value(r).to_string()).or_insert(0) += n.value(r).max(0) as u64;
-                    }
+        let folder = partition(DAILY_ITEM_COUNTS, &day_string(day));
+        for b in data::read_folder(lake, &folder).await? {
+            let item = data::column(&b, "item_id", &DataType::Utf8, &folder)?;
+            let n = data::column(&b, "exposures", &DataType::Int64, &folder)?;
+            let (item, n) = (item.as_string::<i32>(), n.as_primitive::<Int64Type>());
+            for r in 0..b.num_rows() {
+                if !item.is_null(r) && !n.is_null(r) {
+                    *out.entry(item.value(r).to_string()).or_insert(0) += n.value(r).max(0) as u64;
                 }
             }
         }
@@ -410,26 +381,19 @@ pub fn items_batch(batch: &Batch) -> Result<Batch> {
     Ok(Batch::new(items, samples)?)
 }
 
+/// The planted profile of every category (generated worlds only; empty elsewhere).
 async fn category_profiles(lake: &Lake) -> HashMap<String, String> {
     let mut out = HashMap::new();
-    let Ok(files) = lake.list(TRUTH_CATEGORIES).await else { return out };
-    for f in files.into_iter().filter_map(|m| lake.relative(&m.location)).filter(|p| p.ends_with(".parquet")) {
-        let Ok(bytes) = lake.get(&f).await else { continue };
-        let Ok(reader) =
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build())
-        else {
+    for b in data::read_folder(lake, TRUTH_CATEGORIES).await.unwrap_or_default() {
+        let (Ok(c), Ok(p)) = (
+            data::column(&b, "category_id", &DataType::Utf8, TRUTH_CATEGORIES),
+            data::column(&b, "profile", &DataType::Utf8, TRUTH_CATEGORIES),
+        ) else {
             continue;
         };
-        for b in reader.flatten() {
-            let (Some(c), Some(p)) = (b.column_by_name("category_id"), b.column_by_name("profile")) else { continue };
-            let (Ok(c), Ok(p)) = (arrow::compute::cast(c, &DataType::Utf8), arrow::compute::cast(p, &DataType::Utf8))
-            else {
-                continue;
-            };
-            let (c, p) = (c.as_string::<i32>(), p.as_string::<i32>());
-            for r in 0..b.num_rows() {
-                out.insert(c.value(r).to_string(), p.value(r).to_string());
-            }
+        let (c, p) = (c.as_string::<i32>(), p.as_string::<i32>());
+        for r in 0..b.num_rows() {
+            out.insert(c.value(r).to_string(), p.value(r).to_string());
         }
     }
     out

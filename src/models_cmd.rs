@@ -98,12 +98,7 @@ pub async fn run(lake: &Lake, command: &ModelsCommand, out: &mut dyn Write) -> R
         }
         ModelsCommand::Show { spec, json } => {
             let (name, version) = registry.resolve(spec).await?;
-            let manifest = registry
-                .versions(&name)
-                .await?
-                .into_iter()
-                .find(|m| m.version == version)
-                .ok_or_else(|| anyhow::anyhow!("{name} has no version v{version}"))?;
+            let manifest = registry.manifest(&name, version).await?;
             let evals = evaluations(lake, &name, version).await;
             if *json {
                 writeln!(
@@ -171,18 +166,7 @@ pub async fn run(lake: &Lake, command: &ModelsCommand, out: &mut dyn Write) -> R
         ModelsCommand::Diff { a, b } => {
             let (na, va) = registry.resolve(a).await?;
             let (nb, vb) = registry.resolve(b).await?;
-            let find = |name: String, v: u32| {
-                let registry = registry.clone();
-                async move {
-                    registry
-                        .versions(&name)
-                        .await?
-                        .into_iter()
-                        .find(|m| m.version == v)
-                        .ok_or_else(|| anyhow::anyhow!("{name} has no version v{v}"))
-                }
-            };
-            let (ma, mb) = (find(na.clone(), va).await?, find(nb.clone(), vb).await?);
+            let (ma, mb) = (registry.manifest(&na, va).await?, registry.manifest(&nb, vb).await?);
             writeln!(out, "--- {na}@v{va}\n+++ {nb}@v{vb}")?;
             let mut lines = Vec::new();
             diff_json("", &ma.metadata, &mb.metadata, &mut lines);

@@ -101,16 +101,6 @@ pub struct TrainOutcome {
     pub peak_rss_mib: f64,
 }
 
-/// Peak resident memory of this process so far, MiB.
-pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 /// Where an unfinished run keeps its training state.
 fn work_dir(model: &str, run_key: &str) -> String {
     format!("_work/train/{model}/{}", &run_key[..16])
@@ -320,7 +310,7 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
             final_ctr_loss: t["final_ctr_loss"].as_f64(),
             waited_for_data_seconds: 0.0,
             data_wait_share: 0.0,
-            peak_rss_mib: peak_rss_mib(),
+            peak_rss_mib: marnflow_model::device::peak_rss_mib(),
         });
     }
 
@@ -551,7 +541,7 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
         final_ctr_loss,
         waited_for_data_seconds: waited.as_secs_f64(),
         data_wait_share: waited.as_secs_f64() / run_seconds.max(1e-9),
-        peak_rss_mib: peak_rss_mib(),
+        peak_rss_mib: marnflow_model::device::peak_rss_mib(),
     })
 }
 

@@ -38,10 +38,9 @@ fn world(batch_size: usize, dedup: bool, seed: u64) -> SyntheticSpec {
 
 /// Peak resident memory since the last reset, in MiB (Linux), resetting it afterwards.
 fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-    Some(kb / 1024.0)
+    let peak = marnflow_model::device::peak_rss_mib();
+    marnflow_model::device::reset_peak_rss();
+    peak.is_finite().then_some(peak)
 }
 
 /// Multiply-accumulates of one training forward pass, counted over the matrix products that

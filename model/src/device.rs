@@ -14,6 +14,22 @@ use burn::tensor::Device;
 
 use crate::error::{Error, Result};
 
+/// Peak resident memory of this process (Linux `VmHWM`), in MiB; NaN where `/proc` is missing.
+/// The host side of a device's memory: what benchmarks and `train` report.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Restarts the peak that [`peak_rss_mib`] reads (Linux; a no-op elsewhere).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 fn cuda_index(spec: &str, rest: &str) -> Result<usize> {
     rest.parse::<usize>().map_err(|_| Error::Device(format!("{spec:?}: expected cuda:N with N a GPU index")))
 }

@@ -214,13 +214,18 @@ impl Registry {
         Ok(out)
     }
 
+    /// The manifest of `model` version `version` alone (no file is read).
+    pub async fn manifest(&self, model: &str, version: u32) -> Result<Manifest> {
+        validate_name("model", model)?;
+        let path = self.path(&[model, "versions", &format!("v{version}"), "manifest.json"]);
+        serde_json::from_slice(&self.read(&path).await?)
+            .map_err(|e| Error::Registry(format!("{path}: not a manifest: {e}")))
+    }
+
     /// The manifest and files of `model` version `version`, every file checked against its sha256.
     pub async fn load(&self, model: &str, version: u32) -> Result<(Manifest, BTreeMap<String, Vec<u8>>)> {
-        validate_name("model", model)?;
+        let manifest = self.manifest(model, version).await?;
         let v = format!("v{version}");
-        let path = self.path(&[model, "versions", &v, "manifest.json"]);
-        let manifest: Manifest = serde_json::from_slice(&self.read(&path).await?)
-            .map_err(|e| Error::Registry(format!("{path}: not a manifest: {e}")))?;
         let mut files = BTreeMap::new();
         for f in &manifest.files {
             let p = self.path(&[model, "versions", &v, &f.name]);
