@@ -95,12 +95,15 @@ fn padding_never_changes_the_prediction() {
     let spec = SyntheticSpec { batch_size: 6, ..SyntheticSpec::default() };
     let batch = spec.batch().unwrap();
     let longer = pad_more(&batch, 5);
+    assert_same_predictions(&spec, &Variant::ALL, &batch, &longer);
+}
+
+/// Every variant of `variants` gives `a` and `b` the same predictions.
+fn assert_same_predictions(spec: &SyntheticSpec, variants: &[Variant], a: &Batch, b: &Batch) {
     let device = Device::flex();
-    for v in Variant::ALL {
+    for &v in variants {
         let model = tiny(v).init(&spec.inputs(), &device).unwrap();
-        let a = model.predict(&batch).unwrap();
-        let b = model.predict(&longer).unwrap();
-        assert_close(&a, &b, 1e-5);
+        assert_close(&model.predict(a).unwrap(), &model.predict(b).unwrap(), 1e-5);
     }
 }
 
@@ -111,13 +114,7 @@ fn distinct_item_computation_equals_per_slot_computation() {
     let dedup = spec.batch().unwrap();
     let per_slot = SyntheticSpec { dedup: false, ..spec.clone() }.batch().unwrap();
     assert!(dedup.n_items() < per_slot.n_items());
-    let device = Device::flex();
-    for v in [Variant::Marn, Variant::Conc, Variant::Din, Variant::Fm] {
-        let model = tiny(v).init(&spec.inputs(), &device).unwrap();
-        let a = model.predict(&dedup).unwrap();
-        let b = model.predict(&per_slot).unwrap();
-        assert_close(&a, &b, 1e-5);
-    }
+    assert_same_predictions(&spec, &[Variant::Marn, Variant::Conc, Variant::Din, Variant::Fm], &dedup, &per_slot);
 }
 
 #[test]
