@@ -588,6 +588,22 @@ pub struct BatchBuilder<'a> {
 }
 
 impl BatchBuilder<'_> {
+    /// A batch of just `items` of the day (each once, no sequence): what item-only passes need
+    /// (representations for export, MAF attention).
+    pub fn items(&self, items: &[u32]) -> Result<Batch> {
+        let empty = Row {
+            day: 0,
+            user: 0,
+            candidate: 0,
+            label: 0.0,
+            history: Vec::new(),
+            behavior: Vec::new(),
+            bucket: Vec::new(),
+            key: None,
+        };
+        self.build(&vec![&empty; items.len()], Some(items))
+    }
+
     /// The batch of `rows`, with the candidate of row `i` overridden by `candidates[i]` when given.
     pub fn build(&self, rows: &[&Row], candidates: Option<&[u32]>) -> Result<Batch> {
         let inputs = self.inputs;

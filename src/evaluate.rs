@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use chrono::NaiveDate;
-use marnflow_model::{metrics, Batch, ItemTable, Marn, Samples};
+use marnflow_model::{metrics, Marn};
 use marnflow_pipeline::contract::{TRUTH_CATEGORIES, TRUTH_EXPOSURES};
 use marnflow_pipeline::features::DAILY_ITEM_COUNTS;
 use marnflow_pipeline::lake::{partition, Lake};
@@ -334,9 +334,7 @@ async fn attention(
     let mut per_category: BTreeMap<String, (usize, Vec<f64>)> = BTreeMap::new();
     let m = model.modalities().len();
     for chunk in items.chunks(EVAL_BATCH) {
-        let refs: Vec<&Row> = std::iter::repeat_n(&rows[0], chunk.len()).collect();
-        let batch = builder.build(&refs, Some(chunk))?;
-        let only_items = items_batch(&batch)?;
+        let only_items = builder.items(chunk)?;
         let x = model.tensors(&only_items)?;
         let Some(values) = model.modality_attention(&x)? else { return Ok(None) };
         for (k, &item) in only_items.items().item.iter().enumerate() {
@@ -365,20 +363,6 @@ async fn attention(
         modalities: model.modalities().iter().map(|m| format!("{m:?}").to_lowercase()).collect(),
         categories,
     }))
-}
-
-/// The batch's item table with one sequence-less sample per item (what item-only passes need).
-pub fn items_batch(batch: &Batch) -> Result<Batch> {
-    let items: ItemTable = batch.items().clone();
-    let n = items.len() as u32;
-    let samples = Samples {
-        candidate: (0..n).collect(),
-        lengths: vec![0; n as usize],
-        seq_len: 0,
-        label: vec![0.0; n as usize],
-        ..Samples::default()
-    };
-    Ok(Batch::new(items, samples)?)
 }
 
 /// The planted profile of every category (generated worlds only; empty elsewhere).

@@ -12,8 +12,7 @@ use chrono::NaiveDate;
 use marnflow_pipeline::features::ITEMS;
 use marnflow_pipeline::lake::{write_parquet, Lake};
 
-use crate::data::{self, day_string, Row, Slice};
-use crate::evaluate::items_batch;
+use crate::data::{self, day_string, Slice};
 use crate::training;
 
 const CHUNK: usize = 1024;
@@ -66,23 +65,12 @@ pub async fn export_item_embeddings(
     let scorer = training::Scorer::open(lake, spec, day, device).await?;
     let (manifest, model, store) = (&scorer.manifest, &scorer.model, &scorer.store);
     let builder = scorer.builder();
-    let dummy = Row {
-        day: 0,
-        user: 0,
-        candidate: 0,
-        label: 0.0,
-        history: Vec::new(),
-        behavior: Vec::new(),
-        bucket: Vec::new(),
-        key: None,
-    };
     let (mut ids, mut categories, mut values) = (Vec::new(), Vec::new(), Vec::new());
     let mut width = 0;
-    for (start, chunk) in (0..store.len()).collect::<Vec<_>>().chunks(CHUNK).enumerate() {
-        let _ = start;
+    let table_rows: Vec<usize> = (0..store.len()).collect();
+    for chunk in table_rows.chunks(CHUNK) {
         let items: Vec<u32> = chunk.iter().map(|&r| store.item_index[r]).collect();
-        let refs: Vec<&Row> = std::iter::repeat_n(&dummy, items.len()).collect();
-        let batch = items_batch(&builder.build(&refs, Some(&items))?)?;
+        let batch = builder.items(&items)?;
         let x = model.tensors(&batch)?;
         let (rep, _) = model
             .item_representations(&x)
