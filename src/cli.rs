@@ -42,6 +42,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Write a synthetic e-commerce world (raw logs and ground truth) to the lake
     Generate(GenerateArgs),
+    /// Import a public dataset (MovieLens, Amazon) into the lake's raw logs
+    Import(ImportArgs),
     /// Build the feature tables of one day or a range: windows, labels, samples, items
     Features(FeaturesArgs),
     /// Run SQL over every table of the lake (DataFusion)
@@ -118,9 +120,13 @@ pub struct EvaluateArgs {
     #[arg(long, value_name = "NAME@X")]
     pub model: String,
 
-    /// Day to evaluate on
+    /// Day to evaluate on (the first day, with --to)
     #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date)]
     pub date: chrono::NaiveDate,
+
+    /// Last day of a range starting at --date: the rows of every day are pooled
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date)]
+    pub to: Option<chrono::NaiveDate>,
 
     /// Print one JSON object
     #[arg(long)]
@@ -381,6 +387,75 @@ pub enum SqlFormat {
 }
 
 #[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(subcommand)]
+    pub source: ImportSource,
+}
+
+/// Word vectors and output of every importer.
+#[derive(Debug, Args)]
+pub struct ImportCommon {
+    /// Pretrained word vectors for the titles (GloVe text format, plain or .gz); tokens without
+    /// one get a seeded random vector
+    #[arg(long, value_name = "FILE")]
+    pub word_vectors: Option<PathBuf>,
+
+    /// Width of the random word vectors (a --word-vectors file's own width wins)
+    #[arg(long, value_name = "D", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub word_dim: u64,
+
+    /// Seed of the random word vectors (and of Amazon's negative sampling)
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub seed: u64,
+
+    /// Fail when more than this share of the input lines cannot be imported
+    #[arg(long, value_name = "SHARE", default_value_t = 0.01)]
+    pub max_bad_share: f64,
+
+    /// Print the summary as one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportSource {
+    /// MovieLens-100K: the GroupLens layout (u.data, u.item, u.user) or RecBole's (*.inter, *.item, *.user)
+    Movielens {
+        /// The folder holding the files
+        #[arg(long, value_name = "DIR")]
+        input: PathBuf,
+
+        /// Ratings at or above this are clicks (label 1)
+        #[arg(long, value_name = "R", default_value_t = 4.0)]
+        positive_rating: f64,
+
+        #[command(flatten)]
+        common: ImportCommon,
+    },
+    /// Amazon product data (reviews, metadata, image features), JSON or Python-literal lines, plain or gzipped
+    Amazon {
+        /// Reviews: reviewerID, asin, unixReviewTime per line
+        #[arg(long, value_name = "FILE")]
+        reviews: PathBuf,
+
+        /// Metadata: asin, title, categories, brand, price per line
+        #[arg(long, value_name = "FILE")]
+        meta: PathBuf,
+
+        /// Image features: a 10-byte ASIN then --image-dim little-endian float32 values per record
+        #[arg(long, value_name = "FILE")]
+        image_features: Option<PathBuf>,
+
+        /// Floats per image feature record
+        #[arg(long, value_name = "D", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=65536))]
+        image_dim: u64,
+
+        #[command(flatten)]
+        common: ImportCommon,
+    },
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Seed of the demo world
     #[arg(long, value_name = "S", default_value_t = 7)]
@@ -389,6 +464,27 @@ pub struct DemoArgs {
     /// Folder of the demo's report (Table 3, plots)
     #[arg(long, value_name = "DIR", default_value = "demo-report")]
     pub report: PathBuf,
+
+    /// Run on MovieLens-100K instead of a generated world: the folder of u.data/u.item or of
+    /// RecBole's *.inter/*.item (e.g. ../shared/data/movielens-100k)
+    #[arg(long, value_name = "DIR")]
+    pub movielens: Option<PathBuf>,
+
+    /// MovieLens: import only the ratings from this day on (a shorter run) [default: all]
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date, requires = "movielens")]
+    pub since: Option<chrono::NaiveDate>,
+
+    /// MovieLens: the last N days are evaluated on (pooled), the days before are trained on
+    #[arg(long, value_name = "N", default_value_t = 14, value_parser = clap::value_parser!(u32).range(1..=365))]
+    pub test_days: u32,
+
+    /// Passes over the training days (overrides train.epochs)
+    #[arg(long, value_name = "E", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub epochs: Option<u32>,
+
+    /// Models to train, comma-separated [default: the paper's baselines and MARN variants]
+    #[arg(long, value_name = "V,V,…", value_delimiter = ',')]
+    pub variants: Vec<String>,
 }
 
 fn parse_date(s: &str) -> Result<chrono::NaiveDate, String> {

@@ -31,6 +31,7 @@ pub struct TrainSection {
     pub epochs: u32,
     pub batch_size: usize,
     pub learning_rate: f64,
+    pub initial_accumulator: f64,
     pub representation_dim: usize,
     pub modality_dim: usize,
     pub gru_dim: usize,
@@ -56,7 +57,8 @@ impl Default for TrainSection {
             variant: "marn".into(),
             epochs: 1,
             batch_size: 256,
-            learning_rate: 0.1,
+            learning_rate: 0.05,
+            initial_accumulator: 0.00001,
             representation_dim: 256,
             modality_dim: 128,
             gru_dim: 128,
@@ -112,6 +114,9 @@ impl TrainSection {
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             p.push(format!("train.learning_rate = {} must be a number > 0", self.learning_rate));
+        }
+        if !(self.initial_accumulator.is_finite() && self.initial_accumulator >= 0.0) {
+            p.push(format!("train.initial_accumulator = {} must be a number >= 0", self.initial_accumulator));
         }
         if !(self.lambda0.is_finite() && self.lambda0 >= 0.0) {
             p.push(format!("train.lambda0 = {} must be a number >= 0", self.lambda0));
@@ -180,6 +185,10 @@ impl std::error::Error for ConfigError {}
 /// Environment variables that are not config keys but belong to marnflow.
 const ENV_NOT_KEYS: [&str; 2] = ["MARNFLOW_CONFIG", "MARNFLOW_LOG_FORMAT"];
 
+/// Prefix of the variables the test suite reads (`MARNFLOW_TEST_S3_ENDPOINT`, set by
+/// `ops/s3-server.sh`): never config keys, so a shell that exported them still runs marnflow.
+const ENV_TEST_PREFIX: &str = "MARNFLOW_TEST_";
+
 impl Config {
     /// Defaults, overlaid by `text` (a TOML document, `origin` names it in messages), then by
     /// the `MARNFLOW_*` variables of `env`.
@@ -199,7 +208,7 @@ impl Config {
         let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("MARNFLOW_")).collect();
         env.sort();
         for (name, raw) in env {
-            if ENV_NOT_KEYS.contains(&name.as_str()) {
+            if ENV_NOT_KEYS.contains(&name.as_str()) || name.starts_with(ENV_TEST_PREFIX) {
                 continue;
             }
             match env_key(&defaults, &name) {
@@ -369,8 +378,11 @@ mod tests {
     #[test]
     fn precedence_is_file_then_env() {
         let file = "lake = \"/from/file\"\n[generate]\nusers = 10\nitems = 20\n";
-        let env =
-            vec![("MARNFLOW_GENERATE_USERS".to_string(), "30".to_string()), ("HOME".to_string(), "/root".to_string())];
+        let env = vec![
+            ("MARNFLOW_GENERATE_USERS".to_string(), "30".to_string()),
+            ("HOME".to_string(), "/root".to_string()),
+            ("MARNFLOW_TEST_S3_ENDPOINT".to_string(), "http://127.0.0.1:9000".to_string()),
+        ];
         let cfg = Config::layered(Some(("f.toml", file)), env).unwrap();
         assert_eq!(cfg.lake, "/from/file");
         assert_eq!(cfg.generate.users, 30);

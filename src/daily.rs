@@ -150,6 +150,7 @@ pub async fn run_day(
                     lake,
                     &format!("{model}@v{v}"),
                     eval_date,
+                    eval_date,
                     eval_slice,
                     &settings.device,
                     settings.recall_users,

@@ -537,12 +537,14 @@ pub fn rows_of(
     Ok(())
 }
 
-/// Every row of `day` (in file order), for evaluation and scoring.
+/// Every row of `day` (in file order), for evaluation and scoring; `day_index` is the day's
+/// position among the days scored together (its item table in the batch builder).
 pub async fn read_day(
     lake: &Lake,
     vocab: &Vocab,
     inputs: &ModelInputs,
     day: NaiveDate,
+    day_index: u16,
     slice: Slice,
 ) -> Result<Vec<Row>> {
     let files = partition_files(lake, SAMPLES, day).await?;
@@ -552,7 +554,7 @@ pub async fn read_day(
     let mut rows = Vec::new();
     for file in files {
         for b in parquet_batches(lake.get(&file).await?, &file)? {
-            rows_of(&b, 0, vocab, inputs, slice, true, &file, &mut rows)?;
+            rows_of(&b, day_index, vocab, inputs, slice, true, &file, &mut rows)?;
         }
     }
     Ok(rows)

@@ -1,4 +1,5 @@
-//! `marnflow evaluate`: a registered version on one day's samples.
+//! `marnflow evaluate`: a registered version on one day's samples, or a range of days' pooled
+//! (`--date D1 --to D2`, the label `D1_D2`).
 //!
 //! - AUC, user-averaged AUC (paper Eq. 11: users with at least one click and one non-click;
 //!   plain and impression-weighted), log loss.
@@ -128,20 +129,33 @@ pub async fn saved_evaluation(lake: &Lake, model: &str, version: u32, date: &str
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Evaluates `spec` (NAME@ALIAS or NAME@vN) on `date`.
+/// The label of an evaluation period: `D`, or `D1_D2` for the days from D1 to D2.
+pub fn period(from: NaiveDate, to: NaiveDate) -> String {
+    if from == to {
+        day_string(from)
+    } else {
+        format!("{}_{}", day_string(from), day_string(to))
+    }
+}
+
+/// Evaluates `spec` (NAME@ALIAS or NAME@vN) on the days `from` to `to`, their rows pooled.
+#[allow(clippy::too_many_arguments)]
 pub async fn evaluate(
     lake: &Lake,
     spec: &str,
-    date: NaiveDate,
+    from: NaiveDate,
+    to: NaiveDate,
     slice: Slice,
     device: &str,
     recall_users: usize,
 ) -> Result<Evaluation> {
     let started = std::time::Instant::now();
-    let scorer = training::Scorer::open(lake, spec, date, device).await?;
+    anyhow::ensure!(to >= from, "the evaluation period ends ({to}) before it starts ({from})");
+    let days = data::days(from, to);
+    let scorer = training::Scorer::open(lake, spec, &days, device).await?;
     let (manifest, model, record, store) = (&scorer.manifest, &scorer.model, &scorer.record, &scorer.store);
-    let rows = scorer.rows(lake, date, slice).await?;
-    anyhow::ensure!(!rows.is_empty(), "{} has no rows to evaluate ({slice:?})", day_string(date));
+    let rows = scorer.rows(lake, slice).await?;
+    anyhow::ensure!(!rows.is_empty(), "{} has no rows to evaluate ({slice:?})", period(from, to));
     let builder = scorer.builder();
     let scores = scorer.predict(&rows)?;
     let labels: Vec<f32> = rows.iter().map(|r| r.label).collect();
@@ -150,7 +164,7 @@ pub async fn evaluate(
     let auc = metrics::auc(&scores, &labels)?;
     let user_auc = metrics::user_auc(&scores, &labels, &users)?;
     let logloss = metrics::log_loss(&scores, &labels)?;
-    let oracle_auc = oracle_auc(lake, date, &rows).await?;
+    let oracle_auc = oracle_auc(lake, &days, &rows).await?;
 
     // Popularity in training: exposures per item over the training days.
     let popularity = match &record {
@@ -180,7 +194,7 @@ pub async fn evaluate(
         model: manifest.model.clone(),
         version: manifest.version,
         variant: model.variant().as_str().to_string(),
-        date: day_string(date),
+        date: period(from, to),
         slice: format!("{slice:?}"),
         rows: rows.len(),
         positives: labels.iter().filter(|&&l| l == 1.0).count(),
@@ -201,21 +215,22 @@ pub async fn evaluate(
 }
 
 /// The AUC of the planted click probability on the same rows (generated worlds only).
-async fn oracle_auc(lake: &Lake, date: NaiveDate, rows: &[Row]) -> Result<Option<f64>> {
-    let folder = partition(TRUTH_EXPOSURES, &day_string(date));
-    let batches = data::read_folder(lake, &folder).await?;
-    if batches.is_empty() {
-        return Ok(None);
-    }
+async fn oracle_auc(lake: &Lake, days: &[NaiveDate], rows: &[Row]) -> Result<Option<f64>> {
     let mut truth: HashMap<(String, String), f64> = HashMap::new();
-    for b in &batches {
-        let req = data::column(b, "request_id", &DataType::Utf8, &folder)?;
-        let item = data::column(b, "item_id", &DataType::Utf8, &folder)?;
-        let p = data::column(b, "p_click", &DataType::Float64, &folder)?;
-        let (req, item, p) = (req.as_string::<i32>(), item.as_string::<i32>(), p.as_primitive::<Float64Type>());
-        for r in 0..b.num_rows() {
-            truth.insert((req.value(r).to_string(), item.value(r).to_string()), p.value(r));
+    for &day in days {
+        let folder = partition(TRUTH_EXPOSURES, &day_string(day));
+        for b in &data::read_folder(lake, &folder).await? {
+            let req = data::column(b, "request_id", &DataType::Utf8, &folder)?;
+            let item = data::column(b, "item_id", &DataType::Utf8, &folder)?;
+            let p = data::column(b, "p_click", &DataType::Float64, &folder)?;
+            let (req, item, p) = (req.as_string::<i32>(), item.as_string::<i32>(), p.as_primitive::<Float64Type>());
+            for r in 0..b.num_rows() {
+                truth.insert((req.value(r).to_string(), item.value(r).to_string()), p.value(r));
+            }
         }
+    }
+    if truth.is_empty() {
+        return Ok(None);
     }
     let mut s = Vec::with_capacity(rows.len());
     let mut l = Vec::with_capacity(rows.len());

@@ -27,6 +27,7 @@ use config::{Config, ConfigError};
 
 /// The demo world's configuration, embedded so `marnflow demo` needs no file.
 const DEMO_CONFIG: &str = include_str!("../configs/demo.toml");
+const MOVIELENS_CONFIG: &str = include_str!("../configs/movielens.toml");
 /// Analyst queries the demo shows (they live in sql/analysis/ for everyone to reuse).
 const DEMO_QUERIES: [(&str, &str); 4] = [
     ("rows and click rate per day", include_str!("../sql/analysis/rows_per_day.sql")),
@@ -98,13 +99,26 @@ fn run(cli: Cli) -> Result<()> {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     match cli.command {
         Command::Demo(ref args) => {
-            let mut cfg = Config::layered(Some(("embedded configs/demo.toml", DEMO_CONFIG)), std::iter::empty())?;
+            let base = match args.movielens {
+                Some(_) => ("embedded configs/movielens.toml", MOVIELENS_CONFIG),
+                None => ("embedded configs/demo.toml", DEMO_CONFIG),
+            };
+            let mut cfg = Config::layered(Some(base), std::iter::empty())?;
             cfg.generate.seed = args.seed;
+            if let Some(e) = args.epochs {
+                cfg.train.epochs = e;
+            }
             if let Some(lake) = &cli.lake {
                 cfg.lake = lake.clone();
             }
             cfg.validate()?;
-            runtime.block_on(demo(&cfg, &args.report))
+            for v in &args.variants {
+                parse_variant(v)?;
+            }
+            match &args.movielens {
+                Some(dir) => runtime.block_on(demo_movielens(&cfg, args, dir)),
+                None => runtime.block_on(demo(&cfg, args)),
+            }
         }
         Command::Generate(ref args) => {
             let mut cfg = load_config(&cli)?;
@@ -118,6 +132,10 @@ fn run(cli: Cli) -> Result<()> {
                 print_summary(&lake, &summary, &mut std::io::stdout())?;
             }
             Ok(())
+        }
+        Command::Import(ref args) => {
+            let (_, lake) = open_lake(&cli)?;
+            runtime.block_on(import(&lake, &args.source))
         }
         Command::Features(ref args) => {
             let mut cfg = load_config(&cli)?;
@@ -225,6 +243,7 @@ fn run(cli: Cli) -> Result<()> {
                 &lake,
                 &args.model,
                 args.date,
+                args.to.unwrap_or(args.date),
                 data::Slice::All,
                 &cfg.train.device,
                 cfg.train.recall_users,
@@ -505,10 +524,81 @@ fn print_summary(lake: &Lake, s: &WorldSummary, out: &mut dyn Write) -> Result<(
     Ok(())
 }
 
+async fn import(lake: &Lake, source: &cli::ImportSource) -> Result<()> {
+    use marnflow_pipeline::import;
+    let common = match source {
+        cli::ImportSource::Movielens { common, .. } | cli::ImportSource::Amazon { common, .. } => common,
+    };
+    if !(0.0..=1.0).contains(&common.max_bad_share) {
+        bail!(ConfigError(vec![format!("--max-bad-share {} is not in 0..1", common.max_bad_share)]));
+    }
+    let (name, data) = match source {
+        cli::ImportSource::Movielens { input, positive_rating, .. } => {
+            ("movielens", import::movielens::read(input, *positive_rating)?)
+        }
+        cli::ImportSource::Amazon { reviews, meta, image_features, image_dim, .. } => {
+            let input = import::amazon::AmazonInput {
+                reviews: reviews.clone(),
+                meta: meta.clone(),
+                image_features: image_features.clone(),
+                image_dim: *image_dim as usize,
+                seed: common.seed,
+            };
+            ("amazon", import::amazon::read(&input)?)
+        }
+    };
+    let words = import::WordVectorSource {
+        file: common.word_vectors.clone(),
+        dim: common.word_dim as usize,
+        seed: common.seed,
+    };
+    let s = import::write(lake, name, data, &words, common.max_bad_share).await?;
+    if common.json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "imported {} into {}", s.source, s.lake)?;
+    writeln!(out, "  {:<22} {} .. {} ({} days)", "days", s.first_day, s.last_day, s.days)?;
+    for (k, v) in [
+        ("users", s.users as u64),
+        ("items", s.items as u64),
+        ("categories", s.categories as u64),
+        ("exposures", s.exposures),
+        ("clicks", s.clicks),
+        ("items with an image", s.items_with_image as u64),
+        ("title tokens", s.tokens as u64),
+        ("  with a pretrained vector", s.tokens_pretrained as u64),
+        ("lines read", s.lines_read),
+        ("lines quarantined", s.lines_quarantined),
+    ] {
+        writeln!(out, "  {k:<22} {v}")?;
+    }
+    writeln!(out, "  {:<22} {:.4}", "click rate", s.click_rate)?;
+    for (reason, n) in &s.quarantine_reasons {
+        writeln!(out, "    {n} × {reason}")?;
+    }
+    if let Some(q) = &s.quarantine {
+        writeln!(
+            out,
+            "  quarantined lines are in {q}/ (marnflow sql \"SELECT * FROM quarantine.import_{}\")",
+            s.source
+        )?;
+    }
+    for (k, v) in &s.notes {
+        writeln!(out, "  {k:<22} {v}")?;
+    }
+    writeln!(out, "next: marnflow --lake {} features --from {} --to {}", s.lake, s.first_day, s.last_day)?;
+    Ok(())
+}
+
 /// The models the demo trains, in the order of the paper's Table 3 (baselines first).
 const DEMO_VARIANTS: [&str; 4] = ["youtube_net", "ids", "conc", "marn"];
 
-async fn demo(cfg: &Config, report: &std::path::Path) -> Result<()> {
+/// The models of the MovieLens demo: baselines, then MARN's ablations (no images there).
+const MOVIELENS_VARIANTS: [&str; 7] = ["lr", "youtube_net", "din", "ids", "conc", "maf", "marn"];
+
+async fn demo(cfg: &Config, args: &cli::DemoArgs) -> Result<()> {
     let lake = Lake::open(&cfg.lake)?;
     let demo_started = std::time::Instant::now();
     let started = std::time::Instant::now();
@@ -539,16 +629,97 @@ async fn demo(cfg: &Config, report: &std::path::Path) -> Result<()> {
     let train_to = last - chrono::Duration::days(1);
     writeln!(out, "\ntraining on {first} .. {train_to}, evaluating on {last} (the paper's Table 3, on this world):")?;
     out.flush()?;
+    drop(out);
+    let names = variant_list(&args.variants, &DEMO_VARIANTS);
+    let rows = compare_models(&lake, cfg, "demo", &names, (first, train_to), (last, last), &args.report).await?;
+    finish_demo(cfg, &rows, &format!("on {last}"), &args.report, demo_started)
+}
+
+/// The MovieLens demo: import, features, then the models trained on all but the last
+/// `--test-days` days and evaluated on those, pooled.
+async fn demo_movielens(cfg: &Config, args: &cli::DemoArgs, dir: &std::path::Path) -> Result<()> {
+    use marnflow_pipeline::import;
+    let lake = Lake::open(&cfg.lake)?;
+    let demo_started = std::time::Instant::now();
+    let mut data = import::movielens::read(dir, 4.0)?;
+    if let Some(since) = args.since {
+        let start = since.and_hms_opt(0, 0, 0).context("--since")?.and_utc().timestamp_millis();
+        let before = data.interactions.len();
+        data.interactions.retain(|i| i.time_ms >= start);
+        let left_out = before - data.interactions.len();
+        data.notes.insert("ratings_before_since".into(), serde_json::json!(left_out));
+        tracing::info!(%since, left_out, "--since: ratings before it are not imported");
+    }
+    let words = import::WordVectorSource { file: None, dim: 32, seed: 1 };
+    let s = import::write(&lake, "movielens", data, &words, 0.01).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "imported MovieLens from {}: {} ratings ({} clicks: rating >= 4) of {} users on {} movies, {} .. {}",
+        dir.display(),
+        s.exposures,
+        s.clicks,
+        s.users,
+        s.items,
+        s.first_day,
+        s.last_day
+    )?;
+    let parse = |d: &str| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").context("import summary date");
+    let (first, last) = (parse(&s.first_day)?, parse(&s.last_day)?);
+    let from = first;
+    let test_from = last - chrono::Duration::days(i64::from(args.test_days) - 1);
+    anyhow::ensure!(
+        test_from > from,
+        "--since {from} leaves no day to train on before the {} test days from {test_from}",
+        args.test_days
+    );
+    let started = std::time::Instant::now();
+    writeln!(out, "building features for {from} .. {last} ({} days)", (last - from).num_days() + 1)?;
+    out.flush()?;
+    let reports = run_features(&lake, &cfg.features, from, last, None).await.context("building MovieLens features")?;
+    let samples: u64 = reports.iter().map(|r| r.samples).sum();
+    writeln!(out, "  {samples} samples in {:.1}s", started.elapsed().as_secs_f64())?;
+    let train_to = test_from - chrono::Duration::days(1);
+    writeln!(out, "\ntraining on {from} .. {train_to}, evaluating on {test_from} .. {last} (pooled):")?;
+    out.flush()?;
+    drop(out);
+    let names = variant_list(&args.variants, &MOVIELENS_VARIANTS);
+    let rows =
+        compare_models(&lake, cfg, "movielens", &names, (from, train_to), (test_from, last), &args.report).await?;
+    finish_demo(cfg, &rows, &format!("MovieLens-100K, {test_from} .. {last}"), &args.report, demo_started)
+}
+
+fn variant_list(given: &[String], default: &[&str]) -> Vec<String> {
+    if given.is_empty() {
+        default.iter().map(|v| v.to_string()).collect()
+    } else {
+        given.to_vec()
+    }
+}
+
+type Compared = (String, training::TrainOutcome, evaluate::Evaluation);
+
+/// Trains each of `names` as `<prefix>-<name>` on `train`, evaluates it on `eval` and writes its
+/// report into `report/<name>/`.
+async fn compare_models(
+    lake: &Lake,
+    cfg: &Config,
+    prefix: &str,
+    names: &[String],
+    train: (chrono::NaiveDate, chrono::NaiveDate),
+    eval: (chrono::NaiveDate, chrono::NaiveDate),
+    report: &std::path::Path,
+) -> Result<Vec<Compared>> {
     let mut rows = Vec::new();
-    for name in DEMO_VARIANTS {
+    for name in names {
         let variant = parse_variant(name)?;
         let started = std::time::Instant::now();
         let outcome = training::train(
-            &lake,
+            lake,
             &training::TrainRequest {
-                model: format!("demo-{name}"),
-                from: first,
-                to: train_to,
+                model: format!("{prefix}-{name}"),
+                from: train.0,
+                to: train.1,
                 variant,
                 settings: cfg.train.clone(),
                 warm_start: None,
@@ -559,21 +730,41 @@ async fn demo(cfg: &Config, report: &std::path::Path) -> Result<()> {
         )
         .await
         .with_context(|| format!("training {name}"))?;
-        let spec = format!("demo-{name}@v{}", outcome.version);
-        let e = evaluate::evaluate(&lake, &spec, last, data::Slice::All, &cfg.train.device, cfg.train.recall_users)
-            .await
-            .with_context(|| format!("evaluating {name}"))?;
-        let (_, files) = training::load_version(&lake, &spec).await?;
+        let spec = format!("{prefix}-{name}@v{}", outcome.version);
+        let e = evaluate::evaluate(
+            lake,
+            &spec,
+            eval.0,
+            eval.1,
+            data::Slice::All,
+            &cfg.train.device,
+            cfg.train.recall_users,
+        )
+        .await
+        .with_context(|| format!("evaluating {name}"))?;
+        let (_, files) = training::load_version(lake, &spec).await?;
         evaluate::write_report(&report.join(name), &e, training::training_record(&files).as_ref())?;
-        tracing::info!(model = name, seconds = started.elapsed().as_secs_f64(), "trained and evaluated");
-        rows.push((name, outcome, e));
+        tracing::info!(model = %name, seconds = started.elapsed().as_secs_f64(), "trained and evaluated");
+        rows.push((name.clone(), outcome, e));
     }
-    let table = demo_table(&rows);
+    Ok(rows)
+}
+
+/// Prints and writes the comparison table and the decile chart.
+fn finish_demo(
+    cfg: &Config,
+    rows: &[Compared],
+    period: &str,
+    report: &std::path::Path,
+    started: std::time::Instant,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let table = demo_table(rows);
     writeln!(out, "{table}")?;
     std::fs::create_dir_all(report).with_context(|| format!("cannot create {}", report.display()))?;
     std::fs::write(report.join("table3.md"), &table).with_context(|| format!("cannot write {}", report.display()))?;
     let deciles = plot::BarChart {
-        title: format!("AUC per item-popularity decile on {last} (Table 4)"),
+        title: format!("AUC per item-popularity decile, {period} (Table 4)"),
         y_label: "AUC".into(),
         labels: (1..=10).map(|d| d.to_string()).collect(),
         groups: rows
@@ -594,14 +785,14 @@ async fn demo(cfg: &Config, report: &std::path::Path) -> Result<()> {
         report.display(),
         report.display()
     )?;
-    writeln!(out, "demo finished in {:.1}s", demo_started.elapsed().as_secs_f64())?;
+    writeln!(out, "demo finished in {:.1}s", started.elapsed().as_secs_f64())?;
     writeln!(out, "\nquery it yourself: marnflow --lake {} sql \"SHOW TABLES\"", cfg.lake)?;
     writeln!(out, "the registry: marnflow --lake {} models list", cfg.lake)?;
     Ok(())
 }
 
 /// The Table-3-shaped comparison of the demo.
-fn demo_table(rows: &[(&str, training::TrainOutcome, evaluate::Evaluation)]) -> String {
+fn demo_table(rows: &[Compared]) -> String {
     let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
     let mut s = String::from(
         "| model | AUC | user AUC | log loss | AUC deciles 1-3 | AUC unseen items | recall@50 unseen | train samples/s |\n|---|---|---|---|---|---|---|---|\n",
@@ -621,6 +812,8 @@ fn demo_table(rows: &[(&str, training::TrainOutcome, evaluate::Evaluation)]) -> 
             t.samples_per_second
         );
     }
-    s += &format!("| Bayes-optimal (truth/) | {} | | | | | | |\n", f(oracle));
+    if oracle.is_some() {
+        s += &format!("| Bayes-optimal (truth/) | {} | | | | | | |\n", f(oracle));
+    }
     s
 }

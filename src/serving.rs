@@ -62,7 +62,7 @@ pub async fn export_item_embeddings(
         Some(d) => d,
         None => last_feature_day(lake).await?,
     };
-    let scorer = training::Scorer::open(lake, spec, day, device).await?;
+    let scorer = training::Scorer::open(lake, spec, &[day], device).await?;
     let (manifest, model, store) = (&scorer.manifest, &scorer.model, &scorer.store);
     let builder = scorer.builder();
     let (mut ids, mut categories, mut values) = (Vec::new(), Vec::new(), Vec::new());
@@ -105,8 +105,8 @@ pub async fn export_item_embeddings(
 
 /// Writes `request_id`, `user_id`, `item_id`, `probability` for every sample row of `date`.
 pub async fn score(lake: &Lake, spec: &str, date: NaiveDate, out: &str, device: &str) -> Result<usize> {
-    let scorer = training::Scorer::open(lake, spec, date, device).await?;
-    let rows = scorer.rows(lake, date, Slice::All).await?;
+    let scorer = training::Scorer::open(lake, spec, &[date], device).await?;
+    let rows = scorer.rows(lake, Slice::All).await?;
     let probability = scorer.predict(&rows)?;
     let key = |f: fn(&data::RowKey) -> &str| -> StringArray {
         rows.iter().map(|r| Some(r.key.as_deref().map_or("", f))).collect()

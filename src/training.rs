@@ -194,15 +194,17 @@ pub async fn load_model(
     Ok((manifest, model, files))
 }
 
-/// A registered model ready to score one day: the model on its device, the dictionaries, and
-/// the day's item side table read the way the model was trained.
+/// A registered model ready to score one day or several: the model on its device, the
+/// dictionaries, and each day's item side table read the way the model was trained.
 pub struct Scorer {
     pub manifest: Manifest,
     pub model: Marn,
     pub record: Option<TrainingRecord>,
     pub vocab: Vocab,
+    /// The item side table of the last day.
     pub store: Arc<data::ItemStore>,
     stores: std::collections::HashMap<u16, Arc<data::ItemStore>>,
+    days: Vec<NaiveDate>,
 }
 
 impl std::fmt::Debug for Scorer {
@@ -212,30 +214,39 @@ impl std::fmt::Debug for Scorer {
 }
 
 impl Scorer {
-    /// Loads `spec` (NAME@ALIAS or NAME@vN) on `device` with the item table of `day`.
-    pub async fn open(lake: &Lake, spec: &str, day: NaiveDate, device: &str) -> Result<Self> {
+    /// Loads `spec` (NAME@ALIAS or NAME@vN) on `device` with the item tables of `days` (at least one).
+    pub async fn open(lake: &Lake, spec: &str, days: &[NaiveDate], device: &str) -> Result<Self> {
+        let last = *days.last().ok_or_else(|| anyhow!("no day to score"))?;
         let device = parse_device(device)?;
         let (manifest, model, files) = load_model(lake, spec, &device).await?;
         let record = training_record(&files);
         let vocab = Vocab::load(lake).await?;
         let stat_columns = match &record {
             Some(r) => r.spec.stat_columns.clone(),
-            None => DataSpec::discover(lake, &vocab, day).await?.stat_columns,
+            None => DataSpec::discover(lake, &vocab, last).await?.stat_columns,
         };
         let data_spec = DataSpec { inputs: model.inputs().clone(), stat_columns };
-        let store = Arc::new(data::ItemStore::load(lake, day, &data_spec, &vocab).await?);
-        let stores = [(0u16, store.clone())].into();
-        Ok(Self { manifest, model, record, vocab, store, stores })
+        let mut stores = std::collections::HashMap::new();
+        for (i, &day) in days.iter().enumerate() {
+            let index = u16::try_from(i).map_err(|_| anyhow!("at most {} days can be scored at once", u16::MAX))?;
+            stores.insert(index, Arc::new(data::ItemStore::load(lake, day, &data_spec, &vocab).await?));
+        }
+        let store = stores[&((days.len() - 1) as u16)].clone();
+        Ok(Self { manifest, model, record, vocab, store, stores, days: days.to_vec() })
     }
 
-    /// Builds batches of rows of the day (rows read with day index 0).
+    /// Builds batches of rows of the scorer's days.
     pub fn builder(&self) -> data::BatchBuilder<'_> {
         data::BatchBuilder { inputs: self.model.inputs(), stores: &self.stores }
     }
 
-    /// The day's rows, ids mapped for this model.
-    pub async fn rows(&self, lake: &Lake, day: NaiveDate, slice: Slice) -> Result<Vec<data::Row>> {
-        data::read_day(lake, &self.vocab, self.model.inputs(), day, slice).await
+    /// The rows of every day, in day order, ids mapped for this model.
+    pub async fn rows(&self, lake: &Lake, slice: Slice) -> Result<Vec<data::Row>> {
+        let mut rows = Vec::new();
+        for (i, &day) in self.days.iter().enumerate() {
+            rows.extend(data::read_day(lake, &self.vocab, self.model.inputs(), day, i as u16, slice).await?);
+        }
+        Ok(rows)
     }
 
     /// Click probabilities of `rows`, in batches.
@@ -282,6 +293,7 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
         "epochs": settings.epochs,
         "batch_size": settings.batch_size,
         "learning_rate": settings.learning_rate,
+        "initial_accumulator": settings.initial_accumulator,
         "seed": settings.seed,
         "shuffle_buffer": settings.shuffle_buffer,
         "warm_start": warm,
@@ -333,7 +345,11 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
         model = checkpoint::grow_into(&old, model).with_context(|| format!("warm-starting from {name}@v{version}"))?;
         info!(from = %format!("{name}@v{version}"), "warm start: new ids get fresh embedding rows");
     }
-    let optimizer = TrainConfig { learning_rate: settings.learning_rate, ..TrainConfig::default() };
+    let optimizer = TrainConfig {
+        learning_rate: settings.learning_rate,
+        initial_accumulator: settings.initial_accumulator,
+        ..TrainConfig::default()
+    };
 
     // Resume from the last checkpoint of this exact run, if asked and present.
     let mut state = ResumeState {

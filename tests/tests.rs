@@ -1,6 +1,9 @@
 //! End-to-end tests of the `marnflow` binary on generated worlds.
 
 mod features;
+mod import;
+mod ops;
+mod s3;
 mod training;
 mod util;
 

@@ -46,6 +46,10 @@ pub enum PipelineError {
     #[error("{0}")]
     Sql(#[from] datafusion::error::DataFusionError),
 
+    /// An input file of an importer cannot be used: what is wrong, and where.
+    #[error("cannot import {path}: {reason}")]
+    Input { path: String, reason: String },
+
     /// Writing results to a local file failed.
     #[error("cannot write {path}: {source}")]
     Io {
@@ -87,6 +91,6 @@ impl PipelineError {
 
     /// True for errors caused by the user's configuration or arguments (exit code 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Self::Config(_) | Self::LakeOpen { .. })
+        matches!(self, Self::Config(_) | Self::LakeOpen { .. } | Self::Input { .. })
     }
 }

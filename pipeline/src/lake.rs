@@ -1,13 +1,24 @@
 //! The lake: one root URI on object storage under which every table lives.
 //!
 //! A local path (the default `./lake`), `file://…`, `s3://bucket/prefix` (AWS or any
-//! S3-compatible server, configured by the standard `AWS_*` environment variables) or
-//! `memory://` (tests). Tables are Parquet files in Hive partitions (`dt=YYYY-MM-DD`).
+//! S3-compatible server) or `memory://` (tests). Tables are Parquet files in Hive partitions
+//! (`dt=YYYY-MM-DD`).
 //!
-//! Writes are published atomically: a file is written under `_staging/` (which no reader lists)
-//! and then renamed into place, so a reader never sees a half-written file, even if the writer is
-//! killed. Re-publishing a partition replaces that partition's file and nothing else.
+//! Writes are published atomically, so a reader never sees a half-written file, even if the
+//! writer is killed, and re-publishing a partition replaces that partition's file and nothing
+//! else. On a local disk (and in memory) a file is written under `_staging/` (which no reader
+//! lists) and then renamed into place. S3 has no rename (object_store would copy and delete, and
+//! a single copy stops at 5 GiB), but a PUT, or a completed multipart upload, appears whole or
+//! not at all: there a file is written in place, and an unfinished one is never visible.
+//!
+//! S3 settings come from the standard `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
+//! `AWS_ALLOW_HTTP`, … as [`AmazonS3Builder::from_env`] reads them), then from the shared
+//! profile files (`AWS_PROFILE`, `~/.aws/credentials`, `~/.aws/config`) for what the variables
+//! leave out, then from the platform (web identity, container or instance credentials).
+//! Credentials are never part of the lake URI, messages or logs.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +26,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -23,6 +35,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::async_writer::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use tracing::debug;
 use url::Url;
 
 use crate::error::{PipelineError, Result};
@@ -39,6 +52,9 @@ pub struct Lake {
     store: Arc<dyn ObjectStore>,
     root: Path,
     base_url: Url,
+    /// Whether a file is written at its final place (S3: a PUT is atomic) rather than staged
+    /// and renamed.
+    writes_in_place: bool,
 }
 
 impl fmt::Debug for Lake {
@@ -50,6 +66,11 @@ impl fmt::Debug for Lake {
 impl Lake {
     /// Opens the lake at `uri` without touching storage.
     pub fn open(uri: &str) -> Result<Self> {
+        Self::open_with_env(uri, &std::env::vars().collect())
+    }
+
+    /// [`Lake::open`] with `env` in place of the process environment (for the `AWS_*` settings).
+    pub fn open_with_env(uri: &str, env: &BTreeMap<String, String>) -> Result<Self> {
         let fail = |reason: String| PipelineError::LakeOpen { uri: uri.to_string(), reason };
         if uri.trim().is_empty() {
             return Err(fail("the lake URI is empty".into()));
@@ -63,21 +84,15 @@ impl Lake {
             Ok(url) if url.scheme() == "memory" => {
                 let root = Path::parse(url.path().trim_matches('/')).map_err(|e| fail(e.to_string()))?;
                 let base_url = Url::parse("memory://").map_err(|e| fail(e.to_string()))?;
-                Ok(Self { uri: uri.to_string(), store: Arc::new(InMemory::new()), root, base_url })
+                Ok(Self {
+                    uri: uri.to_string(),
+                    store: Arc::new(InMemory::new()),
+                    root,
+                    base_url,
+                    writes_in_place: false,
+                })
             }
-            Ok(url) if url.scheme() == "s3" || url.scheme() == "s3a" => {
-                let bucket = url
-                    .host_str()
-                    .filter(|b| !b.is_empty())
-                    .ok_or_else(|| fail("an s3:// URI needs a bucket: s3://bucket/prefix".into()))?;
-                let store = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .build()
-                    .map_err(|e| fail(e.to_string()))?;
-                let root = Path::parse(url.path().trim_matches('/')).map_err(|e| fail(e.to_string()))?;
-                let base_url = Url::parse(&format!("s3://{bucket}")).map_err(|e| fail(e.to_string()))?;
-                Ok(Self { uri: uri.to_string(), store: Arc::new(store), root, base_url })
-            }
+            Ok(url) if url.scheme() == "s3" || url.scheme() == "s3a" => Self::s3(uri, &url, env),
             // A single letter before ':' is a Windows drive, not a scheme.
             Ok(url) if url.scheme().len() > 1 => Err(fail(format!(
                 "unsupported scheme '{}': use a local path, file://, s3:// or memory://",
@@ -85,6 +100,31 @@ impl Lake {
             ))),
             _ => Self::local(uri, std::path::Path::new(uri)),
         }
+    }
+
+    fn s3(uri: &str, url: &Url, env: &BTreeMap<String, String>) -> Result<Self> {
+        if !url.username().is_empty() || url.password().is_some() {
+            // Never echo the URI: it holds a secret.
+            let mut shown = url.clone();
+            let _ = shown.set_username("");
+            let _ = shown.set_password(None);
+            return Err(PipelineError::LakeOpen {
+                uri: shown.to_string(),
+                reason: "credentials do not belong in the lake URI: set AWS_ACCESS_KEY_ID and \
+                         AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+                    .into(),
+            });
+        }
+        let fail = |reason: String| PipelineError::LakeOpen { uri: uri.to_string(), reason };
+        let bucket = url
+            .host_str()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| fail("an s3:// URI needs a bucket: s3://bucket/prefix".into()))?;
+        let store =
+            s3_settings(env).map_err(fail)?.with_bucket_name(bucket).build().map_err(|e| fail(e.to_string()))?;
+        let root = Path::parse(url.path().trim_matches('/')).map_err(|e| fail(e.to_string()))?;
+        let base_url = Url::parse(&format!("s3://{bucket}")).map_err(|e| fail(e.to_string()))?;
+        Ok(Self { uri: uri.to_string(), store: Arc::new(store), root, base_url, writes_in_place: true })
     }
 
     fn local(uri: &str, path: &std::path::Path) -> Result<Self> {
@@ -100,7 +140,13 @@ impl Lake {
         }
         let root = Path::from_absolute_path(&abs).map_err(|e| fail(e.to_string()))?;
         let base_url = Url::parse("file:///").map_err(|e| fail(e.to_string()))?;
-        Ok(Self { uri: uri.to_string(), store: Arc::new(LocalFileSystem::new()), root, base_url })
+        Ok(Self {
+            uri: uri.to_string(),
+            store: Arc::new(LocalFileSystem::new()),
+            root,
+            base_url,
+            writes_in_place: false,
+        })
     }
 
     /// The URI the lake was opened with, for messages.
@@ -165,25 +211,42 @@ impl Lake {
         self.path(STAGING).join(name.as_str())
     }
 
-    /// Moves a finished staged file to `rel`, replacing what was there.
-    pub async fn publish(&self, staged: &Path, rel: &str) -> Result<()> {
-        let target = self.path(rel);
-        self.store.rename(staged, &target).await.map_err(|e| PipelineError::store("publish", &target, e))
+    /// Where a file bound for `rel` is written: a fresh path under `_staging/`, or `rel` itself
+    /// on a store whose writes are atomic (S3).
+    pub fn write_path(&self, rel: &str) -> Path {
+        if self.writes_in_place {
+            self.path(rel)
+        } else {
+            self.staging_path(rel)
+        }
     }
 
-    /// Writes `bytes` to `rel` atomically (staged, then published).
+    /// Moves a finished file from its [`Lake::write_path`] to `rel`, replacing what was there
+    /// (nothing to do where files are written in place).
+    pub async fn publish(&self, written: &Path, rel: &str) -> Result<()> {
+        let target = self.path(rel);
+        if *written == target {
+            return Ok(());
+        }
+        self.store.rename(written, &target).await.map_err(|e| PipelineError::store("publish", &target, e))
+    }
+
+    /// Writes `bytes` to `rel` atomically (staged, then published; in place on S3).
     pub async fn put_atomic(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
-        let staged = self.staging_path(rel);
+        let written = self.write_path(rel);
         self.store
-            .put(&staged, PutPayload::from(bytes))
+            .put(&written, PutPayload::from(bytes))
             .await
-            .map_err(|e| PipelineError::store("write", &staged, e))?;
-        self.publish(&staged, rel).await
+            .map_err(|e| PipelineError::store("write", &written, e))?;
+        self.publish(&written, rel).await
     }
 
     /// Deletes a staged file after a failure; errors are ignored (nothing visible depends on it).
+    /// A file written in place is left alone: what is there is the last published version.
     pub async fn discard(&self, staged: &Path) {
-        let _ = self.store.delete(staged).await;
+        if self.relative(staged).is_some_and(|rel| rel.starts_with(STAGING)) {
+            let _ = self.store.delete(staged).await;
+        }
     }
 
     /// Reads a whole object.
@@ -205,7 +268,8 @@ impl Lake {
     }
 }
 
-/// Writes one Parquet file under `_staging/`, then publishes it to its final place.
+/// Writes one Parquet file under `_staging/`, then publishes it to its final place (or writes
+/// it in place where the store's writes are atomic: see the module docs).
 pub struct PartitionWriter {
     lake: Lake,
     target: String,
@@ -231,7 +295,7 @@ pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
 impl PartitionWriter {
     /// Starts a file that will be published at `target` (relative to the lake root).
     pub fn create(lake: &Lake, target: String, schema: SchemaRef, row_group_rows: usize) -> Result<Self> {
-        let staged = lake.staging_path(&target);
+        let staged = lake.write_path(&target);
         let object = BufWriter::new(Arc::clone(lake.store()), staged.clone());
         let writer = AsyncArrowWriter::try_new(object, schema, Some(writer_properties(row_group_rows)))
             .map_err(|e| PipelineError::parquet("open", &target, e))?;
@@ -255,10 +319,11 @@ impl PartitionWriter {
         Ok(rows)
     }
 
-    /// Gives up on the file: nothing becomes visible.
+    /// Gives up on the file: nothing becomes visible, and an unfinished multipart upload is
+    /// aborted rather than left behind.
     pub async fn abort(self) {
         let Self { lake, staged, writer, .. } = self;
-        drop(writer);
+        let _ = writer.into_inner().abort().await;
         lake.discard(&staged).await;
     }
 }
@@ -307,6 +372,140 @@ pub fn partition(table: &str, dt: &str) -> String {
     format!("{table}/dt={dt}")
 }
 
+/// The S3 store's settings: every `AWS_*` variable of `env` that object_store knows (as
+/// [`AmazonS3Builder::from_env`] reads them), then the selected profile of the shared files for
+/// the credentials, region and endpoint the variables leave out.
+fn s3_settings(env: &BTreeMap<String, String>) -> std::result::Result<AmazonS3Builder, String> {
+    let mut builder = AmazonS3Builder::new();
+    for (key, value) in env {
+        if key.starts_with("AWS_") {
+            if let Ok(config_key) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+                builder = builder.with_config(config_key, value);
+            }
+        }
+    }
+    for (key, value) in aws_profile::settings(env)? {
+        builder = builder.with_config(key, value);
+    }
+    Ok(builder)
+}
+
+/// The shared AWS profile files (`~/.aws/credentials`, `~/.aws/config`), as the AWS CLI reads
+/// them, for the settings object_store does not read itself: static keys (with a session
+/// token), `region` and `endpoint_url`. The standard variables win over the files.
+mod aws_profile {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use object_store::aws::AmazonS3ConfigKey;
+
+    use super::debug;
+
+    /// `[section]` → key → value of an INI file; indented sub-settings (`s3 =` then
+    /// `  addressing_style = path`) are skipped.
+    pub(super) fn parse(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+        let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let mut section: Option<String> = None;
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
+                continue;
+            }
+            if let Some(name) = trimmed.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+                let name = name.trim().to_string();
+                out.entry(name.clone()).or_default();
+                section = Some(name);
+                continue;
+            }
+            if line.starts_with(char::is_whitespace) {
+                continue;
+            }
+            if let (Some(name), Some((key, value))) = (&section, trimmed.split_once('=')) {
+                out.entry(name.clone()).or_default().insert(key.trim().to_ascii_lowercase(), value.trim().to_string());
+            }
+        }
+        out
+    }
+
+    fn read(path: &PathBuf) -> Result<String, String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(format!("cannot read the AWS profile file {}: {e}", path.display())),
+        }
+    }
+
+    /// The settings the selected profile adds to `env`.
+    pub(super) fn settings(env: &BTreeMap<String, String>) -> Result<Vec<(AmazonS3ConfigKey, String)>, String> {
+        let var = |k: &str| env.get(k).filter(|v| !v.is_empty());
+        let explicit = var("AWS_PROFILE").or_else(|| var("AWS_DEFAULT_PROFILE"));
+        let name = explicit.map_or("default", String::as_str);
+        let home = var("HOME").map(PathBuf::from);
+        let file = |var_name: &str, default: &str| {
+            var(var_name).map(PathBuf::from).or_else(|| home.as_ref().map(|h| h.join(default)))
+        };
+        let credentials_file = file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials");
+        let config_file = file("AWS_CONFIG_FILE", ".aws/config");
+        let mut credentials = credentials_file.as_ref().map(read).transpose()?.map(|t| parse(&t)).unwrap_or_default();
+        let mut config = config_file.as_ref().map(read).transpose()?.map(|t| parse(&t)).unwrap_or_default();
+        let from_config = config
+            .remove(&format!("profile {name}"))
+            .or_else(|| (name == "default").then(|| config.remove("default")).flatten());
+        let from_credentials = credentials.remove(name);
+        if from_config.is_none() && from_credentials.is_none() {
+            if explicit.is_some() {
+                let shown = |p: &Option<PathBuf>| p.as_ref().map_or("-".to_string(), |p| p.display().to_string());
+                return Err(format!(
+                    "AWS profile '{name}' is in neither {} nor {}",
+                    shown(&credentials_file),
+                    shown(&config_file)
+                ));
+            }
+            return Ok(Vec::new());
+        }
+        // The credentials file wins over the config file, as in the AWS CLI.
+        let mut profile = from_config.unwrap_or_default();
+        profile.extend(from_credentials.unwrap_or_default());
+        let mut out = Vec::new();
+        if var("AWS_ACCESS_KEY_ID").is_none() {
+            match (profile.get("aws_access_key_id"), profile.get("aws_secret_access_key")) {
+                (Some(id), Some(secret)) => {
+                    out.push((AmazonS3ConfigKey::AccessKeyId, id.clone()));
+                    out.push((AmazonS3ConfigKey::SecretAccessKey, secret.clone()));
+                    if let Some(token) = profile.get("aws_session_token") {
+                        out.push((AmazonS3ConfigKey::Token, token.clone()));
+                    }
+                    debug!(profile = name, "S3 credentials from the AWS profile");
+                }
+                _ if explicit.is_some() => {
+                    let other = ["credential_process", "sso_session", "sso_start_url", "role_arn"]
+                        .into_iter()
+                        .find(|k| profile.contains_key(*k));
+                    return Err(match other {
+                        Some(k) => format!(
+                            "AWS profile '{name}' gets its credentials through {k}, which marnflow does not run: \
+                             export them first (`eval \"$(aws configure export-credentials --profile {name} --format env)\"`)"
+                        ),
+                        None => format!("AWS profile '{name}' has no aws_access_key_id and aws_secret_access_key"),
+                    });
+                }
+                _ => {}
+            }
+        }
+        if var("AWS_REGION").is_none() && var("AWS_DEFAULT_REGION").is_none() {
+            if let Some(region) = profile.get("region") {
+                out.push((AmazonS3ConfigKey::Region, region.clone()));
+            }
+        }
+        if ["AWS_ENDPOINT_URL", "AWS_ENDPOINT", "AWS_ENDPOINT_URL_S3"].iter().all(|k| var(k).is_none()) {
+            if let Some(endpoint) = profile.get("endpoint_url") {
+                out.push((AmazonS3ConfigKey::Endpoint, endpoint.clone()));
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,5 +535,83 @@ mod tests {
         let err = Lake::open(file.to_str().unwrap()).unwrap_err().to_string();
         assert!(err.contains("not a directory"), "{err}");
         assert!(Lake::open("s3://").is_err());
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn s3_lakes_write_in_place_and_never_show_credentials() {
+        let secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY";
+        let vars = env(&[
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", secret),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("HOME", "/nonexistent"),
+        ]);
+        let lake = Lake::open_with_env("s3://bucket/some/prefix", &vars).unwrap();
+        assert_eq!(lake.folder_url("raw/items"), "s3://bucket/some/prefix/raw/items/");
+        assert_eq!(lake.write_path("raw/items/part-00000.parquet"), lake.path("raw/items/part-00000.parquet"));
+        for shown in [format!("{lake:?}"), format!("{:?}", lake.store()), lake.store().to_string()] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        let err = Lake::open_with_env(&format!("s3://AKIDEXAMPLE:{secret}@bucket/p"), &vars).unwrap_err().to_string();
+        assert!(err.contains("credentials do not belong in the lake URI") && !err.contains(secret), "{err}");
+        // Local lakes stage and rename.
+        let dir = tempfile::tempdir().unwrap();
+        let local = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        assert!(local.write_path("raw/items/x.parquet").prefix_match(&local.path(STAGING)).is_some());
+    }
+
+    #[test]
+    fn aws_profiles_fill_in_what_the_variables_leave_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let credentials = dir.path().join("credentials");
+        let config = dir.path().join("config");
+        std::fs::write(
+            &credentials,
+            "[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = secret-default\n\n\
+             # a comment\n[dev]\naws_access_key_id=AKIDDEV\naws_secret_access_key=secret-dev\naws_session_token = tok\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &config,
+            "[default]\nregion = eu-west-1\n[profile dev]\nregion = eu-central-1\nendpoint_url = http://127.0.0.1:9000\n\
+             s3 =\n  addressing_style = path\n[profile sso]\nsso_session = corp\n",
+        )
+        .unwrap();
+        let files = [
+            ("AWS_SHARED_CREDENTIALS_FILE", credentials.to_str().unwrap()),
+            ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+        ];
+        let with = |extra: &[(&str, &str)]| {
+            let mut e = env(&files);
+            e.extend(env(extra));
+            aws_profile::settings(&e)
+        };
+        let got = |s: &[(AmazonS3ConfigKey, String)], k: AmazonS3ConfigKey| {
+            s.iter().find(|(key, _)| *key == k).map(|(_, v)| v.clone())
+        };
+        let default = with(&[]).unwrap();
+        assert_eq!(got(&default, AmazonS3ConfigKey::AccessKeyId).as_deref(), Some("AKIDDEFAULT"));
+        assert_eq!(got(&default, AmazonS3ConfigKey::Region).as_deref(), Some("eu-west-1"));
+        let dev = with(&[("AWS_PROFILE", "dev")]).unwrap();
+        assert_eq!(got(&dev, AmazonS3ConfigKey::SecretAccessKey).as_deref(), Some("secret-dev"));
+        assert_eq!(got(&dev, AmazonS3ConfigKey::Token).as_deref(), Some("tok"));
+        assert_eq!(got(&dev, AmazonS3ConfigKey::Endpoint).as_deref(), Some("http://127.0.0.1:9000"));
+        // The standard variables win.
+        let vars =
+            with(&[("AWS_PROFILE", "dev"), ("AWS_ACCESS_KEY_ID", "AKIDENV"), ("AWS_REGION", "us-west-2")]).unwrap();
+        assert_eq!(got(&vars, AmazonS3ConfigKey::AccessKeyId), None);
+        assert_eq!(got(&vars, AmazonS3ConfigKey::Region), None);
+        assert_eq!(got(&vars, AmazonS3ConfigKey::Endpoint).as_deref(), Some("http://127.0.0.1:9000"));
+        let err = with(&[("AWS_PROFILE", "nope")]).unwrap_err();
+        assert!(err.contains("AWS profile 'nope' is in neither"), "{err}");
+        let err = with(&[("AWS_PROFILE", "sso")]).unwrap_err();
+        assert!(err.contains("sso_session") && err.contains("export-credentials"), "{err}");
+        // No files, no profile: nothing added.
+        assert!(aws_profile::settings(&env(&[("HOME", "/nonexistent")])).unwrap().is_empty());
     }
 }

@@ -16,6 +16,7 @@
 pub mod contract;
 pub mod error;
 pub mod features;
+pub mod import;
 pub mod lake;
 pub mod query;
 pub mod windows;

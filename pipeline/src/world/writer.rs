@@ -48,6 +48,14 @@ impl ExposureRows {
         self.item.append_value(item);
         self.position.append_value(position);
     }
+    /// An exposure with no slate position (sources that do not record one).
+    pub fn push_unranked(&mut self, time_ms: i64, request: &str, user: &str, item: &str) {
+        self.time.append_value(time_ms);
+        self.request.append_value(request);
+        self.user.append_value(user);
+        self.item.append_value(item);
+        self.position.append_null();
+    }
     pub fn len(&self) -> usize {
         self.time.len()
     }
