@@ -9,6 +9,11 @@
 //!    `production` on the same rows and promote the candidate when it is better on
 //!    `train.promote_metric` (or when there is no production yet).
 //!
+//! Safeguards: a day without samples (its raw logs have not landed) fails before anything is
+//! planned or registered; every file of the version is checked against its checksum before it
+//! becomes candidate or production, even when a saved evaluation is reused; and a version that
+//! production was moved away from (a rollback) is never promoted again automatically.
+//!
 //! Rerunning a day is safe: the plan of a day (warm-start version, evaluation rows) is written
 //! before training, so a rerun — after a kill at any point, or after completion — trains the same
 //! run key (the registered version is found, or the training resumes from its last checkpoint),
@@ -76,7 +81,16 @@ pub async fn run_day(
     let reports = run_features(lake, &cfg.features, date, date, None)
         .await
         .with_context(|| format!("building the features of {}", day_string(date)))?;
-    info!(date = %day_string(date), samples = reports.iter().map(|r| r.samples).sum::<u64>(), "features built");
+    let samples: u64 = reports.iter().map(|r| r.samples).sum();
+    info!(date = %day_string(date), samples, "features built");
+    // A day whose raw logs have not landed would train on the other days of the window and
+    // register a version that learned nothing of D: refuse before anything is registered.
+    anyhow::ensure!(
+        samples > 0,
+        "{} has no samples: its raw logs (raw/exposures/dt={}) have not landed or are empty; rerun the day once they are",
+        day_string(date),
+        day_string(date)
+    );
     let registry = registry(lake);
 
     let plan =
@@ -142,6 +156,9 @@ pub async fn run_day(
     )
     .await?;
     let version = train.version;
+    // Every file of the version against its checksum, even when a saved evaluation is reused:
+    // a damaged version is never made candidate or production.
+    registry.load(model, version).await.with_context(|| format!("checking {model}@v{version} before using it"))?;
     let evaluation = |v: u32| async move {
         match saved_evaluation(lake, model, v, &day_string(eval_date), eval_slice).await {
             Some(e) => Ok::<Evaluation, anyhow::Error>(e),
@@ -171,7 +188,22 @@ pub async fn run_day(
     let candidate_score = candidate.score(metric);
     let mut production_score = None;
     let mut promoted = false;
-    if promote_if_better && production != Some(version) {
+    // A version that production was moved away from (a rollback, or a promotion of another) is
+    // not promoted again automatically: a person took it out, a person puts it back.
+    let demoted = registry
+        .alias_history(model, "production")
+        .await?
+        .into_iter()
+        .find(|e| e.previous == Some(version) && e.version != version);
+    if let (true, Some(e)) = (promote_if_better && production != Some(version), &demoted) {
+        tracing::warn!(
+            version,
+            at = %e.at,
+            reason = %e.reason,
+            "production was moved away from this version before; not promoting it again (use `marnflow models promote`)"
+        );
+    }
+    if promote_if_better && production != Some(version) && demoted.is_none() {
         let better = match production {
             None => true,
             Some(p) => {
@@ -194,7 +226,7 @@ pub async fn run_day(
             registry.set_alias(model, "production", version, production, &reason).await?;
             promoted = true;
         }
-    } else if promote_if_better {
+    } else if promote_if_better && production == Some(version) {
         // A rerun after this version was promoted: production already is the candidate.
         production_score = candidate_score;
         promoted = true;

@@ -191,7 +191,7 @@ fn parquet_rows(path: &Path) -> i64 {
 }
 
 #[test]
-#[ignore = "not yet true: on small generated worlds MARN and ids both stay near AUC 0.6 (issue 5 notes)"]
+#[ignore = "not yet true: on small generated worlds every model stops at the non-personalized ceiling (README, Training and evaluation)"]
 fn marn_beats_ids_by_more_than_the_seed_spread_most_on_unseen_items() {
     let w = World::new(5, "epochs = 2\n");
     let mut auc: Vec<(String, f64, f64, f64)> = Vec::new();
@@ -328,4 +328,54 @@ fn a_killed_train_resumes_to_the_same_model_and_a_killed_run_reruns_to_the_same_
     let next = b.json(&["run", "--date", "2026-01-05", "--model", "daily", "--promote-if-better", "--json"]);
     assert_eq!(next["train"]["version"], 2);
     assert_eq!(next["plan"]["warm_start"], 1);
+}
+
+/// The operator's safeguards of `run`: a day whose logs have not landed is refused before
+/// anything is registered; a version production was rolled back from is not promoted again by a
+/// rerun of its day; a version whose weights are damaged is never made candidate.
+#[test]
+fn run_refuses_a_day_without_logs_and_never_repromotes_a_rolled_back_version() {
+    let w = World::new(9, "");
+    let run = |date: &str| w.json(&["run", "--date", date, "--model", "ops", "--promote-if-better", "--json"]);
+    let first = run("2026-01-02");
+    assert_eq!(first["train"]["version"], 1);
+    assert_eq!(first["promoted"], true);
+
+    // Day 3's raw logs have not landed: the run fails naming them, and registers nothing.
+    let tables = ["exposures", "clicks", "behaviors"];
+    let raw = |t: &str| w.lake.join(format!("raw/{t}/dt=2026-01-03"));
+    let away = |t: &str| w.lake.join(format!("held-back-{t}"));
+    for t in tables {
+        std::fs::rename(raw(t), away(t)).unwrap();
+    }
+    let err = w.fails(&["run", "--date", "2026-01-03", "--model", "ops", "--promote-if-better"], 1);
+    assert!(err.contains("2026-01-03 has no samples") && err.contains("raw/exposures/dt=2026-01-03"), "{err}");
+    let list = w.ok(&["models", "list"]);
+    assert!(!list.contains("v2"), "a version was registered for a day without logs:\n{list}");
+    for t in tables {
+        std::fs::rename(away(t), raw(t)).unwrap();
+    }
+    // No plan was saved for the failed day: once the logs land, it is planned afresh.
+    assert!(!w.lake.join("runs/ops/2026-01-03.plan.json").exists());
+
+    // v2 is promoted (it has no rival but v1: force it), then rolled back; rerunning its day
+    // does not put it back.
+    let second = run("2026-01-03");
+    let v2 = second["train"]["version"].as_u64().unwrap();
+    w.ok(&["models", "promote", &format!("ops@v{v2}"), "--to", "production", "--reason", "test"]);
+    w.ok(&["models", "rollback", "ops", "--alias", "production", "--reason", "bad model"]);
+    let rerun = run("2026-01-03");
+    assert_eq!(rerun["train"]["reused"], true);
+    assert_eq!(rerun["promoted"], false, "{rerun}");
+    let shown = w.ok(&["models", "show", "ops@production"]);
+    assert!(shown.starts_with("ops@v1 "), "{shown}");
+
+    // Damaged weights: the rerun refuses the version instead of reusing its saved evaluation.
+    let weights = w.lake.join(format!("models/ops/versions/v{v2}/weights.safetensors"));
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&weights, bytes).unwrap();
+    let err = w.fails(&["run", "--date", "2026-01-03", "--model", "ops", "--promote-if-better"], 1);
+    assert!(err.contains("fails its checksum"), "{err}");
 }
