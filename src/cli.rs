@@ -60,7 +60,7 @@ pub enum Command {
     ExportItemEmbeddings(ExportArgs),
     /// Write a click probability for every sample row of a day as Parquet
     Score(ScoreArgs),
-    /// Generate a small world, build features, train MARN and baselines, evaluate and report
+    /// Generate a small world (or import MovieLens), build features, train MARN and baselines, evaluate and report
     Demo(DemoArgs),
 }
 
