@@ -401,7 +401,7 @@ pub struct ImportCommon {
     pub word_vectors: Option<PathBuf>,
 
     /// Width of the random word vectors (a --word-vectors file's own width wins)
-    #[arg(long, value_name = "D", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    #[arg(long, value_name = "D", default_value_t = marnflow_pipeline::import::DEFAULT_WORD_DIM as u64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub word_dim: u64,
 
     /// Seed of the random word vectors (and of Amazon's negative sampling)

@@ -156,12 +156,16 @@ pub async fn run_day(
     )
     .await?;
     let version = train.version;
-    // Every file of the version against its checksum, even when a saved evaluation is reused:
-    // a damaged version is never made candidate or production.
-    registry.load(model, version).await.with_context(|| format!("checking {model}@v{version} before using it"))?;
+    // A version's evaluation: the saved one, after checking every file of the version against
+    // its checksum (evaluating loads, and so checks, the version itself): a damaged version is
+    // never made candidate or production.
+    let checked = &registry;
     let evaluation = |v: u32| async move {
         match saved_evaluation(lake, model, v, &day_string(eval_date), eval_slice).await {
-            Some(e) => Ok::<Evaluation, anyhow::Error>(e),
+            Some(e) => {
+                checked.load(model, v).await.with_context(|| format!("checking {model}@v{v} before using it"))?;
+                Ok::<Evaluation, anyhow::Error>(e)
+            }
             None => {
                 evaluate::evaluate(
                     lake,
@@ -188,48 +192,45 @@ pub async fn run_day(
     let candidate_score = candidate.score(metric);
     let mut production_score = None;
     let mut promoted = false;
-    // A version that production was moved away from (a rollback, or a promotion of another) is
-    // not promoted again automatically: a person took it out, a person puts it back.
-    let demoted = registry
-        .alias_history(model, "production")
-        .await?
-        .into_iter()
-        .find(|e| e.previous == Some(version) && e.version != version);
-    if let (true, Some(e)) = (promote_if_better && production != Some(version), &demoted) {
-        tracing::warn!(
-            version,
-            at = %e.at,
-            reason = %e.reason,
-            "production was moved away from this version before; not promoting it again (use `marnflow models promote`)"
-        );
-    }
-    if promote_if_better && production != Some(version) && demoted.is_none() {
-        let better = match production {
-            None => true,
-            Some(p) => {
-                let e = evaluation(p).await?;
-                production_score = e.score(metric);
-                match (candidate_score, production_score) {
-                    (Some(c), Some(p)) => c > p,
-                    (Some(_), None) => true,
-                    _ => false,
-                }
-            }
-        };
-        if better {
-            let reason = format!(
-                "marnflow run --date {}: {metric} {} vs production {}",
-                plan.date,
-                candidate_score.map_or("-".into(), |v| format!("{:.4}", v.abs())),
-                production_score.map_or("none".into(), |v| format!("{:.4}", v.abs()))
-            );
-            registry.set_alias(model, "production", version, production, &reason).await?;
-            promoted = true;
-        }
-    } else if promote_if_better && production == Some(version) {
+    if promote_if_better && production == Some(version) {
         // A rerun after this version was promoted: production already is the candidate.
         production_score = candidate_score;
         promoted = true;
+    } else if promote_if_better {
+        // A version that production was moved away from (a rollback, or a promotion of another)
+        // is not promoted again automatically: a person took it out, a person puts it back.
+        let history = registry.alias_history(model, "production").await?;
+        if let Some(e) = history.iter().find(|e| e.previous == Some(version) && e.version != version) {
+            tracing::warn!(
+                version,
+                at = %e.at,
+                reason = %e.reason,
+                "production was moved away from this version before; not promoting it again (use `marnflow models promote`)"
+            );
+        } else {
+            let better = match production {
+                None => true,
+                Some(p) => {
+                    let e = evaluation(p).await?;
+                    production_score = e.score(metric);
+                    match (candidate_score, production_score) {
+                        (Some(c), Some(p)) => c > p,
+                        (Some(_), None) => true,
+                        _ => false,
+                    }
+                }
+            };
+            if better {
+                let reason = format!(
+                    "marnflow run --date {}: {metric} {} vs production {}",
+                    plan.date,
+                    candidate_score.map_or("-".into(), |v| format!("{:.4}", v.abs())),
+                    production_score.map_or("none".into(), |v| format!("{:.4}", v.abs()))
+                );
+                registry.set_alias(model, "production", version, production, &reason).await?;
+                promoted = true;
+            }
+        }
     }
     Ok(RunOutcome {
         plan,

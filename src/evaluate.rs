@@ -216,7 +216,14 @@ pub async fn evaluate(
 
 /// The AUC of the planted click probability on the same rows (generated worlds only).
 async fn oracle_auc(lake: &Lake, days: &[NaiveDate], rows: &[Row]) -> Result<Option<f64>> {
-    let mut truth: HashMap<(String, String), f64> = HashMap::new();
+    // Truth rows are matched to sample rows by borrowed (request, item) keys: no string copies.
+    let index: HashMap<(&str, &str), usize> = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.key.as_ref().map(|k| ((k.request_id.as_str(), k.item_id.as_str()), i)))
+        .collect();
+    let mut truth: Vec<Option<f32>> = vec![None; rows.len()];
+    let mut any = false;
     for &day in days {
         let folder = partition(TRUTH_EXPOSURES, &day_string(day));
         for b in &data::read_folder(lake, &folder).await? {
@@ -224,23 +231,18 @@ async fn oracle_auc(lake: &Lake, days: &[NaiveDate], rows: &[Row]) -> Result<Opt
             let item = data::column(b, "item_id", &DataType::Utf8, &folder)?;
             let p = data::column(b, "p_click", &DataType::Float64, &folder)?;
             let (req, item, p) = (req.as_string::<i32>(), item.as_string::<i32>(), p.as_primitive::<Float64Type>());
+            any |= b.num_rows() > 0;
             for r in 0..b.num_rows() {
-                truth.insert((req.value(r).to_string(), item.value(r).to_string()), p.value(r));
+                if let Some(&i) = index.get(&(req.value(r), item.value(r))) {
+                    truth[i] = Some(p.value(r) as f32);
+                }
             }
         }
     }
-    if truth.is_empty() {
+    if !any {
         return Ok(None);
     }
-    let mut s = Vec::with_capacity(rows.len());
-    let mut l = Vec::with_capacity(rows.len());
-    for r in rows {
-        let Some(k) = &r.key else { continue };
-        if let Some(p) = truth.get(&(k.request_id.clone(), k.item_id.clone())) {
-            s.push(*p as f32);
-            l.push(r.label);
-        }
-    }
+    let (s, l): (Vec<f32>, Vec<f32>) = truth.iter().zip(rows).filter_map(|(p, r)| p.map(|p| (p, r.label))).unzip();
     if s.len() < rows.len() {
         tracing::warn!(matched = s.len(), rows = rows.len(), "truth/exposures covers only part of the rows");
     }

@@ -650,7 +650,7 @@ async fn demo_movielens(cfg: &Config, args: &cli::DemoArgs, dir: &std::path::Pat
         data.notes.insert("ratings_before_since".into(), serde_json::json!(left_out));
         tracing::info!(%since, left_out, "--since: ratings before it are not imported");
     }
-    let words = import::WordVectorSource { file: None, dim: 32, seed: 1 };
+    let words = import::WordVectorSource::default();
     let s = import::write(&lake, "movielens", data, &words, 0.01).await?;
     let mut out = std::io::stdout().lock();
     writeln!(

@@ -13,10 +13,6 @@ use std::process::{Command, Output};
 
 use crate::util::*;
 
-/// Small model widths so a daily run trains in seconds.
-const SMALL: &str = "[train]\nrepresentation_dim = 24\nmodality_dim = 24\ngru_dim = 24\nattention_dim = 16\n\
-head_layers = [32, 16]\ntitle_filters = 8\nbatch_size = 128\nrecall_users = 40\n";
-
 /// Where the files of the examples are installed (ops/systemd, ops/cron, ops/k8s).
 const INSTALL: &str = "/opt/marnflow/";
 
@@ -28,27 +24,12 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_marnflow")
-}
-
 fn skip(checker: &str, install: &str) {
     eprintln!("SKIP {checker}: not installed; install {install} (or run `bash ops/ci-tools.sh`); the other checks ran");
 }
 
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-/// A command with no MARNFLOW_* from the caller (marnflow rejects unknown ones).
-fn clean(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut cmd = Command::new(program);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MARNFLOW_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
 }
 
 fn have(program: &str) -> bool {
@@ -618,11 +599,13 @@ fn every_command_of_the_runbook_uses_real_subcommands_and_flags() {
             } else if path.len() < 2 && w.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
                 let mut candidate = path.clone();
                 candidate.push(w.to_string());
-                let out = run(&candidate.iter().map(String::as_str).chain(["--help"]).collect::<Vec<_>>());
-                if !out.status.success() {
-                    break;
+                if !help_cache.contains_key(&candidate) {
+                    let out = run(&candidate.iter().map(String::as_str).chain(["--help"]).collect::<Vec<_>>());
+                    if !out.status.success() {
+                        break;
+                    }
+                    help_cache.insert(candidate.clone(), String::from_utf8_lossy(&out.stdout).to_string());
                 }
-                help_cache.insert(candidate.clone(), String::from_utf8_lossy(&out.stdout).to_string());
                 path = candidate;
                 i += 1;
             } else {

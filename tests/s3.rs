@@ -15,10 +15,6 @@ use object_store::{PutMode, PutOptions, PutPayload};
 
 use crate::util::*;
 
-/// Small model widths, as in tests/training.rs, so training takes seconds.
-const SMALL: &str = "[train]\nrepresentation_dim = 24\nmodality_dim = 24\ngru_dim = 24\nattention_dim = 16\n\
-head_layers = [32, 16]\ntitle_filters = 8\nbatch_size = 128\nrecall_users = 40\n";
-
 /// The server and the settings every S3 command of this test runs with.
 struct S3 {
     env: BTreeMap<String, String>,

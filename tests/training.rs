@@ -5,10 +5,6 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-/// Small model widths so every test trains in seconds.
-const SMALL: &str = "[train]\nrepresentation_dim = 24\nmodality_dim = 24\ngru_dim = 24\nattention_dim = 16\n\
-head_layers = [32, 16]\ntitle_filters = 8\nbatch_size = 128\nrecall_users = 40\n";
-
 struct World {
     _dir: tempfile::TempDir,
     lake: PathBuf,

@@ -3,15 +3,30 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// A `marnflow` command with a clean environment (no MARNFLOW_* from the caller).
-pub fn marnflow() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_marnflow"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MARNFLOW_") || k == "RUST_LOG" {
+/// Small model widths so every test trains in seconds (a `--config` file's text).
+pub const SMALL: &str = "[train]\nrepresentation_dim = 24\nmodality_dim = 24\ngru_dim = 24\nattention_dim = 16\n\
+head_layers = [32, 16]\ntitle_filters = 8\nbatch_size = 128\nrecall_users = 40\n";
+
+/// The marnflow binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_marnflow")
+}
+
+/// A command with a clean environment: no MARNFLOW_* (marnflow rejects unknown ones) and no
+/// RUST_LOG from the caller.
+pub fn clean(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("MARNFLOW_") || k == "RUST_LOG") {
             cmd.env_remove(k);
         }
     }
     cmd
+}
+
+/// A `marnflow` command with a clean environment.
+pub fn marnflow() -> Command {
+    clean(bin())
 }
 
 /// Runs `marnflow args…` and returns its output.

@@ -52,9 +52,6 @@ pub struct Lake {
     store: Arc<dyn ObjectStore>,
     root: Path,
     base_url: Url,
-    /// Whether a file is written at its final place (S3: a PUT is atomic) rather than staged
-    /// and renamed.
-    writes_in_place: bool,
 }
 
 impl fmt::Debug for Lake {
@@ -66,11 +63,16 @@ impl fmt::Debug for Lake {
 impl Lake {
     /// Opens the lake at `uri` without touching storage.
     pub fn open(uri: &str) -> Result<Self> {
-        Self::open_with_env(uri, &std::env::vars().collect())
+        Self::open_inner(uri, process_env)
     }
 
     /// [`Lake::open`] with `env` in place of the process environment (for the `AWS_*` settings).
     pub fn open_with_env(uri: &str, env: &BTreeMap<String, String>) -> Result<Self> {
+        Self::open_inner(uri, || env.clone())
+    }
+
+    /// Opens `uri`; `env` is read only for an S3 lake.
+    fn open_inner(uri: &str, env: impl FnOnce() -> BTreeMap<String, String>) -> Result<Self> {
         let fail = |reason: String| PipelineError::LakeOpen { uri: uri.to_string(), reason };
         if uri.trim().is_empty() {
             return Err(fail("the lake URI is empty".into()));
@@ -84,15 +86,9 @@ impl Lake {
             Ok(url) if url.scheme() == "memory" => {
                 let root = Path::parse(url.path().trim_matches('/')).map_err(|e| fail(e.to_string()))?;
                 let base_url = Url::parse("memory://").map_err(|e| fail(e.to_string()))?;
-                Ok(Self {
-                    uri: uri.to_string(),
-                    store: Arc::new(InMemory::new()),
-                    root,
-                    base_url,
-                    writes_in_place: false,
-                })
+                Ok(Self { uri: uri.to_string(), store: Arc::new(InMemory::new()), root, base_url })
             }
-            Ok(url) if url.scheme() == "s3" || url.scheme() == "s3a" => Self::s3(uri, &url, env),
+            Ok(url) if url.scheme() == "s3" || url.scheme() == "s3a" => Self::s3(uri, &url, &env()),
             // A single letter before ':' is a Windows drive, not a scheme.
             Ok(url) if url.scheme().len() > 1 => Err(fail(format!(
                 "unsupported scheme '{}': use a local path, file://, s3:// or memory://",
@@ -124,7 +120,7 @@ impl Lake {
             s3_settings(env).map_err(fail)?.with_bucket_name(bucket).build().map_err(|e| fail(e.to_string()))?;
         let root = Path::parse(url.path().trim_matches('/')).map_err(|e| fail(e.to_string()))?;
         let base_url = Url::parse(&format!("s3://{bucket}")).map_err(|e| fail(e.to_string()))?;
-        Ok(Self { uri: uri.to_string(), store: Arc::new(store), root, base_url, writes_in_place: true })
+        Ok(Self { uri: uri.to_string(), store: Arc::new(store), root, base_url })
     }
 
     fn local(uri: &str, path: &std::path::Path) -> Result<Self> {
@@ -140,13 +136,7 @@ impl Lake {
         }
         let root = Path::from_absolute_path(&abs).map_err(|e| fail(e.to_string()))?;
         let base_url = Url::parse("file:///").map_err(|e| fail(e.to_string()))?;
-        Ok(Self {
-            uri: uri.to_string(),
-            store: Arc::new(LocalFileSystem::new()),
-            root,
-            base_url,
-            writes_in_place: false,
-        })
+        Ok(Self { uri: uri.to_string(), store: Arc::new(LocalFileSystem::new()), root, base_url })
     }
 
     /// The URI the lake was opened with, for messages.
@@ -211,10 +201,16 @@ impl Lake {
         self.path(STAGING).join(name.as_str())
     }
 
+    /// Whether a file is written at its final place (S3: a PUT or a completed multipart upload
+    /// is atomic) rather than staged and renamed.
+    fn writes_in_place(&self) -> bool {
+        self.base_url.scheme() == "s3"
+    }
+
     /// Where a file bound for `rel` is written: a fresh path under `_staging/`, or `rel` itself
     /// on a store whose writes are atomic (S3).
     pub fn write_path(&self, rel: &str) -> Path {
-        if self.writes_in_place {
+        if self.writes_in_place() {
             self.path(rel)
         } else {
             self.staging_path(rel)
@@ -224,10 +220,10 @@ impl Lake {
     /// Moves a finished file from its [`Lake::write_path`] to `rel`, replacing what was there
     /// (nothing to do where files are written in place).
     pub async fn publish(&self, written: &Path, rel: &str) -> Result<()> {
-        let target = self.path(rel);
-        if *written == target {
+        if self.writes_in_place() {
             return Ok(());
         }
+        let target = self.path(rel);
         self.store.rename(written, &target).await.map_err(|e| PipelineError::store("publish", &target, e))
     }
 
@@ -244,7 +240,7 @@ impl Lake {
     /// Deletes a staged file after a failure; errors are ignored (nothing visible depends on it).
     /// A file written in place is left alone: what is there is the last published version.
     pub async fn discard(&self, staged: &Path) {
-        if self.relative(staged).is_some_and(|rel| rel.starts_with(STAGING)) {
+        if !self.writes_in_place() {
             let _ = self.store.delete(staged).await;
         }
     }
@@ -365,6 +361,12 @@ fn normalize(p: &std::path::Path) -> std::path::PathBuf {
         }
     }
     out
+}
+
+/// The process environment, without the variables that are not valid Unicode (they cannot be
+/// `AWS_*` settings, and must not stop marnflow).
+fn process_env() -> BTreeMap<String, String> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
 }
 
 /// The relative path of partition `dt` of `table`, e.g. `raw/exposures/dt=2026-01-01`.

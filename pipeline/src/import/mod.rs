@@ -92,6 +92,9 @@ impl Lines {
     }
 }
 
+/// Width of the random word vectors when no file gives one.
+pub const DEFAULT_WORD_DIM: usize = 32;
+
 /// Where the word vectors of the titles come from.
 #[derive(Debug, Clone)]
 pub struct WordVectorSource {
@@ -100,6 +103,13 @@ pub struct WordVectorSource {
     /// Width of the random vectors; a file's own width wins.
     pub dim: usize,
     pub seed: u64,
+}
+
+impl Default for WordVectorSource {
+    /// Random vectors of [`DEFAULT_WORD_DIM`], seed 1: what `marnflow import` uses without flags.
+    fn default() -> Self {
+        Self { file: None, dim: DEFAULT_WORD_DIM, seed: 1 }
+    }
 }
 
 /// What an import wrote.
@@ -302,7 +312,6 @@ pub async fn write(
     lake.ensure_writable().await?;
     check_lake_is_ours(lake, &days).await?;
 
-    let (mut exposures, mut clicks) = (0u64, 0u64);
     for (day, rows) in &by_day {
         let dt = day.format("%Y-%m-%d").to_string();
         let (mut e, mut c, mut b) = (ExposureRows::new(), ClickRows::new(), BehaviorRows::new());
@@ -313,33 +322,16 @@ pub async fn write(
                 b.push(it.time_ms, &it.user, &it.item, "click");
             }
         }
-        exposures += e.len() as u64;
-        clicks += c.len() as u64;
-        write_parquet(
-            lake,
-            data_file(&partition(contract::EXPOSURES, &dt)),
-            contract::exposures_schema(),
-            &[e.take()?],
-            1 << 16,
-        )
-        .await?;
-        write_parquet(
-            lake,
-            data_file(&partition(contract::CLICKS, &dt)),
-            contract::clicks_schema(),
-            &[c.take()?],
-            1 << 16,
-        )
-        .await?;
-        write_parquet(
-            lake,
-            data_file(&partition(contract::BEHAVIORS, &dt)),
-            contract::behaviors_schema(),
-            &[b.take()?],
-            1 << 16,
-        )
-        .await?;
+        for (table, schema, batch) in [
+            (contract::EXPOSURES, contract::exposures_schema(), e.take()?),
+            (contract::CLICKS, contract::clicks_schema(), c.take()?),
+            (contract::BEHAVIORS, contract::behaviors_schema(), b.take()?),
+        ] {
+            write_parquet(lake, data_file(&partition(table, &dt)), schema, &[batch], 1 << 16).await?;
+        }
     }
+    let exposures = data.interactions.len() as u64;
+    let clicks = data.interactions.iter().filter(|i| i.clicked).count() as u64;
 
     // The catalogue: every item, sorted by id.
     data.items.sort_by(|a, b| a.item.cmp(&b.item));

@@ -19,7 +19,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use super::{clean_title, for_each_line, input_error, Dataset, Interaction, ItemRecord, NONE_ID};
+use super::{clean_title, for_each_line, input_error, Dataset, Interaction, ItemRecord, Lines, NONE_ID};
 use crate::error::Result;
 
 /// The genres of GroupLens's `u.genre`, in flag order (used when the file is absent).
@@ -104,33 +104,29 @@ struct Movie {
 pub fn read(dir: &Path, positive_rating: f64) -> Result<Dataset> {
     let layout = Layout::detect(dir)?;
     let mut data = Dataset::default();
-    let (ratings, movies, users) = match &layout {
+    let (ratings, movies, users, ratings_path, item_path) = match &layout {
         Layout::GroupLens { data: d, item, user, genre } => {
             let genres = match genre {
                 Some(g) => read_genres(g, &mut data)?,
                 None => GENRES.iter().map(|g| g.to_string()).collect(),
             };
             let movies = read_grouplens_items(item, &genres, &mut data)?;
-            let ratings = read_grouplens_ratings(d, &mut data)?;
+            let ratings = read_ratings(d, None, &mut data)?;
             let users = user.as_deref().map(|u| read_user_ids(u, '|', false, &mut data)).transpose()?;
-            (ratings, movies, users)
+            (ratings, movies, users, d, item)
         }
         Layout::RecBole { inter, item, user } => {
             let movies = read_recbole_items(item, &mut data)?;
-            let ratings = read_recbole_ratings(inter, &mut data)?;
+            let ratings = read_ratings(inter, Some(&["user_id", "item_id", "rating", "timestamp"]), &mut data)?;
             let users = user.as_deref().map(|u| read_user_ids(u, '\t', true, &mut data)).transpose()?;
-            (ratings, movies, users)
+            (ratings, movies, users, inter, item)
         }
-    };
-    let (ratings_path, item_path) = match &layout {
-        Layout::GroupLens { data, item, .. } => (data.clone(), item.clone()),
-        Layout::RecBole { inter, item, .. } => (inter.clone(), item.clone()),
     };
     let mut without_profile = BTreeSet::new();
     for (line, r) in ratings {
         if !movies.contains_key(&r.item) {
             data.lines.reject(
-                &ratings_path,
+                ratings_path,
                 line,
                 &format!("{}\t{}\t{}\t{}", r.user, r.item, r.rating, r.seconds),
                 format!("unknown item: {} is not in {}", r.item, item_path.display()),
@@ -148,16 +144,15 @@ pub fn read(dir: &Path, positive_rating: f64) -> Result<Dataset> {
             clicked: r.rating >= positive_rating,
         });
     }
-    let mut ids: Vec<(&String, &Movie)> = movies.iter().collect();
-    ids.sort_by(|a, b| a.0.cmp(b.0));
-    data.items = ids
+    // In no particular order: `write` sorts the catalogue.
+    data.items = movies
         .into_iter()
         .map(|(id, m)| ItemRecord {
-            item: id.clone(),
+            item: id,
             shop: NONE_ID.to_string(),
             brand: NONE_ID.to_string(),
-            category: m.genre.clone(),
-            title: m.title.clone(),
+            category: m.genre,
+            title: m.title,
             image: None,
             price: None,
         })
@@ -174,19 +169,54 @@ pub fn read(dir: &Path, positive_rating: f64) -> Result<Dataset> {
     Ok(data)
 }
 
-/// `u.genre`: `name|index` lines.
-fn read_genres(path: &Path, data: &mut Dataset) -> Result<Vec<String>> {
-    let mut genres: Vec<(usize, String)> = Vec::new();
+/// Calls `f` with the fields of every non-empty data line of a `sep`-separated file. With
+/// `header`, the first line is a RecBole header and `f` gets the named columns, in that order (a
+/// line with fewer fields is quarantined); without, `f` gets every field.
+fn for_each_row(
+    path: &Path,
+    sep: char,
+    header: Option<&[&str]>,
+    lines: &mut Lines,
+    mut f: impl FnMut(&mut Lines, u64, &str, &[&str]),
+) -> Result<()> {
+    let mut columns: Option<Vec<usize>> = None;
     for_each_line(path, |line, text| {
+        if let (Some(wanted), None) = (header, &columns) {
+            columns = Some(recbole_columns(path, text, wanted)?);
+            return Ok(());
+        }
         if text.trim().is_empty() {
             return Ok(());
         }
-        data.lines.read += 1;
-        match text.rsplit_once('|').map(|(n, i)| (n, i.trim().parse::<usize>())) {
-            Some((name, Ok(i))) if !name.is_empty() => genres.push((i, name.to_string())),
-            _ => data.lines.reject(path, line, text, "not a genre line: expected name|index"),
+        lines.read += 1;
+        let fields: Vec<&str> = text.split(sep).collect();
+        match &columns {
+            None => f(lines, line, text, &fields),
+            Some(c) => match c.iter().map(|&i| fields.get(i).copied()).collect::<Option<Vec<&str>>>() {
+                Some(picked) => f(lines, line, text, &picked),
+                None => lines.reject(path, line, text, format!("{} fields, fewer than the header's", fields.len())),
+            },
         }
         Ok(())
+    })?;
+    if header.is_some() && columns.is_none() {
+        return Err(input_error(path, "empty file: no header"));
+    }
+    Ok(())
+}
+
+/// `u.genre`: `name|index` lines.
+fn read_genres(path: &Path, data: &mut Dataset) -> Result<Vec<String>> {
+    let mut genres: Vec<(usize, String)> = Vec::new();
+    for_each_row(path, '|', None, &mut data.lines, |lines, line, text, f| {
+        let genre = match f {
+            [name, i] if !name.is_empty() => i.trim().parse::<usize>().ok().map(|i| (i, name.to_string())),
+            _ => None,
+        };
+        match genre {
+            Some(g) => genres.push(g),
+            None => lines.reject(path, line, text, "not a genre line: expected name|index"),
+        }
     })?;
     genres.sort();
     if genres.iter().enumerate().any(|(k, (i, _))| k != *i) {
@@ -207,22 +237,32 @@ fn strip_year(title: &str) -> &str {
     t
 }
 
+/// Adds a movie, or quarantines its line when the id is empty or already taken.
+fn add_movie(
+    movies: &mut HashMap<String, Movie>,
+    lines: &mut Lines,
+    path: &Path,
+    line: u64,
+    text: &str,
+    id: &str,
+    movie: Movie,
+) {
+    let id = id.trim();
+    if id.is_empty() {
+        lines.reject(path, line, text, "empty movie id");
+    } else if movies.contains_key(id) {
+        lines.reject(path, line, text, format!("duplicate movie id {id}"));
+    } else {
+        movies.insert(id.to_string(), movie);
+    }
+}
+
 fn read_grouplens_items(path: &Path, genres: &[String], data: &mut Dataset) -> Result<HashMap<String, Movie>> {
     let mut movies = HashMap::new();
-    for_each_line(path, |line, text| {
-        if text.trim().is_empty() {
-            return Ok(());
-        }
-        data.lines.read += 1;
-        let f: Vec<&str> = text.split('|').collect();
+    for_each_row(path, '|', None, &mut data.lines, |lines, line, text, f| {
         if f.len() != 5 + genres.len() {
-            data.lines.reject(path, line, text, format!("{} fields, expected {}", f.len(), 5 + genres.len()));
-            return Ok(());
-        }
-        let id = f[0].trim();
-        if id.is_empty() {
-            data.lines.reject(path, line, text, "empty movie id");
-            return Ok(());
+            lines.reject(path, line, text, format!("{} fields, expected {}", f.len(), 5 + genres.len()));
+            return;
         }
         let mut genre = None;
         for (k, flag) in f[5..].iter().enumerate() {
@@ -232,16 +272,13 @@ fn read_grouplens_items(path: &Path, genres: &[String], data: &mut Dataset) -> R
                 }
                 "0" => {}
                 other => {
-                    data.lines.reject(path, line, text, format!("genre flag {other:?} is not 0 or 1"));
-                    return Ok(());
+                    lines.reject(path, line, text, format!("genre flag {other:?} is not 0 or 1"));
+                    return;
                 }
             }
         }
         let movie = Movie { title: clean_title(strip_year(f[1])), genre: genre.unwrap_or_else(|| "unknown".into()) };
-        if movies.insert(id.to_string(), movie).is_some() {
-            data.lines.reject(path, line, text, format!("duplicate movie id {id}"));
-        }
-        Ok(())
+        add_movie(&mut movies, lines, path, line, text, f[0], movie);
     })?;
     Ok(movies)
 }
@@ -264,23 +301,18 @@ fn rating_of(f: &[&str]) -> std::result::Result<Rating, String> {
     Ok(Rating { user: user.to_string(), item: item.to_string(), rating, seconds: seconds as i64 })
 }
 
-fn read_grouplens_ratings(path: &Path, data: &mut Dataset) -> Result<Vec<(u64, Rating)>> {
+/// The ratings of `u.data` (4 tab-separated fields) or of a RecBole `*.inter` (`header`).
+fn read_ratings(path: &Path, header: Option<&[&str]>, data: &mut Dataset) -> Result<Vec<(u64, Rating)>> {
     let mut out = Vec::new();
-    for_each_line(path, |line, text| {
-        if text.trim().is_empty() {
-            return Ok(());
-        }
-        data.lines.read += 1;
-        let f: Vec<&str> = text.split('\t').collect();
+    for_each_row(path, '\t', header, &mut data.lines, |lines, line, text, f| {
         if f.len() != 4 {
-            data.lines.reject(path, line, text, format!("{} tab-separated fields, expected 4", f.len()));
-            return Ok(());
+            lines.reject(path, line, text, format!("{} tab-separated fields, expected 4", f.len()));
+            return;
         }
-        match rating_of(&f) {
+        match rating_of(f) {
             Ok(r) => out.push((line, r)),
-            Err(reason) => data.lines.reject(path, line, text, reason),
+            Err(reason) => lines.reject(path, line, text, reason),
         }
-        Ok(())
     })?;
     Ok(out)
 }
@@ -299,92 +331,30 @@ fn recbole_columns(path: &Path, header: &str, wanted: &[&str]) -> Result<Vec<usi
         .collect()
 }
 
-fn read_recbole_ratings(path: &Path, data: &mut Dataset) -> Result<Vec<(u64, Rating)>> {
-    let mut out = Vec::new();
-    let mut cols: Option<Vec<usize>> = None;
-    for_each_line(path, |line, text| {
-        let Some(c) = &cols else {
-            cols = Some(recbole_columns(path, text, &["user_id", "item_id", "rating", "timestamp"])?);
-            return Ok(());
-        };
-        if text.trim().is_empty() {
-            return Ok(());
-        }
-        data.lines.read += 1;
-        let f: Vec<&str> = text.split('\t').collect();
-        let Some(picked) = c.iter().map(|&i| f.get(i).copied()).collect::<Option<Vec<&str>>>() else {
-            data.lines.reject(path, line, text, format!("{} fields, fewer than the header's", f.len()));
-            return Ok(());
-        };
-        match rating_of(&picked) {
-            Ok(r) => out.push((line, r)),
-            Err(reason) => data.lines.reject(path, line, text, reason),
-        }
-        Ok(())
-    })?;
-    if cols.is_none() {
-        return Err(input_error(path, "empty file: no header"));
-    }
-    Ok(out)
-}
-
 fn read_recbole_items(path: &Path, data: &mut Dataset) -> Result<HashMap<String, Movie>> {
     let mut movies = HashMap::new();
-    let mut cols: Option<Vec<usize>> = None;
     let order: HashMap<&str, usize> = GENRES.iter().enumerate().map(|(i, g)| (*g, i)).collect();
-    for_each_line(path, |line, text| {
-        let Some(c) = &cols else {
-            cols = Some(recbole_columns(path, text, &["item_id", "movie_title", "class"])?);
-            return Ok(());
-        };
-        if text.trim().is_empty() {
-            return Ok(());
-        }
-        data.lines.read += 1;
-        let f: Vec<&str> = text.split('\t').collect();
-        let (Some(id), Some(title), Some(class)) = (f.get(c[0]), f.get(c[1]), f.get(c[2])) else {
-            data.lines.reject(path, line, text, format!("{} fields, fewer than the header's", f.len()));
-            return Ok(());
-        };
-        let id = id.trim();
-        if id.is_empty() {
-            data.lines.reject(path, line, text, "empty movie id");
-            return Ok(());
-        }
+    let header: &[&str] = &["item_id", "movie_title", "class"];
+    for_each_row(path, '\t', Some(header), &mut data.lines, |lines, line, text, f| {
         // The first genre in GroupLens's order, as the flags of u.item give it.
-        let genre = class.split_whitespace().min_by_key(|g| order.get(g).copied().unwrap_or(usize::MAX));
-        let movie = Movie { title: clean_title(title), genre: genre.unwrap_or("unknown").to_string() };
-        if movies.insert(id.to_string(), movie).is_some() {
-            data.lines.reject(path, line, text, format!("duplicate movie id {id}"));
-        }
-        Ok(())
+        let genre = f[2].split_whitespace().min_by_key(|g| order.get(g).copied().unwrap_or(usize::MAX));
+        let movie = Movie { title: clean_title(f[1]), genre: genre.unwrap_or("unknown").to_string() };
+        add_movie(&mut movies, lines, path, line, text, f[0], movie);
     })?;
-    if cols.is_none() {
-        return Err(input_error(path, "empty file: no header"));
-    }
     Ok(movies)
 }
 
 /// The user ids of `u.user` (`|`) or `*.user` (tab, with a header).
 fn read_user_ids(path: &Path, sep: char, header: bool, data: &mut Dataset) -> Result<BTreeSet<String>> {
     let mut ids = BTreeSet::new();
-    let mut col: Option<usize> = (!header).then_some(0);
-    for_each_line(path, |line, text| {
-        let Some(c) = col else {
-            col = Some(recbole_columns(path, text, &["user_id"])?[0]);
-            return Ok(());
-        };
-        if text.trim().is_empty() {
-            return Ok(());
-        }
-        data.lines.read += 1;
-        match text.split(sep).nth(c).map(str::trim).filter(|s| !s.is_empty()) {
+    let wanted: &[&str] = &["user_id"];
+    for_each_row(path, sep, header.then_some(wanted), &mut data.lines, |lines, line, text, f| {
+        match f.first().map(|s| s.trim()).filter(|s| !s.is_empty()) {
             Some(id) => {
                 ids.insert(id.to_string());
             }
-            None => data.lines.reject(path, line, text, "no user id"),
+            None => lines.reject(path, line, text, "no user id"),
         }
-        Ok(())
     })?;
     Ok(ids)
 }
