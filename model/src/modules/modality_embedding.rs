@@ -3,7 +3,10 @@
 //! Every modality of an item becomes one vector `e_m` of a common width:
 //! - **IDs** (Eq. 1): item, shop, brand and category embeddings (32/24/24/16), concatenated and
 //!   projected;
-//! - **image**: a projection of the (pre-extracted, e.g. VGG16) image embedding;
+//! - **image**: a layer normalisation, then a projection, of the (pre-extracted, e.g. VGG16)
+//!   image embedding. Without the normalisation the raw activations (non-negative, of any scale)
+//!   swamp the id embeddings under AdaGrad: on the demo world adding the raw image to `ids` cost
+//!   0.05 AUC, on the training days too;
 //! - **title**: a TextCNN over word vectors (windows 2, 3, 4, ReLU, max-pool over the real words);
 //!   word vectors may be initialised from a supplied table and fine-tuned or frozen;
 //! - **statistic**: two 8-d embeddings per statistic (its 10- and 100-bucket ids), concatenated
@@ -19,7 +22,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv1d, Conv1dConfig};
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -153,6 +156,7 @@ impl ModalityEmbeddingConfig {
             + category.as_ref().map_or(0, |_| self.category_dim);
         let uses = |m: Modality| modalities.contains(&m);
         let image = uses(Modality::Image).then(|| LinearConfig::new(inputs.image_dim, e).init(device));
+        let image_norm = uses(Modality::Image).then(|| LayerNormConfig::new(inputs.image_dim).init(device));
         let title = uses(Modality::Title).then(|| {
             TitleCnnConfig {
                 vocab: inputs.title_vocab,
@@ -179,6 +183,7 @@ impl ModalityEmbeddingConfig {
             brand,
             category,
             ids_projection: LinearConfig::new(ids_width, e).init(device),
+            image_norm,
             image,
             title,
             stat,
@@ -204,7 +209,9 @@ pub struct ModalityEmbedding {
     pub category: Option<Embedding>,
     /// Projection of the concatenated ids to the common width.
     pub ids_projection: Linear,
-    /// Projection of the image embedding, when images are used.
+    /// Layer normalisation of the image embedding, when images are used.
+    pub image_norm: Option<LayerNorm>,
+    /// Projection of the normalised image embedding, when images are used.
     pub image: Option<Linear>,
     /// Title TextCNN, when titles are used.
     pub title: Option<TitleCnn>,
@@ -251,9 +258,12 @@ impl ModalityEmbedding {
                 Ok(match m {
                     Modality::Ids => self.ids_projection.forward(self.raw_ids(x)),
                     Modality::Image => {
-                        let layer = self.image.as_ref().ok_or_else(|| missing("image layer"))?;
+                        let (norm, layer) = match (&self.image_norm, &self.image) {
+                            (Some(n), Some(l)) => (n, l),
+                            _ => return Err(missing("image layer")),
+                        };
                         let images = x.images.clone().ok_or_else(|| missing("images"))?;
-                        layer.forward(images)
+                        layer.forward(norm.forward(images))
                     }
                     Modality::Title => {
                         let cnn = self.title.as_ref().ok_or_else(|| missing("title layer"))?;

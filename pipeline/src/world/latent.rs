@@ -4,13 +4,18 @@
 //! * `shared` — the modality-invariant factor: it shows in both the image and the title;
 //! * `image` — image-only (modality-specific), `title` — title-only (modality-specific);
 //! * `quality` — a scalar that drives clicks, carts and purchases, hence the statistics;
-//! * `idio` — idiosyncratic: in no content, learnable only from interactions with the item id.
+//! * `idio` — idiosyncratic: in no content, learnable only from interactions with the item id;
+//! * `appeal` — a scalar per content modality (image, title): how attractive the photo and the
+//!   title are to everyone. It shows in that modality's content (the image map and the title
+//!   topics see it), so a model reading the content can judge an item it has never seen, while
+//!   an id model must learn it item by item from that item's own exposures.
 //!
 //! The click logit of user `u` on item `i` of category `c` at slate position `pos` is
 //!
 //! ```text
 //! logit = BASE + offset_c − POSITION_COST·(pos−1)
-//!       + w_c,image·⟨u.image, i.image⟩/√L + w_c,title·⟨u.title, i.title⟩/√L
+//!       + w_c,image·(⟨u.image, i.image⟩/√L + APPEAL·i.appeal_image)
+//!       + w_c,title·(⟨u.title, i.title⟩/√L + APPEAL·i.appeal_title)
 //!       + w_c,shared·⟨u.shared, i.shared⟩/√L + w_c,statistics·quality_i
 //!       + w_c,id·(⟨u.idio, i.idio⟩/√L + brand_effect)
 //! ```
@@ -35,6 +40,8 @@ pub const FRESH_SHARE: f64 = 0.08;
 pub const INTEREST_SHARE: f64 = 0.5;
 /// Days an item counts as fresh after its launch.
 pub const FRESH_DAYS: u32 = 3;
+/// Weight of an item's (standard normal) image and title appeal inside the image and title terms.
+pub const APPEAL: f64 = 0.8;
 
 /// The modality a category's clicks lean on most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +97,8 @@ pub struct Item {
     pub image: Vec<f32>,
     pub title: Vec<f32>,
     pub idio: Vec<f32>,
+    /// Appeal of the image and of the title, standard normal.
+    pub appeal: [f64; 2],
 }
 
 #[derive(Debug)]
@@ -117,7 +126,7 @@ pub struct Latent {
     pub category_sampler: WeightedIndex,
     /// Items by launch day.
     pub launched_on: Vec<Vec<u32>>,
-    /// Fixed random map from (shared, image-only) factors to the image embedding.
+    /// Fixed random map from (shared, image-only, image appeal) to the image embedding.
     pub image_map: Vec<f32>,
 }
 
@@ -187,6 +196,7 @@ impl Latent {
                     image: to_f32(normal_vec(rng, dim)),
                     title: to_f32(normal_vec(rng, dim)),
                     idio: to_f32(normal_vec(rng, dim)),
+                    appeal: [StandardNormal.sample(rng), StandardNormal.sample(rng)],
                 }
             })
             .collect();
@@ -258,7 +268,7 @@ impl Latent {
             })
             .collect();
         let user_sampler = WeightedIndex::new(users.iter().map(|u| u.activity)).expect("at least one user");
-        let image_map = to_f32(normal_vec(rng, cfg.image_dim * 2 * dim));
+        let image_map = to_f32(normal_vec(rng, cfg.image_dim * (2 * dim + 1)));
 
         Self {
             dim,
@@ -279,8 +289,8 @@ impl Latent {
     pub fn terms(&self, u: &User, i: &Item) -> [f64; 5] {
         let s = 1.0 / (self.dim as f64).sqrt();
         [
-            s * dot(&u.image, &i.image),
-            s * dot(&u.title, &i.title),
+            s * dot(&u.image, &i.image) + APPEAL * i.appeal[0],
+            s * dot(&u.title, &i.title) + APPEAL * i.appeal[1],
             s * dot(&u.shared, &i.shared),
             i.quality,
             s * dot(&u.idio, &i.idio) + self.brand_effect[i.brand as usize],
@@ -347,21 +357,33 @@ impl Latent {
         l[rng.random_range(0..l.len())] as usize
     }
 
-    /// The image embedding of an item: ReLU(A·[shared; image-only]) + noise, like a VGG fc7
-    /// activation (non-negative), `image_dim` wide.
+    /// The image embedding of an item: ReLU(A·[shared; image-only; √L·appeal]) + noise, like a
+    /// VGG fc7 activation (non-negative), `image_dim` wide. Each of the three parts carries a third
+    /// of the pre-activation variance.
     pub fn image_embedding<R: Rng>(&self, item: usize, out: &mut Vec<f32>, rng: &mut R) {
         let it = &self.items[item];
-        let two = 2 * self.dim;
-        let width = self.image_map.len() / two.max(1);
-        let scale = 1.0 / (two as f32).sqrt();
+        let inputs = 2 * self.dim + 1;
+        let width = self.image_map.len() / inputs;
+        let scale = 1.0 / (3.0 * self.dim as f32).sqrt();
+        let appeal = (self.dim as f32).sqrt() * it.appeal[0] as f32;
         out.clear();
-        for row in self.image_map.chunks_exact(two).take(width) {
-            let (a, b) = row.split_at(self.dim);
+        for row in self.image_map.chunks_exact(inputs).take(width) {
+            let (a, rest) = row.split_at(self.dim);
+            let (b, c) = rest.split_at(self.dim);
             let x: f32 = a.iter().zip(&it.shared).map(|(w, z)| w * z).sum::<f32>()
-                + b.iter().zip(&it.image).map(|(w, z)| w * z).sum::<f32>();
+                + b.iter().zip(&it.image).map(|(w, z)| w * z).sum::<f32>()
+                + c[0] * appeal;
             let n: f32 = StandardNormal.sample(rng);
             out.push((scale * x + 0.3 * n).max(0.0));
         }
+    }
+
+    /// The factors a title is drawn from: `[shared; title-only; √L·appeal]`.
+    pub fn title_factors(&self, item: usize, z: &mut Vec<f64>) {
+        let it = &self.items[item];
+        z.clear();
+        z.extend(it.shared.iter().chain(&it.title).map(|&x| f64::from(x)));
+        z.push((self.dim as f64).sqrt() * it.appeal[1]);
     }
 }
 
@@ -377,5 +399,59 @@ fn pick_owned<R: Rng>(c: usize, n_cat: usize, n_owners: usize, rng: &mut R) -> u
         c + n_cat * rng.random_range(0..per.max(1))
     } else {
         rng.random_range(0..n_owners)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn correlation(a: &[f64], b: &[f64]) -> f64 {
+        let n = a.len() as f64;
+        let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+        let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+        let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+        let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+        cov / (va * vb).sqrt()
+    }
+
+    #[test]
+    fn image_appeal_shows_in_the_image_and_moves_the_click() {
+        let cfg = WorldConfig { users: 50, items: 2000, image_dim: 64, ..WorldConfig::default() };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let world = Latent::new(&cfg, &mut rng);
+        // The image map's column that reads the appeal: projecting an image on it recovers the
+        // appeal of that item, though ReLU and noise blur it.
+        let inputs = 2 * world.dim + 1;
+        let direction: Vec<f32> = world.image_map.chunks_exact(inputs).map(|row| row[inputs - 1]).collect();
+        let (mut seen, mut appeal, mut image) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..world.items.len() {
+            world.image_embedding(i, &mut image, &mut rng);
+            seen.push(image.iter().zip(&direction).map(|(x, d)| f64::from(x * d)).sum::<f64>());
+            appeal.push(world.items[i].appeal[0]);
+        }
+        let r = correlation(&seen, &appeal);
+        assert!(r > 0.8, "image appeal is visible in the image embedding: r = {r:.3}");
+        let title_appeal: Vec<f64> = world.items.iter().map(|it| it.appeal[1]).collect();
+        let r = correlation(&seen, &title_appeal);
+        assert!(r.abs() < 0.1, "the title's appeal is not in the image: r = {r:.3}");
+
+        // In image-led categories the click follows the image appeal more than in statistics-led ones.
+        let follow = |profile: Profile| {
+            let (mut a, mut p) = (Vec::new(), Vec::new());
+            for (i, it) in world.items.iter().enumerate() {
+                if world.categories[it.category as usize].profile == profile {
+                    for u in 0..world.users.len() {
+                        a.push(it.appeal[0]);
+                        p.push(world.affinity(u, i));
+                    }
+                }
+            }
+            correlation(&a, &p)
+        };
+        let (image_led, statistics_led) = (follow(Profile::Image), follow(Profile::Statistics));
+        assert!(image_led > statistics_led + 0.3, "image-led {image_led:.3} vs statistics-led {statistics_led:.3}");
     }
 }

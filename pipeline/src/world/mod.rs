@@ -213,7 +213,7 @@ pub async fn generate(lake: &Lake, cfg: &WorldConfig, on_day: &mut dyn FnMut(u32
     lake.ensure_writable().await?;
     let mut rng = stream(cfg.seed, STREAM_WORLD, 0);
     let world = Latent::new(cfg, &mut rng);
-    let vocab = text::Vocabulary::new(cfg.vocab_size, cfg.title_topics, 2 * cfg.latent_dim, cfg.word_dim, &mut rng);
+    let vocab = text::Vocabulary::new(cfg.vocab_size, cfg.title_topics, 2 * cfg.latent_dim + 1, cfg.word_dim, &mut rng);
     let ids = Ids::new(cfg);
     let dates = cfg.dates();
 
@@ -319,12 +319,11 @@ async fn write_items(
     let mut rows = ItemRows::new(width);
     let mut truth_rows = TruthItemRows::new();
     let mut image = Vec::with_capacity(cfg.image_dim);
-    let mut z = Vec::with_capacity(2 * cfg.latent_dim);
+    let mut z = Vec::with_capacity(2 * cfg.latent_dim + 1);
     let result: Result<()> = async {
         for (i, it) in world.items.iter().enumerate() {
             let mut rng = stream(cfg.seed, STREAM_ITEM, i as u64);
-            z.clear();
-            z.extend(it.shared.iter().chain(&it.title).map(|&x| f64::from(x)));
+            world.title_factors(i, &mut z);
             let title = vocab.title(&z, None, &mut rng);
             let has_image = it.has_image;
             if has_image {

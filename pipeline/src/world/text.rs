@@ -2,8 +2,8 @@
 //!
 //! The vocabulary is made of pronounceable pseudo-words. Each word belongs to one topic (a few
 //! are general "filler" words of no topic). A title draws its words from topics whose weights
-//! depend on the item's shared and title-only factors, so the title carries exactly those two
-//! factors and nothing of the image-only one. Word vectors sit near their topic's centroid, as
+//! depend on the item's shared and title-only factors and its title appeal, so the title carries
+//! exactly those and nothing of the image-only factor. Word vectors sit near their topic's centroid, as
 //! real word vectors sit near words of similar meaning.
 
 use rand::Rng;
@@ -46,7 +46,7 @@ pub struct Vocabulary {
 
 impl Vocabulary {
     /// Builds `size` words over `n_topics` topics; `factor_dim` is the width of the
-    /// (shared, title-only) factor vector that titles are drawn from.
+    /// (shared, title-only, title appeal) factor vector that titles are drawn from.
     pub fn new<R: Rng>(size: usize, n_topics: usize, factor_dim: usize, word_dim: usize, rng: &mut R) -> Self {
         let n_topics = n_topics.max(1);
         let n_filler = (size / 20).clamp(1, 50).min(size.saturating_sub(n_topics).max(1));
@@ -70,7 +70,7 @@ impl Vocabulary {
         Self { words, topic_of, n_topics, topic_words, filler, topic_dirs, topic_centroids }
     }
 
-    /// A title for an item with title factors `z` (shared and title-only, concatenated).
+    /// A title for an item with title factors `z` (shared, title-only and appeal, concatenated).
     pub fn title<R: Rng>(&self, z: &[f64], category_word: Option<&str>, rng: &mut R) -> String {
         let scale = 3.0 / (z.len().max(1) as f64).sqrt();
         let logits: Vec<f64> =
