@@ -28,16 +28,24 @@ use serde::{Deserialize, Serialize};
 use crate::batch::ModelInputs;
 use crate::error::{Error, Result};
 use crate::modules::marn::{Marn, MarnConfig};
+use crate::modules::modality_embedding::Modality;
 
 /// File name of the weights.
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
 /// File name of the config.
 pub const CONFIG_FILE: &str = "model.json";
+/// Version of the checkpoint format written now. 1: the image layer standardises each image
+/// embedding before its projection. 0 (no `format` key): it projected the raw embedding, so such
+/// a checkpoint of a model that uses images would score wrongly here and is refused.
+pub const FORMAT: u32 = 1;
 
 /// What `model.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointMeta {
+    /// The checkpoint format ([`FORMAT`] when written by this build; 0 when absent).
+    #[serde(default)]
+    pub format: u32,
     /// The model config.
     pub config: MarnConfig,
     /// The data description the model was built for.
@@ -50,7 +58,7 @@ fn err(path: &str, message: impl std::fmt::Display) -> Error {
 
 /// The checkpoint of `model` as named files: `model.json` and `weights.safetensors`.
 pub fn to_files(model: &Marn) -> Result<Vec<(String, Vec<u8>)>> {
-    let meta = CheckpointMeta { config: model.config().clone(), inputs: model.inputs().clone() };
+    let meta = CheckpointMeta { format: FORMAT, config: model.config().clone(), inputs: model.inputs().clone() };
     let json = serde_json::to_vec_pretty(&meta).map_err(|e| err(CONFIG_FILE, e))?;
     let mut store = SafetensorsStore::from_bytes(None).metadata("format", "marnflow-marn");
     model.valid().save_into(&mut store).map_err(|e| err(WEIGHTS_FILE, e))?;
@@ -58,10 +66,22 @@ pub fn to_files(model: &Marn) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(vec![(CONFIG_FILE.to_string(), json), (WEIGHTS_FILE.to_string(), weights)])
 }
 
-/// The config of a checkpoint given as named files.
+/// The config of a checkpoint given as named files; a format this build cannot score the same
+/// way is refused.
 pub fn meta_from_files(files: &BTreeMap<String, Vec<u8>>) -> Result<CheckpointMeta> {
     let json = files.get(CONFIG_FILE).ok_or_else(|| err(CONFIG_FILE, "missing"))?;
-    serde_json::from_slice(json).map_err(|e| err(CONFIG_FILE, e))
+    let meta: CheckpointMeta = serde_json::from_slice(json).map_err(|e| err(CONFIG_FILE, e))?;
+    if meta.format > FORMAT {
+        return Err(err(CONFIG_FILE, format!("format {} is newer than this build's {FORMAT}", meta.format)));
+    }
+    if meta.format < 1 && meta.config.modalities(&meta.inputs).contains(&Modality::Image) {
+        return Err(err(
+            CONFIG_FILE,
+            "format 0: this model was trained on raw image embeddings, and this build standardises \
+             them before the image projection, so it would score wrongly; train it again",
+        ));
+    }
+    Ok(meta)
 }
 
 /// Rebuild a model from named files on `device` (use `device.autodiff()` to continue training).

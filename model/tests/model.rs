@@ -317,6 +317,32 @@ fn a_damaged_checkpoint_is_refused_with_an_error() {
 }
 
 #[test]
+fn a_checkpoint_that_fed_raw_images_is_refused_and_one_without_images_still_loads() {
+    let _serial = serial();
+    let spec = SyntheticSpec::default();
+    let dir = std::env::temp_dir().join(format!("marnflow-model-format-{}", std::process::id()));
+    for (variant, loads) in [(Variant::Image, false), (Variant::Marn, false), (Variant::Ids, true)] {
+        let model = tiny(variant).init(&spec.inputs(), &Device::flex()).unwrap();
+        checkpoint::save(&model, &dir).unwrap();
+        assert_eq!(checkpoint::load_meta(&dir).unwrap().format, checkpoint::FORMAT);
+        assert!(checkpoint::load(&dir, &Device::flex()).is_ok(), "{variant}: the current format loads");
+        // What a build before standardised images wrote: no `format` key.
+        let path = dir.join(checkpoint::CONFIG_FILE);
+        let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        json.as_object_mut().unwrap().remove("format");
+        std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+        match checkpoint::load(&dir, &Device::flex()) {
+            Ok(_) => assert!(loads, "{variant}: a format-0 model with images must be refused"),
+            Err(e) => {
+                assert!(!loads, "{variant}: a model without images still loads: {e}");
+                assert!(e.to_string().contains("raw image embeddings"), "{e}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn total_loss_is_ctr_plus_lambda_times_the_auxiliary_losses() {
     let _serial = serial();
     let spec = SyntheticSpec::default();
