@@ -187,7 +187,12 @@ pub async fn run_day(
             .set_alias(model, "candidate", version, current_candidate, &format!("marnflow run --date {}", plan.date))
             .await?;
     }
-    let production = registry.alias(model, "production").await?;
+    // One read of production's history: where it points now, and whether it was ever moved away
+    // from this version (a rollback, or a promotion of another). Such a version is not promoted
+    // again automatically: a person took it out, a person puts it back.
+    let history = registry.alias_history(model, "production").await?;
+    let production = history.last().map(|e| e.version);
+    let moved_away = history.iter().find(|e| e.previous == Some(version) && e.version != version);
     let metric = settings.promote_metric.as_str();
     let candidate_score = candidate.score(metric);
     let mut production_score = None;
@@ -196,40 +201,35 @@ pub async fn run_day(
         // A rerun after this version was promoted: production already is the candidate.
         production_score = candidate_score;
         promoted = true;
+    } else if let (true, Some(e)) = (promote_if_better, moved_away) {
+        tracing::warn!(
+            version,
+            at = %e.at,
+            reason = %e.reason,
+            "production was moved away from this version before; not promoting it again (use `marnflow models promote`)"
+        );
     } else if promote_if_better {
-        // A version that production was moved away from (a rollback, or a promotion of another)
-        // is not promoted again automatically: a person took it out, a person puts it back.
-        let history = registry.alias_history(model, "production").await?;
-        if let Some(e) = history.iter().find(|e| e.previous == Some(version) && e.version != version) {
-            tracing::warn!(
-                version,
-                at = %e.at,
-                reason = %e.reason,
-                "production was moved away from this version before; not promoting it again (use `marnflow models promote`)"
-            );
-        } else {
-            let better = match production {
-                None => true,
-                Some(p) => {
-                    let e = evaluation(p).await?;
-                    production_score = e.score(metric);
-                    match (candidate_score, production_score) {
-                        (Some(c), Some(p)) => c > p,
-                        (Some(_), None) => true,
-                        _ => false,
-                    }
+        let better = match production {
+            None => true,
+            Some(p) => {
+                let e = evaluation(p).await?;
+                production_score = e.score(metric);
+                match (candidate_score, production_score) {
+                    (Some(c), Some(p)) => c > p,
+                    (Some(_), None) => true,
+                    _ => false,
                 }
-            };
-            if better {
-                let reason = format!(
-                    "marnflow run --date {}: {metric} {} vs production {}",
-                    plan.date,
-                    candidate_score.map_or("-".into(), |v| format!("{:.4}", v.abs())),
-                    production_score.map_or("none".into(), |v| format!("{:.4}", v.abs()))
-                );
-                registry.set_alias(model, "production", version, production, &reason).await?;
-                promoted = true;
             }
+        };
+        if better {
+            let reason = format!(
+                "marnflow run --date {}: {metric} {} vs production {}",
+                plan.date,
+                candidate_score.map_or("-".into(), |v| format!("{:.4}", v.abs())),
+                production_score.map_or("none".into(), |v| format!("{:.4}", v.abs()))
+            );
+            registry.set_alias(model, "production", version, production, &reason).await?;
+            promoted = true;
         }
     }
     Ok(RunOutcome {
