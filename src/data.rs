@@ -590,11 +590,12 @@ pub struct BatchBuilder<'a> {
 }
 
 impl BatchBuilder<'_> {
-    /// A batch of just `items` of the day (each once, no sequence): what item-only passes need
-    /// (representations for export, MAF attention).
-    pub fn items(&self, items: &[u32]) -> Result<Batch> {
+    /// A batch of just `items` (each once, no sequence), with their features from the item table
+    /// of `day` (an index into `stores`): what item-only passes need (representations for
+    /// export, MAF attention).
+    pub fn items(&self, day: u16, items: &[u32]) -> Result<Batch> {
         let empty = Row {
-            day: 0,
+            day,
             user: 0,
             candidate: 0,
             label: 0.0,

@@ -30,7 +30,7 @@ use marnflow_pipeline::features::DAILY_ITEM_COUNTS;
 use marnflow_pipeline::lake::{partition, Lake};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{self, day_string, BatchBuilder, ItemStore, Row, Slice};
+use crate::data::{self, day_string, BatchBuilder, Row, Slice};
 use crate::plot::{BarChart, BarGroup, Chart, HeatMap, LineChart, Series};
 use crate::training::{self, TrainingRecord};
 
@@ -153,7 +153,7 @@ pub async fn evaluate(
     anyhow::ensure!(to >= from, "the evaluation period ends ({to}) before it starts ({from})");
     let days = data::days(from, to);
     let scorer = training::Scorer::open(lake, spec, &days, device).await?;
-    let (manifest, model, record, store) = (&scorer.manifest, &scorer.model, &scorer.record, &scorer.store);
+    let (manifest, model, record) = (&scorer.manifest, &scorer.model, &scorer.record);
     let rows = scorer.rows(lake, slice).await?;
     anyhow::ensure!(!rows.is_empty(), "{} has no rows to evaluate ({slice:?})", period(from, to));
     let builder = scorer.builder();
@@ -189,7 +189,7 @@ pub async fn evaluate(
         })
         .collect();
     let unseen = unseen_recall(model, &builder, &rows, &scores, &labels, |r| pop_of(r) == 0, recall_users)?;
-    let attention = attention(lake, model, &builder, &rows, store).await?;
+    let attention = attention(lake, model, &builder, &rows).await?;
     let evaluation = Evaluation {
         model: manifest.model.clone(),
         version: manifest.version,
@@ -338,28 +338,32 @@ fn unseen_recall(
     Ok(UnseenRecall { pool: pool.len(), users: users.len(), clicks, recall, auc_unseen_rows, unseen_rows: s.len() })
 }
 
-async fn attention(
-    lake: &Lake,
-    model: &Marn,
-    builder: &BatchBuilder<'_>,
-    rows: &[Row],
-    store: &ItemStore,
-) -> Result<Option<Attention>> {
-    let mut items: Vec<u32> = rows.iter().map(|r| r.candidate).collect();
+async fn attention(lake: &Lake, model: &Marn, builder: &BatchBuilder<'_>, rows: &[Row]) -> Result<Option<Attention>> {
+    // Every candidate once, with the item table of the last day it was a candidate on.
+    let mut last_day: HashMap<u32, u16> = HashMap::new();
+    for r in rows {
+        let day = last_day.entry(r.candidate).or_insert(r.day);
+        *day = (*day).max(r.day);
+    }
+    let mut items: Vec<(u16, u32)> = last_day.into_iter().map(|(item, day)| (day, item)).collect();
     items.sort_unstable();
-    items.dedup();
     let mut per_category: BTreeMap<String, (usize, Vec<f64>)> = BTreeMap::new();
     let m = model.modalities().len();
-    for chunk in items.chunks(EVAL_BATCH) {
-        let only_items = builder.items(chunk)?;
-        let x = model.tensors(&only_items)?;
-        let Some(values) = model.modality_attention(&x)? else { return Ok(None) };
-        for (k, &item) in only_items.items().item.iter().enumerate() {
-            let category = store.row(item).map_or("unknown".to_string(), |r| store.category_ids[r].clone());
-            let slot = per_category.entry(category).or_insert_with(|| (0, vec![0.0; m]));
-            slot.0 += 1;
-            for (acc, v) in slot.1.iter_mut().zip(&values[k]) {
-                *acc += f64::from(*v);
+    for of_day in items.chunk_by(|a, b| a.0 == b.0) {
+        let day = of_day[0].0;
+        let store = builder.stores.get(&day).ok_or_else(|| anyhow::anyhow!("no item table for day {day}"))?;
+        for chunk in of_day.chunks(EVAL_BATCH) {
+            let ids: Vec<u32> = chunk.iter().map(|&(_, item)| item).collect();
+            let only_items = builder.items(day, &ids)?;
+            let x = model.tensors(&only_items)?;
+            let Some(values) = model.modality_attention(&x)? else { return Ok(None) };
+            for (k, &item) in only_items.items().item.iter().enumerate() {
+                let category = store.row(item).map_or("unknown".to_string(), |r| store.category_ids[r].clone());
+                let slot = per_category.entry(category).or_insert_with(|| (0, vec![0.0; m]));
+                slot.0 += 1;
+                for (acc, v) in slot.1.iter_mut().zip(&values[k]) {
+                    *acc += f64::from(*v);
+                }
             }
         }
     }

@@ -63,14 +63,14 @@ pub async fn export_item_embeddings(
         None => last_feature_day(lake).await?,
     };
     let scorer = training::Scorer::open(lake, spec, &[day], device).await?;
-    let (manifest, model, store) = (&scorer.manifest, &scorer.model, &scorer.store);
+    let (manifest, model, (index, store)) = (&scorer.manifest, &scorer.model, scorer.last());
     let builder = scorer.builder();
     let (mut ids, mut categories, mut values) = (Vec::new(), Vec::new(), Vec::new());
     let mut width = 0;
     let table_rows: Vec<usize> = (0..store.len()).collect();
     for chunk in table_rows.chunks(CHUNK) {
         let items: Vec<u32> = chunk.iter().map(|&r| store.item_index[r]).collect();
-        let batch = builder.items(&items)?;
+        let batch = builder.items(index, &items)?;
         let x = model.tensors(&batch)?;
         let (rep, _) = model
             .item_representations(&x)

@@ -201,8 +201,7 @@ pub struct Scorer {
     pub model: Marn,
     pub record: Option<TrainingRecord>,
     pub vocab: Vocab,
-    /// The item side table of the last day.
-    pub store: Arc<data::ItemStore>,
+    /// The item side table of every day, by the day's index in `days`.
     stores: std::collections::HashMap<u16, Arc<data::ItemStore>>,
     days: Vec<NaiveDate>,
 }
@@ -217,6 +216,8 @@ impl Scorer {
     /// Loads `spec` (NAME@ALIAS or NAME@vN) on `device` with the item tables of `days` (at least one).
     pub async fn open(lake: &Lake, spec: &str, days: &[NaiveDate], device: &str) -> Result<Self> {
         let last = *days.last().ok_or_else(|| anyhow!("no day to score"))?;
+        // Rows and batches number the days with a u16.
+        anyhow::ensure!(days.len() <= usize::from(u16::MAX), "at most {} days can be scored at once", u16::MAX);
         let device = parse_device(device)?;
         let (manifest, model, files) = load_model(lake, spec, &device).await?;
         let record = training_record(&files);
@@ -228,11 +229,15 @@ impl Scorer {
         let data_spec = DataSpec { inputs: model.inputs().clone(), stat_columns };
         let mut stores = std::collections::HashMap::new();
         for (i, &day) in days.iter().enumerate() {
-            let index = u16::try_from(i).map_err(|_| anyhow!("at most {} days can be scored at once", u16::MAX))?;
-            stores.insert(index, Arc::new(data::ItemStore::load(lake, day, &data_spec, &vocab).await?));
+            stores.insert(i as u16, Arc::new(data::ItemStore::load(lake, day, &data_spec, &vocab).await?));
         }
-        let store = stores[&((days.len() - 1) as u16)].clone();
-        Ok(Self { manifest, model, record, vocab, store, stores, days: days.to_vec() })
+        Ok(Self { manifest, model, record, vocab, stores, days: days.to_vec() })
+    }
+
+    /// The index of the last day and its item side table.
+    pub fn last(&self) -> (u16, &data::ItemStore) {
+        let day = (self.days.len() - 1) as u16;
+        (day, &self.stores[&day])
     }
 
     /// Builds batches of rows of the scorer's days.
