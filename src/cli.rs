@@ -405,11 +405,11 @@ pub struct ImportCommon {
     pub word_dim: u64,
 
     /// Seed of the random word vectors (and of Amazon's negative sampling)
-    #[arg(long, value_name = "S", default_value_t = 1)]
+    #[arg(long, value_name = "S", default_value_t = marnflow_pipeline::import::DEFAULT_SEED)]
     pub seed: u64,
 
     /// Fail when more than this share of the input lines cannot be imported
-    #[arg(long, value_name = "SHARE", default_value_t = 0.01)]
+    #[arg(long, value_name = "SHARE", default_value_t = marnflow_pipeline::import::DEFAULT_MAX_BAD_SHARE)]
     pub max_bad_share: f64,
 
     /// Print the summary as one JSON object
@@ -426,7 +426,7 @@ pub enum ImportSource {
         input: PathBuf,
 
         /// Ratings at or above this are clicks (label 1)
-        #[arg(long, value_name = "R", default_value_t = 4.0)]
+        #[arg(long, value_name = "R", default_value_t = marnflow_pipeline::import::movielens::DEFAULT_POSITIVE_RATING)]
         positive_rating: f64,
 
         #[command(flatten)]

@@ -641,7 +641,7 @@ async fn demo_movielens(cfg: &Config, args: &cli::DemoArgs, dir: &std::path::Pat
     use marnflow_pipeline::import;
     let lake = Lake::open(&cfg.lake)?;
     let demo_started = std::time::Instant::now();
-    let mut data = import::movielens::read(dir, 4.0)?;
+    let mut data = import::movielens::read(dir, import::movielens::DEFAULT_POSITIVE_RATING)?;
     if let Some(since) = args.since {
         let start = since.and_hms_opt(0, 0, 0).context("--since")?.and_utc().timestamp_millis();
         let before = data.interactions.len();
@@ -651,14 +651,15 @@ async fn demo_movielens(cfg: &Config, args: &cli::DemoArgs, dir: &std::path::Pat
         tracing::info!(%since, left_out, "--since: ratings before it are not imported");
     }
     let words = import::WordVectorSource::default();
-    let s = import::write(&lake, "movielens", data, &words, 0.01).await?;
+    let s = import::write(&lake, "movielens", data, &words, import::DEFAULT_MAX_BAD_SHARE).await?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "imported MovieLens from {}: {} ratings ({} clicks: rating >= 4) of {} users on {} movies, {} .. {}",
+        "imported MovieLens from {}: {} ratings ({} clicks: rating >= {}) of {} users on {} movies, {} .. {}",
         dir.display(),
         s.exposures,
         s.clicks,
+        import::movielens::DEFAULT_POSITIVE_RATING,
         s.users,
         s.items,
         s.first_day,

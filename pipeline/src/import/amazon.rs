@@ -24,14 +24,15 @@
 //! not parse are quarantined with their reason.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
-use super::{clean_title, for_each_line, input_error, open_text, pylit, Dataset, Interaction, ItemRecord, NONE_ID};
+use super::{
+    clean_title, for_each_line, input_error, open_text, pylit, read_up_to, Dataset, Interaction, ItemRecord, NONE_ID,
+};
 use crate::error::Result;
 
 /// Draws before giving up on a negative for a reviewer who reviewed nearly the whole catalogue.
@@ -238,14 +239,7 @@ fn read_images(path: &Path, dim: usize, items: &mut BTreeMap<String, ItemRecord>
     let mut buf = vec![0u8; record_bytes];
     let (mut unused, mut n) = (0u64, 0u64);
     loop {
-        let mut got = 0;
-        while got < record_bytes {
-            match reader.read(&mut buf[got..]) {
-                Ok(0) => break,
-                Ok(k) => got += k,
-                Err(e) => return Err(input_error(path, format!("record {}: {e}", n + 1))),
-            }
-        }
+        let got = read_up_to(&mut reader, &mut buf).map_err(|e| input_error(path, format!("record {}: {e}", n + 1)))?;
         if got == 0 {
             break;
         }

@@ -94,6 +94,10 @@ impl Lines {
 
 /// Width of the random word vectors when no file gives one.
 pub const DEFAULT_WORD_DIM: usize = 32;
+/// Seed of the random word vectors (and of Amazon's negative sampling) without `--seed`.
+pub const DEFAULT_SEED: u64 = 1;
+/// Share of unreadable input lines above which an import fails, without `--max-bad-share`.
+pub const DEFAULT_MAX_BAD_SHARE: f64 = 0.01;
 
 /// Where the word vectors of the titles come from.
 #[derive(Debug, Clone)]
@@ -106,9 +110,10 @@ pub struct WordVectorSource {
 }
 
 impl Default for WordVectorSource {
-    /// Random vectors of [`DEFAULT_WORD_DIM`], seed 1: what `marnflow import` uses without flags.
+    /// Random vectors of [`DEFAULT_WORD_DIM`] and [`DEFAULT_SEED`]: what `marnflow import` uses
+    /// without flags.
     fn default() -> Self {
-        Self { file: None, dim: DEFAULT_WORD_DIM, seed: 1 }
+        Self { file: None, dim: DEFAULT_WORD_DIM, seed: DEFAULT_SEED }
     }
 }
 
@@ -171,7 +176,8 @@ pub fn open_text(path: &Path) -> Result<Box<dyn BufRead>> {
     }
 }
 
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads until `buf` is full or the input ends; returns how many bytes it read.
+pub(super) fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..])? {
@@ -316,7 +322,7 @@ pub async fn write(
         let dt = day.format("%Y-%m-%d").to_string();
         let (mut e, mut c, mut b) = (ExposureRows::new(), ClickRows::new(), BehaviorRows::new());
         for it in rows {
-            e.push_unranked(it.time_ms, &it.request, &it.user, &it.item);
+            e.push(it.time_ms, &it.request, &it.user, &it.item, None);
             if it.clicked {
                 c.push(it.time_ms, &it.request, &it.user, &it.item);
                 b.push(it.time_ms, &it.user, &it.item, "click");

@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 use super::{clean_title, for_each_line, input_error, Dataset, Interaction, ItemRecord, Lines, NONE_ID};
 use crate::error::Result;
 
+/// Ratings at or above this are clicks, without `--positive-rating`.
+pub const DEFAULT_POSITIVE_RATING: f64 = 4.0;
+
 /// The genres of GroupLens's `u.genre`, in flag order (used when the file is absent).
 pub const GENRES: [&str; 19] = [
     "unknown",

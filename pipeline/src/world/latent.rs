@@ -43,6 +43,12 @@ pub const FRESH_DAYS: u32 = 3;
 /// Weight of an item's (standard normal) image and title appeal inside the image and title terms.
 pub const APPEAL: f64 = 0.8;
 
+/// Width of the factors an image or a title is drawn from, `[shared; modality-only; √L·appeal]`,
+/// for latent width `dim`.
+pub fn content_width(dim: usize) -> usize {
+    2 * dim + 1
+}
+
 /// The modality a category's clicks lean on most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
@@ -268,7 +274,7 @@ impl Latent {
             })
             .collect();
         let user_sampler = WeightedIndex::new(users.iter().map(|u| u.activity)).expect("at least one user");
-        let image_map = to_f32(normal_vec(rng, cfg.image_dim * (2 * dim + 1)));
+        let image_map = to_f32(normal_vec(rng, cfg.image_dim * content_width(dim)));
 
         Self {
             dim,
@@ -362,7 +368,7 @@ impl Latent {
     /// of the pre-activation variance.
     pub fn image_embedding<R: Rng>(&self, item: usize, out: &mut Vec<f32>, rng: &mut R) {
         let it = &self.items[item];
-        let inputs = 2 * self.dim + 1;
+        let inputs = content_width(self.dim);
         let width = self.image_map.len() / inputs;
         let scale = 1.0 / (3.0 * self.dim as f32).sqrt();
         let appeal = (self.dim as f32).sqrt() * it.appeal[0] as f32;
@@ -424,7 +430,7 @@ mod tests {
         let world = Latent::new(&cfg, &mut rng);
         // The image map's column that reads the appeal: projecting an image on it recovers the
         // appeal of that item, though ReLU and noise blur it.
-        let inputs = 2 * world.dim + 1;
+        let inputs = content_width(world.dim);
         let direction: Vec<f32> = world.image_map.chunks_exact(inputs).map(|row| row[inputs - 1]).collect();
         let (mut seen, mut appeal, mut image) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..world.items.len() {

@@ -213,7 +213,13 @@ pub async fn generate(lake: &Lake, cfg: &WorldConfig, on_day: &mut dyn FnMut(u32
     lake.ensure_writable().await?;
     let mut rng = stream(cfg.seed, STREAM_WORLD, 0);
     let world = Latent::new(cfg, &mut rng);
-    let vocab = text::Vocabulary::new(cfg.vocab_size, cfg.title_topics, 2 * cfg.latent_dim + 1, cfg.word_dim, &mut rng);
+    let vocab = text::Vocabulary::new(
+        cfg.vocab_size,
+        cfg.title_topics,
+        latent::content_width(cfg.latent_dim),
+        cfg.word_dim,
+        &mut rng,
+    );
     let ids = Ids::new(cfg);
     let dates = cfg.dates();
 
@@ -319,7 +325,7 @@ async fn write_items(
     let mut rows = ItemRows::new(width);
     let mut truth_rows = TruthItemRows::new();
     let mut image = Vec::with_capacity(cfg.image_dim);
-    let mut z = Vec::with_capacity(2 * cfg.latent_dim + 1);
+    let mut z = Vec::with_capacity(latent::content_width(cfg.latent_dim));
     let result: Result<()> = async {
         for (i, it) in world.items.iter().enumerate() {
             let mut rng = stream(cfg.seed, STREAM_ITEM, i as u64);
@@ -526,7 +532,7 @@ async fn fill_day(
             let iid = &ids.items[item];
             let p = world.p_click(user, item, position);
             let clicked = rng.random::<f64>() < p;
-            rows.exposures.push(t, &request_id, uid, iid, position as i32);
+            rows.exposures.push(t, &request_id, uid, iid, Some(position as i32));
             rows.truth.push(&request_id, uid, iid, p);
             auc.add(p, clicked);
             counts.exposures += 1;

@@ -41,20 +41,13 @@ impl ExposureRows {
             position: Int32Builder::new(),
         }
     }
-    pub fn push(&mut self, time_ms: i64, request: &str, user: &str, item: &str, position: i32) {
+    /// One exposure; `position` is `None` for sources that do not record a slate position.
+    pub fn push(&mut self, time_ms: i64, request: &str, user: &str, item: &str, position: Option<i32>) {
         self.time.append_value(time_ms);
         self.request.append_value(request);
         self.user.append_value(user);
         self.item.append_value(item);
-        self.position.append_value(position);
-    }
-    /// An exposure with no slate position (sources that do not record one).
-    pub fn push_unranked(&mut self, time_ms: i64, request: &str, user: &str, item: &str) {
-        self.time.append_value(time_ms);
-        self.request.append_value(request);
-        self.user.append_value(user);
-        self.item.append_value(item);
-        self.position.append_null();
+        self.position.append_option(position);
     }
     pub fn len(&self) -> usize {
         self.time.len()
