@@ -20,6 +20,13 @@ fn movielens_dir(test: &str) -> Option<PathBuf> {
     }
 }
 
+/// `marnflow --lake LAKE import ARGS…`, expected to fail as a usage error (exit 2); its stderr.
+fn import_fails(lake: &Path, args: &[&str]) -> String {
+    let mut all = vec!["--lake", lake.to_str().unwrap(), "import"];
+    all.extend_from_slice(args);
+    fails(&all, 2)
+}
+
 fn import_json(lake: &Path, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["--lake", lake.to_str().unwrap(), "import"];
     all.extend_from_slice(args);
@@ -143,24 +150,12 @@ fn movielens_in_both_layouts_gives_the_same_raw_logs() {
     ]);
     assert_eq!(q, format!("line,reason\n{},\"rating \"\"five\"\" is not a number\"\n", ratings.len() + 1));
     // Past --max-bad-share the import fails, naming the line.
-    let err = fails(
-        &[
-            "--lake",
-            c.to_str().unwrap(),
-            "import",
-            "movielens",
-            "--input",
-            grouplens.to_str().unwrap(),
-            "--max-bad-share",
-            "0",
-        ],
-        2,
-    );
+    let err = import_fails(&c, &["movielens", "--input", grouplens.to_str().unwrap(), "--max-bad-share", "0"]);
     assert!(err.contains("u.data:100001") && err.contains("not a number"), "{err}");
     // A lake that holds other logs is refused.
     let world = tmp.path().join("world");
     tiny_world(&world, 3);
-    let err = fails(&["--lake", world.to_str().unwrap(), "import", "movielens", "--input", dir.to_str().unwrap()], 2);
+    let err = import_fails(&world, &["movielens", "--input", dir.to_str().unwrap()]);
     assert!(err.contains("empty lake"), "{err}");
 }
 
@@ -360,17 +355,14 @@ fn amazon_import_samples_seeded_negatives_and_runs_the_chain() {
     assert!(e["auc"].as_f64().is_some() && e["rows"].as_u64().unwrap() > 0, "{e}");
 
     // Errors say what and where.
-    let err =
-        fails(&["--lake", l, "import", "amazon", "--reviews", "/no/such/file", "--meta", meta.to_str().unwrap()], 2);
+    let err = import_fails(&a, &["amazon", "--reviews", "/no/such/file", "--meta", meta.to_str().unwrap()]);
     assert!(err.contains("/no/such/file") && err.contains("cannot open"), "{err}");
     let cut = tmp.path().join("cut.b");
     std::fs::write(&cut, &std::fs::read(&images).unwrap()[..10 + 4 * IMAGE_DIM + 100]).unwrap();
     let d = tmp.path().join("d");
-    let err = fails(
+    let err = import_fails(
+        &d,
         &[
-            "--lake",
-            d.to_str().unwrap(),
-            "import",
             "amazon",
             "--reviews",
             reviews.to_str().unwrap(),
@@ -379,7 +371,6 @@ fn amazon_import_samples_seeded_negatives_and_runs_the_chain() {
             "--image-features",
             cut.to_str().unwrap(),
         ],
-        2,
     );
     assert!(err.contains("cut.b") && err.contains("ends inside record 2"), "{err}");
 }

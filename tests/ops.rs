@@ -13,6 +13,10 @@ use std::process::{Command, Output};
 
 use crate::util::*;
 
+/// The only marnflow variables a deployment file may set: the lake, the config file and the log
+/// format (every other setting lives in the config file).
+const DEPLOY_ENV: [&str; 3] = ["MARNFLOW_LAKE", "MARNFLOW_CONFIG", "MARNFLOW_LOG_FORMAT"];
+
 /// Where the files of the examples are installed (ops/systemd, ops/cron, ops/k8s).
 const INSTALL: &str = "/opt/marnflow/";
 
@@ -144,7 +148,7 @@ fn systemd_units_start_the_wrapper_every_day_and_catch_up_after_downtime() {
     // The environment it gives marnflow holds only marnflow's own settings.
     for env in service.get(&("Service".into(), "Environment".into())).into_iter().flatten() {
         let name = env.split('=').next().unwrap();
-        assert!(["MARNFLOW_LAKE", "MARNFLOW_LOG_FORMAT", "MARNFLOW_CONFIG"].contains(&name), "{env}");
+        assert!(DEPLOY_ENV.contains(&name), "{env}");
     }
 
     if !have("systemd-analyze") {
@@ -270,7 +274,7 @@ fn the_cron_line_is_valid_and_really_starts_the_wrapper() {
     assert!(!command.contains('%'), "an unescaped % ends a cron command: {command}");
     assert!(env.get("SHELL").is_some_and(|s| s == "/bin/bash"), "{env:?}");
     for k in env.keys().filter(|k| k.starts_with("MARNFLOW_")) {
-        assert!(["MARNFLOW_LAKE", "MARNFLOW_CONFIG", "MARNFLOW_LOG_FORMAT"].contains(&k.as_str()), "{k}");
+        assert!(DEPLOY_ENV.contains(&k.as_str()), "{k}");
     }
     let wrapper_at = command.find("ops/marnflow-daily.sh").expect("the cron line starts ops/marnflow-daily.sh");
     let cd = command.split("&&").next().unwrap().trim();
@@ -350,7 +354,7 @@ fn the_k8s_cronjob_forbids_overlap_and_takes_credentials_from_secrets() {
             assert!(e["valueFrom"]["secretKeyRef"]["name"].is_string(), "{name} is not from a secret");
         }
         if name.starts_with("MARNFLOW_") {
-            assert!(["MARNFLOW_LAKE", "MARNFLOW_LOG_FORMAT", "MARNFLOW_CONFIG"].contains(&name), "{name}");
+            assert!(DEPLOY_ENV.contains(&name), "{name}");
         }
     }
     // The wrapper of this repository, with flags it accepts, its state on the claim defined here.

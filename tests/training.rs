@@ -24,6 +24,18 @@ impl World {
         w
     }
 
+    /// The demo's world (`configs/demo.toml`, which also sets the model widths), with features for
+    /// its week.
+    fn demo() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = dir.path().join("lake");
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml");
+        let w = Self { _dir: dir, lake, config };
+        w.ok(&["generate"]);
+        w.ok(&["features", "--from", "2026-01-01", "--to", "2026-01-07"]);
+        w
+    }
+
     fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
         let mut all = vec!["--lake", self.lake.to_str().unwrap(), "--config", self.config.to_str().unwrap()];
         all.extend_from_slice(args);
@@ -51,10 +63,6 @@ impl World {
     fn evaluate(&self, spec: &str, date: &str) -> serde_json::Value {
         self.json(&["evaluate", "--model", spec, "--date", date, "--json"])
     }
-}
-
-fn f(v: &serde_json::Value, key: &str) -> f64 {
-    v[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
 #[test]
@@ -201,41 +209,22 @@ fn marn_beats_ids_by_more_than_the_seed_spread_most_on_unseen_items() {
     // The demo's world (configs/demo.toml): a week, 600 users, 1,500 items of which 30% launch
     // after the first day. Images and titles show how appealing an item is to everyone, and its
     // id shows it only after the item has been exposed often enough to learn.
-    let dir = tempfile::tempdir().unwrap();
-    let lake = dir.path().join("lake");
-    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml");
-    let base = ["--lake", lake.to_str().unwrap(), "--config", demo.to_str().unwrap()];
-    ok(&[&base[..], &["generate"]].concat());
-    ok(&[&base[..], &["features", "--from", "2026-01-01", "--to", "2026-01-07"]].concat());
+    let w = World::demo();
 
     let mut results: Vec<Quality> = Vec::new();
     for variant in ["ids", "marn"] {
         for seed in ["1", "2"] {
             let name = format!("{variant}-{seed}");
-            let train = [
-                &base[..],
-                &[
-                    "train",
-                    "--model",
-                    &name,
-                    "--from",
-                    "2026-01-01",
-                    "--to",
-                    "2026-01-06",
-                    "--variant",
-                    variant,
-                    "--epochs",
-                    "2",
-                    "--json",
-                ],
-            ]
-            .concat();
+            let train = ["train", "--model", &name, "--from", "2026-01-01", "--to", "2026-01-06", "--variant", variant];
             // Only the training seed differs: the spread across seeds is the training noise.
-            let out = marnflow().env("MARNFLOW_TRAIN_SEED", seed).args(&train).output().unwrap();
+            let out = marnflow()
+                .env("MARNFLOW_TRAIN_SEED", seed)
+                .args(w.args(&train))
+                .args(["--epochs", "2", "--json"])
+                .output()
+                .unwrap();
             assert!(out.status.success(), "train {name}: {}", String::from_utf8_lossy(&out.stderr));
-            let spec = format!("{name}@v1");
-            let e =
-                summary(&ok(&[&base[..], &["evaluate", "--model", &spec, "--date", "2026-01-07", "--json"]].concat()));
+            let e = w.evaluate(&format!("{name}@v1"), "2026-01-07");
             let deciles: Vec<f64> =
                 e["deciles"].as_array().unwrap().iter().map(|d| d["auc"].as_f64().unwrap_or(0.5)).collect();
             assert_eq!(deciles.len(), 10, "{e}");

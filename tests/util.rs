@@ -131,3 +131,8 @@ pub fn parquet_schema(path: &Path) -> arrow::datatypes::SchemaRef {
 pub fn summary(stdout: &str) -> serde_json::Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
+
+/// The number `key` of a JSON object; panics naming the key when it is absent.
+pub fn f(v: &serde_json::Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
