@@ -32,6 +32,7 @@ pub struct TrainSection {
     pub batch_size: usize,
     pub learning_rate: f64,
     pub initial_accumulator: f64,
+    pub importance_initial_accumulator: f64,
     pub representation_dim: usize,
     pub modality_dim: usize,
     pub gru_dim: usize,
@@ -40,6 +41,7 @@ pub struct TrainSection {
     pub title_filters: usize,
     pub fine_tune_word_vectors: bool,
     pub lambda0: f64,
+    pub grl_weight: f64,
     pub seed: u64,
     pub device: String,
     pub shuffle_buffer: usize,
@@ -59,6 +61,7 @@ impl Default for TrainSection {
             batch_size: 256,
             learning_rate: 0.05,
             initial_accumulator: 0.00001,
+            importance_initial_accumulator: 0.1,
             representation_dim: 256,
             modality_dim: 128,
             gru_dim: 128,
@@ -67,6 +70,7 @@ impl Default for TrainSection {
             title_filters: 32,
             fine_tune_word_vectors: true,
             lambda0: 0.05,
+            grl_weight: 1.0,
             seed: 42,
             device: "cpu".into(),
             shuffle_buffer: 65536,
@@ -118,8 +122,17 @@ impl TrainSection {
         if !(self.initial_accumulator.is_finite() && self.initial_accumulator >= 0.0) {
             p.push(format!("train.initial_accumulator = {} must be a number >= 0", self.initial_accumulator));
         }
+        if !(self.importance_initial_accumulator.is_finite() && self.importance_initial_accumulator >= 0.0) {
+            p.push(format!(
+                "train.importance_initial_accumulator = {} must be a number >= 0",
+                self.importance_initial_accumulator
+            ));
+        }
         if !(self.lambda0.is_finite() && self.lambda0 >= 0.0) {
             p.push(format!("train.lambda0 = {} must be a number >= 0", self.lambda0));
+        }
+        if !(self.grl_weight.is_finite() && self.grl_weight >= 0.0) {
+            p.push(format!("train.grl_weight = {} must be a number >= 0", self.grl_weight));
         }
         if !(self.holdout_share > 0.0 && self.holdout_share < 1.0) {
             p.push(format!("train.holdout_share = {} is out of range: allowed between 0 and 1", self.holdout_share));
@@ -146,6 +159,7 @@ impl TrainSection {
             attention_dim: self.attention_dim,
             head_layers: self.head_layers.clone(),
             lambda0: self.lambda0,
+            grl_weight: self.grl_weight,
             ..Default::default()
         };
         c.embedding.modality_dim = self.modality_dim;

@@ -282,6 +282,8 @@ pub struct ItemStore {
     /// `[n, 2 * n_stats]`.
     stats: Vec<u32>,
     images: Vec<f32>,
+    /// Whether each row has a (valid) image.
+    image_present: Vec<bool>,
     titles: Vec<Vec<u32>>,
     /// Item id and category id strings (reports, embeddings export).
     pub item_ids: Vec<String>,
@@ -361,11 +363,16 @@ impl ItemStore {
                                 let row_values = &v[r * d..(r + 1) * d];
                                 if row_values.iter().all(|x| x.is_finite()) {
                                     out.images.extend_from_slice(row_values);
+                                    out.image_present.push(true);
                                 } else {
                                     out.images.extend(std::iter::repeat_n(0.0, d));
+                                    out.image_present.push(false);
                                 }
                             }
-                            _ => out.images.extend(std::iter::repeat_n(0.0, d)),
+                            _ => {
+                                out.images.extend(std::iter::repeat_n(0.0, d));
+                                out.image_present.push(false);
+                            }
                         }
                     }
                     let mut words = Vec::new();
@@ -629,9 +636,11 @@ impl BatchBuilder<'_> {
                         items.category.push(st.category[r]);
                         items.stat_buckets.extend_from_slice(&st.stats[r * s..(r + 1) * s]);
                         images.extend_from_slice(&st.images.get(r * d..(r + 1) * d).unwrap_or(&[]));
+                        items.image_present.push(st.image_present.get(r).copied().unwrap_or(false));
                         titles.push(&st.titles[r]);
                     }
                     None => {
+                        items.image_present.push(false);
                         items.shop.push(UNKNOWN as u32);
                         items.brand.push(UNKNOWN as u32);
                         items.category.push(UNKNOWN as u32);

@@ -10,8 +10,13 @@
 //!   day with no training exposure; for each user who clicked one (up to `recall_users`, chosen
 //!   by a hash of the user id), the model scores the whole pool with the user's sequence at that
 //!   click, and recall@N is the share of the user's clicked pool items ranked in the top N.
-//! - Mean MAF attention intensity per modality and category (Figure 4), beside the planted
-//!   profile of the category when the lake is a generated world.
+//! - MAF attention intensity per modality and category (Figure 4): the average l2-norm of the
+//!   vector attention `atten_m` over the category's items that have the modality, beside the
+//!   planted profile and weights of the category when the lake is a generated world, with how
+//!   well they agree (the modality each category weights most, rank correlations).
+//! - The modality space (Figure 5): `s_image`, `s_title`, `c_image`, `c_title` and `c` of
+//!   evaluation items with both an image and a title, projected on their first two principal
+//!   components, and how far apart the two `s` sets and the two `c` sets lie.
 //! - The Bayes-optimal AUC: the AUC of `truth/exposures.p_click` on the same rows, when known.
 //!
 //! The result is saved beside the version (`models/NAME/evaluations/vN/DATE.json`: versions stay
@@ -31,7 +36,7 @@ use marnflow_pipeline::lake::{partition, Lake};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{self, day_string, BatchBuilder, Row, Slice};
-use crate::plot::{BarChart, BarGroup, Chart, HeatMap, LineChart, Series};
+use crate::plot::{BarChart, BarGroup, Chart, HeatMap, LineChart, ScatterChart, Series};
 use crate::training::{self, TrainingRecord};
 
 /// Rows per prediction batch.
@@ -62,11 +67,14 @@ pub struct UnseenRecall {
     pub unseen_rows: usize,
 }
 
-/// Mean attention intensity of each modality, per category.
+/// Attention intensity of each modality, per category (Figure 4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attention {
     pub modalities: Vec<String>,
     pub categories: Vec<CategoryAttention>,
+    /// How the intensities agree with the planted weights (generated worlds).
+    #[serde(default)]
+    pub agreement: Option<AttentionAgreement>,
 }
 
 /// One category's row of the Figure-4 heat map.
@@ -76,7 +84,46 @@ pub struct CategoryAttention {
     /// Planted profile (generated worlds).
     pub profile: Option<String>,
     pub items: usize,
+    /// Average `‖atten_m‖₂` over the category's items that have modality `m`.
     pub intensity: Vec<f64>,
+    /// The planted click weight of each modality (`truth/categories`: `w_id`, `w_image`,
+    /// `w_title`, `w_statistics`), generated worlds only.
+    #[serde(default)]
+    pub planted: Option<Vec<f64>>,
+}
+
+/// Agreement between the attention intensities and the planted weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttentionAgreement {
+    /// Categories with planted weights.
+    pub categories: usize,
+    /// Categories whose most-attended modality is the one with the largest planted weight.
+    pub top_matches: usize,
+    /// The same after dividing each modality's intensity by its mean over the categories (the
+    /// attention layers of different modalities need not share a scale).
+    pub top_matches_relative: usize,
+    /// Spearman correlation of intensity and planted weight over every (category, modality) cell.
+    pub spearman_cells: Option<f64>,
+    /// Per modality: Spearman correlation over the categories (does a modality get more attention
+    /// where it matters more?).
+    pub spearman_per_modality: Vec<Option<f64>>,
+}
+
+/// The modality space of Figure 5: 2-D principal-component coordinates of the specific and
+/// invariant features, and their separation in the full space.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModalitySpace {
+    /// Items used (each has an image and a title).
+    pub items: usize,
+    /// Distance between the centroids of `s_image` and `s_title`, over the root mean square
+    /// distance of their points to their centroids.
+    pub specific_separation: f64,
+    /// The same for `c_image` and `c_title`.
+    pub invariant_separation: f64,
+    /// Share of the variance the two components explain.
+    pub explained: f64,
+    /// Per set (`s_image`, `s_title`, `c_image`, `c_title`, `c`): its 2-D points.
+    pub sets: Vec<(String, Vec<(f64, f64)>)>,
 }
 
 /// Everything `evaluate` reports.
@@ -98,6 +145,8 @@ pub struct Evaluation {
     pub deciles: Vec<Decile>,
     pub unseen: UnseenRecall,
     pub attention: Option<Attention>,
+    #[serde(default)]
+    pub modality_space: Option<ModalitySpace>,
     pub seconds: f64,
 }
 
@@ -190,6 +239,7 @@ pub async fn evaluate(
         .collect();
     let unseen = unseen_recall(model, &builder, &rows, &scores, &labels, |r| pop_of(r) == 0, recall_users)?;
     let attention = attention(lake, model, &builder, &rows).await?;
+    let modality_space = modality_space(model, &builder, &rows)?;
     let evaluation = Evaluation {
         model: manifest.model.clone(),
         version: manifest.version,
@@ -207,6 +257,7 @@ pub async fn evaluate(
         deciles,
         unseen,
         attention,
+        modality_space,
         seconds: started.elapsed().as_secs_f64(),
     };
     let path = evaluation_path(&manifest.model, manifest.version, &evaluation.date, slice);
@@ -338,8 +389,9 @@ fn unseen_recall(
     Ok(UnseenRecall { pool: pool.len(), users: users.len(), clicks, recall, auc_unseen_rows, unseen_rows: s.len() })
 }
 
-async fn attention(lake: &Lake, model: &Marn, builder: &BatchBuilder<'_>, rows: &[Row]) -> Result<Option<Attention>> {
-    // Every candidate once, with the item table of the last day it was a candidate on.
+/// Every candidate of `rows` once, with the day of the last row it was a candidate on, grouped
+/// by day.
+fn candidates_by_day(rows: &[Row]) -> Vec<(u16, u32)> {
     let mut last_day: HashMap<u32, u16> = HashMap::new();
     for r in rows {
         let day = last_day.entry(r.candidate).or_insert(r.day);
@@ -347,7 +399,14 @@ async fn attention(lake: &Lake, model: &Marn, builder: &BatchBuilder<'_>, rows: 
     }
     let mut items: Vec<(u16, u32)> = last_day.into_iter().map(|(item, day)| (day, item)).collect();
     items.sort_unstable();
-    let mut per_category: BTreeMap<String, (usize, Vec<f64>)> = BTreeMap::new();
+    items
+}
+
+async fn attention(lake: &Lake, model: &Marn, builder: &BatchBuilder<'_>, rows: &[Row]) -> Result<Option<Attention>> {
+    // Every candidate once, with the item table of the last day it was a candidate on.
+    let items = candidates_by_day(rows);
+    // Per category: items, and per modality the sum of norms and the items that have it.
+    let mut per_category: BTreeMap<String, (usize, Vec<(f64, usize)>)> = BTreeMap::new();
     let m = model.modalities().len();
     for of_day in items.chunk_by(|a, b| a.0 == b.0) {
         let day = of_day[0].0;
@@ -359,46 +418,183 @@ async fn attention(lake: &Lake, model: &Marn, builder: &BatchBuilder<'_>, rows: 
             let Some(values) = model.modality_attention(&x)? else { return Ok(None) };
             for (k, &item) in only_items.items().item.iter().enumerate() {
                 let category = store.row(item).map_or("unknown".to_string(), |r| store.category_ids[r].clone());
-                let slot = per_category.entry(category).or_insert_with(|| (0, vec![0.0; m]));
+                let slot = per_category.entry(category).or_insert_with(|| (0, vec![(0.0, 0); m]));
                 slot.0 += 1;
                 for (acc, v) in slot.1.iter_mut().zip(&values[k]) {
-                    *acc += f64::from(*v);
+                    if let Some(v) = v {
+                        acc.0 += f64::from(*v);
+                        acc.1 += 1;
+                    }
                 }
             }
         }
     }
-    let profiles = category_profiles(lake).await;
+    let modalities: Vec<String> = model.modalities().iter().map(|m| format!("{m:?}").to_lowercase()).collect();
+    let planted = category_truth(lake).await;
     let mut categories: Vec<CategoryAttention> = per_category
         .into_iter()
-        .map(|(category, (n, sums))| CategoryAttention {
-            profile: profiles.get(&category).cloned(),
-            intensity: sums.iter().map(|s| s / n as f64).collect(),
-            items: n,
-            category,
+        .map(|(category, (n, sums))| {
+            let truth = planted.get(&category);
+            CategoryAttention {
+                profile: truth.map(|t| t.profile.clone()),
+                planted: truth.map(|t| modalities.iter().map(|m| t.weight(m)).collect()),
+                intensity: sums.iter().map(|&(s, k)| if k > 0 { s / k as f64 } else { f64::NAN }).collect(),
+                items: n,
+                category,
+            }
         })
         .collect();
     categories.sort_by(|a, b| b.items.cmp(&a.items).then(a.category.cmp(&b.category)));
     categories.truncate(24);
     categories.sort_by(|a, b| a.profile.cmp(&b.profile).then(a.category.cmp(&b.category)));
-    Ok(Some(Attention {
-        modalities: model.modalities().iter().map(|m| format!("{m:?}").to_lowercase()).collect(),
-        categories,
+    let agreement = attention_agreement(&categories, m);
+    Ok(Some(Attention { modalities, categories, agreement }))
+}
+
+/// How the attention intensities of `categories` agree with their planted weights.
+fn attention_agreement(categories: &[CategoryAttention], m: usize) -> Option<AttentionAgreement> {
+    let with_truth: Vec<(&Vec<f64>, &Vec<f64>)> =
+        categories.iter().filter_map(|c| c.planted.as_ref().map(|p| (&c.intensity, p))).collect();
+    if with_truth.is_empty() || m < 2 {
+        return None;
+    }
+    let argmax = |v: &[f64]| {
+        v.iter().enumerate().filter(|(_, x)| x.is_finite()).max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i)
+    };
+    let modality_mean: Vec<f64> = (0..m)
+        .map(|k| {
+            let v: Vec<f64> = with_truth.iter().map(|(a, _)| a[k]).filter(|x| x.is_finite()).collect();
+            v.iter().sum::<f64>() / v.len().max(1) as f64
+        })
+        .collect();
+    let mut top = 0;
+    let mut top_relative = 0;
+    for (a, p) in &with_truth {
+        let relative: Vec<f64> = a.iter().zip(&modality_mean).map(|(x, mu)| x / mu).collect();
+        let want = argmax(p);
+        top += usize::from(argmax(a) == want);
+        top_relative += usize::from(argmax(&relative) == want);
+    }
+    let (cells_a, cells_p): (Vec<f64>, Vec<f64>) = with_truth
+        .iter()
+        .flat_map(|(a, p)| a.iter().zip(p.iter()).map(|(x, y)| (*x, *y)))
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .unzip();
+    let spearman_per_modality = (0..m)
+        .map(|k| {
+            let (a, p): (Vec<f64>, Vec<f64>) =
+                with_truth.iter().map(|(a, p)| (a[k], p[k])).filter(|(x, y)| x.is_finite() && y.is_finite()).unzip();
+            metrics::spearman(&a, &p)
+        })
+        .collect();
+    Some(AttentionAgreement {
+        categories: with_truth.len(),
+        top_matches: top,
+        top_matches_relative: top_relative,
+        spearman_cells: metrics::spearman(&cells_a, &cells_p),
+        spearman_per_modality,
+    })
+}
+
+/// Items at most plotted per set in Figure 5.
+const SPACE_ITEMS: usize = 400;
+
+/// Figure 5: the specific and invariant features of evaluation items that have both an image
+/// and a title (variants with the invariant projection only).
+fn modality_space(model: &Marn, builder: &BatchBuilder<'_>, rows: &[Row]) -> Result<Option<ModalitySpace>> {
+    use marnflow_model::Modality;
+    let position = |m: Modality| model.modalities().iter().position(|&x| x == m);
+    let (Some(image), Some(title)) = (position(Modality::Image), position(Modality::Title)) else {
+        return Ok(None);
+    };
+    let mut sets: Vec<Vec<Vec<f32>>> = vec![Vec::new(); 5];
+    'days: for of_day in candidates_by_day(rows).chunk_by(|a, b| a.0 == b.0) {
+        let day = of_day[0].0;
+        for chunk in of_day.chunks(EVAL_BATCH) {
+            let ids: Vec<u32> = chunk.iter().map(|&(_, item)| item).collect();
+            let x = model.tensors(&builder.items(day, &ids)?)?;
+            let Some(f) = model.modality_features(&x)? else { return Ok(None) };
+            if f.invariant.is_empty() || f.pooled.is_empty() {
+                return Ok(None);
+            }
+            let d = f.dim;
+            let row = |v: &[f32], i: usize| v[i * d..(i + 1) * d].to_vec();
+            for i in 0..ids.len() {
+                if !(f.presence[image][i] && f.presence[title][i]) {
+                    continue;
+                }
+                sets[0].push(row(&f.specific[image], i));
+                sets[1].push(row(&f.specific[title], i));
+                sets[2].push(row(&f.invariant[image], i));
+                sets[3].push(row(&f.invariant[title], i));
+                sets[4].push(row(&f.pooled, i));
+                if sets[0].len() >= SPACE_ITEMS {
+                    break 'days;
+                }
+            }
+        }
+    }
+    let items = sets[0].len();
+    if items < 3 {
+        return Ok(None);
+    }
+    let all: Vec<Vec<f32>> = sets.iter().flatten().cloned().collect();
+    let (projected, explained) = metrics::pca_2d(&all);
+    let names = ["s_image", "s_title", "c_image", "c_title", "c"];
+    let sets_2d = names
+        .iter()
+        .enumerate()
+        .map(|(k, name)| (name.to_string(), projected[k * items..(k + 1) * items].to_vec()))
+        .collect();
+    Ok(Some(ModalitySpace {
+        items,
+        specific_separation: metrics::separation(&sets[0], &sets[1]),
+        invariant_separation: metrics::separation(&sets[2], &sets[3]),
+        explained,
+        sets: sets_2d,
     }))
 }
 
-/// The planted profile of every category (generated worlds only; empty elsewhere).
-async fn category_profiles(lake: &Lake) -> HashMap<String, String> {
+/// The planted side of a category (generated worlds).
+#[derive(Debug, Clone)]
+struct CategoryTruth {
+    profile: String,
+    /// (id, image, title, statistics) weights.
+    weights: [f64; 4],
+}
+
+impl CategoryTruth {
+    /// The planted weight of a modality named as in [`Attention::modalities`].
+    fn weight(&self, modality: &str) -> f64 {
+        match modality {
+            "ids" => self.weights[0],
+            "image" => self.weights[1],
+            "title" => self.weights[2],
+            "statistic" => self.weights[3],
+            _ => f64::NAN,
+        }
+    }
+}
+
+/// The planted profile and weights of every category (generated worlds only; empty elsewhere).
+async fn category_truth(lake: &Lake) -> HashMap<String, CategoryTruth> {
     let mut out = HashMap::new();
     for b in data::read_folder(lake, TRUTH_CATEGORIES).await.unwrap_or_default() {
-        let (Ok(c), Ok(p)) = (
-            data::column(&b, "category_id", &DataType::Utf8, TRUTH_CATEGORIES),
-            data::column(&b, "profile", &DataType::Utf8, TRUTH_CATEGORIES),
-        ) else {
+        let text = |name: &str| data::column(&b, name, &DataType::Utf8, TRUTH_CATEGORIES);
+        let number = |name: &str| data::column(&b, name, &DataType::Float64, TRUTH_CATEGORIES);
+        let (Ok(c), Ok(p)) = (text("category_id"), text("profile")) else {
             continue;
         };
+        let weights: Vec<_> = ["w_id", "w_image", "w_title", "w_statistics"].iter().map(|n| number(n).ok()).collect();
         let (c, p) = (c.as_string::<i32>(), p.as_string::<i32>());
         for r in 0..b.num_rows() {
-            out.insert(c.value(r).to_string(), p.value(r).to_string());
+            let mut w = [f64::NAN; 4];
+            for (slot, col) in w.iter_mut().zip(&weights) {
+                if let Some(col) = col {
+                    *slot = col.as_primitive::<Float64Type>().value(r);
+                }
+            }
+            out.insert(c.value(r).to_string(), CategoryTruth { profile: p.value(r).to_string(), weights: w });
         }
     }
     out
@@ -441,7 +637,9 @@ pub fn markdown(e: &Evaluation, record: Option<&TrainingRecord>) -> String {
         s += &format!("| {n} | {r:.4} |\n");
     }
     if let Some(a) = &e.attention {
-        s += "\n## Mean modality attention per category (Figure 4)\n\n| category | profile | items |";
+        s += "\n## Modality attention per category (Figure 4)\n\nAverage l2-norm of the vector attention \
+              `atten_m` over the category's items that have the modality; in brackets, the planted weight.\n\n\
+              | category | profile | items |";
         for m in &a.modalities {
             s += &format!(" {m} |");
         }
@@ -450,13 +648,65 @@ pub fn markdown(e: &Evaluation, record: Option<&TrainingRecord>) -> String {
         s += "\n";
         for c in &a.categories {
             s += &format!("| {} | {} | {} |", c.category, c.profile.as_deref().unwrap_or("-"), c.items);
-            for v in &c.intensity {
-                s += &format!(" {v:.3} |");
+            for (k, v) in c.intensity.iter().enumerate() {
+                match c.planted.as_ref().and_then(|p| p.get(k)) {
+                    Some(w) => s += &format!(" {v:.3} ({w:.2}) |"),
+                    None => s += &format!(" {v:.3} |"),
+                }
             }
             s += "\n";
         }
+        if let Some(g) = &a.agreement {
+            s += &format!(
+                "\nMost-attended modality = most-weighted planted modality in {} of {} categories ({} of {} \
+                 with each modality's intensity relative to its mean). Spearman over all cells: {}. Per \
+                 modality over the categories: {}.\n",
+                g.top_matches,
+                g.categories,
+                g.top_matches_relative,
+                g.categories,
+                fmt(g.spearman_cells),
+                a.modalities
+                    .iter()
+                    .zip(&g.spearman_per_modality)
+                    .map(|(m, r)| format!("{m} {}", fmt(*r)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
     }
-    s += "\nPlots: `loss.png`/`.svg` (Figure 6a), `deciles.png`/`.svg`, `attention.png`/`.svg` (Figure 4).\n";
+    if let Some(space) = &e.modality_space {
+        s += &format!(
+            "\n## Modality space (Figure 5)\n\n{} items with an image and a title. Centroid distance over \
+             spread: `s_image` vs `s_title` {:.3}, `c_image` vs `c_title` {:.3}. The two principal \
+             components explain {:.1}% of the variance.\n",
+            space.items,
+            space.specific_separation,
+            space.invariant_separation,
+            100.0 * space.explained
+        );
+    }
+    if let Some(last) = record.and_then(|r| r.curve.last()) {
+        if last.modality_accuracy.is_some() {
+            let names = record.map(|r| r.modalities.clone()).unwrap_or_default();
+            s += &format!(
+                "\n## The adversarial game at the end of training\n\nD0 accuracy {}, D1 accuracy {}, share of \
+                 ‖rep‖ from c {}, mean w: {}.\n",
+                fmt(last.importance_accuracy),
+                fmt(last.modality_accuracy),
+                fmt(last.invariant_share),
+                last.mean_weights
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .map(|(k, w)| format!("{} {w:.3}", names.get(k).map_or("?", String::as_str)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    s += "\nPlots: `loss.png`/`.svg` (Figure 6a), `ddma.png`/`.svg` (the adversarial game), `deciles.png`/`.svg`, \
+          `attention.png`/`.svg` (Figure 4), `modality_space.png`/`.svg` (Figure 5).\n";
     s
 }
 
@@ -501,6 +751,26 @@ pub fn write_report(dir: &Path, e: &Evaluation, record: Option<&TrainingRecord>)
                 series,
             }),
         ));
+        let mut game = vec![
+            line("D0 accuracy", &|c| c.importance_accuracy),
+            line("D1 accuracy", &|c| c.modality_accuracy),
+            line("share of |rep| from c", &|c| c.invariant_share),
+        ];
+        for (k, name) in r.modalities.iter().enumerate() {
+            game.push(line(&format!("mean w ({name})"), &|c| c.mean_weights.as_ref().and_then(|w| w.get(k).copied())));
+        }
+        game.retain(|s| !s.points.is_empty());
+        if !game.is_empty() {
+            charts.push((
+                "ddma",
+                Box::new(LineChart {
+                    title: format!("{}@v{} adversarial game", e.model, e.version),
+                    x_label: "training samples".into(),
+                    y_label: "share / weight".into(),
+                    series: game,
+                }),
+            ));
+        }
     }
     charts.push((
         "deciles",
@@ -519,7 +789,7 @@ pub fn write_report(dir: &Path, e: &Evaluation, record: Option<&TrainingRecord>)
         charts.push((
             "attention",
             Box::new(HeatMap {
-                title: "mean MAF attention per category (Figure 4)".into(),
+                title: "MAF attention l2-norm per category (Figure 4)".into(),
                 row_label: "category (planted profile)".into(),
                 col_label: "modality".into(),
                 rows: a
@@ -532,6 +802,21 @@ pub fn write_report(dir: &Path, e: &Evaluation, record: Option<&TrainingRecord>)
                     .collect(),
                 cols: a.modalities.clone(),
                 values: a.categories.iter().map(|c| c.intensity.clone()).collect(),
+            }),
+        ));
+    }
+    if let Some(space) = &e.modality_space {
+        charts.push((
+            "modality_space",
+            Box::new(ScatterChart {
+                title: format!("{}@v{} modality space, 2 principal components (Figure 5)", e.model, e.version),
+                x_label: "component 1".into(),
+                y_label: "component 2".into(),
+                series: space
+                    .sets
+                    .iter()
+                    .map(|(name, points)| Series { name: name.clone(), points: points.clone() })
+                    .collect(),
             }),
         ));
     }

@@ -44,6 +44,20 @@ pub struct LineChart {
     pub series: Vec<Series>,
 }
 
+/// Points over two axes, one colour per series, no lines (e.g. feature vectors projected on two
+/// principal components).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScatterChart {
+    /// Title printed above the plot.
+    pub title: String,
+    /// Label of the horizontal axis.
+    pub x_label: String,
+    /// Label of the vertical axis.
+    pub y_label: String,
+    /// The point sets, coloured from a cycling palette in this order.
+    pub series: Vec<Series>,
+}
+
 /// One named group of bars (one value per category label).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BarGroup {
@@ -113,6 +127,15 @@ impl Chart for LineChart {
     }
     fn png(&self) -> Result<Vec<u8>, PlotError> {
         self.build().to_png()
+    }
+}
+
+impl Chart for ScatterChart {
+    fn svg(&self) -> String {
+        xy_canvas(&self.title, &self.x_label, &self.y_label, &self.series, false).to_svg()
+    }
+    fn png(&self) -> Result<Vec<u8>, PlotError> {
+        xy_canvas(&self.title, &self.x_label, &self.y_label, &self.series, false).to_png()
     }
 }
 
@@ -622,53 +645,64 @@ fn extent(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
 
 impl LineChart {
     fn build(&self) -> Canvas {
-        let mut c = Canvas::new(CANVAS_W, CANVAS_H);
-        let finite =
-            || self.series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
-        let xr = extent(finite().map(|p| p.0));
-        let yr = extent(finite().map(|p| p.1));
-        let has_data = xr.is_some();
-        let (x_lo, x_hi) = xr.unwrap_or((0.0, 1.0));
-        let (y_lo, y_hi) = yr.unwrap_or((0.0, 1.0));
-        let x_axis = Axis::new(x_lo, x_hi, false);
-        let y_axis = Axis::new(y_lo, y_hi, false);
-        let entries: Vec<(String, Rgb)> = if self.series.len() > 1 {
-            self.series.iter().enumerate().map(|(i, s)| (s.name.clone(), palette(i))).collect()
-        } else {
-            Vec::new()
-        };
-        let legend_w = legend_width(&entries);
-        let p = Plot { l: left_margin(&y_axis), t: 50.0, r: c.w() - 24.0 - legend_w, b: c.h() - 60.0 };
-        draw_title(&mut c, &self.title);
-        draw_axes(&mut c, &p, Some(&x_axis), &y_axis, &self.x_label, &self.y_label);
-        for (i, s) in self.series.iter().enumerate() {
-            let color = palette(i);
-            let mut segments: Vec<Vec<(f64, f64)>> = Vec::new();
-            let mut current: Vec<(f64, f64)> = Vec::new();
-            for &(x, y) in &s.points {
-                if x.is_finite() && y.is_finite() {
-                    current.push((p.px(&x_axis, x), p.py(&y_axis, y)));
-                } else if !current.is_empty() {
-                    segments.push(std::mem::take(&mut current));
-                }
-            }
-            if !current.is_empty() {
-                segments.push(current);
-            }
-            let n_points: usize = segments.iter().map(Vec::len).sum();
-            let markers: Vec<(f64, f64)> =
-                if n_points <= MARKER_MAX { segments.iter().flatten().copied().collect() } else { Vec::new() };
-            c.path(segments, 2.0, color, Some("series"));
-            for (x, y) in markers {
-                c.rect(x - 2.5, y - 2.5, 5.0, 5.0, color, Some("marker"));
-            }
-        }
-        draw_legend(&mut c, p.r + 14.0, p.t, p.b, &entries, Swatch::Line);
-        if !has_data {
-            c.no_data((p.l + p.r) / 2.0, (p.t + p.b) / 2.0);
-        }
-        c
+        xy_canvas(&self.title, &self.x_label, &self.y_label, &self.series, true)
     }
+}
+
+/// Lays out series over two axes: lines (with markers when there are few points) or, without
+/// lines, markers only.
+fn xy_canvas(title: &str, x_label: &str, y_label: &str, series: &[Series], lines: bool) -> Canvas {
+    let mut c = Canvas::new(CANVAS_W, CANVAS_H);
+    let finite = || series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+    let xr = extent(finite().map(|p| p.0));
+    let yr = extent(finite().map(|p| p.1));
+    let has_data = xr.is_some();
+    let (x_lo, x_hi) = xr.unwrap_or((0.0, 1.0));
+    let (y_lo, y_hi) = yr.unwrap_or((0.0, 1.0));
+    let x_axis = Axis::new(x_lo, x_hi, false);
+    let y_axis = Axis::new(y_lo, y_hi, false);
+    let entries: Vec<(String, Rgb)> = if series.len() > 1 {
+        series.iter().enumerate().map(|(i, s)| (s.name.clone(), palette(i))).collect()
+    } else {
+        Vec::new()
+    };
+    let legend_w = legend_width(&entries);
+    let p = Plot { l: left_margin(&y_axis), t: 50.0, r: c.w() - 24.0 - legend_w, b: c.h() - 60.0 };
+    draw_title(&mut c, title);
+    draw_axes(&mut c, &p, Some(&x_axis), &y_axis, x_label, y_label);
+    for (i, s) in series.iter().enumerate() {
+        let color = palette(i);
+        let mut segments: Vec<Vec<(f64, f64)>> = Vec::new();
+        let mut current: Vec<(f64, f64)> = Vec::new();
+        for &(x, y) in &s.points {
+            if x.is_finite() && y.is_finite() {
+                current.push((p.px(&x_axis, x), p.py(&y_axis, y)));
+            } else if !current.is_empty() {
+                segments.push(std::mem::take(&mut current));
+            }
+        }
+        if !current.is_empty() {
+            segments.push(current);
+        }
+        let n_points: usize = segments.iter().map(Vec::len).sum();
+        if !lines {
+            for (x, y) in segments.into_iter().flatten() {
+                c.rect(x - 1.5, y - 1.5, 3.0, 3.0, color, Some("marker"));
+            }
+            continue;
+        }
+        let markers: Vec<(f64, f64)> =
+            if n_points <= MARKER_MAX { segments.iter().flatten().copied().collect() } else { Vec::new() };
+        c.path(segments, 2.0, color, Some("series"));
+        for (x, y) in markers {
+            c.rect(x - 2.5, y - 2.5, 5.0, 5.0, color, Some("marker"));
+        }
+    }
+    draw_legend(&mut c, p.r + 14.0, p.t, p.b, &entries, if lines { Swatch::Line } else { Swatch::Block });
+    if !has_data {
+        c.no_data((p.l + p.r) / 2.0, (p.t + p.b) / 2.0);
+    }
+    c
 }
 
 impl BarChart {

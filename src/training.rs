@@ -51,7 +51,7 @@ pub struct TrainRequest {
 }
 
 /// One point of the training curves (means over the steps since the previous point).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CurvePoint {
     pub step: u64,
     pub samples: u64,
@@ -61,6 +61,18 @@ pub struct CurvePoint {
     pub importance_loss: Option<f64>,
     pub specific_loss: Option<f64>,
     pub lambda: f64,
+    /// DDMA: share of (item, modality) pairs `D0` classifies right.
+    #[serde(default)]
+    pub importance_accuracy: Option<f64>,
+    /// Adversarial variants: share `D1` classifies right (behind the GRL).
+    #[serde(default)]
+    pub modality_accuracy: Option<f64>,
+    /// Adversarial variants: mean `w_m` per modality, in the order of the record's `modalities`.
+    #[serde(default)]
+    pub mean_weights: Option<Vec<f64>>,
+    /// Adversarial variants: mean share of `‖rep‖` from the invariant part `c`.
+    #[serde(default)]
+    pub invariant_share: Option<f64>,
 }
 
 /// `training.json` of a version.
@@ -78,6 +90,9 @@ pub struct TrainingRecord {
     pub steps: u64,
     pub seconds: f64,
     pub samples_per_second: f64,
+    /// The model's modalities, in model order (names the curve's `mean_weights`).
+    #[serde(default)]
+    pub modalities: Vec<String>,
     pub curve: Vec<CurvePoint>,
 }
 
@@ -134,6 +149,11 @@ struct CurveAccumulator {
     importance: (f64, u64),
     specific: (f64, u64),
     lambda: f64,
+    importance_accuracy: (f64, u64),
+    modality_accuracy: (f64, u64),
+    invariant_share: (f64, u64),
+    mean_weights: Vec<f64>,
+    weight_steps: u64,
 }
 
 impl CurveAccumulator {
@@ -152,6 +172,26 @@ impl CurveAccumulator {
                 slot.1 += 1;
             }
         }
+        if let Some(d) = &l.diagnostics {
+            for (slot, v) in [
+                (&mut self.importance_accuracy, d.importance_accuracy),
+                (&mut self.modality_accuracy, Some(d.modality_accuracy)),
+                (&mut self.invariant_share, Some(d.invariant_share)),
+            ] {
+                if let Some(v) = v {
+                    slot.0 += f64::from(v);
+                    slot.1 += 1;
+                }
+            }
+            if self.mean_weights.len() != d.mean_weights.len() {
+                self.mean_weights = vec![0.0; d.mean_weights.len()];
+                self.weight_steps = 0;
+            }
+            for (acc, w) in self.mean_weights.iter_mut().zip(&d.mean_weights) {
+                *acc += f64::from(*w);
+            }
+            self.weight_steps += 1;
+        }
     }
 
     fn take(&mut self, step: u64, samples: u64) -> Option<CurvePoint> {
@@ -168,6 +208,11 @@ impl CurveAccumulator {
             importance_loss: mean(self.importance),
             specific_loss: mean(self.specific),
             lambda: self.lambda,
+            importance_accuracy: mean(self.importance_accuracy),
+            modality_accuracy: mean(self.modality_accuracy),
+            mean_weights: (self.weight_steps > 0)
+                .then(|| self.mean_weights.iter().map(|w| w / self.weight_steps as f64).collect()),
+            invariant_share: mean(self.invariant_share),
         };
         *self = Self::default();
         Some(p)
@@ -299,6 +344,7 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
         "batch_size": settings.batch_size,
         "learning_rate": settings.learning_rate,
         "initial_accumulator": settings.initial_accumulator,
+        "importance_initial_accumulator": settings.importance_initial_accumulator,
         "seed": settings.seed,
         "shuffle_buffer": settings.shuffle_buffer,
         "warm_start": warm,
@@ -353,6 +399,7 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
     let optimizer = TrainConfig {
         learning_rate: settings.learning_rate,
         initial_accumulator: settings.initial_accumulator,
+        importance_initial_accumulator: settings.importance_initial_accumulator,
         ..TrainConfig::default()
     };
 
@@ -517,6 +564,7 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
         steps: state.step,
         seconds: state.seconds,
         samples_per_second,
+        modalities: model.modalities().iter().map(|m| format!("{m:?}").to_lowercase()).collect(),
         curve: state.curve.clone(),
     };
     let mut files = checkpoint::to_files(&model)?;

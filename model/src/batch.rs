@@ -151,8 +151,12 @@ pub struct ItemTable {
     /// every statistic, columns `n_stats..2 * n_stats` the fine (100-bucket) ids. Empty when
     /// the data has no statistics.
     pub stat_buckets: Vec<u32>,
-    /// `[n, image_dim]` image embeddings, when the data has images.
+    /// `[n, image_dim]` image embeddings, when the data has images. The row of an item without
+    /// an image is ignored (any finite values).
     pub images: Option<Vec<f32>>,
+    /// `[n]` whether each item has an image; empty means every item has one. An item without an
+    /// image leaves the image modality out of MAF, the discriminators and the max-pool.
+    pub image_present: Vec<bool>,
     /// Title words, when the data has titles.
     pub titles: Option<Titles>,
 }
@@ -248,6 +252,9 @@ impl Batch {
             } else if images.iter().any(|v| !v.is_finite()) {
                 problems.push("items.images holds a non-finite value".to_string());
             }
+        }
+        if !items.image_present.is_empty() {
+            check_len(&mut problems, "items.image_present", items.image_present.len(), n);
         }
         if let Some(titles) = &items.titles {
             check_len(&mut problems, "items.titles.lengths", titles.lengths.len(), n);

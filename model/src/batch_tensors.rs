@@ -30,6 +30,9 @@ pub struct BatchTensors {
     pub stat_rows: Option<Tensor<1, Int>>,
     /// `[n, image_dim]`, when the model uses images.
     pub images: Option<Tensor<2>>,
+    /// `[n, 1]` 1.0 where the item has an image, 0.0 where it has none (when the model uses
+    /// images).
+    pub image_present: Option<Tensor<2>>,
     /// `[n * L]` title word indices (L = padded title length, at least 4), when the model uses
     /// titles.
     pub title_tokens: Option<Tensor<1, Int>>,
@@ -37,6 +40,9 @@ pub struct BatchTensors {
     pub title_len: usize,
     /// `[n]` title lengths, when the model uses titles.
     pub title_lengths: Vec<u32>,
+    /// `[n, 1]` 1.0 where the item has a title (at least one word), 0.0 where it has none (when
+    /// the model uses titles).
+    pub title_present: Option<Tensor<2>>,
     /// `[B]` candidate rows of the item table.
     pub candidate: Tensor<1, Int>,
     /// `[B * T]` history rows of the item table.
@@ -49,10 +55,19 @@ pub struct BatchTensors {
     pub padding: Tensor<2, Bool>,
     /// `[B, T]` 1.0 at real positions, 0.0 at padding.
     pub mask: Tensor<2>,
+    /// `[B, T]` 1.0 at each sample's last real position (all 0.0 for an empty history): picks
+    /// the last real hidden state of a GRU.
+    pub last: Tensor<2>,
     /// `[B]` real lengths.
     pub lengths: Vec<u32>,
     /// `[B]` labels.
     pub labels: Tensor<1>,
+}
+
+fn column(values: impl IntoIterator<Item = f32>, device: &Device) -> Tensor<2> {
+    let v: Vec<f32> = values.into_iter().collect();
+    let n = v.len();
+    Tensor::from_data(TensorData::new(v, [n, 1]), device)
 }
 
 fn ints(values: impl IntoIterator<Item = u32>, device: &Device) -> Tensor<1, Int> {
@@ -86,12 +101,21 @@ impl BatchTensors {
             });
             ints(rows, device)
         });
-        let images = match (&items.images, inputs.has_images()) {
+        let (images, image_present) = match (&items.images, inputs.has_images()) {
             (Some(images), true) => {
-                Some(Tensor::<2>::from_data(TensorData::new(images.clone(), [n, inputs.image_dim]), device))
+                let present =
+                    (0..n).map(|i| if items.image_present.get(i).copied().unwrap_or(true) { 1.0 } else { 0.0 });
+                (
+                    Some(Tensor::<2>::from_data(TensorData::new(images.clone(), [n, inputs.image_dim]), device)),
+                    Some(column(present, device)),
+                )
             }
-            _ => None,
+            _ => (None, None),
         };
+        let title_present = (inputs.has_titles() && items.titles.is_some()).then(|| {
+            let lengths = items.titles.as_ref().map(|t| t.lengths.as_slice()).unwrap_or(&[]);
+            column(lengths.iter().map(|&l| if l > 0 { 1.0 } else { 0.0 }), device)
+        });
         let (title_tokens, title_len, title_lengths) = match (&items.titles, inputs.has_titles()) {
             (Some(titles), true) => {
                 let l = titles.max_len.max(MIN_TITLE_LEN);
@@ -108,10 +132,12 @@ impl BatchTensors {
 
         let mut padding = Vec::with_capacity(b * t);
         let mut mask = Vec::with_capacity(b * t);
+        let mut last = Vec::with_capacity(b * t);
         for &len in &s.lengths {
             for p in 0..t {
                 padding.push(p >= len as usize);
                 mask.push(if p < len as usize { 1.0f32 } else { 0.0 });
+                last.push(if p + 1 == len as usize { 1.0f32 } else { 0.0 });
             }
         }
         Ok(Self {
@@ -124,15 +150,18 @@ impl BatchTensors {
             category: opt_ids(inputs.n_categories, &items.category),
             stat_rows,
             images,
+            image_present,
             title_tokens,
             title_len,
             title_lengths,
+            title_present,
             candidate: ints(s.candidate.iter().copied(), device),
             history: ints(s.history.iter().copied(), device),
             behavior_type: ints(s.behavior_type.iter().copied(), device),
             time_bucket: ints(s.time_bucket.iter().copied(), device),
             padding: Tensor::from_data(TensorData::new(padding, [b, t]), device),
             mask: Tensor::from_data(TensorData::new(mask, [b, t]), device),
+            last: Tensor::from_data(TensorData::new(last, [b, t]), device),
             lengths: s.lengths.clone(),
             labels: Tensor::from_data(TensorData::new(s.label.clone(), [b]), device),
         })

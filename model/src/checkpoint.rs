@@ -27,17 +27,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::ModelInputs;
 use crate::error::{Error, Result};
-use crate::modules::marn::{Marn, MarnConfig};
+use crate::modules::marn::{Marn, MarnConfig, Variant};
 use crate::modules::modality_embedding::Modality;
 
 /// File name of the weights.
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
 /// File name of the config.
 pub const CONFIG_FILE: &str = "model.json";
-/// Version of the checkpoint format written now. 1: the image layer standardises each image
-/// embedding before its projection. 0 (no `format` key): it projected the raw embedding, so such
-/// a checkpoint of a model that uses images would score wrongly here and is refused.
-pub const FORMAT: u32 = 1;
+/// Version of the checkpoint format written now.
+/// - 2: the variants of §4.5 (BaseModel read out at the GRU's last state, the image-only and
+///   summed-projection ablations), per-item modality masks (an item without an image or a title
+///   leaves that modality out of MAF and the max-pool), and `D1` per Eq. 7. A format-1
+///   checkpoint of any variant but `lr`/`fm` was built or scores differently and is refused.
+/// - 1: the image layer standardises each image embedding before its projection.
+/// - 0 (no `format` key): it projected the raw embedding.
+pub const FORMAT: u32 = 2;
 
 /// What `model.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +85,16 @@ pub fn meta_from_files(files: &BTreeMap<String, Vec<u8>>) -> Result<CheckpointMe
              them before the image projection, so it would score wrongly; train it again",
         ));
     }
+    if meta.format < 2 && !matches!(meta.config.variant, Variant::Lr | Variant::Fm) {
+        return Err(err(
+            CONFIG_FILE,
+            format!(
+                "format {}: variant {} was built before the paper's ablations (section 4.5) and \
+                 per-item modality masks, and this build's {} differs; train it again",
+                meta.format, meta.config.variant, meta.config.variant
+            ),
+        ));
+    }
     Ok(meta)
 }
 
@@ -91,14 +105,15 @@ pub fn from_files(files: &BTreeMap<String, Vec<u8>>, device: &Device) -> Result<
     let weights = files.get(WEIGHTS_FILE).ok_or_else(|| err(WEIGHTS_FILE, "missing"))?;
     let mut store = SafetensorsStore::from_bytes(Some(weights.clone()));
     let result = model.load_from(&mut store).map_err(|e| err(WEIGHTS_FILE, e))?;
-    if !result.errors.is_empty() || !result.missing.is_empty() {
+    if !result.errors.is_empty() || !result.missing.is_empty() || !result.unused.is_empty() {
         return Err(err(
             WEIGHTS_FILE,
             format!(
-                "does not fit the model of {CONFIG_FILE}: {} errors ({:?}), missing {:?}",
+                "does not fit the model of {CONFIG_FILE}: {} errors ({:?}), missing {:?}, not in the model {:?}",
                 result.errors.len(),
                 result.errors.first(),
-                result.missing.iter().map(|(name, _)| name).take(5).collect::<Vec<_>>()
+                result.missing.iter().map(|(name, _)| name).take(5).collect::<Vec<_>>(),
+                result.unused.iter().take(5).collect::<Vec<_>>()
             ),
         ));
     }

@@ -41,6 +41,8 @@ pub mod train;
 pub use batch::{Batch, ItemTable, ModelInputs, Samples, Titles};
 pub use batch_tensors::BatchTensors;
 pub use error::{Error, Result};
-pub use modules::marn::{aux_loss_weight, Marn, MarnConfig, MarnLoss, MarnOutput, Variant};
+pub use modules::marn::{
+    aux_loss_weight, Diagnostics, Marn, MarnConfig, MarnLoss, MarnOutput, ModalityFeatures, Variant,
+};
 pub use modules::modality_embedding::{Modality, ModalityEmbeddingConfig};
-pub use train::{evaluate_loss, StepLosses, TrainConfig, Trainer};
+pub use train::{evaluate_loss, StepDiagnostics, StepLosses, TrainConfig, Trainer};

@@ -130,6 +130,133 @@ pub fn log_loss(probabilities: &[f32], labels: &[f32]) -> Result<f64> {
     Ok(total / labels.len() as f64)
 }
 
+/// Spearman rank correlation of two equally long samples (average ranks for ties); `None` for
+/// fewer than 3 pairs, unequal lengths, or a constant sample.
+pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
+    if a.len() != b.len() || a.len() < 3 {
+        return None;
+    }
+    let rank = |v: &[f64]| -> Vec<f64> {
+        let mut order: Vec<usize> = (0..v.len()).collect();
+        order.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+        let mut ranks = vec![0.0; v.len()];
+        let mut k = 0;
+        while k < order.len() {
+            let mut end = k;
+            while end + 1 < order.len() && v[order[end + 1]] == v[order[k]] {
+                end += 1;
+            }
+            let average = (k + end) as f64 / 2.0;
+            for &i in &order[k..=end] {
+                ranks[i] = average;
+            }
+            k = end + 1;
+        }
+        ranks
+    };
+    pearson(&rank(a), &rank(b))
+}
+
+/// Pearson correlation; `None` for a constant sample.
+pub fn pearson(a: &[f64], b: &[f64]) -> Option<f64> {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    (va > 0.0 && vb > 0.0).then(|| cov / (va * vb).sqrt())
+}
+
+/// Projects the rows of `points` (all `d` wide) on their first two principal components
+/// (power iteration with deflation, deterministic), returning the 2-D points and the share of
+/// the total variance the two components explain.
+pub fn pca_2d(points: &[Vec<f32>]) -> (Vec<(f64, f64)>, f64) {
+    let n = points.len();
+    let d = points.first().map_or(0, Vec::len);
+    if n == 0 || d == 0 {
+        return (vec![(0.0, 0.0); n], 0.0);
+    }
+    let mut mean = vec![0.0f64; d];
+    for p in points {
+        for (m, &x) in mean.iter_mut().zip(p) {
+            *m += f64::from(x) / n as f64;
+        }
+    }
+    let centred: Vec<Vec<f64>> =
+        points.iter().map(|p| p.iter().zip(&mean).map(|(&x, m)| f64::from(x) - m).collect()).collect();
+    let mut cov = vec![0.0f64; d * d];
+    for p in &centred {
+        for i in 0..d {
+            let pi = p[i];
+            for j in i..d {
+                cov[i * d + j] += pi * p[j];
+            }
+        }
+    }
+    for i in 0..d {
+        for j in 0..i {
+            cov[i * d + j] = cov[j * d + i];
+        }
+    }
+    let total: f64 = (0..d).map(|i| cov[i * d + i]).sum();
+    let mut components: Vec<Vec<f64>> = Vec::new();
+    let mut explained = 0.0;
+    for c in 0..2 {
+        // Start away from any symmetric direction; 200 iterations converge for these sizes.
+        let mut v: Vec<f64> = (0..d).map(|i| 1.0 + ((i * 7 + c * 3) % 11) as f64 / 11.0).collect();
+        let mut eigenvalue = 0.0;
+        for _ in 0..200 {
+            let mut w: Vec<f64> = (0..d).map(|i| (0..d).map(|j| cov[i * d + j] * v[j]).sum()).collect();
+            for u in &components {
+                let dot: f64 = w.iter().zip(u).map(|(a, b)| a * b).sum();
+                for (x, y) in w.iter_mut().zip(u) {
+                    *x -= dot * y;
+                }
+            }
+            let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt();
+            if norm == 0.0 {
+                break;
+            }
+            eigenvalue = norm;
+            v = w.into_iter().map(|x| x / norm).collect();
+        }
+        explained += eigenvalue;
+        components.push(v);
+    }
+    let project = |p: &[f64], u: &[f64]| p.iter().zip(u).map(|(a, b)| a * b).sum::<f64>();
+    let out = centred.iter().map(|p| (project(p, &components[0]), project(p, &components[1]))).collect();
+    (out, if total > 0.0 { explained / total } else { 0.0 })
+}
+
+/// Distance between the centroids of two point sets over the root mean square distance of
+/// their points to their own centroid: large when the sets are apart, near 0 when they overlap.
+pub fn separation(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    let centroid = |s: &[Vec<f32>]| -> Vec<f64> {
+        let d = s.first().map_or(0, Vec::len);
+        let mut c = vec![0.0; d];
+        for p in s {
+            for (m, &x) in c.iter_mut().zip(p) {
+                *m += f64::from(x) / s.len() as f64;
+            }
+        }
+        c
+    };
+    let (ca, cb) = (centroid(a), centroid(b));
+    let spread: f64 = a
+        .iter()
+        .map(|p| (p, &ca))
+        .chain(b.iter().map(|p| (p, &cb)))
+        .map(|(p, c)| p.iter().zip(c).map(|(&x, m)| (f64::from(x) - m).powi(2)).sum::<f64>())
+        .sum::<f64>()
+        / (a.len() + b.len()).max(1) as f64;
+    let gap = ca.iter().zip(&cb).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+    if spread > 0.0 {
+        gap / spread.sqrt()
+    } else {
+        0.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +306,31 @@ mod tests {
         assert!((l - expected).abs() < 1e-7, "{l} vs {expected}");
         assert!(log_loss(&[0.0], &[1.0]).unwrap().is_finite());
         assert!(log_loss(&[], &[]).is_err());
+    }
+
+    #[test]
+    fn spearman_is_one_for_a_monotone_relation_and_handles_ties() {
+        let a = [1.0, 2.0, 3.0, 4.0];
+        let b = [10.0, 20.0, 35.0, 1000.0];
+        assert!((spearman(&a, &b).unwrap() - 1.0).abs() < 1e-12);
+        let reversed: Vec<f64> = b.iter().rev().copied().collect();
+        assert!((spearman(&a, &reversed).unwrap() + 1.0).abs() < 1e-12);
+        assert!(spearman(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]).is_none());
+        assert!(spearman(&[1.0, 2.0, 2.0, 3.0], &[1.0, 2.0, 3.0, 4.0]).unwrap() > 0.9);
+    }
+
+    #[test]
+    fn pca_finds_the_direction_of_largest_spread_and_separation_tells_sets_apart() {
+        // Points along (1, 1, 0) with a little spread along (0, 0, 1).
+        let points: Vec<Vec<f32>> = (0..20).map(|i| vec![i as f32, i as f32, (i % 2) as f32 * 0.1]).collect();
+        let (projected, explained) = pca_2d(&points);
+        assert!(explained > 0.999, "{explained}");
+        let first: Vec<f64> = projected.iter().map(|p| p.0.abs()).collect();
+        assert!((first[0] - first[19]).abs() < 1e-6, "symmetric ends: {first:?}");
+        let far: Vec<Vec<f32>> = (0..10).map(|i| vec![100.0 + i as f32 * 0.1, 0.0]).collect();
+        let near: Vec<Vec<f32>> = (0..10).map(|i| vec![i as f32 * 0.1, 0.0]).collect();
+        let same: Vec<Vec<f32>> = (0..10).map(|i| vec![0.05 + i as f32 * 0.1, 0.0]).collect();
+        assert!(separation(&far, &near) > 100.0);
+        assert!(separation(&same, &near) < 0.3);
     }
 }

@@ -196,9 +196,12 @@ impl<'a> ItemTableBuilder<'a> {
             for j in 0..s.image_dim {
                 images.push((mix(item, 100 + j as u64) % 1000) as f32 / 1000.0 - 0.5);
             }
+            // One item in ten has no image, and one in ten no title.
+            t.image_present.push(mix(item, 4) % 10 != 0);
         }
         if s.title_vocab > 0 {
-            let len = 1 + (mix(item, 3) % s.max_title_len.max(1) as u64) as usize;
+            let len =
+                if mix(item, 5) % 10 == 0 { 0 } else { 1 + (mix(item, 3) % s.max_title_len.max(1) as u64) as usize };
             self.title_tokens
                 .push((0..len).map(|j| (mix(item, 200 + j as u64) % s.title_vocab as u64) as u32).collect());
         }

@@ -40,11 +40,30 @@ pub struct TrainConfig {
     /// update of every weight is a full `±learning_rate`, enough to kill every ReLU of a small
     /// head at learning rate 0.1.
     pub initial_accumulator: f64,
+    /// Initial accumulator of the importance discriminator `D0`, which learns from the
+    /// λ-weighted `L_D0` alone and has no adversary. AdaGrad divides a step by the root of the
+    /// accumulated squared gradients, so with a tiny accumulator a constant factor on the only
+    /// loss a parameter sees cancels out of its steps: λ would no longer slow `D0`, which then
+    /// separates the modalities within a few hundred steps and sends every `w_m = 1 − D0_m` to 0
+    /// (the DDMA collapse this setting fixes). TensorFlow's 0.1, which the paper's training used,
+    /// keeps λ in its steps. `D1` (and the matrix `D_s` shares) stay on the main optimizer: the
+    /// gradient reversal game needs a discriminator that keeps pace with `I`.
+    #[serde(default = "default_importance_accumulator")]
+    pub importance_initial_accumulator: f64,
+}
+
+fn default_importance_accumulator() -> f64 {
+    0.1
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { learning_rate: 0.1, epsilon: 1e-7, initial_accumulator: 0.1 }
+        Self {
+            learning_rate: 0.1,
+            epsilon: 1e-7,
+            initial_accumulator: 0.1,
+            importance_initial_accumulator: default_importance_accumulator(),
+        }
     }
 }
 
@@ -61,6 +80,9 @@ impl TrainConfig {
         if !(self.initial_accumulator.is_finite() && self.initial_accumulator >= 0.0) {
             p.push("initial_accumulator must be finite and >= 0");
         }
+        if !(self.importance_initial_accumulator.is_finite() && self.importance_initial_accumulator >= 0.0) {
+            p.push("importance_initial_accumulator must be finite and >= 0");
+        }
         if p.is_empty() {
             Ok(())
         } else {
@@ -69,8 +91,21 @@ impl TrainConfig {
     }
 }
 
+/// The adversarial game on one step's batch (adversarial variants), read back with the losses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepDiagnostics {
+    /// Share of (item, modality) pairs `D0` classifies right (DDMA only).
+    pub importance_accuracy: Option<f32>,
+    /// Share `D1` classifies right.
+    pub modality_accuracy: f32,
+    /// Mean `w_m` per modality, in model order.
+    pub mean_weights: Vec<f32>,
+    /// Mean share of `‖rep‖` that comes from the invariant part `c`.
+    pub invariant_share: f32,
+}
+
 /// Losses of one step, read back from the device.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepLosses {
     /// `L_CTR + λ (L_Ds + L_D0 + L_ADV)`.
     pub total: f32,
@@ -84,13 +119,21 @@ pub struct StepLosses {
     pub adversarial: Option<f32>,
     /// λ(p) used.
     pub lambda: f64,
+    /// The adversarial game (adversarial variants).
+    pub diagnostics: Option<StepDiagnostics>,
 }
 
-/// A model and its AdaGrad state.
+/// A model and its AdaGrad state: one optimizer for the importance discriminator `D0`, one for
+/// everything else (see [`TrainConfig::importance_initial_accumulator`]).
 pub struct Trainer {
     model: Option<Marn>,
     optimizer: ModuleOptimizer,
+    importance: ModuleOptimizer,
     config: TrainConfig,
+}
+
+fn adagrad(initial_accumulator: f64, config: &TrainConfig) -> ModuleOptimizer {
+    ModuleOptimizer::from(AdaGrad { initial_accumulator, epsilon: config.epsilon as f64 })
 }
 
 impl std::fmt::Debug for Trainer {
@@ -108,11 +151,9 @@ impl Trainer {
                 "training needs an autodiff device: build the model on `device.autodiff()`".into(),
             ));
         }
-        let optimizer = ModuleOptimizer::from(AdaGrad {
-            initial_accumulator: config.initial_accumulator,
-            epsilon: config.epsilon as f64,
-        });
-        Ok(Self { model: Some(model), optimizer, config })
+        let optimizer = adagrad(config.initial_accumulator, &config);
+        let importance = adagrad(config.importance_initial_accumulator, &config);
+        Ok(Self { model: Some(model), optimizer, importance, config })
     }
 
     fn model_ref(&self) -> Result<&Marn> {
@@ -129,8 +170,10 @@ impl Trainer {
         self.model
     }
 
-    /// The model's weights (with their parameter ids) and the AdaGrad accumulators, as two byte
-    /// buffers: a training checkpoint that [`Trainer::restore`] continues exactly.
+    /// The model's weights (with their parameter ids) and the AdaGrad accumulators (of the
+    /// main optimizer and of `D0`'s, framed: an 8-byte little-endian length, the
+    /// first, then the second), as two byte buffers: a training checkpoint that
+    /// [`Trainer::restore`] continues exactly.
     pub fn state_bytes(&self) -> Result<(Vec<u8>, Vec<u8>)> {
         let model = self.model_ref()?;
         let weights = model
@@ -138,11 +181,15 @@ impl Trainer {
             .into_record()
             .into_bytes()
             .map_err(|e| Error::Checkpoint { path: "training state".into(), message: e.to_string() })?;
-        let optimizer = self
-            .optimizer
-            .into_bytes()
-            .map_err(|e| Error::Checkpoint { path: "optimizer state".into(), message: e.to_string() })?;
-        Ok((weights.to_vec(), optimizer.to_vec()))
+        let bytes = |o: &ModuleOptimizer| {
+            o.into_bytes().map_err(|e| Error::Checkpoint { path: "optimizer state".into(), message: e.to_string() })
+        };
+        let (main, importance) = (bytes(&self.optimizer)?, bytes(&self.importance)?);
+        let mut framed = Vec::with_capacity(8 + main.len() + importance.len());
+        framed.extend_from_slice(&(main.len() as u64).to_le_bytes());
+        framed.extend_from_slice(&main);
+        framed.extend_from_slice(&importance);
+        Ok((weights.to_vec(), framed))
     }
 
     /// A trainer continuing from [`Trainer::state_bytes`]: `model` is a freshly built model of
@@ -156,12 +203,18 @@ impl Trainer {
             .map_err(|e| bad("weights", &e))?;
         let model = model.try_load_record(record).map_err(|e| bad("weights", &e))?;
         let mut trainer = Self::new(model, config)?;
-        let fresh = std::mem::replace(
-            &mut trainer.optimizer,
-            ModuleOptimizer::from(AdaGrad { initial_accumulator: 0.0, epsilon: 1.0 }),
-        );
-        trainer.optimizer =
-            fresh.from_bytes(burn::tensor::Bytes::from_bytes_vec(optimizer)).map_err(|e| bad("optimizer", &e))?;
+        let split = optimizer
+            .get(..8)
+            .and_then(|h| h.try_into().ok())
+            .map(|h: [u8; 8]| u64::from_le_bytes(h) as usize)
+            .filter(|&n| n <= optimizer.len() - 8)
+            .ok_or_else(|| bad("optimizer", &"truncated optimizer state"))?;
+        let (main, importance) = (optimizer[8..8 + split].to_vec(), optimizer[8 + split..].to_vec());
+        for (slot, bytes) in [(&mut trainer.optimizer, main), (&mut trainer.importance, importance)] {
+            let fresh =
+                std::mem::replace(slot, ModuleOptimizer::from(AdaGrad { initial_accumulator: 0.0, epsilon: 1.0 }));
+            *slot = fresh.from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(|e| bad("optimizer", &e))?;
+        }
         Ok(trainer)
     }
 
@@ -179,18 +232,34 @@ impl Trainer {
         let output = model.forward(&x)?;
         let scores = burn::tensor::activation::sigmoid(output.logits.clone().detach());
         let loss = model.loss(output, x.labels.clone(), progress);
-        let grads = loss.total.backward();
+        let mut grads = loss.total.backward();
         let model = self.model.take().ok_or_else(|| Error::Config("the trainer has no model".into()))?;
+        // D0's gradients go to its own optimizer (see TrainConfig::importance_initial_accumulator).
+        let importance_grads = model
+            .adversarial
+            .as_ref()
+            .and_then(|a| a.importance.as_ref())
+            .map(|d0| GradientsParams::from_module(&mut grads, d0));
         let grads = GradientsParams::from_grads(grads, &model);
-        self.model = Some(self.optimizer.step(self.config.learning_rate, model, grads));
+        let mut model = self.optimizer.step(self.config.learning_rate, model, grads);
+        if let Some(g) = importance_grads {
+            model = self.importance.step(self.config.learning_rate, model, g);
+        }
+        self.model = Some(model);
 
         let aux = &loss.aux;
+        let diag = aux.diagnostics.as_ref();
+        let n_weights = diag.map_or(0, |d| d.mean_weights.dims()[0]);
         let parts: Vec<Tensor<1>> = [
             Some(loss.total.clone()),
             Some(loss.ctr.clone()),
             aux.importance.clone(),
             aux.specific.clone(),
             aux.adversarial.clone(),
+            diag.and_then(|d| d.importance_accuracy.clone()),
+            diag.map(|d| d.modality_accuracy.clone()),
+            diag.map(|d| d.invariant_share.clone()),
+            diag.map(|d| d.mean_weights.clone()),
         ]
         .into_iter()
         .flatten()
@@ -210,7 +279,15 @@ impl Trainer {
         let importance = aux.importance.as_ref().and_then(|_| next());
         let specific = aux.specific.as_ref().and_then(|_| next());
         let adversarial = aux.adversarial.as_ref().and_then(|_| next());
-        Ok((StepLosses { total, ctr, importance, specific, adversarial, lambda: loss.lambda }, scores.to_vec()))
+        let diagnostics = diag.map(|d| {
+            let importance_accuracy = d.importance_accuracy.as_ref().and_then(|_| next());
+            let modality_accuracy = next().unwrap_or(f32::NAN);
+            let invariant_share = next().unwrap_or(f32::NAN);
+            let mean_weights = (0..n_weights).map(|_| next().unwrap_or(f32::NAN)).collect();
+            StepDiagnostics { importance_accuracy, modality_accuracy, mean_weights, invariant_share }
+        });
+        let losses = StepLosses { total, ctr, importance, specific, adversarial, lambda: loss.lambda, diagnostics };
+        Ok((losses, scores.to_vec()))
     }
 }
 

@@ -2,25 +2,32 @@
 //! double-discriminator multimodal adversarial network (DDMA) and the modality-specific
 //! discriminator `D_s`.
 //!
-//! - `D0` (importance discriminator) is an M-class classifier on the invariant features `c_m`,
-//!   trained on `c_m.detach()`, so its loss puts **no gradient into `I`**.
-//! - `w_m = 1 − D0_m(c_m)`, the probability `D0` gives to any modality but the true one, is
-//!   used as a constant (detached).
-//! - `D1` (modality discriminator) is an M-class classifier on the weighted invariant features
-//!   `w_m ⊙ c_m` behind a gradient reversal layer: minimising its cross-entropy trains `D1` to
-//!   tell modalities apart and, through the reversed gradient, trains `I` to confuse it (Eq. 7).
-//! - `c = max_m(w_m ⊙ c_m)` (element-wise max over modalities) is the invariant representation.
+//! - `D0` (importance discriminator) is an M-class classifier on the invariant features
+//!   `c_m = I(e_m)`, trained on `c_m.detach()`, so its loss puts **no gradient into `I`**.
+//! - `w_m = 1 − D0_m(c_m)`, the probability `D0` gives to any modality but the true one, is a
+//!   constant (detached): the degree to which `c_m` lies in the common subspace.
+//! - `D1` (modality discriminator) is an M-class classifier applied to `I(e)` itself, behind a
+//!   gradient reversal layer: `D1(GRL(c_m))` with `c_m` **unscaled**. Eq. 7 puts `w_m` on the
+//!   log-likelihood, not on the input: scaling the input would leak the modality through the
+//!   input's magnitude (a modality `D0` recognises would arrive near zero), and the optimum of
+//!   Eq. 8–9 would no longer hold.
+//! - `L_ADV = Σ_{i,m} w_{i,m} · (−log D1_m(c_{i,m})) / Σ_{i,m} w_{i,m}`, summed over the (item,
+//!   modality) pairs the items have. **Normalisation**: by the total weight, so `L_ADV` is a
+//!   weighted mean log loss (`ln M` at chance). Eq. 8's optimum `D1* = w_i p_i / Σ_m w_m p_m` is
+//!   unchanged by any common scale of the weights, so this keeps exactly the paper's game while
+//!   its gradient into `I` does not shrink with the overall level of the `w`s: dividing by the
+//!   number of pairs instead would let a confident `D0` (every `w_m` near 0) switch the
+//!   adversary off, which is how DDMA collapsed before.
+//! - `c = max_m(w_m ⊙ c_m)` (element-wise max over the modalities an item has; a missing
+//!   modality enters as −∞, not 0) is the invariant representation.
 //! - `D_s` classifies the specific features `s_m` with `D1`'s matrix; the caller feeds it
 //!   `S_m(e_m.detach())` so its loss reaches `S_m` and the shared matrix but **not the
 //!   embedding layer**.
 //!
-//! Reading of Eq. 7: the issue specifies `D1` "on the weighted invariant features", which is what
-//! is built (`D1(GRL(w_m ⊙ c_m))`, unweighted cross-entropy). Eq. 7 can also be read as weighting
-//! each modality's log-likelihood by `w_m`; both make the low-`w` (modality-specific) features
-//! matter less to `D1`, and the pooled `c = max_m(w_m ⊙ c_m)` uses the weighted features either way.
+//! The single-discriminator ablation (`maf_adv`, the cross-modal adversary of Wang et al. [30])
+//! is the same network without `D0` and `D_s`: every `w_m = 1`, `c = max_m c_m`.
 //!
-//! The single-discriminator ablation (`maf_adv`) is the same network without `D0` and `D_s`:
-//! `w_m = 1`.
+//! Every loss and diagnostic counts only the (item, modality) pairs that exist.
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -36,23 +43,61 @@ pub fn gradient_reversal<const D: usize>(x: Tensor<D>, weight: f64) -> Tensor<D>
     constant.clone() + (x - constant).mul_scalar(-weight)
 }
 
-/// Mean cross-entropy of M classifiers' logits, where `logits[m]` holds rows of modality `m`.
+/// `[n, 1]` ones where `presence` is `None` (every item has the modality).
+fn present_or_ones(presence: Option<&Tensor<2>>, like: &Tensor<2>) -> Tensor<2> {
+    match presence {
+        Some(p) => p.clone(),
+        None => Tensor::ones([like.dims()[0], 1], &like.device()),
+    }
+}
+
+/// Weighted mean cross-entropy of M-class logits: `Σ w · (−log p_true) / Σ w` over every row of
+/// every modality, where `logits[m]` holds rows whose true class is `m` and `weights[m]` is
+/// `[n, 1]` (0 for a row that does not exist). Returns 0 when every weight is 0.
 ///
 /// # Shapes
-/// - `logits`: M tensors `[n, M]`; output: `[1]`
-pub fn modality_cross_entropy(logits: &[Tensor<2>]) -> Tensor<1> {
-    let m = logits.len();
-    let mut total: Option<Tensor<1>> = None;
-    for (class, l) in logits.iter().enumerate() {
-        let nll = log_softmax(l.clone(), 1).narrow(1, class, 1).mean().neg();
-        total = Some(match total {
-            Some(t) => t + nll,
-            None => nll,
+/// - `logits`: M tensors `[n, M]`; `weights`: M tensors `[n, 1]`; output: `[1]`
+pub fn weighted_modality_nll(logits: &[Tensor<2>], weights: &[Tensor<2>]) -> Tensor<1> {
+    let mut numerator: Option<Tensor<1>> = None;
+    let mut denominator: Option<Tensor<1>> = None;
+    for (class, (l, w)) in logits.iter().zip(weights).enumerate() {
+        let nll = log_softmax(l.clone(), 1).narrow(1, class, 1).neg();
+        let num = (nll * w.clone()).sum();
+        let den = w.clone().sum();
+        numerator = Some(match numerator {
+            Some(t) => t + num,
+            None => num,
+        });
+        denominator = Some(match denominator {
+            Some(t) => t + den,
+            None => den,
         });
     }
-    match total {
-        Some(t) => t.div_scalar(m as f64),
-        None => Tensor::zeros([1], &Device::default()),
+    match (numerator, denominator) {
+        (Some(n), Some(d)) => n / d.add_scalar(1e-6),
+        _ => Tensor::zeros([1], &Device::default()),
+    }
+}
+
+/// Share of the existing rows that a classifier assigns to their true modality, `[1]`.
+fn accuracy(logits: &[Tensor<2>], presence: &[Tensor<2>]) -> Tensor<1> {
+    let mut hits: Option<Tensor<1>> = None;
+    let mut total: Option<Tensor<1>> = None;
+    for (class, (l, p)) in logits.iter().zip(presence).enumerate() {
+        let right = l.clone().detach().argmax(1).equal_elem(class as i64).float() * p.clone();
+        let (h, t) = (right.sum(), p.clone().sum());
+        hits = Some(match hits {
+            Some(x) => x + h,
+            None => h,
+        });
+        total = Some(match total {
+            Some(x) => x + t,
+            None => t,
+        });
+    }
+    match (hits, total) {
+        (Some(h), Some(t)) => h / t.clamp_min(1.0),
+        _ => Tensor::zeros([1], &Device::default()),
     }
 }
 
@@ -92,17 +137,30 @@ pub struct Adversarial {
     pub grl_weight: f64,
 }
 
+/// How the adversarial game stands on one batch (all detached, for the training record).
+#[derive(Debug, Clone)]
+pub struct AdversarialDiagnostics {
+    /// Share of existing (item, modality) pairs `D0` classifies right, `[1]` (DDMA only).
+    pub importance_accuracy: Option<Tensor<1>>,
+    /// Share `D1` classifies right, `[1]`.
+    pub modality_accuracy: Tensor<1>,
+    /// Mean `w_m` over the items that have modality `m`, `[M]`.
+    pub mean_weights: Tensor<1>,
+}
+
 /// What [`Adversarial::forward`] produces.
 #[derive(Debug, Clone)]
 pub struct AdversarialOutput {
-    /// `c = max_m(w_m ⊙ c_m)`, `[n, d]`.
+    /// `c = max_m(w_m ⊙ c_m)` over the modalities an item has, `[n, d]`.
     pub invariant: Tensor<2>,
     /// `L_D0`, `[1]` (DDMA only).
     pub importance_loss: Option<Tensor<1>>,
-    /// `L_ADV`, `D1`'s cross-entropy behind the GRL, `[1]`.
+    /// `L_ADV`, `D1`'s `w`-weighted cross-entropy behind the GRL (Eq. 7), `[1]`.
     pub adversarial_loss: Tensor<1>,
-    /// `w_m`, M tensors `[n, 1]` (constants).
+    /// `w_m`, M tensors `[n, 1]` (constants; 1 without `D0`; 0 where the item lacks `m`).
     pub weights: Vec<Tensor<2>>,
+    /// Accuracies and mean weights.
+    pub diagnostics: AdversarialDiagnostics,
 }
 
 impl Adversarial {
@@ -110,45 +168,71 @@ impl Adversarial {
     ///
     /// # Shapes
     /// - `invariant`: M tensors `[n, d]` (`c_m`, modality `m` at index `m`)
+    /// - `presence`: M entries, `[n, 1]` (1.0 where the item has modality `m`) or `None`
     /// - output: see [`AdversarialOutput`]
-    pub fn forward(&self, invariant: &[Tensor<2>]) -> AdversarialOutput {
-        let (importance_loss, weights) = match &self.importance {
+    pub fn forward(&self, invariant: &[Tensor<2>], presence: &[Option<Tensor<2>>]) -> AdversarialOutput {
+        let present: Vec<Tensor<2>> = invariant
+            .iter()
+            .enumerate()
+            .map(|(m, c)| present_or_ones(presence.get(m).and_then(Option::as_ref), c))
+            .collect();
+        let (importance_loss, importance_accuracy, weights) = match &self.importance {
             Some(d0) => {
                 // D0 sees c_m without its history: no gradient into I.
                 let logits: Vec<Tensor<2>> = invariant.iter().map(|c| d0.forward(c.clone().detach())).collect();
-                let weights = logits
+                let weights: Vec<Tensor<2>> = logits
                     .iter()
+                    .zip(&present)
                     .enumerate()
-                    .map(|(m, l)| {
-                        let p = softmax(l.clone().detach(), 1).narrow(1, m, 1);
-                        p.neg().add_scalar(1.0) // w_m = 1 − D0_m(c_m), a constant
+                    .map(|(m, (l, p))| {
+                        let d0_m = softmax(l.clone().detach(), 1).narrow(1, m, 1);
+                        d0_m.neg().add_scalar(1.0) * p.clone() // w_m = 1 − D0_m(c_m), a constant
                     })
-                    .collect::<Vec<_>>();
-                (Some(modality_cross_entropy(&logits)), Some(weights))
+                    .collect();
+                (Some(weighted_modality_nll(&logits, &present)), Some(accuracy(&logits, &present)), weights)
             }
-            None => (None, None),
+            None => (None, None, present.clone()),
         };
-        let weighted: Vec<Tensor<2>> = match &weights {
-            Some(w) => invariant.iter().zip(w).map(|(c, w)| c.clone() * w.clone()).collect(),
-            None => invariant.to_vec(),
-        };
+        // Eq. 7: D1 on I(e) itself, behind the GRL; w_m weights the log-likelihood.
         let d1_logits: Vec<Tensor<2>> =
-            weighted.iter().map(|c| self.modality.forward(gradient_reversal(c.clone(), self.grl_weight))).collect();
-        let adversarial_loss = modality_cross_entropy(&d1_logits);
-        let [n, d] = weighted[0].dims();
-        let pooled = Tensor::stack::<3>(weighted, 0).max_dim(0).reshape([n, d]);
-        let weights = weights.unwrap_or_else(|| invariant.iter().map(|c| Tensor::ones([n, 1], &c.device())).collect());
-        AdversarialOutput { invariant: pooled, importance_loss, adversarial_loss, weights }
+            invariant.iter().map(|c| self.modality.forward(gradient_reversal(c.clone(), self.grl_weight))).collect();
+        let adversarial_loss = weighted_modality_nll(&d1_logits, &weights);
+        let modality_accuracy = accuracy(&d1_logits, &present);
+        let mean_weights = Tensor::cat(
+            weights.iter().zip(&present).map(|(w, p)| w.clone().sum() / p.clone().sum().clamp_min(1.0)).collect(),
+            0,
+        );
+        // c = max_m(w_m ⊙ c_m); a modality the item lacks enters as −∞ (−1e9).
+        let [n, d] = invariant[0].dims();
+        let pooled: Vec<Tensor<2>> = invariant
+            .iter()
+            .zip(&weights)
+            .zip(&present)
+            .map(|((c, w), p)| c.clone() * w.clone() + p.clone().sub_scalar(1.0).mul_scalar(1e9))
+            .collect();
+        let pooled = Tensor::stack::<3>(pooled, 0).max_dim(0).reshape([n, d]);
+        AdversarialOutput {
+            invariant: pooled,
+            importance_loss,
+            adversarial_loss,
+            weights,
+            diagnostics: AdversarialDiagnostics { importance_accuracy, modality_accuracy, mean_weights },
+        }
     }
 
-    /// `L_Ds`: `D1`'s matrix classifying the specific features. Pass `S_m(e_m.detach())` so
-    /// nothing reaches the embedding layer.
+    /// `L_Ds`: `D1`'s matrix classifying the specific features, over the (item, modality) pairs
+    /// that exist. Pass `S_m(e_m.detach())` so nothing reaches the embedding layer.
     ///
     /// # Shapes
-    /// - `specific`: M tensors `[n, d]`; output: `[1]`
-    pub fn specific_loss(&self, specific: &[Tensor<2>]) -> Tensor<1> {
+    /// - `specific`: M tensors `[n, d]`; `presence` as in [`Adversarial::forward`]; output: `[1]`
+    pub fn specific_loss(&self, specific: &[Tensor<2>], presence: &[Option<Tensor<2>>]) -> Tensor<1> {
         let logits: Vec<Tensor<2>> = specific.iter().map(|s| self.modality.forward(s.clone())).collect();
-        modality_cross_entropy(&logits)
+        let present: Vec<Tensor<2>> = specific
+            .iter()
+            .enumerate()
+            .map(|(m, s)| present_or_ones(presence.get(m).and_then(Option::as_ref), s))
+            .collect();
+        weighted_modality_nll(&logits, &present)
     }
 }
 
@@ -181,7 +265,7 @@ mod tests {
         let adv = AdversarialConfig { dim: 4, n_modalities: 2, double: true, grl_weight: 1.0 }.init(&device);
         let c: Vec<Tensor<2>> =
             (0..2).map(|_| Tensor::<2>::random([3, 4], Distribution::Default, &device).require_grad()).collect();
-        let out = adv.forward(&c);
+        let out = adv.forward(&c, &[None, None]);
         let grads = out.importance_loss.expect("DDMA has D0").backward();
         for c in &c {
             assert!(c.grad(&grads).is_none(), "D0's loss reached c_m");
@@ -195,7 +279,7 @@ mod tests {
         let device = Device::flex();
         let adv = AdversarialConfig { dim: 4, n_modalities: 3, double: true, grl_weight: 1.0 }.init(&device);
         let c: Vec<Tensor<2>> = (0..3).map(|_| Tensor::<2>::random([5, 4], Distribution::Default, &device)).collect();
-        let out = adv.forward(&c);
+        let out = adv.forward(&c, &[None, None, None]);
         let d0 = adv.importance.as_ref().expect("D0");
         for (m, (c, w)) in c.iter().zip(&out.weights).enumerate() {
             let p = softmax(d0.forward(c.clone()), 1).narrow(1, m, 1);
@@ -204,5 +288,80 @@ mod tests {
                 .assert_approx_eq::<f32>(&p.neg().add_scalar(1.0).into_data(), Tolerance::absolute(1e-6));
         }
         assert_eq!(out.invariant.dims(), [5, 4]);
+    }
+
+    fn invariant_features(n: usize, m: usize, d: usize, device: &Device) -> Vec<Tensor<2>> {
+        (0..m).map(|_| Tensor::<2>::random([n, d], Distribution::Normal(0.0, 1.0), device).require_grad()).collect()
+    }
+
+    #[test]
+    fn adversarial_loss_leaves_the_importance_discriminator_untouched() {
+        let device = Device::flex().autodiff();
+        let adv = AdversarialConfig { dim: 4, n_modalities: 3, double: true, grl_weight: 1.0 }.init(&device);
+        let c = invariant_features(6, 3, 4, &device);
+        let out = adv.forward(&c, &[None, None, None]);
+        let grads = out.adversarial_loss.backward();
+        let d0 = adv.importance.as_ref().expect("D0");
+        assert!(d0.weight.val().grad(&grads).is_none(), "L_ADV reached D0's matrix");
+        assert!(adv.modality.weight.val().grad(&grads).is_some(), "L_ADV does not train D1");
+        assert!(c[0].grad(&grads).is_some(), "L_ADV does not reach c_m");
+    }
+
+    #[test]
+    fn adversarial_gradient_into_the_invariant_features_scales_with_w() {
+        // Eq. 7 with our normalisation: row r of modality m gets w_{r,m} / Σw times the gradient
+        // it gets from the unweighted game (every w = 1, normalised by the number of rows).
+        let device = Device::flex().autodiff();
+        let (n, m, d) = (5, 3, 4);
+        let ddma = AdversarialConfig { dim: d, n_modalities: m, double: true, grl_weight: 1.0 }.init(&device);
+        let plain = Adversarial { importance: None, modality: ddma.modality.clone(), grl_weight: 1.0 };
+        let c = invariant_features(n, m, d, &device);
+        let weighted = ddma.forward(&c, &[None, None, None]);
+        let weights: Vec<Vec<f32>> =
+            weighted.weights.iter().map(|w| w.clone().into_data().try_to_vec::<f32>().unwrap()).collect();
+        let total: f32 = weights.iter().flatten().sum();
+        let g_weighted = weighted.adversarial_loss.backward();
+        let c2: Vec<Tensor<2>> = c.iter().map(|t| t.clone().detach().require_grad()).collect();
+        let g_plain = plain.forward(&c2, &[None, None, None]).adversarial_loss.backward();
+        let mut spread = Vec::new();
+        for k in 0..m {
+            let gw = c[k].grad(&g_weighted).unwrap().into_data().try_to_vec::<f32>().unwrap();
+            let gp = c2[k].grad(&g_plain).unwrap().into_data().try_to_vec::<f32>().unwrap();
+            for r in 0..n {
+                let expected = weights[k][r] / total * (n * m) as f32;
+                for j in 0..d {
+                    let (a, b) = (gw[r * d + j], gp[r * d + j] * expected);
+                    assert!((a - b).abs() <= 1e-5 + 1e-3 * b.abs(), "modality {k} row {r}: {a} vs {b}");
+                }
+                spread.push(weights[k][r]);
+            }
+        }
+        // The test means something only if the weights differ.
+        let (lo, hi) = spread.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &w| (lo.min(w), hi.max(w)));
+        assert!(hi - lo > 0.01, "weights {lo}..{hi} are too alike to test the scaling");
+    }
+
+    #[test]
+    fn a_missing_modality_is_out_of_the_losses_and_the_max_pool() {
+        let device = Device::flex().autodiff();
+        let adv = AdversarialConfig { dim: 3, n_modalities: 2, double: true, grl_weight: 1.0 }.init(&device);
+        // Modality 1 has large invariant features that would win the max-pool for item 0.
+        let c0 = Tensor::<2>::from_data(TensorData::from([[-0.5f32, -0.5, -0.5], [0.1, 0.2, 0.3]]), &device);
+        let c1 =
+            Tensor::<2>::from_data(TensorData::from([[0.9f32, 0.9, 0.9], [0.9, 0.9, 0.9]]), &device).require_grad();
+        let present = Tensor::<2>::from_data(TensorData::from([[0.0f32], [1.0]]), &device);
+        let out = adv.forward(&[c0.clone(), c1.clone()], &[None, Some(present)]);
+        let pooled = out.invariant.clone().into_data().try_to_vec::<f32>().unwrap();
+        let w0 = out.weights[0].clone().into_data().try_to_vec::<f32>().unwrap();
+        for j in 0..3 {
+            // Item 0 pools over modality 0 alone, negative values included (−∞, not 0).
+            assert!((pooled[j] - (-0.5 * w0[0])).abs() < 1e-6, "{pooled:?}");
+        }
+        assert_eq!(out.weights[1].clone().into_data().try_to_vec::<f32>().unwrap()[0], 0.0);
+        // Item 0's modality-1 features get no gradient from any loss.
+        let loss = out.adversarial_loss + out.importance_loss.unwrap() + out.invariant.sum();
+        let g = c1.grad(&loss.backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        assert!(g[..3].iter().all(|v| *v == 0.0), "{g:?}");
+        assert!(g[3..].iter().any(|v| *v != 0.0), "{g:?}");
     }
 }

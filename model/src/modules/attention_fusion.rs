@@ -48,16 +48,37 @@ impl AttentionFusion {
             .collect()
     }
 
-    /// Fused specific representation `s`.
+    /// Fused specific representation `s = Σ_m present_m · atten_m ⊙ s_m`: a modality an item
+    /// lacks is left out of its sum.
     ///
     /// # Shapes
-    /// - `specific`: M tensors `[n, d]`; output: `[n, d]`
-    pub fn forward(&self, specific: &[Tensor<2>]) -> Tensor<2> {
+    /// - `specific`: M tensors `[n, d]`; `presence`: M entries, `[n, 1]` or `None` (all present)
+    /// - output: `[n, d]`
+    pub fn forward(&self, specific: &[Tensor<2>], presence: &[Option<Tensor<2>>]) -> Tensor<2> {
         let attention = self.attention(specific);
-        let mut terms = specific.iter().zip(attention).map(|(s, a)| a * s.clone()); // Eq. 2
-        let first = terms.next().expect("at least one modality"); // guaranteed by MarnConfig::init
-        terms.fold(first, |acc, t| acc + t)
+        let terms: Vec<Tensor<2>> = specific.iter().zip(attention).map(|(s, a)| a * s.clone()).collect(); // Eq. 2
+        masked_sum(terms, presence)
     }
+}
+
+/// `Σ_m present_m · x_m`: the element-wise sum over the modalities an item has.
+///
+/// # Shapes
+/// - `terms`: M ≥ 1 tensors `[n, d]`; `presence`: M entries, `[n, 1]` or `None` (all present)
+/// - output: `[n, d]`
+pub fn masked_sum(terms: Vec<Tensor<2>>, presence: &[Option<Tensor<2>>]) -> Tensor<2> {
+    let mut out: Option<Tensor<2>> = None;
+    for (k, t) in terms.into_iter().enumerate() {
+        let t = match presence.get(k).cloned().flatten() {
+            Some(p) => t * p,
+            None => t,
+        };
+        out = Some(match out {
+            Some(acc) => acc + t,
+            None => t,
+        });
+    }
+    out.expect("at least one modality") // guaranteed by MarnConfig::init
 }
 
 #[cfg(test)]
@@ -71,10 +92,15 @@ mod tests {
         let maf = AttentionFusionConfig { dim: 4, n_modalities: 2 }.init(&device);
         let s1 = Tensor::<2>::random([3, 4], burn::tensor::Distribution::Default, &device);
         let s2 = Tensor::<2>::random([3, 4], burn::tensor::Distribution::Default, &device);
-        let fused = maf.forward(&[s1.clone(), s2.clone()]);
+        let fused = maf.forward(&[s1.clone(), s2.clone()], &[None, None]);
         let a = maf.attention(&[s1.clone(), s2.clone()]);
-        let expected = a[0].clone() * s1 + a[1].clone() * s2;
+        let expected = a[0].clone() * s1.clone() + a[1].clone() * s2.clone();
         assert_eq!(fused.dims(), [3, 4]);
         fused.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-6));
+        // Item 1 lacks modality 2: its fused row is modality 1's term alone.
+        let present = Tensor::<2>::from_data(burn::tensor::TensorData::from([[1.0f32], [0.0], [1.0]]), &device);
+        let masked = maf.forward(&[s1.clone(), s2.clone()], &[None, Some(present.clone())]);
+        let expected = a[0].clone() * s1 + a[1].clone() * s2 * present;
+        masked.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-6));
     }
 }

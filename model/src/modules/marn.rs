@@ -2,14 +2,22 @@
 //! [`Variant`].
 //!
 //! One forward pass:
-//! 1. the modality embedding layer runs on the batch's **distinct** items, giving `e_m`;
-//! 2. the item representation `rep` of every distinct item: concatenation (`ids`, `image`,
-//!    `conc`, `youtube_net`, `din`), MAF (`maf`), MAF plus the invariant features pooled after a
-//!    single GRL discriminator (`maf_adv`) or after DDMA (`maf_ddma`, `marn`): `rep = s + c`;
+//! 1. the modality embedding layer runs on the batch's **distinct** items, giving `e_m` and
+//!    each item's presence of every modality (an item may lack an image or a title);
+//! 2. the item representation `rep` of every distinct item, from the projected modalities
+//!    `s_m = S_m(e_m)`: the element-wise sum `Σ_m s_m` (`ids`, `image`, `conc`, `youtube_net`,
+//!    `din`; one modality for `ids` and `image`), MAF (`maf`: `rep = s`), MAF plus the invariant
+//!    features `c` pooled after one GRL discriminator (`maf_adv`) or after DDMA (`maf_ddma`,
+//!    `marn`): `rep = s + c`. A modality an item lacks is left out of every sum, discriminator
+//!    and max-pool;
 //! 3. candidates and behavior slots gather their rows of that table (exact: an item's
 //!    representation depends on the item alone);
-//! 4. the behaviors are integrated: GRU (`ids` … `maf_ddma`) or APGRU (`marn`) then candidate
-//!    attention; mean pooling (`youtube_net`); candidate attention over the items (`din`);
+//! 4. the behaviors are integrated. **BaseModel** (`ids` … `maf_ddma`, §4.5: "uses GRU to
+//!    integrate the behavior embeddings"): a plain GRU over `rep_t`, without the behavior
+//!    property, and the user vector is its **last real hidden state** (the GRU's summary of the
+//!    whole sequence; an empty history gives zeros). **APGRU** (`marn` only): the property-gated
+//!    GRU and the candidate attention over its states. `youtube_net`: mean pooling; `din`:
+//!    candidate attention over the items;
 //! 5. the prediction MLP on `[user, rep_X]`.
 //!
 //! `lr` and `fm` skip 1–5 and use the candidate's ids and the behavior items directly.
@@ -19,8 +27,9 @@
 //! ```text
 //! L = L_CTR + λ(p) · (L_Ds + L_D0 + L_ADV),   λ(p) = λ0 (2 / (1 + exp(−γ p)) − 1)
 //! ```
-//! with `γ = 10`, `λ0 = 0.05`, `p` the training progress in `[0, 1]`, every auxiliary term the
-//! mean cross-entropy over the batch's (distinct item, modality) pairs, and the GRL weight 1 so
+//! with `γ = 10`, `λ0 = 0.05`, `p` the training progress in `[0, 1]`, every auxiliary term a
+//! mean cross-entropy over the batch's existing (distinct item, modality) pairs (`L_ADV`
+//! weighted by `w_m`, Eq. 7: see [`super::adversarial`]), and the GRL weight 1 so
 //! the invariant projection `I` receives exactly `−λ ∂L_ADV/∂c` (the DANN schedule of the GRL
 //! paper the authors cite). Why one shared λ and a plain sum: §3.4.2 names exactly these four
 //! objectives and one trade-off λ; the auxiliary terms update disjoint parts (`L_D0` only `D0`;
@@ -28,19 +37,26 @@
 //! separate weights would only rescale learning rates; and the ramp from 0 keeps the noisy early
 //! discriminators from disturbing the CTR task. `maf_adv` uses `L_ADV` alone; other variants have
 //! no auxiliary term.
+//!
+//! λ only throttles `D0` if its optimizer lets it: AdaGrad divides a step by the root of the
+//! accumulated squared gradients, so a constant factor on the only loss a parameter sees cancels
+//! out unless the accumulator starts large against it. The trainer therefore gives `D0` its own
+//! AdaGrad with TensorFlow's initial accumulator 0.1
+//! ([`crate::TrainConfig::importance_initial_accumulator`]); with the main optimizer's 1e-5,
+//! `D0` separated the modalities within a few hundred steps and DDMA collapsed (every `w_m → 0`).
+//! `D1` stays on the main optimizer, fast enough to keep pace with `I` in the reversal game.
 
 use std::fmt;
 use std::str::FromStr;
 
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::adversarial::{Adversarial, AdversarialConfig};
 use super::apgru::{ApGru, ApGruConfig, CandidateAttention, CandidateAttentionConfig};
-use super::attention_fusion::{AttentionFusion, AttentionFusionConfig};
+use super::attention_fusion::{masked_sum, AttentionFusion, AttentionFusionConfig};
 use super::baselines::{FactorizationMachine, LogisticRegression};
 use super::ctr_head::{log_loss, CtrHead, CtrHeadConfig};
 use super::modality_embedding::{
@@ -50,21 +66,22 @@ use crate::batch::{Batch, ModelInputs};
 use crate::batch_tensors::BatchTensors;
 use crate::error::{Error, Result};
 
-/// Which model to build: the paper's Table 3 ablations and Table 2 baselines.
+/// Which model to build: the paper's Table 3 ablations (§4.5) and Table 2 baselines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Variant {
-    /// BaseModel + IDs: id embeddings, GRU, candidate attention, MLP.
+    /// BaseModel + IDs: the id embeddings, a GRU (last state), the MLP.
     Ids,
-    /// BaseModel + IDs + image, concatenated.
+    /// BaseModel + IMAGE: the image alone.
     Image,
-    /// BaseModel + every available modality, concatenated.
+    /// BaseModel + CONC: every modality, as the element-wise sum of its projections.
     Conc,
-    /// + multimodal attention fusion.
+    /// BaseModel + MAF: multimodal attention fusion, `rep = s`.
     Maf,
-    /// + MAF + one modality discriminator behind a GRL.
+    /// BaseModel + MAF + ADV: one modality discriminator behind a GRL (no `D0` weighting),
+    /// `rep = s + max_m c_m`.
     MafAdv,
-    /// + MAF + double-discriminator multimodal adversarial network.
+    /// BaseModel + MAF + DDMA: the double-discriminator network, `rep = s + max_m(w_m c_m)`.
     MafDdma,
     /// MARN: MAF + DDMA + APGRU.
     Marn,
@@ -115,10 +132,22 @@ impl Variant {
     fn wanted(self) -> &'static [Modality] {
         const ALL: &[Modality] = &[Modality::Ids, Modality::Image, Modality::Title, Modality::Statistic];
         match self {
-            Variant::Image => &[Modality::Ids, Modality::Image],
+            Variant::Image => &[Modality::Image],
             Variant::Conc | Variant::Maf | Variant::MafAdv | Variant::MafDdma | Variant::Marn => ALL,
             _ => &[Modality::Ids],
         }
+    }
+}
+
+impl Variant {
+    /// Whether the variant builds MAF (and the invariant projection when adversarial).
+    fn fused(self) -> bool {
+        matches!(self, Variant::Maf | Variant::MafAdv | Variant::MafDdma | Variant::Marn)
+    }
+
+    /// Whether the variant has the cross-modal adversary (`maf_adv`) or DDMA.
+    fn adversarial(self) -> bool {
+        matches!(self, Variant::MafAdv | Variant::MafDdma | Variant::Marn)
     }
 }
 
@@ -239,7 +268,6 @@ impl MarnConfig {
         let e = self.embedding.modality_dim;
         let mut model = Marn {
             embedding: None,
-            concat: None,
             projection: None,
             fusion: None,
             adversarial: None,
@@ -263,28 +291,27 @@ impl MarnConfig {
             }
             _ => {}
         }
+        if modalities.is_empty() {
+            return Err(Error::Config(format!("variant {v} needs modalities the data lacks ({:?})", v.wanted())));
+        }
         model.embedding = Some(self.embedding.init(inputs, &modalities, device));
-        let fused = matches!(v, Variant::Maf | Variant::MafAdv | Variant::MafDdma | Variant::Marn);
-        if fused {
-            let adversarial = matches!(v, Variant::MafAdv | Variant::MafDdma | Variant::Marn);
-            model.projection = Some(
-                ModalityProjectionConfig { input_dim: e, output_dim: h, n_modalities: m, invariant: adversarial }
-                    .init(device),
-            );
+        model.projection = Some(
+            ModalityProjectionConfig { input_dim: e, output_dim: h, n_modalities: m, invariant: v.adversarial() }
+                .init(device),
+        );
+        if v.fused() {
             model.fusion = Some(AttentionFusionConfig { dim: h, n_modalities: m }.init(device));
-            if adversarial && m >= 2 {
-                model.adversarial = Some(
-                    AdversarialConfig {
-                        dim: h,
-                        n_modalities: m,
-                        double: v != Variant::MafAdv,
-                        grl_weight: self.grl_weight,
-                    }
-                    .init(device),
-                );
-            }
-        } else {
-            model.concat = Some(LinearConfig::new(m * e, h).init(device));
+        }
+        if v.adversarial() && m >= 2 {
+            model.adversarial = Some(
+                AdversarialConfig {
+                    dim: h,
+                    n_modalities: m,
+                    double: v != Variant::MafAdv,
+                    grl_weight: self.grl_weight,
+                }
+                .init(device),
+            );
         }
         let user_dim = match v {
             Variant::YoutubeNet => h,
@@ -295,8 +322,9 @@ impl MarnConfig {
                 );
                 h
             }
-            _ => {
-                let property_dim = (v == Variant::Marn).then(|| self.embedding.property_dim());
+            Variant::Marn => {
+                // APGRU: the property-gated GRU and the candidate attention over its states.
+                let property_dim = Some(self.embedding.property_dim());
                 model.sequence =
                     Some(ApGruConfig { input_dim: h, property_dim, hidden_dim: self.gru_dim }.init(device));
                 model.attention = Some(
@@ -307,6 +335,12 @@ impl MarnConfig {
                     }
                     .init(device),
                 );
+                self.gru_dim
+            }
+            _ => {
+                // BaseModel: a plain GRU read out at its last real state.
+                model.sequence =
+                    Some(ApGruConfig { input_dim: h, property_dim: None, hidden_dim: self.gru_dim }.init(device));
                 self.gru_dim
             }
         };
@@ -320,9 +354,7 @@ impl MarnConfig {
 pub struct Marn {
     /// Modality embedding layer `E`.
     pub embedding: Option<ModalityEmbedding>,
-    /// Concatenation variants: projection of `[e_1, …, e_M]` to `rep`.
-    pub concat: Option<Linear>,
-    /// `S_m` and `I`.
+    /// `S_m` (every variant but `lr`/`fm`) and `I` (adversarial variants).
     pub projection: Option<ModalityProjection>,
     /// MAF.
     pub fusion: Option<AttentionFusion>,
@@ -355,6 +387,39 @@ pub struct AuxLosses {
     pub specific: Option<Tensor<1>>,
     /// `L_ADV`, `[1]`.
     pub adversarial: Option<Tensor<1>>,
+    /// How the adversarial game stands (adversarial variants).
+    pub diagnostics: Option<Diagnostics>,
+}
+
+/// The state of the adversarial game on one batch (detached), recorded beside the losses.
+#[derive(Debug, Clone)]
+pub struct Diagnostics {
+    /// Share of existing (item, modality) pairs `D0` classifies right, `[1]` (DDMA only).
+    pub importance_accuracy: Option<Tensor<1>>,
+    /// Share `D1` classifies right, `[1]`.
+    pub modality_accuracy: Tensor<1>,
+    /// Mean `w_m` per modality, `[M]`.
+    pub mean_weights: Tensor<1>,
+    /// Mean over items of `‖c‖ / (‖s‖ + ‖c‖)`: the share of the representation's norm that
+    /// comes from the invariant part, `[1]`.
+    pub invariant_share: Tensor<1>,
+}
+
+/// The per-modality features of the distinct items (Figure 5), read back from the device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModalityFeatures {
+    /// The modalities, in model order.
+    pub modalities: Vec<Modality>,
+    /// Width `d` of every vector.
+    pub dim: usize,
+    /// `s_m` of every modality, row-major `[n, d]`.
+    pub specific: Vec<Vec<f32>>,
+    /// `c_m` of every modality, row-major `[n, d]` (empty without `I`).
+    pub invariant: Vec<Vec<f32>>,
+    /// The pooled invariant representation `c`, row-major `[n, d]` (empty without `I`).
+    pub pooled: Vec<f32>,
+    /// `presence[m][i]`: whether item `i` has modality `m`.
+    pub presence: Vec<Vec<bool>>,
 }
 
 impl AuxLosses {
@@ -450,26 +515,38 @@ impl Marn {
     /// - output: `[n, representation_dim]`
     pub fn item_representations(&self, x: &BatchTensors) -> Result<(Tensor<2>, AuxLosses)> {
         let embedding = self.embedding.as_ref().ok_or_else(|| missing("embedding"))?;
-        let e = embedding.forward(x)?;
-        let mut aux = AuxLosses::default();
-        if let Some(concat) = &self.concat {
-            return Ok((concat.forward(Tensor::cat(e, 1)).tanh(), aux));
-        }
         let projection = self.projection.as_ref().ok_or_else(|| missing("projection"))?;
-        let fusion = self.fusion.as_ref().ok_or_else(|| missing("fusion"))?;
-        let s = fusion.forward(&projection.specific(&e));
+        let e = embedding.forward(x)?;
+        let presence = embedding.presence(x);
+        let specific = projection.specific(&e);
+        let mut aux = AuxLosses::default();
+        let Some(fusion) = &self.fusion else {
+            // BaseModel+IDs / +IMAGE / +CONC: the element-wise sum of the projected modalities.
+            return Ok((masked_sum(specific, &presence), aux));
+        };
+        let s = fusion.forward(&specific, &presence);
         let c = projection.invariant(&e);
         let rep = match (&self.adversarial, c.len()) {
             (_, 0) => s,
             (Some(adv), _) => {
-                let out = adv.forward(&c);
+                let out = adv.forward(&c, &presence);
                 aux.adversarial = Some(out.adversarial_loss);
                 aux.importance = out.importance_loss;
                 if adv.importance.is_some() {
                     // D_s on S_m(e_m.detach()): no gradient into the embedding layer.
                     let detached: Vec<Tensor<2>> = e.iter().map(|e| e.clone().detach()).collect();
-                    aux.specific = Some(adv.specific_loss(&projection.specific(&detached)));
+                    aux.specific = Some(adv.specific_loss(&projection.specific(&detached), &presence));
                 }
+                let norm = |t: &Tensor<2>| t.clone().detach().square().sum_dim(1).sqrt();
+                let (ns, nc) = (norm(&s), norm(&out.invariant));
+                let share = (nc.clone() / (ns + nc).clamp_min(1e-12)).mean();
+                let d = out.diagnostics;
+                aux.diagnostics = Some(Diagnostics {
+                    importance_accuracy: d.importance_accuracy,
+                    modality_accuracy: d.modality_accuracy,
+                    mean_weights: d.mean_weights,
+                    invariant_share: share,
+                });
                 s + out.invariant
             }
             (None, _) => {
@@ -484,10 +561,11 @@ impl Marn {
         Ok((rep, aux))
     }
 
-    /// Mean MAF attention intensity of every modality for every distinct item (Figure 4):
-    /// `mean_d atten_m[d]` of Eq. 3, `[n][M]` in the order of [`Marn::modalities`]. `None` for
-    /// variants without MAF.
-    pub fn modality_attention(&self, x: &BatchTensors) -> Result<Option<Vec<Vec<f32>>>> {
+    /// MAF attention intensity of every modality for every distinct item (Figure 4): the
+    /// l2-norm `‖atten_m‖₂` of the vector attention of Eq. 3, `[n][M]` in the order of
+    /// [`Marn::modalities`], `None` where the item lacks the modality. `None` for variants
+    /// without MAF.
+    pub fn modality_attention(&self, x: &BatchTensors) -> Result<Option<Vec<Vec<Option<f32>>>>> {
         let (Some(embedding), Some(projection), Some(fusion)) = (&self.embedding, &self.projection, &self.fusion)
         else {
             return Ok(None);
@@ -499,12 +577,34 @@ impl Marn {
             return Ok(None);
         }
         let n = x.n_items;
-        let means: Vec<Tensor<2>> = attention.into_iter().map(|a| a.mean_dim(1)).collect();
-        let values = Tensor::cat(means, 1)
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| Error::Batch(format!("reading attention: {e:?}")))?;
-        Ok(Some((0..n).map(|i| values[i * m..(i + 1) * m].to_vec()).collect()))
+        let norms: Vec<Tensor<2>> = attention.into_iter().map(|a| a.square().sum_dim(1).sqrt()).collect();
+        let values = read(Tensor::cat(norms, 1), "attention")?;
+        let presence = read_presence(&embedding.presence(x), n)?;
+        Ok(Some((0..n).map(|i| (0..m).map(|k| presence[k][i].then_some(values[i * m + k])).collect()).collect()))
+    }
+
+    /// `s_m`, `c_m` and the pooled `c` of the distinct items (Figure 5). `None` for variants
+    /// without the specific projections (`lr`, `fm`).
+    pub fn modality_features(&self, x: &BatchTensors) -> Result<Option<ModalityFeatures>> {
+        let (Some(embedding), Some(projection)) = (&self.embedding, &self.projection) else {
+            return Ok(None);
+        };
+        let e = embedding.forward(x)?;
+        let presence = embedding.presence(x);
+        let specific = projection.specific(&e);
+        let invariant = projection.invariant(&e);
+        let pooled = match (&self.adversarial, invariant.is_empty()) {
+            (Some(adv), false) => read(adv.forward(&invariant, &presence).invariant, "pooled invariant")?,
+            _ => Vec::new(),
+        };
+        Ok(Some(ModalityFeatures {
+            modalities: self.modalities.clone(),
+            dim: self.config.representation_dim,
+            specific: specific.into_iter().map(|t| read(t, "specific features")).collect::<Result<_>>()?,
+            invariant: invariant.into_iter().map(|t| read(t, "invariant features")).collect::<Result<_>>()?,
+            pooled,
+            presence: read_presence(&presence, x.n_items)?,
+        }))
     }
 
     /// Logits and auxiliary losses of a batch already on the device.
@@ -536,7 +636,7 @@ impl Marn {
                 let count = x.mask.clone().sum_dim(1).clamp_min(1.0);
                 (slots * x.mask.clone().unsqueeze_dim::<3>(2)).sum_dim(1).reshape([b, h]) / count
             }
-            (_, Some(gru), Some(attention)) => {
+            (_, Some(gru), attention) => {
                 // W rep once per distinct item, gathered per slot.
                 let projected = gru.input_projection(rep.clone());
                 let width = projected.dims()[1];
@@ -546,7 +646,15 @@ impl Marn {
                     _ => None,
                 };
                 let states = gru.forward(slots, property);
-                attention.forward(states, candidate.clone(), x.padding.clone(), x.mask.clone())
+                match attention {
+                    // APGRU: candidate attention over the states.
+                    Some(attention) => attention.forward(states, candidate.clone(), x.padding.clone(), x.mask.clone()),
+                    // BaseModel: the last real state.
+                    None => {
+                        let g = gru.hidden_dim;
+                        (states * x.last.clone().unsqueeze_dim::<3>(2)).sum_dim(1).reshape([b, g])
+                    }
+                }
             }
             (_, None, Some(attention)) => {
                 let slots = rep.clone().select(0, x.history.clone()).reshape([b, t, h]);
@@ -580,6 +688,20 @@ impl Marn {
             .try_to_vec::<f32>()
             .map_err(|e| Error::Batch(format!("reading predictions: {e:?}")))
     }
+}
+
+fn read<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
+    t.into_data().try_to_vec::<f32>().map_err(|e| Error::Batch(format!("reading {what}: {e:?}")))
+}
+
+fn read_presence(presence: &[Option<Tensor<2>>], n: usize) -> Result<Vec<Vec<bool>>> {
+    presence
+        .iter()
+        .map(|p| match p {
+            Some(p) => Ok(read(p.clone(), "presence")?.into_iter().map(|v| v > 0.5).collect()),
+            None => Ok(vec![true; n]),
+        })
+        .collect()
 }
 
 #[cfg(test)]

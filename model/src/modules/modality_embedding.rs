@@ -290,6 +290,20 @@ impl ModalityEmbedding {
             .collect()
     }
 
+    /// Per-item presence of every modality of [`ModalityEmbedding::modalities`]: `[n, 1]`, 1.0
+    /// where the item has the modality and 0.0 where it lacks it; `None` where every item has it
+    /// (IDs and statistics always exist; images and titles may be missing).
+    pub fn presence(&self, x: &BatchTensors) -> Vec<Option<Tensor<2>>> {
+        self.modalities
+            .iter()
+            .map(|m| match m {
+                Modality::Image => x.image_present.clone(),
+                Modality::Title => x.title_present.clone(),
+                Modality::Ids | Modality::Statistic => None,
+            })
+            .collect()
+    }
+
     /// Behavior property embeddings `p_t` of every sequence slot.
     ///
     /// # Shapes
