@@ -539,7 +539,7 @@ fn ddma_game(importance_accumulator: f64) -> (f32, f32) {
 
 #[test]
 fn ddma_keeps_its_weights_on_a_world_with_a_shared_factor() {
-    // Before the discriminators had an optimizer of their own, D0 separated the modalities within
+    // Before D0 had an optimizer of its own, D0 separated the modalities within
     // a few hundred steps of the demo world and every w_m = 1 − D0_m fell towards 0 (mean 0.02 to
     // 0.3 at the end of a run), switching DDMA off. Chance gives w = 1 − 1/M = 0.75 for M = 4; the
     // floor 0.25 is a third of that: D0 gives the true modality at most 0.75 on average.
