@@ -782,7 +782,7 @@ fn finish_demo(
     std::fs::write(report.join("deciles.png"), deciles.png().map_err(|e| anyhow::anyhow!("deciles.png: {e}"))?)?;
     writeln!(
         out,
-        "report: {}/table3.md, per-model reports (summary.md, loss/deciles/attention .png/.svg) in {}/<model>/",
+        "report: {}/table3.md, per-model reports (summary.md; loss, ddma, deciles, attention, modality_space as .png/.svg) in {}/<model>/",
         report.display(),
         report.display()
     )?;

@@ -171,6 +171,22 @@ impl Adversarial {
     /// - `presence`: M entries, `[n, 1]` (1.0 where the item has modality `m`) or `None`
     /// - output: see [`AdversarialOutput`]
     pub fn forward(&self, invariant: &[Tensor<2>], presence: &[Option<Tensor<2>>]) -> AdversarialOutput {
+        self.forward_with(invariant, invariant, presence)
+    }
+
+    /// [`Adversarial::forward`] with `D1` (behind the GRL) fed `adversary_input` instead of
+    /// `invariant`: the model passes `I(e_m.detach())`, so the reversed gradient updates `I`
+    /// alone (§3.4.2: "`D1` plays the minimax game with the modality-invariant feature for
+    /// updating `I`") and never reaches the embedding layer that `S_m` shares.
+    ///
+    /// # Shapes
+    /// - `invariant`, `adversary_input`: M tensors `[n, d]`; `presence` as in `forward`
+    pub fn forward_with(
+        &self,
+        invariant: &[Tensor<2>],
+        adversary_input: &[Tensor<2>],
+        presence: &[Option<Tensor<2>>],
+    ) -> AdversarialOutput {
         let present: Vec<Tensor<2>> = invariant
             .iter()
             .enumerate()
@@ -194,8 +210,10 @@ impl Adversarial {
             None => (None, None, present.clone()),
         };
         // Eq. 7: D1 on I(e) itself, behind the GRL; w_m weights the log-likelihood.
-        let d1_logits: Vec<Tensor<2>> =
-            invariant.iter().map(|c| self.modality.forward(gradient_reversal(c.clone(), self.grl_weight))).collect();
+        let d1_logits: Vec<Tensor<2>> = adversary_input
+            .iter()
+            .map(|c| self.modality.forward(gradient_reversal(c.clone(), self.grl_weight)))
+            .collect();
         let adversarial_loss = weighted_modality_nll(&d1_logits, &weights);
         let modality_accuracy = accuracy(&d1_logits, &present);
         let mean_weights = Tensor::cat(

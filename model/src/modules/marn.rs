@@ -529,12 +529,13 @@ impl Marn {
         let rep = match (&self.adversarial, c.len()) {
             (_, 0) => s,
             (Some(adv), _) => {
-                let out = adv.forward(&c, &presence);
+                // D1 sees I(e.detach()): the reversed gradient updates I, not the embedding layer.
+                let detached: Vec<Tensor<2>> = e.iter().map(|e| e.clone().detach()).collect();
+                let out = adv.forward_with(&c, &projection.invariant(&detached), &presence);
                 aux.adversarial = Some(out.adversarial_loss);
                 aux.importance = out.importance_loss;
                 if adv.importance.is_some() {
                     // D_s on S_m(e_m.detach()): no gradient into the embedding layer.
-                    let detached: Vec<Tensor<2>> = e.iter().map(|e| e.clone().detach()).collect();
                     aux.specific = Some(adv.specific_loss(&projection.specific(&detached), &presence));
                 }
                 let norm = |t: &Tensor<2>| t.clone().detach().square().sum_dim(1).sqrt();
