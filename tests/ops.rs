@@ -630,3 +630,47 @@ fn every_command_of_the_runbook_uses_real_subcommands_and_flags() {
     }
     assert!(checked >= 15, "only {checked} commands found in ops/RUNBOOK.md");
 }
+
+#[test]
+fn the_ablation_script_prints_table_3_as_mean_and_spread_over_seeds() {
+    if !have("jq") {
+        return skip("jq (ops/ablation.sh)", "jq: apt-get install -y jq");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("tiny.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{SMALL}[generate]\nusers = 100\nitems = 300\ndays = 3\nimage_dim = 16\nexposures_per_day = 1000\n\
+             categories = 4\nshops = 20\nbrands = 20\nvocab_size = 200\n"
+        ),
+    )
+    .unwrap();
+    let lake = tmp.path().join("lake");
+    let args = ["--config", config.to_str().unwrap(), "--lake", lake.to_str().unwrap(), "--bin", bin()];
+    let run = |extra: &[&str]| {
+        let out = Command::new("bash")
+            .arg(repo().join("ops/ablation.sh"))
+            .args(args)
+            .args(["--seeds", "1 2", "--epochs", "1"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let table = run(&["--variants", "ids maf_ddma"]);
+    let row = |variant: &str| -> Vec<String> {
+        let line =
+            table.lines().find(|l| l.starts_with(&format!("| {variant} |"))).unwrap_or_else(|| panic!("{table}"));
+        line.split('|').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect()
+    };
+    let (ids, ddma) = (row("ids"), row("maf_ddma"));
+    assert!(ids[1].contains(" ± ") && ddma[1].contains(" ± "), "AUC as mean ± sd: {table}");
+    assert_eq!(ids[4], "-", "ids has no D0: {table}");
+    assert!(ddma[4].contains(" ± ") && ddma[5].contains(" ± "), "maf_ddma reports its game: {table}");
+    assert_eq!(std::fs::read_to_string(lake.join("ablation/table3.md")).unwrap(), table);
+    // A second run keeps the runs done and adds only the new variant.
+    let again = run(&["--variants", "ids"]);
+    assert!(again.lines().any(|l| l == table.lines().find(|l| l.starts_with("| ids |")).unwrap()), "{again}");
+}
