@@ -58,47 +58,36 @@ fn present_or_ones(presence: Option<&Tensor<2>>, like: &Tensor<2>) -> Tensor<2> 
 /// # Shapes
 /// - `logits`: M tensors `[n, M]`; `weights`: M tensors `[n, 1]`; output: `[1]`
 pub fn weighted_modality_nll(logits: &[Tensor<2>], weights: &[Tensor<2>]) -> Tensor<1> {
-    let mut numerator: Option<Tensor<1>> = None;
-    let mut denominator: Option<Tensor<1>> = None;
-    for (class, (l, w)) in logits.iter().zip(weights).enumerate() {
+    let parts = logits.iter().zip(weights).enumerate().map(|(class, (l, w))| {
         let nll = log_softmax(l.clone(), 1).narrow(1, class, 1).neg();
-        let num = (nll * w.clone()).sum();
-        let den = w.clone().sum();
-        numerator = Some(match numerator {
-            Some(t) => t + num,
-            None => num,
-        });
-        denominator = Some(match denominator {
-            Some(t) => t + den,
-            None => den,
-        });
-    }
-    match (numerator, denominator) {
-        (Some(n), Some(d)) => n / d.add_scalar(1e-6),
-        _ => Tensor::zeros([1], &Device::default()),
+        ((nll * w.clone()).sum(), w.clone().sum())
+    });
+    match sum_pairs(parts) {
+        Some((n, d)) => n / d.add_scalar(1e-6),
+        None => Tensor::zeros([1], &Device::default()),
     }
 }
 
 /// Share of the existing rows that a classifier assigns to their true modality, `[1]`.
 fn accuracy(logits: &[Tensor<2>], presence: &[Tensor<2>]) -> Tensor<1> {
-    let mut hits: Option<Tensor<1>> = None;
-    let mut total: Option<Tensor<1>> = None;
-    for (class, (l, p)) in logits.iter().zip(presence).enumerate() {
+    let parts = logits.iter().zip(presence).enumerate().map(|(class, (l, p))| {
         let right = l.clone().detach().argmax(1).equal_elem(class as i64).float() * p.clone();
-        let (h, t) = (right.sum(), p.clone().sum());
-        hits = Some(match hits {
-            Some(x) => x + h,
-            None => h,
-        });
-        total = Some(match total {
-            Some(x) => x + t,
-            None => t,
-        });
+        (right.sum(), p.clone().sum())
+    });
+    match sum_pairs(parts) {
+        Some((hits, total)) => hits / total.clamp_min(1.0),
+        None => Tensor::zeros([1], &Device::default()),
     }
-    match (hits, total) {
-        (Some(h), Some(t)) => h / t.clamp_min(1.0),
-        _ => Tensor::zeros([1], &Device::default()),
-    }
+}
+
+/// The sums over the modalities of a (numerator, denominator) pair; `None` without modalities.
+fn sum_pairs(parts: impl Iterator<Item = (Tensor<1>, Tensor<1>)>) -> Option<(Tensor<1>, Tensor<1>)> {
+    parts.reduce(|(a, b), (c, d)| (a + c, b + d))
+}
+
+/// `[n, 1]` presence of every modality, ones where `presence` has `None` (every item has it).
+fn presence_of_all(features: &[Tensor<2>], presence: &[Option<Tensor<2>>]) -> Vec<Tensor<2>> {
+    features.iter().enumerate().map(|(m, x)| present_or_ones(presence.get(m).and_then(Option::as_ref), x)).collect()
 }
 
 /// Config of [`Adversarial`].
@@ -187,11 +176,7 @@ impl Adversarial {
         adversary_input: &[Tensor<2>],
         presence: &[Option<Tensor<2>>],
     ) -> AdversarialOutput {
-        let present: Vec<Tensor<2>> = invariant
-            .iter()
-            .enumerate()
-            .map(|(m, c)| present_or_ones(presence.get(m).and_then(Option::as_ref), c))
-            .collect();
+        let present = presence_of_all(invariant, presence);
         let (importance_loss, importance_accuracy, weights) = match &self.importance {
             Some(d0) => {
                 // D0 sees c_m without its history: no gradient into I.
@@ -245,11 +230,7 @@ impl Adversarial {
     /// - `specific`: M tensors `[n, d]`; `presence` as in [`Adversarial::forward`]; output: `[1]`
     pub fn specific_loss(&self, specific: &[Tensor<2>], presence: &[Option<Tensor<2>>]) -> Tensor<1> {
         let logits: Vec<Tensor<2>> = specific.iter().map(|s| self.modality.forward(s.clone())).collect();
-        let present: Vec<Tensor<2>> = specific
-            .iter()
-            .enumerate()
-            .map(|(m, s)| present_or_ones(presence.get(m).and_then(Option::as_ref), s))
-            .collect();
+        let present = presence_of_all(specific, presence);
         weighted_modality_nll(&logits, &present)
     }
 }
