@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# The paper's Table 3 (ablations, section 4.5) on a generated world, over several training seeds:
-# every variant is trained on all days but the last with each seed, evaluated on the last day, and
-# the table gives each metric's mean and standard deviation over the seeds.
+# The paper's Table 3 (ablations, section 4.5) or Table 2 (baselines) on a generated world, over
+# several training seeds: every variant is trained on all days but the last with each seed,
+# evaluated on the last day, and the table gives each metric's mean and standard deviation over
+# the seeds, with the training speed.
 #
 #   bash ops/ablation.sh --config configs/demo.toml --lake /tmp/ablation [--seeds "1 2 3"]
 #        [--variants "image ids conc maf maf_adv maf_ddma marn"] [--epochs 2] [--out DIR] [--bin PATH]
+#        [--table table3]
+#   bash ops/ablation.sh --config configs/demo.toml --lake /tmp/ablation --table table2 \
+#        --variants "lr fm youtube_net xdeepfm dupn dien dmf mmss naml marn"
 #
 # The world is generated and its features built when the lake has none. Each run's evaluation
-# JSON and the table (table3.md) go to --out (default: <lake>/ablation). Needs jq and the release
+# JSON and the table (<table>.md) go to --out (default: <lake>/ablation). Needs jq and the release
 # binary (--bin PATH, else the one of .ci/run's target directory, built if missing). Runs
 # already done are kept: two instances with different --variants can share a lake and --out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-config="" lake="" out="" epochs=2 bin=""
+config="" lake="" out="" epochs=2 bin="" table="table3"
 seeds="1 2 3"
 variants="image ids conc maf maf_adv maf_ddma marn"
 while [ $# -gt 0 ]; do
@@ -25,6 +29,7 @@ while [ $# -gt 0 ]; do
     --epochs) epochs="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --bin) bin="$2"; shift 2 ;;
+    --table) table="$2"; shift 2 ;;
     *) echo "ablation: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -75,9 +80,9 @@ stat() {
 }
 
 {
-  echo "| variant | AUC | AUC deciles 1-3 | AUC unseen items | D0 accuracy | mean w | share of ‖rep‖ from c |"
-  echo "|---|---|---|---|---|---|---|"
+  echo "| variant | AUC | AUC deciles 1-3 | AUC unseen items | D0 accuracy | mean w | share of ‖rep‖ from c | train samples/s |"
+  echo "|---|---|---|---|---|---|---|---|"
   for variant in $variants; do
-    echo "| $variant | $(stat "$variant" '.auc' json) | $(stat "$variant" '[.deciles[:3][] | .auc] | add / length' json) | $(stat "$variant" '.unseen.auc_unseen_rows' json) | $(stat "$variant" '.importance_accuracy' game.json) | $(stat "$variant" 'if .mean_weights then (.mean_weights | add / length) else null end' game.json) | $(stat "$variant" '.invariant_share' game.json) |"
+    echo "| $variant | $(stat "$variant" '.auc' json) | $(stat "$variant" '[.deciles[:3][] | .auc] | add / length' json) | $(stat "$variant" '.unseen.auc_unseen_rows' json) | $(stat "$variant" '.importance_accuracy' game.json) | $(stat "$variant" 'if .mean_weights then (.mean_weights | add / length) else null end' game.json) | $(stat "$variant" '.invariant_share' game.json) | $(stat "$variant" '.samples_per_second' train.json) |"
   done
-} | tee "$out/table3.md"
+} | tee "$out/$table.md"

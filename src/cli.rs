@@ -67,7 +67,8 @@ pub enum Command {
 /// Training settings shared by `train` and `run`.
 #[derive(Debug, Args)]
 pub struct TrainFlags {
-    /// Model variant (marn, maf_ddma, maf_adv, maf, conc, image, ids, lr, fm, youtube_net, din)
+    /// Model variant: marn; its ablations maf_ddma, maf_adv, maf, conc, image, ids; the baselines lr, fm,
+    /// youtube_net, xdeepfm, dupn, dien, dmf, mmss, naml, din
     #[arg(long, value_name = "V", help_heading = "Training")]
     pub variant: Option<String>,
 
@@ -482,9 +483,13 @@ pub struct DemoArgs {
     #[arg(long, value_name = "E", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub epochs: Option<u32>,
 
-    /// Models to train, comma-separated [default: the paper's baselines and MARN variants]
-    #[arg(long, value_name = "V,V,…", value_delimiter = ',')]
+    /// Models to train, comma-separated [default: a few baselines and MARN variants]
+    #[arg(long, value_name = "V,V,…", value_delimiter = ',', conflicts_with = "table2")]
     pub variants: Vec<String>,
+
+    /// Train every model of the paper's Table 2 (LR … NAML, then MARN) instead of the default few
+    #[arg(long)]
+    pub table2: bool,
 }
 
 fn parse_date(s: &str) -> Result<chrono::NaiveDate, String> {

@@ -630,7 +630,7 @@ async fn demo(cfg: &Config, args: &cli::DemoArgs) -> Result<()> {
     writeln!(out, "\ntraining on {first} .. {train_to}, evaluating on {last} (the paper's Table 3, on this world):")?;
     out.flush()?;
     drop(out);
-    let names = variant_list(&args.variants, &DEMO_VARIANTS);
+    let names = variant_list(args, &DEMO_VARIANTS);
     let rows = compare_models(&lake, cfg, "demo", &names, (first, train_to), (last, last), &args.report).await?;
     finish_demo(cfg, &rows, &format!("on {last}"), &args.report, demo_started)
 }
@@ -684,14 +684,17 @@ async fn demo_movielens(cfg: &Config, args: &cli::DemoArgs, dir: &std::path::Pat
     writeln!(out, "\ntraining on {from} .. {train_to}, evaluating on {test_from} .. {last} (pooled):")?;
     out.flush()?;
     drop(out);
-    let names = variant_list(&args.variants, &MOVIELENS_VARIANTS);
+    let names = variant_list(args, &MOVIELENS_VARIANTS);
     let rows =
         compare_models(&lake, cfg, "movielens", &names, (from, train_to), (test_from, last), &args.report).await?;
     finish_demo(cfg, &rows, &format!("MovieLens-100K, {test_from} .. {last}"), &args.report, demo_started)
 }
 
-fn variant_list(given: &[String], default: &[&str]) -> Vec<String> {
-    if given.is_empty() {
+fn variant_list(args: &cli::DemoArgs, default: &[&str]) -> Vec<String> {
+    let given = &args.variants;
+    if args.table2 {
+        marnflow_model::Variant::table2().iter().map(|v| v.to_string()).collect()
+    } else if given.is_empty() {
         default.iter().map(|v| v.to_string()).collect()
     } else {
         given.to_vec()

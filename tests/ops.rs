@@ -669,8 +669,10 @@ fn the_ablation_script_prints_table_3_as_mean_and_spread_over_seeds() {
     assert!(ids[1].contains(" ± ") && ddma[1].contains(" ± "), "AUC as mean ± sd: {table}");
     assert_eq!(ids[4], "-", "ids has no D0: {table}");
     assert!(ddma[4].contains(" ± ") && ddma[5].contains(" ± "), "maf_ddma reports its game: {table}");
+    assert!(ids[7].contains(" ± "), "training speed as mean ± sd: {table}");
     assert_eq!(std::fs::read_to_string(lake.join("ablation/table3.md")).unwrap(), table);
-    // A second run keeps the runs done and adds only the new variant.
-    let again = run(&["--variants", "ids"]);
+    // A second run keeps the runs done and adds only the new variant, into the table named.
+    let again = run(&["--variants", "ids", "--table", "table2"]);
     assert!(again.lines().any(|l| l == table.lines().find(|l| l.starts_with("| ids |")).unwrap()), "{again}");
+    assert_eq!(std::fs::read_to_string(lake.join("ablation/table2.md")).unwrap(), again);
 }

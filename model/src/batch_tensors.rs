@@ -70,7 +70,7 @@ fn column(values: impl IntoIterator<Item = f32>, device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(v, [n, 1]), device)
 }
 
-fn ints(values: impl IntoIterator<Item = u32>, device: &Device) -> Tensor<1, Int> {
+pub(crate) fn ints(values: impl IntoIterator<Item = u32>, device: &Device) -> Tensor<1, Int> {
     let v: Vec<i64> = values.into_iter().map(i64::from).collect();
     let n = v.len();
     Tensor::from_data(TensorData::new(v, [n]), device)

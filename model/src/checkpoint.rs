@@ -35,13 +35,15 @@ pub const WEIGHTS_FILE: &str = "weights.safetensors";
 /// File name of the config.
 pub const CONFIG_FILE: &str = "model.json";
 /// Version of the checkpoint format written now.
+/// - 3: `youtube_net` and `din` are fed every modality, as MARN is (Table 2's baselines, §4.3);
+///   a format-2 checkpoint of either saw ids only and is refused. The other variants load.
 /// - 2: the variants of §4.5 (BaseModel read out at the GRU's last state, the image-only and
 ///   summed-projection ablations), per-item modality masks (an item without an image or a title
 ///   leaves that modality out of MAF and the max-pool), and `D1` per Eq. 7. A format-1
 ///   checkpoint of any variant but `lr`/`fm` was built or scores differently and is refused.
 /// - 1: the image layer standardises each image embedding before its projection.
 /// - 0 (no `format` key): it projected the raw embedding.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 /// What `model.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,6 +94,16 @@ pub fn meta_from_files(files: &BTreeMap<String, Vec<u8>>) -> Result<CheckpointMe
                 "format {}: variant {} was built before the paper's ablations (section 4.5) and \
                  per-item modality masks, and this build's {} differs; train it again",
                 meta.format, meta.config.variant, meta.config.variant
+            ),
+        ));
+    }
+    if meta.format < 3 && matches!(meta.config.variant, Variant::YoutubeNet | Variant::Din) {
+        return Err(err(
+            CONFIG_FILE,
+            format!(
+                "format {}: variant {} saw item ids only, and this build feeds it every modality \
+                 (the paper's Table 2 setup); train it again",
+                meta.format, meta.config.variant
             ),
         ));
     }

@@ -107,7 +107,7 @@ pub struct StepDiagnostics {
 /// Losses of one step, read back from the device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepLosses {
-    /// `L_CTR + λ (L_Ds + L_D0 + L_ADV)`.
+    /// `L_CTR + λ (L_Ds + L_D0 + L_ADV) + α L_next` (the terms the variant has).
     pub total: f32,
     /// `L_CTR`, the mean log loss.
     pub ctr: f32,
@@ -117,6 +117,9 @@ pub struct StepLosses {
     pub specific: Option<f32>,
     /// `L_ADV` (adversarial variants).
     pub adversarial: Option<f32>,
+    /// DIEN's auxiliary next-behavior loss (`dien`).
+    #[serde(default)]
+    pub next_behavior: Option<f32>,
     /// λ(p) used.
     pub lambda: f64,
     /// The adversarial game (adversarial variants).
@@ -256,6 +259,7 @@ impl Trainer {
             aux.importance.clone(),
             aux.specific.clone(),
             aux.adversarial.clone(),
+            aux.next_behavior.clone(),
             diag.and_then(|d| d.importance_accuracy.clone()),
             diag.map(|d| d.modality_accuracy.clone()),
             diag.map(|d| d.invariant_share.clone()),
@@ -279,6 +283,7 @@ impl Trainer {
         let importance = aux.importance.as_ref().and_then(|_| next());
         let specific = aux.specific.as_ref().and_then(|_| next());
         let adversarial = aux.adversarial.as_ref().and_then(|_| next());
+        let next_behavior = aux.next_behavior.as_ref().and_then(|_| next());
         let diagnostics = diag.map(|d| {
             let importance_accuracy = d.importance_accuracy.as_ref().and_then(|_| next());
             let modality_accuracy = next().unwrap_or(f32::NAN);
@@ -286,7 +291,16 @@ impl Trainer {
             let mean_weights = (0..n_weights).map(|_| next().unwrap_or(f32::NAN)).collect();
             StepDiagnostics { importance_accuracy, modality_accuracy, mean_weights, invariant_share }
         });
-        let losses = StepLosses { total, ctr, importance, specific, adversarial, lambda: loss.lambda, diagnostics };
+        let losses = StepLosses {
+            total,
+            ctr,
+            importance,
+            specific,
+            adversarial,
+            next_behavior,
+            lambda: loss.lambda,
+            diagnostics,
+        };
         Ok((losses, scores.to_vec()))
     }
 }

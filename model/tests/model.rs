@@ -114,7 +114,7 @@ fn distinct_item_computation_equals_per_slot_computation() {
     let dedup = spec.batch().unwrap();
     let per_slot = SyntheticSpec { dedup: false, ..spec.clone() }.batch().unwrap();
     assert!(dedup.n_items() < per_slot.n_items());
-    assert_same_predictions(&spec, &[Variant::Marn, Variant::Conc, Variant::Din, Variant::Fm], &dedup, &per_slot);
+    assert_same_predictions(&spec, &Variant::ALL, &dedup, &per_slot);
 }
 
 #[test]
@@ -260,7 +260,7 @@ fn save_then_load_reproduces_predictions_exactly() {
     let batch = spec.batch().unwrap();
     let device = Device::flex().autodiff();
     let dir = std::env::temp_dir().join(format!("marnflow-model-ckpt-{}", std::process::id()));
-    for v in [Variant::Marn, Variant::Fm] {
+    for v in Variant::ALL {
         let model = tiny(v).init(&spec.inputs(), &device).unwrap();
         let mut trainer = Trainer::new(model, TrainConfig::default()).unwrap();
         trainer.step(&batch, 0.5).unwrap();
@@ -336,6 +336,10 @@ fn checkpoints_of_older_formats_are_refused_where_this_build_scores_differently(
         (Variant::Ids, 1, Some("section 4.5")),
         (Variant::Lr, 0, None),
         (Variant::Fm, 1, None),
+        (Variant::YoutubeNet, 2, Some("every modality")),
+        (Variant::Din, 2, Some("every modality")),
+        (Variant::Marn, 2, None),
+        (Variant::Fm, 2, None),
     ];
     for (variant, format, refusal) in cases {
         let model = tiny(variant).init(&spec.inputs(), &Device::flex()).unwrap();
@@ -555,4 +559,63 @@ fn ddma_keeps_its_weights_on_a_world_with_a_shared_factor() {
         old_accuracy > accuracy + 0.2 && old_mean_w < mean_w - 0.1,
         "an unthrottled D0 should separate more and weigh less: {old_accuracy}, {old_mean_w} vs {accuracy}, {mean_w}"
     );
+}
+
+/// A DIEN model whose parameters exist (they initialise lazily).
+fn dien(spec: &SyntheticSpec, device: &Device) -> marnflow_model::Marn {
+    let model = tiny(Variant::Dien).init(&spec.inputs(), device).unwrap();
+    model.predict(&spec.batch().unwrap()).unwrap();
+    model
+}
+
+#[test]
+fn dien_auxiliary_loss_reaches_the_interest_extractor() {
+    let _serial = serial();
+    let spec = SyntheticSpec::default();
+    let batch = spec.batch().unwrap();
+    let device = Device::flex().autodiff();
+    let model = dien(&spec, &device);
+    let x = model.tensors(&batch).unwrap();
+    let out = model.forward(&x).unwrap();
+    let next = out.aux.next_behavior.clone().expect("histories of two or more behaviors give the auxiliary loss");
+    let grads = next.backward();
+    let d = model.dien.as_ref().unwrap();
+    let norm = |g: Option<burn::tensor::Tensor<2>>| g.map_or(0.0, |g| g.abs().sum().into_scalar::<f32>());
+    let extractor = norm(d.extractor.recurrent.weight.grad(&grads)) + norm(d.extractor.input.weight.grad(&grads));
+    assert!(extractor > 0.0, "the auxiliary loss must train the interest extractor GRU");
+    // It is a loss about the behaviors: the evolution layer and the prediction MLP get nothing.
+    assert_eq!(norm(d.evolution.recurrent.weight.grad(&grads)), 0.0);
+    assert_eq!(norm(model.head.as_ref().unwrap().output.weight.grad(&grads)), 0.0);
+    // And the total loss carries it with weight α.
+    let loss = model.loss(out, x.labels.clone(), 0.5);
+    let total: f32 = loss.total.into_scalar();
+    let parts: f32 =
+        loss.ctr.into_scalar::<f32>() + next.into_scalar::<f32>() * model.config().next_behavior_weight as f32;
+    assert!((total - parts).abs() < 1e-5, "{total} vs {parts}");
+}
+
+#[test]
+fn dien_attention_gate_follows_the_candidate() {
+    let _serial = serial();
+    let spec = SyntheticSpec::default();
+    let batch = spec.batch().unwrap();
+    let device = Device::flex();
+    let model = dien(&spec, &device);
+    let x = model.tensors(&batch).unwrap();
+    let (rep, _) = model.item_representations(&x).unwrap();
+    let d = model.dien.as_ref().unwrap();
+    let user = |candidate: burn::tensor::Tensor<2>| d.user(rep.clone(), candidate, &x).user;
+    let a = rep.clone().select(0, x.candidate.clone());
+    let b = a.clone().flip([0]); // every sample gets another sample's candidate
+    let (ua, ub) = (user(a.clone()), user(b));
+    // The same candidate gives the same vector exactly; another one moves it by far more than
+    // rounding (the softmax attention over ~20 behaviors scales every update gate by ~1/20, so
+    // the change is small at initialisation, but it is there).
+    let same: f32 = (ua.clone() - user(a)).abs().max().into_scalar();
+    assert_eq!(same, 0.0);
+    let diff: f32 = (ua - ub).abs().max().into_scalar();
+    assert!(diff > 1e-6, "the AUGRU's user vector must depend on the candidate (max change {diff})");
+    // The interest extractor below it does not see the candidate.
+    let states = d.interests(rep.clone(), &x);
+    assert_eq!(states.dims(), [x.batch_size, x.seq_len, 8]);
 }

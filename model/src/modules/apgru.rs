@@ -73,6 +73,21 @@ impl ApGru {
     /// - `property`: `[B, T, property_dim]` (ignored by a plain GRU)
     /// - output: `[B, T, hidden_dim]`, the hidden state after every step
     pub fn forward(&self, projected: Tensor<3>, property: Option<Tensor<3>>) -> Tensor<3> {
+        self.forward_gated(projected, property, None)
+    }
+
+    /// Run the recurrence with every step's update gate scaled by a score `a_t`:
+    /// `u'_t = a_t · u_t` (DIEN's AUGRU, attention-gated by the candidate); `None` is
+    /// [`ApGru::forward`].
+    ///
+    /// # Shapes
+    /// - as [`ApGru::forward`]; `gate`: `[B, T]`
+    pub fn forward_gated(
+        &self,
+        projected: Tensor<3>,
+        property: Option<Tensor<3>>,
+        gate: Option<Tensor<2>>,
+    ) -> Tensor<3> {
         let [b, t, _] = projected.dims();
         let g = self.hidden_dim;
         let mut update_in = projected.clone().narrow(2, 0, g);
@@ -86,7 +101,10 @@ impl ApGru {
         for step in 0..t {
             let at = |x: &Tensor<3>| x.clone().narrow(1, step, 1).reshape([b, g]);
             let rec = self.recurrent.forward(h.clone());
-            let u = sigmoid(at(&update_in) + rec.clone().narrow(1, 0, g));
+            let mut u = sigmoid(at(&update_in) + rec.clone().narrow(1, 0, g));
+            if let Some(a) = &gate {
+                u = u * a.clone().narrow(1, step, 1);
+            }
             let r = sigmoid(at(&reset_in) + rec.clone().narrow(1, g, g));
             let n = (at(&new_in) + r * rec.narrow(1, 2 * g, g)).tanh();
             h = h.clone() + u * (n - h); // (1 − u) h + u n

@@ -5,22 +5,28 @@
 //! 1. the modality embedding layer runs on the batch's **distinct** items, giving `e_m` and
 //!    each item's presence of every modality (an item may lack an image or a title);
 //! 2. the item representation `rep` of every distinct item, from the projected modalities
-//!    `s_m = S_m(e_m)`: the element-wise sum `Σ_m s_m` (`ids`, `image`, `conc`, `youtube_net`,
-//!    `din`; one modality for `ids` and `image`), MAF (`maf`: `rep = s`), MAF plus the invariant
-//!    features `c` pooled after one GRL discriminator (`maf_adv`) or after DDMA (`maf_ddma`,
-//!    `marn`): `rep = s + c`. A modality an item lacks is left out of every sum, discriminator
-//!    and max-pool;
+//!    `s_m = S_m(e_m)`: the element-wise sum `Σ_m s_m` (`ids`, `image`, `conc` and the
+//!    concatenation-based baselines `youtube_net`, `dupn`, `dien`, `din`; one modality for `ids`
+//!    and `image`), MAF (`maf`: `rep = s`), MAF plus the invariant features `c` pooled after one
+//!    GRL discriminator (`maf_adv`) or after DDMA (`maf_ddma`, `marn`): `rep = s + c`, or the
+//!    group-3 baselines' fusions (`dmf`, `mmss`, `naml`). A modality an item lacks is left out
+//!    of every sum, attention, discriminator and max-pool;
 //! 3. candidates and behavior slots gather their rows of that table (exact: an item's
 //!    representation depends on the item alone);
-//! 4. the behaviors are integrated. **BaseModel** (`ids` … `maf_ddma`, §4.5: "uses GRU to
-//!    integrate the behavior embeddings"): a plain GRU over `rep_t`, without the behavior
-//!    property, and the user vector is its **last real hidden state** (the GRU's summary of the
-//!    whole sequence; an empty history gives zeros). **APGRU** (`marn` only): the property-gated
-//!    GRU and the candidate attention over its states. `youtube_net`: mean pooling; `din`:
-//!    candidate attention over the items;
+//! 4. the behaviors are integrated. **BaseModel** (`ids` … `maf_ddma`, and `dmf`, `mmss`, so
+//!    that they differ from the ablations in their fusion alone; §4.5: "uses GRU to integrate the
+//!    behavior embeddings"): a plain GRU over `rep_t`, without the behavior property, and the
+//!    user vector is its **last real hidden state** (the GRU's summary of the whole sequence; an
+//!    empty history gives zeros). **APGRU** (`marn` only): the property-gated GRU and the
+//!    candidate attention over its states. The baselines' own layers: `youtube_net` mean
+//!    pooling, `din` candidate attention, `dupn` an LSTM with the property and attention
+//!    pooling, `dien` interest extraction and evolution, `naml` an additive attention;
 //! 5. the prediction MLP on `[user, rep_X]`.
 //!
-//! `lr` and `fm` skip 1–5 and use the candidate's ids and the behavior items directly.
+//! `lr` and `fm` skip 1–5 and use the candidate's ids and the behavior items directly;
+//! `xdeepfm` keeps every modality a field (the candidate's `s_m` and the behaviors' mean `s_m`)
+//! and scores them with its own linear part, CIN and DNN instead of 2–5. Each baseline's file
+//! in [`super::baselines`] names its paper and what was kept and simplified.
 //!
 //! # Loss (the paper's Eq. 10 is missing from its text)
 //!
@@ -35,8 +41,10 @@
 //! objectives and one trade-off λ; the auxiliary terms update disjoint parts (`L_D0` only `D0`;
 //! `L_Ds` the `S_m` and the shared discriminator matrix; `L_ADV` `D1` and, reversed, `I`), so
 //! separate weights would only rescale learning rates; and the ramp from 0 keeps the noisy early
-//! discriminators from disturbing the CTR task. `maf_adv` uses `L_ADV` alone; other variants have
-//! no auxiliary term.
+//! discriminators from disturbing the CTR task. `maf_adv` uses `L_ADV` alone. `dien` adds its
+//! auxiliary next-behavior loss with the constant weight α
+//! ([`MarnConfig::next_behavior_weight`], DIEN's own setup); other variants have no auxiliary
+//! term.
 //!
 //! λ only throttles `D0` if its optimizer lets it: AdaGrad divides a step by the root of the
 //! accumulated squared gradients, so a constant factor on the only loss a parameter sees cancels
@@ -57,7 +65,17 @@ use serde::{Deserialize, Serialize};
 use super::adversarial::{Adversarial, AdversarialConfig};
 use super::apgru::{ApGru, ApGruConfig, CandidateAttention, CandidateAttentionConfig};
 use super::attention_fusion::{masked_sum, AttentionFusion, AttentionFusionConfig};
-use super::baselines::{FactorizationMachine, LogisticRegression};
+use super::baselines::dien::{Dien, DienConfig};
+use super::baselines::din::{Din, DinConfig};
+use super::baselines::dmf::{Dmf, DmfConfig};
+use super::baselines::dupn::{Dupn, DupnConfig};
+use super::baselines::fm::FactorizationMachine;
+use super::baselines::lr::LogisticRegression;
+use super::baselines::mmss::{Mmss, MmssConfig};
+use super::baselines::naml::{Naml, NamlConfig};
+use super::baselines::xdeepfm::{XDeepFm, XDeepFmConfig};
+use super::baselines::youtube_net::mean_pool;
+use super::baselines::{present, slots};
 use super::ctr_head::{log_loss, CtrHead, CtrHeadConfig};
 use super::modality_embedding::{
     Modality, ModalityEmbedding, ModalityEmbeddingConfig, ModalityProjection, ModalityProjectionConfig,
@@ -89,15 +107,31 @@ pub enum Variant {
     Lr,
     /// Factorization machine.
     Fm,
-    /// YoutubeNet: mean pooling of the behavior items.
+    /// YoutubeNet: mean pooling of the behavior items ([`super::baselines::youtube_net`]).
     YoutubeNet,
-    /// DIN-style attention over the behavior items.
+    /// xDeepFM: linear + CIN + DNN over the modality fields ([`super::baselines::xdeepfm`]).
+    #[serde(rename = "xdeepfm")]
+    XDeepFm,
+    /// DUPN: an LSTM over behaviors and properties, attention pooling
+    /// ([`super::baselines::dupn`]).
+    Dupn,
+    /// DIEN: interest extraction with the auxiliary loss, interest evolution by AUGRU
+    /// ([`super::baselines::dien`]).
+    Dien,
+    /// DMF: hierarchical shared fusion of the modalities ([`super::baselines::dmf`]).
+    Dmf,
+    /// MMSS: modality attention with an image filter ([`super::baselines::mmss`]).
+    Mmss,
+    /// NAML: view-level attention over the modalities, attentive user encoder
+    /// ([`super::baselines::naml`]).
+    Naml,
+    /// DIN: candidate attention over the behavior items ([`super::baselines::din`]).
     Din,
 }
 
 impl Variant {
     /// Every variant, in the order of the paper's tables.
-    pub const ALL: [Variant; 11] = [
+    pub const ALL: [Variant; 17] = [
         Variant::Ids,
         Variant::Image,
         Variant::Conc,
@@ -108,8 +142,30 @@ impl Variant {
         Variant::Lr,
         Variant::Fm,
         Variant::YoutubeNet,
+        Variant::XDeepFm,
+        Variant::Dupn,
+        Variant::Dien,
+        Variant::Dmf,
+        Variant::Mmss,
+        Variant::Naml,
         Variant::Din,
     ];
+
+    /// The baseline group of the paper's Table 2 (1: LR, FM; 2: YoutubeNet … DIEN; 3: DMF, MMSS,
+    /// NAML); `None` for MARN, its ablations and DIN.
+    pub fn table2_group(self) -> Option<u8> {
+        match self {
+            Variant::Lr | Variant::Fm => Some(1),
+            Variant::YoutubeNet | Variant::XDeepFm | Variant::Dupn | Variant::Dien => Some(2),
+            Variant::Dmf | Variant::Mmss | Variant::Naml => Some(3),
+            _ => None,
+        }
+    }
+
+    /// Table 2's models in the paper's row order: LR … NAML, then MARN.
+    pub fn table2() -> Vec<Variant> {
+        Variant::ALL.into_iter().filter(|v| v.table2_group().is_some()).chain([Variant::Marn]).collect()
+    }
 
     /// The config name (`maf_ddma`, `youtube_net`, ...).
     pub fn as_str(self) -> &'static str {
@@ -124,6 +180,12 @@ impl Variant {
             Variant::Lr => "lr",
             Variant::Fm => "fm",
             Variant::YoutubeNet => "youtube_net",
+            Variant::XDeepFm => "xdeepfm",
+            Variant::Dupn => "dupn",
+            Variant::Dien => "dien",
+            Variant::Dmf => "dmf",
+            Variant::Mmss => "mmss",
+            Variant::Naml => "naml",
             Variant::Din => "din",
         }
     }
@@ -133,8 +195,9 @@ impl Variant {
         const ALL: &[Modality] = &[Modality::Ids, Modality::Image, Modality::Title, Modality::Statistic];
         match self {
             Variant::Image => &[Modality::Image],
-            Variant::Conc | Variant::Maf | Variant::MafAdv | Variant::MafDdma | Variant::Marn => ALL,
-            _ => &[Modality::Ids],
+            Variant::Ids | Variant::Lr | Variant::Fm => &[Modality::Ids],
+            // Every other model is fed the features MARN gets (§4.3).
+            _ => ALL,
         }
     }
 }
@@ -186,6 +249,10 @@ pub struct MarnConfig {
     pub head_layers: Vec<usize>,
     /// Factor width of `fm`.
     pub fm_dim: usize,
+    /// Feature maps of each CIN layer of `xdeepfm`.
+    pub cin_layers: Vec<usize>,
+    /// Weight α of `dien`'s auxiliary next-behavior loss (DIEN's paper: 1).
+    pub next_behavior_weight: f64,
     /// Gradient reversal weight.
     pub grl_weight: f64,
     /// λ0 of the auxiliary-loss schedule.
@@ -204,6 +271,8 @@ impl Default for MarnConfig {
             attention_dim: 64,
             head_layers: vec![128, 64],
             fm_dim: 16,
+            cin_layers: vec![16, 16],
+            next_behavior_weight: 1.0,
             grl_weight: 1.0,
             lambda0: 0.05,
             gamma: 10.0,
@@ -234,7 +303,15 @@ impl MarnConfig {
         if self.head_layers.contains(&0) {
             p.push("head_layers must not contain 0".into());
         }
-        for (name, v) in [("grl_weight", self.grl_weight), ("lambda0", self.lambda0), ("gamma", self.gamma)] {
+        if self.cin_layers.contains(&0) {
+            p.push("cin_layers must not contain 0".into());
+        }
+        for (name, v) in [
+            ("grl_weight", self.grl_weight),
+            ("lambda0", self.lambda0),
+            ("gamma", self.gamma),
+            ("next_behavior_weight", self.next_behavior_weight),
+        ] {
             if !v.is_finite() || v < 0.0 {
                 p.push(format!("{name} must be finite and >= 0"));
             }
@@ -276,6 +353,13 @@ impl MarnConfig {
             head: None,
             lr: None,
             fm: None,
+            xdeepfm: None,
+            dupn: None,
+            dien: None,
+            dmf: None,
+            mmss: None,
+            naml: None,
+            din: None,
             config: self.clone(),
             inputs: inputs.clone(),
             modalities: modalities.clone(),
@@ -299,8 +383,16 @@ impl MarnConfig {
             ModalityProjectionConfig { input_dim: e, output_dim: h, n_modalities: m, invariant: v.adversarial() }
                 .init(device),
         );
-        if v.fused() {
-            model.fusion = Some(AttentionFusionConfig { dim: h, n_modalities: m }.init(device));
+        match v {
+            _ if v.fused() => model.fusion = Some(AttentionFusionConfig { dim: h, n_modalities: m }.init(device)),
+            Variant::Dmf => model.dmf = Some(DmfConfig { dim: h, n_modalities: m }.init(device)),
+            Variant::Mmss => {
+                let image = modalities.iter().position(|&k| k == Modality::Image);
+                model.mmss =
+                    Some(MmssConfig { dim: h, attention_dim: self.attention_dim, n_modalities: m, image }.init(device));
+            }
+            Variant::Naml => model.naml = Some(NamlConfig { dim: h, attention_dim: self.attention_dim }.init(device)),
+            _ => {}
         }
         if v.adversarial() && m >= 2 {
             model.adversarial = Some(
@@ -314,13 +406,42 @@ impl MarnConfig {
             );
         }
         let user_dim = match v {
-            Variant::YoutubeNet => h,
+            Variant::XDeepFm => {
+                // The candidate's modalities and the behaviors' mean of each: 2M fields.
+                model.xdeepfm = Some(
+                    XDeepFmConfig {
+                        n_fields: 2 * m,
+                        field_dim: h,
+                        cin_layers: self.cin_layers.clone(),
+                        dnn_layers: self.head_layers.clone(),
+                    }
+                    .init(device),
+                );
+                return Ok(model);
+            }
+            Variant::YoutubeNet | Variant::Naml => h,
             Variant::Din => {
-                model.attention = Some(
-                    CandidateAttentionConfig { state_dim: h, candidate_dim: h, hidden_dim: self.attention_dim }
+                model.din = Some(DinConfig { item_dim: h, attention_dim: self.attention_dim }.init(device));
+                h
+            }
+            Variant::Dupn => {
+                model.dupn = Some(
+                    DupnConfig {
+                        item_dim: h,
+                        property_dim: self.embedding.property_dim(),
+                        hidden_dim: self.gru_dim,
+                        attention_dim: self.attention_dim,
+                    }
+                    .init(device),
+                );
+                self.gru_dim
+            }
+            Variant::Dien => {
+                model.dien = Some(
+                    DienConfig { item_dim: h, hidden_dim: self.gru_dim, attention_dim: self.attention_dim }
                         .init(device),
                 );
-                h
+                self.gru_dim
             }
             Variant::Marn => {
                 // APGRU: the property-gated GRU and the candidate attention over its states.
@@ -370,6 +491,20 @@ pub struct Marn {
     pub lr: Option<LogisticRegression>,
     /// `fm` baseline.
     pub fm: Option<FactorizationMachine>,
+    /// `xdeepfm` (its own prediction layers: no `head`).
+    pub xdeepfm: Option<XDeepFm>,
+    /// `dupn`'s user layer.
+    pub dupn: Option<Dupn>,
+    /// `dien`'s user layers.
+    pub dien: Option<Dien>,
+    /// `dmf`'s fusion.
+    pub dmf: Option<Dmf>,
+    /// `mmss`'s fusion.
+    pub mmss: Option<Mmss>,
+    /// `naml`'s item and user encoders.
+    pub naml: Option<Naml>,
+    /// `din`'s user layer.
+    pub din: Option<Din>,
     #[module(skip)]
     config: MarnConfig,
     #[module(skip)]
@@ -387,6 +522,8 @@ pub struct AuxLosses {
     pub specific: Option<Tensor<1>>,
     /// `L_ADV`, `[1]`.
     pub adversarial: Option<Tensor<1>>,
+    /// DIEN's auxiliary next-behavior loss, `[1]`.
+    pub next_behavior: Option<Tensor<1>>,
     /// How the adversarial game stands (adversarial variants).
     pub diagnostics: Option<Diagnostics>,
 }
@@ -423,7 +560,7 @@ pub struct ModalityFeatures {
 }
 
 impl AuxLosses {
-    /// `L_Ds + L_D0 + L_ADV` over the terms present.
+    /// `L_Ds + L_D0 + L_ADV` over the terms present (the terms λ weighs).
     pub fn sum(&self) -> Option<Tensor<1>> {
         [&self.specific, &self.importance, &self.adversarial].into_iter().flatten().cloned().reduce(|a, b| a + b)
     }
@@ -444,7 +581,7 @@ pub struct MarnOutput {
 /// The loss terms of one batch.
 #[derive(Debug, Clone)]
 pub struct MarnLoss {
-    /// `L = L_CTR + λ (L_Ds + L_D0 + L_ADV)`, `[1]`.
+    /// `L = L_CTR + λ (L_Ds + L_D0 + L_ADV) + α L_next` (`dien`), `[1]`.
     pub total: Tensor<1>,
     /// `L_CTR`, `[1]`.
     pub ctr: Tensor<1>,
@@ -514,6 +651,11 @@ impl Marn {
     /// # Shapes
     /// - output: `[n, representation_dim]`
     pub fn item_representations(&self, x: &BatchTensors) -> Result<(Tensor<2>, AuxLosses)> {
+        if self.xdeepfm.is_some() {
+            return Err(Error::Config(
+                "xdeepfm keeps every modality a separate field: it has no single item representation".into(),
+            ));
+        }
         let embedding = self.embedding.as_ref().ok_or_else(|| missing("embedding"))?;
         let projection = self.projection.as_ref().ok_or_else(|| missing("projection"))?;
         let e = embedding.forward(x)?;
@@ -521,8 +663,15 @@ impl Marn {
         let specific = projection.specific(&e);
         let mut aux = AuxLosses::default();
         let Some(fusion) = &self.fusion else {
-            // BaseModel+IDs / +IMAGE / +CONC: the element-wise sum of the projected modalities.
-            return Ok((masked_sum(specific, &presence), aux));
+            let rep = match (&self.dmf, &self.mmss, &self.naml) {
+                (Some(dmf), _, _) => dmf.forward(specific, &presence),
+                (_, Some(mmss), _) => mmss.forward(specific, &presence),
+                (_, _, Some(naml)) => naml.items(specific, &presence),
+                // BaseModel+IDs / +IMAGE / +CONC and the concatenation-based baselines: the
+                // element-wise sum of the projected modalities.
+                _ => masked_sum(specific, &presence),
+            };
+            return Ok((rep, aux));
         };
         let s = fusion.forward(&specific, &presence);
         let c = projection.invariant(&e);
@@ -608,6 +757,35 @@ impl Marn {
         }))
     }
 
+    /// Width of the user vector the prediction MLP sees.
+    fn user_dim(&self) -> usize {
+        match self.config.variant {
+            Variant::YoutubeNet | Variant::Din | Variant::Naml => self.config.representation_dim,
+            _ => self.config.gru_dim,
+        }
+    }
+
+    /// `xdeepfm`'s fields: the candidate's `s_m` and the mean `s_m` of the behaviors, per
+    /// modality (zero where the item lacks it).
+    ///
+    /// # Shapes
+    /// - output: `[B, 2M, representation_dim]`
+    fn fields(&self, x: &BatchTensors) -> Result<Tensor<3>> {
+        let embedding = self.embedding.as_ref().ok_or_else(|| missing("embedding"))?;
+        let projection = self.projection.as_ref().ok_or_else(|| missing("projection"))?;
+        let specific = present(projection.specific(&embedding.forward(x)?), &embedding.presence(x));
+        let (b, h) = (x.batch_size, self.config.representation_dim);
+        let mut fields: Vec<Tensor<2>> = specific.iter().map(|s| s.clone().select(0, x.candidate.clone())).collect();
+        for s in specific {
+            fields.push(if x.seq_len == 0 {
+                Tensor::zeros([b, h], &s.device())
+            } else {
+                mean_pool(slots(s, x), x.mask.clone())
+            });
+        }
+        Ok(Tensor::stack(fields, 1))
+    }
+
     /// Logits and auxiliary losses of a batch already on the device.
     ///
     /// # Shapes
@@ -619,37 +797,54 @@ impl Marn {
         if let Some(fm) = &self.fm {
             return Ok(MarnOutput { logits: fm.forward(x), item_representations: None, aux: AuxLosses::default() });
         }
-        let (rep, aux) = self.item_representations(x)?;
+        if let Some(xdeepfm) = &self.xdeepfm {
+            return Ok(MarnOutput {
+                logits: xdeepfm.forward(self.fields(x)?),
+                item_representations: None,
+                aux: AuxLosses::default(),
+            });
+        }
+        let (rep, mut aux) = self.item_representations(x)?;
         let (b, t) = (x.batch_size, x.seq_len);
-        let h = rep.dims()[1];
         let candidate = rep.clone().select(0, x.candidate.clone());
         let device = rep.device();
-        let user = match (self.config.variant, &self.sequence, &self.attention) {
-            (_, _, _) if t == 0 => {
-                let width = match &self.sequence {
-                    Some(gru) => gru.hidden_dim,
-                    None => h,
-                };
-                Tensor::zeros([b, width], &device)
+        let (padding, mask) = (x.padding.clone(), x.mask.clone());
+        let user = match self.config.variant {
+            _ if t == 0 => Tensor::zeros([b, self.user_dim()], &device),
+            Variant::YoutubeNet => mean_pool(slots(rep.clone(), x), mask),
+            Variant::Din => self.din.as_ref().ok_or_else(|| missing("DIN attention"))?.user(
+                slots(rep.clone(), x),
+                candidate.clone(),
+                padding,
+                mask,
+            ),
+            Variant::Naml => self.naml.as_ref().ok_or_else(|| missing("NAML user encoder"))?.user(
+                slots(rep.clone(), x),
+                padding,
+                mask,
+            ),
+            Variant::Dupn => {
+                let dupn = self.dupn.as_ref().ok_or_else(|| missing("DUPN"))?;
+                let embedding = self.embedding.as_ref().ok_or_else(|| missing("embedding"))?;
+                dupn.user(slots(rep.clone(), x), embedding.property(x), candidate.clone(), padding, mask)
             }
-            (Variant::YoutubeNet, _, _) => {
-                let slots = rep.clone().select(0, x.history.clone()).reshape([b, t, h]);
-                let count = x.mask.clone().sum_dim(1).clamp_min(1.0);
-                (slots * x.mask.clone().unsqueeze_dim::<3>(2)).sum_dim(1).reshape([b, h]) / count
+            Variant::Dien => {
+                let out = self.dien.as_ref().ok_or_else(|| missing("DIEN"))?.user(rep.clone(), candidate.clone(), x);
+                aux.next_behavior = out.next_behavior;
+                out.user
             }
-            (_, Some(gru), attention) => {
+            _ => {
+                let gru = self.sequence.as_ref().ok_or_else(|| missing("behavior layer"))?;
                 // W rep once per distinct item, gathered per slot.
-                let projected = gru.input_projection(rep.clone());
-                let width = projected.dims()[1];
-                let slots = projected.select(0, x.history.clone()).reshape([b, t, width]);
+                let projected = slots(gru.input_projection(rep.clone()), x);
                 let property = match (&gru.property, &self.embedding) {
                     (Some(_), Some(embedding)) => Some(embedding.property(x)),
                     _ => None,
                 };
-                let states = gru.forward(slots, property);
-                match attention {
+                let states = gru.forward(projected, property);
+                match &self.attention {
                     // APGRU: candidate attention over the states.
-                    Some(attention) => attention.forward(states, candidate.clone(), x.padding.clone(), x.mask.clone()),
+                    Some(attention) => attention.forward(states, candidate.clone(), padding, mask),
                     // BaseModel: the last real state.
                     None => {
                         let g = gru.hidden_dim;
@@ -657,11 +852,6 @@ impl Marn {
                     }
                 }
             }
-            (_, None, Some(attention)) => {
-                let slots = rep.clone().select(0, x.history.clone()).reshape([b, t, h]);
-                attention.forward(slots, candidate.clone(), x.padding.clone(), x.mask.clone())
-            }
-            _ => return Err(missing("behavior layer")),
         };
         let head = self.head.as_ref().ok_or_else(|| missing("prediction head"))?;
         let logits = head.forward(Tensor::cat(vec![user, candidate], 1));
@@ -672,10 +862,13 @@ impl Marn {
     pub fn loss(&self, output: MarnOutput, labels: Tensor<1>, progress: f64) -> MarnLoss {
         let ctr = log_loss(output.logits, labels);
         let lambda = aux_loss_weight(progress, self.config.lambda0, self.config.gamma);
-        let total = match output.aux.sum() {
+        let mut total = match output.aux.sum() {
             Some(aux) => ctr.clone() + aux.mul_scalar(lambda),
             None => ctr.clone(),
         };
+        if let Some(next) = &output.aux.next_behavior {
+            total = total + next.clone().mul_scalar(self.config.next_behavior_weight);
+        }
         MarnLoss { total, ctr, lambda, aux: output.aux }
     }
 
@@ -717,6 +910,8 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", v.as_str()));
         }
         assert!("nope".parse::<Variant>().is_err());
+        let table2: Vec<&str> = Variant::table2().iter().map(|v| v.as_str()).collect();
+        assert_eq!(table2, ["lr", "fm", "youtube_net", "xdeepfm", "dupn", "dien", "dmf", "mmss", "naml", "marn"]);
     }
 
     #[test]

@@ -1,11 +1,16 @@
-//! The paper's group-1 baselines (Table 2): logistic regression and a factorization machine,
-//! over the candidate's ids and the user's behavior items (mean of their item vectors, a
-//! normalised multi-hot field). Both work on the batch's distinct items and gather.
+//! Logistic regression, the first of the paper's group-1 baselines (Table 2).
+//!
+//! Kept: one weight per active feature and a bias, over the id features the paper gives its
+//! group-1 models: the candidate's item, shop, brand and category ids, and the user's behavior
+//! items as one multi-hot field. Simplified: the multi-hot field is normalised (the mean of the
+//! behavior items' weights), so a long history does not outweigh the candidate. Tables are
+//! looked up once per distinct item of the batch and gathered.
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::tensor::{Device, Int, Tensor};
 
+use super::{slots, youtube_net::mean_pool};
 use crate::batch::ModelInputs;
 use crate::batch_tensors::BatchTensors;
 
@@ -57,15 +62,11 @@ impl IdFields {
                 fields.push(gather(t, ids));
             }
         }
-        let (b, s) = (x.batch_size, x.seq_len);
         let dim = self.history.weight.val().dims()[1];
-        let history = if s == 0 {
-            Tensor::zeros([b, dim], &x.labels.device())
+        let history = if x.seq_len == 0 {
+            Tensor::zeros([x.batch_size, dim], &x.labels.device())
         } else {
-            let per_item = self.history.weight.val().select(0, x.item.clone());
-            let slots = per_item.select(0, x.history.clone()).reshape([b, s, dim]);
-            let count = x.mask.clone().sum_dim(1).clamp_min(1.0); // [B, 1]
-            (slots * x.mask.clone().unsqueeze_dim::<3>(2)).sum_dim(1).reshape([b, dim]) / count
+            mean_pool(slots(self.history.weight.val().select(0, x.item.clone()), x), x.mask.clone())
         };
         fields.push(history);
         fields
@@ -96,38 +97,5 @@ impl LogisticRegression {
         let fields = self.weights.forward(x);
         let sum = fields.into_iter().reduce(|a, f| a + f).unwrap_or_else(|| Tensor::zeros([b, 1], &x.labels.device()));
         sum.reshape([b]) + self.bias.val()
-    }
-}
-
-/// Factorization machine: logistic regression plus pairwise interactions of k-d field vectors,
-/// `½ Σ_k ((Σ_f v_fk)² − Σ_f v_fk²)`.
-#[derive(Module, Debug)]
-pub struct FactorizationMachine {
-    /// First-order part.
-    pub linear: LogisticRegression,
-    /// Field factors.
-    pub factors: IdFields,
-}
-
-impl FactorizationMachine {
-    /// Build with `k`-dimensional factors.
-    pub fn new(inputs: &ModelInputs, k: usize, device: &Device) -> Self {
-        Self { linear: LogisticRegression::new(inputs, device), factors: IdFields::new(inputs, k, device) }
-    }
-
-    /// Logits.
-    ///
-    /// # Shapes
-    /// - output: `[B]`
-    pub fn forward(&self, x: &BatchTensors) -> Tensor<1> {
-        let b = x.batch_size;
-        let fields = self.factors.forward(x);
-        let squares = fields.iter().map(|f| f.clone().powi_scalar(2)).reduce(|a, f| a + f);
-        let sum = fields.into_iter().reduce(|a, f| a + f);
-        let pairwise = match (sum, squares) {
-            (Some(sum), Some(squares)) => (sum.powi_scalar(2) - squares).sum_dim(1).reshape([b]).mul_scalar(0.5),
-            _ => Tensor::zeros([b], &x.labels.device()),
-        };
-        self.linear.forward(x) + pairwise
     }
 }
