@@ -55,13 +55,15 @@ pub struct TrainSection {
 
 impl Default for TrainSection {
     fn default() -> Self {
+        let optimizer = marnflow_model::TrainConfig::default();
         Self {
             variant: "marn".into(),
             epochs: 1,
             batch_size: 256,
-            learning_rate: 0.05,
-            initial_accumulator: 0.00001,
-            importance_initial_accumulator: 0.1,
+            // One source of defaults: the optimizer's own.
+            learning_rate: optimizer.learning_rate,
+            initial_accumulator: optimizer.initial_accumulator,
+            importance_initial_accumulator: optimizer.importance_initial_accumulator,
             representation_dim: 256,
             modality_dim: 128,
             gru_dim: 128,

@@ -528,7 +528,10 @@ pub fn rows_of(
         for k in 0..n {
             row.history.push(lookup(&vocab.item, items.value(k), inputs.n_items));
             let b = behaviors.value(k);
-            row.behavior.push(BEHAVIORS.iter().position(|x| *x == b).unwrap_or(0) as u8);
+            let kind = BEHAVIORS.iter().position(|x| *x == b).ok_or_else(|| {
+                anyhow!("{what}: row {r} has behavior {b:?} in its history; expected one of {}", BEHAVIORS.join(", "))
+            })?;
+            row.behavior.push(kind as u8);
             row.bucket.push(time_bucket(seconds.value(k)) as u8);
         }
         if let Some(req) = &request {
@@ -874,6 +877,63 @@ mod tests {
             let n = shares.iter().filter(|&&s| s >= lo && s < hi).count();
             assert!((60..=140).contains(&n), "{n} of 1000 shares in [{lo}, {hi})");
         }
+    }
+
+    /// One samples row whose history holds `behavior`.
+    fn samples_row(behavior: &str) -> RecordBatch {
+        use arrow::array::{Float32Array, Int64Builder, ListBuilder, StringArray, StringBuilder};
+        let mut items = ListBuilder::new(StringBuilder::new());
+        items.values().append_value("i1");
+        items.append(true);
+        let mut behaviors = ListBuilder::new(StringBuilder::new());
+        behaviors.values().append_value(behavior);
+        behaviors.append(true);
+        let mut seconds = ListBuilder::new(Int64Builder::new());
+        seconds.values().append_value(30);
+        seconds.append(true);
+        RecordBatch::try_from_iter([
+            ("user_id", Arc::new(StringArray::from(vec!["u1"])) as ArrayRef),
+            ("item_id", Arc::new(StringArray::from(vec!["i2"])) as ArrayRef),
+            ("label", Arc::new(Float32Array::from(vec![1.0f32])) as ArrayRef),
+            ("hist_item_ids", Arc::new(items.finish()) as ArrayRef),
+            ("hist_behaviors", Arc::new(behaviors.finish()) as ArrayRef),
+            ("hist_seconds_before", Arc::new(seconds.finish()) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn an_unknown_behavior_is_an_error_not_a_click() {
+        let vocab = Vocab {
+            item: HashMap::new(),
+            shop: HashMap::new(),
+            brand: HashMap::new(),
+            category: HashMap::new(),
+            user: HashMap::new(),
+            token: HashMap::new(),
+        };
+        let inputs = ModelInputs::ids_only(10, 0);
+        let read = |b: &str| {
+            let mut out = Vec::new();
+            rows_of(
+                &samples_row(b),
+                0,
+                &vocab,
+                &inputs,
+                Slice::All,
+                false,
+                "samples/dt=2026-01-01/part-0.parquet",
+                &mut out,
+            )
+            .map(|()| out)
+        };
+        let rows = read(BEHAVIORS[1]).unwrap();
+        assert_eq!(rows[0].behavior, [1]);
+        let err = format!("{:#}", read("wishlist").unwrap_err());
+        assert!(
+            err.contains("\"wishlist\"") && err.contains("samples/dt=2026-01-01") && err.contains("row 0"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -251,7 +251,9 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(dir) = &args.report {
                 let (_, files) =
                     runtime.block_on(training::load_version(&lake, &format!("{}@v{}", e.model, e.version)))?;
-                let written = evaluate::write_report(dir, &e, training::training_record(&files).as_ref())?;
+                let record =
+                    training::training_record(&files).with_context(|| format!("{}@v{}", e.model, e.version))?;
+                let written = evaluate::write_report(dir, &e, record.as_ref())?;
                 tracing::info!(files = written.len(), dir = %dir.display(), "report written");
             }
             if args.json {
@@ -747,7 +749,8 @@ async fn compare_models(
         .await
         .with_context(|| format!("evaluating {name}"))?;
         let (_, files) = training::load_version(lake, &spec).await?;
-        evaluate::write_report(&report.join(name), &e, training::training_record(&files).as_ref())?;
+        let record = training::training_record(&files).with_context(|| format!("model {spec}"))?;
+        evaluate::write_report(&report.join(name), &e, record.as_ref())?;
         tracing::info!(model = %name, seconds = started.elapsed().as_secs_f64(), "trained and evaluated");
         rows.push((name.clone(), outcome, e));
     }

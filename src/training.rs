@@ -265,7 +265,7 @@ impl Scorer {
         anyhow::ensure!(days.len() <= usize::from(u16::MAX), "at most {} days can be scored at once", u16::MAX);
         let device = parse_device(device)?;
         let (manifest, model, files) = load_model(lake, spec, &device).await?;
-        let record = training_record(&files);
+        let record = training_record(&files).with_context(|| format!("model {spec}"))?;
         let vocab = Vocab::load(lake).await?;
         let stat_columns = match &record {
             Some(r) => r.spec.stat_columns.clone(),
@@ -312,8 +312,16 @@ impl Scorer {
 }
 
 /// The training record of a version's files, when it has one.
-pub fn training_record(files: &BTreeMap<String, Vec<u8>>) -> Option<TrainingRecord> {
-    files.get(TRAINING_FILE).and_then(|b| serde_json::from_slice(b).ok())
+pub fn training_record(files: &BTreeMap<String, Vec<u8>>) -> Result<Option<TrainingRecord>> {
+    // A record that cannot be read is an error: read as "no record", evaluate would silently cut
+    // deciles by item id and count every item as unseen.
+    files
+        .get(TRAINING_FILE)
+        .map(|b| {
+            serde_json::from_slice(b)
+                .with_context(|| format!("{TRAINING_FILE} of this version cannot be read (written by another build?)"))
+        })
+        .transpose()
 }
 
 /// Trains and registers; see the module docs.
@@ -644,5 +652,19 @@ async fn clear_work(lake: &Lake, work: &str) {
         for f in files {
             let _ = lake.store().delete(&f.location).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_training_record_that_cannot_be_read_is_an_error_not_a_missing_record() {
+        let mut files = BTreeMap::new();
+        assert!(training_record(&files).unwrap().is_none(), "a version without a record has none");
+        files.insert(TRAINING_FILE.to_string(), br#"{"run_key": "k", "renamed_key": 1}"#.to_vec());
+        let err = format!("{:#}", training_record(&files).unwrap_err());
+        assert!(err.contains(TRAINING_FILE), "{err}");
     }
 }

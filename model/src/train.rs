@@ -31,14 +31,16 @@ use crate::modules::marn::Marn;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
-    /// AdaGrad learning rate (paper: 0.1).
+    /// AdaGrad learning rate (paper: 0.1; 0.05 here, where MARN diverged on MovieLens at 0.1
+    /// with the default accumulator).
     pub learning_rate: f64,
     /// AdaGrad epsilon.
     pub epsilon: f32,
-    /// Initial value of AdaGrad's squared-gradient accumulator (TensorFlow's default, 0.1,
-    /// which the paper's TensorFlow training used). It damps the first steps: with 0 the first
-    /// update of every weight is a full `±learning_rate`, enough to kill every ReLU of a small
-    /// head at learning rate 0.1.
+    /// Initial value of AdaGrad's squared-gradient accumulator. TensorFlow's default, 0.1,
+    /// which the paper's training used, divides the first updates of an embedding row (whose
+    /// gradient is ~1e-3, its share of a mean loss) by √0.1: the models then learned almost
+    /// nothing in an epoch (the README's optimizer table), so the default is 1e-5. With 0 the
+    /// first update of every weight would be a full `±learning_rate`.
     pub initial_accumulator: f64,
     /// Initial accumulator of the importance discriminator `D0`, which learns from the
     /// λ-weighted `L_D0` alone and has no adversary. AdaGrad divides a step by the root of the
@@ -59,9 +61,9 @@ fn default_importance_accumulator() -> f64 {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            learning_rate: 0.1,
+            learning_rate: 0.05,
             epsilon: 1e-7,
-            initial_accumulator: 0.1,
+            initial_accumulator: 1e-5,
             importance_initial_accumulator: default_importance_accumulator(),
         }
     }

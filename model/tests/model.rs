@@ -519,12 +519,7 @@ fn ddma_game(importance_accumulator: f64) -> (f32, f32) {
     device.seed(5);
     let model = tiny(Variant::MafDdma).init(&spec.inputs(), &device).unwrap();
     model.predict(&batches[0]).unwrap();
-    let config = TrainConfig {
-        learning_rate: 0.05,
-        initial_accumulator: 1e-5,
-        importance_initial_accumulator: importance_accumulator,
-        ..TrainConfig::default()
-    };
+    let config = TrainConfig { importance_initial_accumulator: importance_accumulator, ..TrainConfig::default() };
     let mut trainer = Trainer::new(model, config).unwrap();
     let steps = 300;
     let mut last = None;

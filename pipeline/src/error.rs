@@ -50,6 +50,11 @@ pub enum PipelineError {
     #[error("cannot import {path}: {reason}")]
     Input { path: String, reason: String },
 
+    /// The window dataflow failed while it ran (a worker returned an error or panicked): a
+    /// runtime failure, not a configuration problem.
+    #[error("the window dataflow failed: {0}")]
+    Dataflow(String),
+
     /// Writing results to a local file failed.
     #[error("cannot write {path}: {source}")]
     Io {

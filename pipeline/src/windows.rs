@@ -239,12 +239,12 @@ pub fn item_window_stats_timed(
     .map_err(|e| PipelineError::Config(vec![format!("cannot start timely workers: {e}")]))?;
     let joined = guards.join();
     if let Some(e) = joined.into_iter().find_map(|r| r.err()) {
-        return Err(PipelineError::Config(vec![format!("a timely worker failed: {e}")]));
+        return Err(PipelineError::Dataflow(format!("a timely worker failed: {e}")));
     }
     let mut results = Arc::try_unwrap(results)
-        .map_err(|_| PipelineError::Config(vec!["window results still shared after the workers ended".into()]))?
+        .map_err(|_| PipelineError::Dataflow("window results still shared after the workers ended".into()))?
         .into_inner()
-        .map_err(|_| PipelineError::Config(vec!["a timely worker panicked".into()]))?;
+        .map_err(|_| PipelineError::Dataflow("a timely worker panicked".into()))?;
     // Keys (item, statistic, window) are spread over workers by hash: merge each item's parts.
     let mut merged = BTreeMap::new();
     for d in report_days {
