@@ -76,7 +76,7 @@ pub async fn run_day(
     date: NaiveDate,
     promote_if_better: bool,
 ) -> Result<RunOutcome> {
-    marnflow_model::registry::validate_name("model", model)?;
+    marnflow_registry::validate_name("model", model)?;
     let settings = &cfg.train;
     let reports = run_features(lake, &cfg.features, date, date, None)
         .await
@@ -112,7 +112,7 @@ pub async fn run_day(
                 let warm_start = match registry.alias(model, "production").await? {
                     Some(v) => {
                         let m = registry.manifest(model, v).await?;
-                        (m.metadata.get("variant").and_then(|x| x.as_str()) == Some(variant.as_str())).then_some(v)
+                        (m.metadata.variant == variant.as_str()).then_some(v)
                     }
                     None => None,
                 };
@@ -161,7 +161,7 @@ pub async fn run_day(
     // never made candidate or production.
     let checked = &registry;
     let evaluation = |v: u32| async move {
-        match saved_evaluation(lake, model, v, &day_string(eval_date), eval_slice).await {
+        match saved_evaluation(lake, model, v, &day_string(eval_date), eval_slice).await? {
             Some(e) => {
                 checked.load(model, v).await.with_context(|| format!("checking {model}@v{v} before using it"))?;
                 Ok::<Evaluation, anyhow::Error>(e)

@@ -28,7 +28,6 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Behavior types, in the order of their ids.
 pub const BEHAVIORS: [&str; 3] = ["click", "cart", "purchase"];
@@ -464,13 +463,8 @@ impl Slice {
     }
 }
 
-/// A samples file and its content digest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileDigest {
-    pub path: String,
-    pub sha256: String,
-    pub rows: u64,
-}
+/// A samples file and its content digest (the registry's record of the training data).
+pub use marnflow_registry::PartitionDigest as FileDigest;
 
 /// Converts one Arrow batch of `features/samples` into rows.
 pub fn rows_of(
@@ -581,7 +575,7 @@ pub async fn digest_days(lake: &Lake, days: &[NaiveDate]) -> Result<Vec<FileDige
         }
         for path in files {
             let bytes = lake.get(&path).await?;
-            let sha256: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+            let sha256 = marnflow_registry::sha256_hex(&bytes);
             let rows = ParquetRecordBatchReaderBuilder::try_new(bytes)
                 .with_context(|| format!("reading {path}: not a Parquet file"))?
                 .metadata()

@@ -162,20 +162,25 @@ impl Evaluation {
     }
 }
 
-/// Where an evaluation is kept.
-pub fn evaluation_path(model: &str, version: u32, date: &str, slice: Slice) -> String {
+/// The key an evaluation is kept under beside its version (`models/NAME/evaluations/vN/KEY.json`).
+pub fn evaluation_key(date: &str, slice: Slice) -> String {
     let suffix = match slice {
         Slice::All => String::new(),
         Slice::HeldOut(s) => format!("-heldout-{s}"),
         Slice::Rest(s) => format!("-rest-{s}"),
     };
-    format!("models/{model}/evaluations/v{version}/{date}{suffix}.json")
+    format!("{date}{suffix}")
 }
 
-/// A saved evaluation, if any.
-pub async fn saved_evaluation(lake: &Lake, model: &str, version: u32, date: &str, slice: Slice) -> Option<Evaluation> {
-    let bytes = lake.get(&evaluation_path(model, version, date, slice)).await.ok()?;
-    serde_json::from_slice(&bytes).ok()
+/// A saved evaluation, if any; one that cannot be read is an error.
+pub async fn saved_evaluation(
+    lake: &Lake,
+    model: &str,
+    version: u32,
+    date: &str,
+    slice: Slice,
+) -> Result<Option<Evaluation>> {
+    Ok(crate::training::registry(lake).evaluation(model, version, &evaluation_key(date, slice)).await?)
 }
 
 /// The label of an evaluation period: `D`, or `D1_D2` for the days from D1 to D2.
@@ -260,8 +265,9 @@ pub async fn evaluate(
         modality_space,
         seconds: started.elapsed().as_secs_f64(),
     };
-    let path = evaluation_path(&manifest.model, manifest.version, &evaluation.date, slice);
-    lake.put_atomic(&path, serde_json::to_vec_pretty(&evaluation)?).await?;
+    crate::training::registry(lake)
+        .save_evaluation(&manifest.model, manifest.version, &evaluation_key(&evaluation.date, slice), &evaluation)
+        .await?;
     Ok(evaluation)
 }
 

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 use std::io::Write;
 
 use anyhow::Result;
-use marnflow_model::registry::Manifest;
 use marnflow_pipeline::lake::Lake;
+use marnflow_registry::Manifest;
 use serde_json::Value;
 
 use crate::cli::ModelsCommand;
@@ -14,34 +14,24 @@ use crate::training::registry;
 
 fn summary(m: &Manifest) -> String {
     let meta = &m.metadata;
-    let data = &meta["data"];
-    let training = &meta["training"];
     format!(
         "v{:<4} {:<24} {:<12} {} .. {}  {:>9} samples  parent {}",
         m.version,
         m.created,
-        meta["variant"].as_str().unwrap_or("-"),
-        data["from"].as_str().unwrap_or("?"),
-        data["to"].as_str().unwrap_or("?"),
-        training["samples"].as_u64().unwrap_or(0),
+        meta.variant,
+        meta.data.from,
+        meta.data.to,
+        meta.training.samples,
         m.parent.map_or("-".into(), |p| format!("v{p}")),
     )
 }
 
-/// Saved evaluations of a version, oldest date first.
-async fn evaluations(lake: &Lake, model: &str, version: u32) -> Vec<Evaluation> {
-    let mut out = Vec::new();
-    let Ok(files) = lake.list(&format!("models/{model}/evaluations/v{version}")).await else { return out };
-    for f in files {
-        let Some(rel) = lake.relative(&f.location) else { continue };
-        if let Ok(bytes) = lake.get(&rel).await {
-            if let Ok(e) = serde_json::from_slice::<Evaluation>(&bytes) {
-                out.push(e);
-            }
-        }
-    }
+/// Saved evaluations of a version, oldest date first; one that cannot be read is an error.
+async fn evaluations(lake: &Lake, model: &str, version: u32) -> Result<Vec<Evaluation>> {
+    let mut out: Vec<Evaluation> =
+        registry(lake).evaluations(model, version).await?.into_iter().map(|(_, e)| e).collect();
     out.sort_by(|a, b| a.date.cmp(&b.date).then(a.slice.cmp(&b.slice)));
-    out
+    Ok(out)
 }
 
 fn metric(v: Option<f64>) -> String {
@@ -99,7 +89,7 @@ pub async fn run(lake: &Lake, command: &ModelsCommand, out: &mut dyn Write) -> R
         ModelsCommand::Show { spec, json } => {
             let (name, version) = registry.resolve(spec).await?;
             let manifest = registry.manifest(&name, version).await?;
-            let evals = evaluations(lake, &name, version).await;
+            let evals = evaluations(lake, &name, version).await?;
             if *json {
                 writeln!(
                     out,
@@ -116,26 +106,21 @@ pub async fn run(lake: &Lake, command: &ModelsCommand, out: &mut dyn Write) -> R
                 if aliases.is_empty() { String::new() } else { format!("[{}]", aliases.join(", ")) }
             )?;
             writeln!(out, "  {}", summary(&manifest))?;
-            writeln!(out, "  code: {}", manifest.metadata["code_version"].as_str().unwrap_or("-"))?;
-            writeln!(out, "  warm start: {}", manifest.metadata["warm_start"].as_str().unwrap_or("-"))?;
-            let t = &manifest.metadata["training"];
+            let meta = &manifest.metadata;
+            writeln!(out, "  code: {}", meta.code_version)?;
+            writeln!(out, "  warm start: {}", meta.warm_start.as_deref().unwrap_or("-"))?;
+            let t = &meta.training;
             writeln!(
                 out,
                 "  training: {} steps, {:.1}s, {:.0} samples/s, final CTR loss {}",
-                t["steps"].as_u64().unwrap_or(0),
-                t["seconds"].as_f64().unwrap_or(0.0),
-                t["samples_per_second"].as_f64().unwrap_or(0.0),
-                metric(t["final_ctr_loss"].as_f64())
+                t.steps,
+                t.seconds,
+                t.samples_per_second,
+                metric(t.final_ctr_loss)
             )?;
             writeln!(out, "  data:")?;
-            for p in manifest.metadata["data"]["partitions"].as_array().into_iter().flatten() {
-                writeln!(
-                    out,
-                    "    {}  {} rows  sha256 {}",
-                    p["path"].as_str().unwrap_or("?"),
-                    p["rows"].as_u64().unwrap_or(0),
-                    p["sha256"].as_str().unwrap_or("?").get(..16).unwrap_or("?")
-                )?;
+            for p in &meta.data.partitions {
+                writeln!(out, "    {}  {} rows  sha256 {}", p.path, p.rows, p.sha256.get(..16).unwrap_or("?"))?;
             }
             writeln!(out, "  files:")?;
             for f in &manifest.files {
@@ -169,19 +154,12 @@ pub async fn run(lake: &Lake, command: &ModelsCommand, out: &mut dyn Write) -> R
             let (ma, mb) = (registry.manifest(&na, va).await?, registry.manifest(&nb, vb).await?);
             writeln!(out, "--- {na}@v{va}\n+++ {nb}@v{vb}")?;
             let mut lines = Vec::new();
-            diff_json("", &ma.metadata, &mb.metadata, &mut lines);
+            diff_json("", &serde_json::to_value(&ma.metadata)?, &serde_json::to_value(&mb.metadata)?, &mut lines);
             for l in lines.iter().filter(|l| !l.contains("partitions")) {
                 writeln!(out, "{l}")?;
             }
             let parts = |m: &Manifest| -> BTreeSet<(String, String)> {
-                m.metadata["data"]["partitions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|p| {
-                        (p["path"].as_str().unwrap_or("").to_string(), p["sha256"].as_str().unwrap_or("").to_string())
-                    })
-                    .collect()
+                m.metadata.data.partitions.iter().map(|p| (p.path.clone(), p.sha256.clone())).collect()
             };
             let (pa, pb) = (parts(&ma), parts(&mb));
             for p in pa.difference(&pb) {
@@ -190,7 +168,7 @@ pub async fn run(lake: &Lake, command: &ModelsCommand, out: &mut dyn Write) -> R
             for p in pb.difference(&pa) {
                 writeln!(out, "+ data {} ({})", p.0, p.1.get(..16).unwrap_or(""))?;
             }
-            let (ea, eb) = (evaluations(lake, &na, va).await, evaluations(lake, &nb, vb).await);
+            let (ea, eb) = (evaluations(lake, &na, va).await?, evaluations(lake, &nb, vb).await?);
             for x in &ea {
                 if let Some(y) = eb.iter().find(|y| y.date == x.date && y.slice == x.slice) {
                     writeln!(

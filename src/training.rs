@@ -14,13 +14,12 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use burn::module::Module;
 use chrono::NaiveDate;
-use marnflow_model::registry::{Manifest, Registry};
 use marnflow_model::{checkpoint, device::parse_device, metrics, Marn, TrainConfig, Trainer, Variant};
 use marnflow_pipeline::features::{DICTIONARIES, DICTIONARY_NAMES};
 use marnflow_pipeline::lake::Lake;
+use marnflow_registry::{DataLineage, Manifest, Registry, TrainingSummary, VersionMetadata};
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::config::TrainSection;
@@ -133,10 +132,6 @@ struct ResumeState {
     curve: Vec<CurvePoint>,
     weights: String,
     optimizer: String,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Accumulates step losses into curve points.
@@ -326,7 +321,7 @@ pub fn training_record(files: &BTreeMap<String, Vec<u8>>) -> Result<Option<Train
 
 /// Trains and registers; see the module docs.
 pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
-    marnflow_model::registry::validate_name("model", &req.model)?;
+    marnflow_registry::validate_name("model", &req.model)?;
     if req.to < req.from {
         bail!(crate::config::ConfigError(vec![format!("--to {} is before --from {}", req.to, req.from)]));
     }
@@ -357,28 +352,23 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
         "shuffle_buffer": settings.shuffle_buffer,
         "warm_start": warm,
     });
-    let run_key = hex(&Sha256::digest(serde_json::to_vec(&key_material)?));
+    let run_key = marnflow_registry::sha256_hex(&serde_json::to_vec(&key_material)?);
     let work = work_dir(&req.model, &run_key);
 
     // A run with this key already registered: the same outcome, no second version.
-    if let Some(m) = registry
-        .versions(&req.model)
-        .await?
-        .into_iter()
-        .find(|m| m.metadata.get("run_key").and_then(|k| k.as_str()) == Some(run_key.as_str()))
-    {
+    if let Some(m) = registry.versions(&req.model).await?.into_iter().find(|m| m.metadata.run_key == run_key) {
         info!(model = %req.model, version = m.version, "this exact run is already registered");
         clear_work(lake, &work).await;
-        let t = &m.metadata["training"];
+        let t = &m.metadata.training;
         return Ok(TrainOutcome {
             model: req.model.clone(),
             version: m.version,
             reused: true,
-            samples: t["samples"].as_u64().unwrap_or(0),
-            steps: t["steps"].as_u64().unwrap_or(0),
-            seconds: t["seconds"].as_f64().unwrap_or(0.0),
-            samples_per_second: t["samples_per_second"].as_f64().unwrap_or(0.0),
-            final_ctr_loss: t["final_ctr_loss"].as_f64(),
+            samples: t.samples,
+            steps: t.steps,
+            seconds: t.seconds,
+            samples_per_second: t.samples_per_second,
+            final_ctr_loss: t.final_ctr_loss,
             waited_for_data_seconds: 0.0,
             data_wait_share: 0.0,
             peak_rss_mib: marnflow_model::device::peak_rss_mib(),
@@ -583,27 +573,23 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
             files.push((format!("dictionary_{name}.parquet"), bytes.to_vec()));
         }
     }
-    let metadata = serde_json::json!({
-        "run_key": run_key,
-        "code_version": concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION")),
-        "variant": req.variant.as_str(),
-        "config": settings,
-        "inputs": spec.inputs,
-        "warm_start": record.warm_start,
-        "data": {
-            "from": record.from,
-            "to": record.to,
-            "partitions": partitions,
-            "slices": slices,
+    let metadata = VersionMetadata {
+        run_key: run_key.clone(),
+        code_version: concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION")).to_string(),
+        variant: req.variant.as_str().to_string(),
+        config: serde_json::to_value(settings)?,
+        inputs: serde_json::to_value(&spec.inputs)?,
+        warm_start: record.warm_start.clone(),
+        data: DataLineage { from: record.from.clone(), to: record.to.clone(), partitions: partitions.clone(), slices },
+        training: TrainingSummary {
+            samples: state.samples,
+            steps: state.step,
+            seconds: state.seconds,
+            samples_per_second,
+            final_ctr_loss,
         },
-        "training": {
-            "samples": state.samples,
-            "steps": state.step,
-            "seconds": state.seconds,
-            "samples_per_second": samples_per_second,
-            "final_ctr_loss": final_ctr_loss,
-        },
-    });
+        ..VersionMetadata::default()
+    };
     let parent = warm.as_ref().filter(|(n, _)| *n == req.model).map(|(_, v)| *v);
     let manifest = registry.register(&req.model, &files, parent, metadata).await?;
     clear_work(lake, &work).await;

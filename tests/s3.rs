@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
-use marnflow_model::registry::Registry;
 use marnflow_pipeline::lake::{Lake, STAGING};
+use marnflow_registry::Registry;
 use object_store::{PutMode, PutOptions, PutPayload};
 
 use crate::util::*;

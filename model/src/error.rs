@@ -23,9 +23,6 @@ pub enum Error {
     /// Metric inputs are inconsistent (lengths differ, labels not 0/1, ...).
     #[error("metrics: {0}")]
     Metrics(String),
-    /// The model registry refused or failed an operation.
-    #[error("registry: {0}")]
-    Registry(String),
 }
 
 /// `Result` with this crate's [`Error`].

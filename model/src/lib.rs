@@ -34,7 +34,6 @@ pub mod device;
 pub mod error;
 pub mod metrics;
 pub mod modules;
-pub mod registry;
 pub mod synthetic;
 pub mod train;
 
