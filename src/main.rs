@@ -98,278 +98,301 @@ fn run(cli: Cli) -> Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     match cli.command {
-        Command::Demo(ref args) => {
-            let base = match args.movielens {
-                Some(_) => ("embedded configs/movielens.toml", MOVIELENS_CONFIG),
-                None => ("embedded configs/demo.toml", DEMO_CONFIG),
-            };
-            let mut cfg = Config::layered(Some(base), std::iter::empty())?;
-            cfg.generate.seed = args.seed;
-            if let Some(e) = args.epochs {
-                cfg.train.epochs = e;
-            }
-            if let Some(lake) = &cli.lake {
-                cfg.lake = lake.clone();
-            }
-            cfg.validate()?;
-            for v in &args.variants {
-                parse_variant(v)?;
-            }
-            match &args.movielens {
-                Some(dir) => runtime.block_on(demo_movielens(&cfg, args, dir)),
-                None => runtime.block_on(demo(&cfg, args)),
-            }
+        Command::Demo(ref args) => demo_command(&cli, args, &runtime),
+        Command::Generate(ref args) => generate_command(&cli, args, &runtime),
+        Command::Import(ref args) => import_command(&cli, args, &runtime),
+        Command::Features(ref args) => features_command(&cli, args, &runtime),
+        Command::Train(ref args) => train_command(&cli, args, &runtime),
+        Command::Evaluate(ref args) => evaluate_command(&cli, args, &runtime),
+        Command::Models(ref args) => models_command(&cli, args, &runtime),
+        Command::Run(ref args) => run_command(&cli, args, &runtime),
+        Command::ExportItemEmbeddings(ref args) => export_command(&cli, args, &runtime),
+        Command::Score(ref args) => score_command(&cli, args, &runtime),
+        Command::Sql(ref args) => sql_command(&cli, args, &runtime),
+    }
+}
+
+/// `demo`: the embedded world (or MovieLens), features, models compared, a report.
+fn demo_command(cli: &Cli, args: &cli::DemoArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    let base = match args.movielens {
+        Some(_) => ("embedded configs/movielens.toml", MOVIELENS_CONFIG),
+        None => ("embedded configs/demo.toml", DEMO_CONFIG),
+    };
+    let mut cfg = Config::layered(Some(base), std::iter::empty())?;
+    cfg.generate.seed = args.seed;
+    if let Some(e) = args.epochs {
+        cfg.train.epochs = e;
+    }
+    if let Some(lake) = &cli.lake {
+        cfg.lake = lake.clone();
+    }
+    cfg.validate()?;
+    for v in &args.variants {
+        parse_variant(v)?;
+    }
+    match &args.movielens {
+        Some(dir) => runtime.block_on(demo_movielens(&cfg, args, dir)),
+        None => runtime.block_on(demo(&cfg, args)),
+    }
+}
+
+/// `generate`: a synthetic world with planted answers.
+fn generate_command(cli: &Cli, args: &cli::GenerateArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    let mut cfg = load_config(cli)?;
+    apply_generate_flags(&mut cfg.generate, args)?;
+    cfg.validate()?;
+    let lake = Lake::open(&cfg.lake)?;
+    let summary = runtime.block_on(generate_with_progress(&lake, &cfg.generate))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print_summary(&lake, &summary, &mut std::io::stdout())?;
+    }
+    Ok(())
+}
+
+/// `import`: MovieLens or Amazon logs into the raw contract.
+fn import_command(cli: &Cli, args: &cli::ImportArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    let (_, lake) = open_lake(cli)?;
+    runtime.block_on(import(&lake, &args.source))
+}
+
+/// `features`: the daily feature job for one day or a range.
+fn features_command(cli: &Cli, args: &cli::FeaturesArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    let mut cfg = load_config(cli)?;
+    if let Some(w) = args.workers {
+        cfg.features.workers = usize::try_from(w)?;
+    }
+    if let Some(s) = args.max_bad_share {
+        cfg.features.max_bad_share = s;
+    }
+    if let Some(f) = args.format {
+        cfg.features.raw_format = match f {
+            cli::RawFormat::Parquet => "parquet",
+            cli::RawFormat::Csv => "csv",
+            cli::RawFormat::Json => "json",
         }
-        Command::Generate(ref args) => {
-            let mut cfg = load_config(&cli)?;
-            apply_generate_flags(&mut cfg.generate, args)?;
-            cfg.validate()?;
-            let lake = Lake::open(&cfg.lake)?;
-            let summary = runtime.block_on(generate_with_progress(&lake, &cfg.generate))?;
-            if args.json {
-                println!("{}", serde_json::to_string(&summary)?);
-            } else {
-                print_summary(&lake, &summary, &mut std::io::stdout())?;
-            }
-            Ok(())
-        }
-        Command::Import(ref args) => {
-            let (_, lake) = open_lake(&cli)?;
-            runtime.block_on(import(&lake, &args.source))
-        }
-        Command::Features(ref args) => {
-            let mut cfg = load_config(&cli)?;
-            if let Some(w) = args.workers {
-                cfg.features.workers = usize::try_from(w)?;
-            }
-            if let Some(s) = args.max_bad_share {
-                cfg.features.max_bad_share = s;
-            }
-            if let Some(f) = args.format {
-                cfg.features.raw_format = match f {
-                    cli::RawFormat::Parquet => "parquet",
-                    cli::RawFormat::Csv => "csv",
-                    cli::RawFormat::Json => "json",
-                }
-                .into();
-            }
-            cfg.validate()?;
-            let (from, to) = match (args.date, args.from, args.to) {
-                (Some(d), _, _) => (d, d),
-                (None, Some(f), Some(t)) => (f, t),
-                _ => bail!(ConfigError(vec!["give --date D or --from D1 --to D2".into()])),
-            };
-            if to < from {
-                bail!(ConfigError(vec![format!("--to {to} is before --from {from}")]));
-            }
-            let cluster = match (args.process, args.processes, &args.hostfile) {
-                (Some(process), Some(processes), Some(file)) => Some(cluster_addresses(process, processes, file)?),
-                _ => None,
-            };
-            let lake = Lake::open(&cfg.lake)?;
-            let reports = runtime
-                .block_on(run_features(&lake, &cfg.features, from, to, cluster))
-                .with_context(|| format!("building features {from} .. {to} in {}", lake.uri()))?;
-            if args.json {
-                println!("{}", serde_json::to_string(&reports)?);
-            } else {
-                let mut out = std::io::stdout().lock();
-                writeln!(
-                    out,
-                    "{:<12} {:>22} {:>22} {:>22} {:>9} {:>8}",
-                    "day", "exposures in/ok/bad", "clicks in/ok/bad", "behaviors in/ok/bad", "samples", "ctr"
-                )?;
-                for r in &reports {
-                    let acc = |a: &marnflow_pipeline::features::Accounting| {
-                        format!("{}/{}/{}", a.input, a.accepted, a.quarantined)
-                    };
-                    writeln!(
-                        out,
-                        "{:<12} {:>22} {:>22} {:>22} {:>9} {:>8.4}",
-                        r.date,
-                        acc(&r.exposures),
-                        acc(&r.clicks),
-                        acc(&r.behaviors),
-                        r.samples,
-                        r.positive_rate
-                    )?;
-                }
-            }
-            Ok(())
-        }
-        Command::Train(ref args) => {
-            let mut cfg = load_config(&cli)?;
-            apply_train_flags(&mut cfg, &args.flags)?;
-            cfg.validate()?;
-            let variant = parse_variant(&cfg.train.variant)?;
-            let lake = Lake::open(&cfg.lake)?;
-            let request = training::TrainRequest {
-                model: args.model.clone(),
-                from: args.from,
-                to: args.to,
-                variant,
-                settings: cfg.train.clone(),
-                warm_start: args.warm_start.clone(),
-                resume: args.resume,
-                slices: Default::default(),
-                progress: true,
-            };
-            let outcome = runtime.block_on(training::train(&lake, &request))?;
-            if args.json {
-                println!("{}", serde_json::to_string(&outcome)?);
-            } else {
-                println!(
-                    "{}@v{}{}: {} samples, {} steps, {:.1}s ({:.0} samples/s), final CTR loss {}",
-                    outcome.model,
-                    outcome.version,
-                    if outcome.reused { " (already registered by an identical run)" } else { "" },
-                    outcome.samples,
-                    outcome.steps,
-                    outcome.seconds,
-                    outcome.samples_per_second,
-                    outcome.final_ctr_loss.map_or("-".into(), |l| format!("{l:.4}"))
-                );
-            }
-            Ok(())
-        }
-        Command::Evaluate(ref args) => {
-            let mut cfg = load_config(&cli)?;
-            if let Some(d) = &args.device {
-                cfg.train.device = d.clone();
-            }
-            cfg.validate()?;
-            let lake = Lake::open(&cfg.lake)?;
-            let e = runtime.block_on(evaluate::evaluate(
-                &lake,
-                &args.model,
-                args.date,
-                args.to.unwrap_or(args.date),
-                data::Slice::All,
-                &cfg.train.device,
-                cfg.train.recall_users,
-            ))?;
-            if let Some(dir) = &args.report {
-                let (_, files) =
-                    runtime.block_on(training::load_version(&lake, &format!("{}@v{}", e.model, e.version)))?;
-                let record =
-                    training::training_record(&files).with_context(|| format!("{}@v{}", e.model, e.version))?;
-                let written = evaluate::write_report(dir, &e, record.as_ref())?;
-                tracing::info!(files = written.len(), dir = %dir.display(), "report written");
-            }
-            if args.json {
-                println!("{}", serde_json::to_string(&e)?);
-            } else {
-                print!("{}", evaluate::markdown(&e, None));
-            }
-            Ok(())
-        }
-        Command::Models(ref args) => {
-            let (_, lake) = open_lake(&cli)?;
-            runtime.block_on(models_cmd::run(&lake, &args.command, &mut std::io::stdout().lock()))
-        }
-        Command::Run(ref args) => {
-            let mut cfg = load_config(&cli)?;
-            apply_train_flags(&mut cfg, &args.flags)?;
-            cfg.validate()?;
-            let variant = parse_variant(&cfg.train.variant)?;
-            let lake = Lake::open(&cfg.lake)?;
-            let o = runtime.block_on(daily::run_day(
-                &lake,
-                &cfg,
-                &args.model,
-                variant,
-                args.date,
-                args.promote_if_better,
-            ))?;
-            if args.json {
-                println!("{}", serde_json::to_string(&o)?);
-            } else {
-                let m = &cfg.train.promote_metric;
-                println!(
-                    "{}: trained {}@v{} on {} .. {}{}; evaluated on {} ({}): AUC {}, user AUC {}; candidate → v{}{}",
-                    o.plan.date,
-                    o.train.model,
-                    o.train.version,
-                    o.plan.from,
-                    o.plan.date,
-                    o.plan.warm_start.map_or(String::new(), |v| format!(" warm-started from v{v}")),
-                    o.plan.eval_date,
-                    if o.plan.holdout_share.is_some() { "held-out users" } else { "next day" },
-                    o.candidate.auc.map_or("-".into(), |a| format!("{a:.4}")),
-                    o.candidate.user_auc.map_or("-".into(), |a| format!("{a:.4}")),
-                    o.train.version,
-                    if !args.promote_if_better {
-                        String::new()
-                    } else if o.promoted {
-                        format!("; production → v{} ({m})", o.train.version)
-                    } else {
-                        format!(
-                            "; production stays v{} ({m} {} vs {})",
-                            o.production_before.map_or("-".into(), |v| v.to_string()),
-                            o.production_score.map_or("-".into(), |v| format!("{:.4}", v.abs())),
-                            o.candidate_score.map_or("-".into(), |v| format!("{:.4}", v.abs()))
-                        )
-                    }
-                );
-            }
-            Ok(())
-        }
-        Command::ExportItemEmbeddings(ref args) => {
-            let (cfg, lake) = open_lake(&cli)?;
-            let (rows, width) = runtime.block_on(serving::export_item_embeddings(
-                &lake,
-                &args.model,
-                args.date,
-                &args.out,
-                &cfg.train.device,
-            ))?;
-            println!("wrote {rows} item embeddings ({width} wide) to {}", args.out);
-            Ok(())
-        }
-        Command::Score(ref args) => {
-            let (cfg, lake) = open_lake(&cli)?;
-            let rows = runtime.block_on(serving::score(&lake, &args.model, args.date, &args.out, &cfg.train.device))?;
-            println!("wrote {rows} scores to {}", args.out);
-            Ok(())
-        }
-        Command::Sql(ref args) => {
-            let cfg = load_config(&cli)?;
-            cfg.validate()?;
-            let query = match (&args.query, &args.file) {
-                (Some(q), _) => q.clone(),
-                (None, Some(f)) => {
-                    std::fs::read_to_string(f).with_context(|| format!("cannot read SQL file {}", f.display()))?
-                }
-                (None, None) => bail!(ConfigError(vec!["give a SQL statement or --file".into()])),
-            };
-            let format = match args.format {
-                SqlFormat::Table => OutputFormat::Table,
-                SqlFormat::Csv => OutputFormat::Csv,
-                SqlFormat::Json => OutputFormat::Json,
-                SqlFormat::Parquet => OutputFormat::Parquet,
-            };
-            if format == OutputFormat::Parquet && args.output.is_none() {
-                bail!(ConfigError(vec!["--format parquet needs --output PATH".into()]));
-            }
-            let lake = Lake::open(&cfg.lake)?;
-            let batches = runtime.block_on(async {
-                let session = LakeSession::open(&lake).await?;
-                if session.tables().is_empty() {
-                    tracing::warn!(lake = lake.uri(), "no tables in the lake; run `marnflow generate` first");
-                }
-                session.sql(&query).await
-            })?;
-            match &args.output {
-                Some(path) => {
-                    let shown = path.display().to_string();
-                    let mut file = std::fs::File::create(path).with_context(|| format!("cannot create {shown}"))?;
-                    write_batches(&batches, format, &mut file, &shown)?;
-                }
-                None => write_batches(&batches, format, &mut std::io::stdout().lock(), "stdout")?,
-            }
-            Ok(())
+        .into();
+    }
+    cfg.validate()?;
+    let (from, to) = match (args.date, args.from, args.to) {
+        (Some(d), _, _) => (d, d),
+        (None, Some(f), Some(t)) => (f, t),
+        _ => bail!(ConfigError(vec!["give --date D or --from D1 --to D2".into()])),
+    };
+    if to < from {
+        bail!(ConfigError(vec![format!("--to {to} is before --from {from}")]));
+    }
+    let cluster = match (args.process, args.processes, &args.hostfile) {
+        (Some(process), Some(processes), Some(file)) => Some(cluster_addresses(process, processes, file)?),
+        _ => None,
+    };
+    let lake = Lake::open(&cfg.lake)?;
+    let reports = runtime
+        .block_on(run_features(&lake, &cfg.features, from, to, cluster))
+        .with_context(|| format!("building features {from} .. {to} in {}", lake.uri()))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&reports)?);
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "{:<12} {:>22} {:>22} {:>22} {:>9} {:>8}",
+            "day", "exposures in/ok/bad", "clicks in/ok/bad", "behaviors in/ok/bad", "samples", "ctr"
+        )?;
+        for r in &reports {
+            let acc =
+                |a: &marnflow_pipeline::features::Accounting| format!("{}/{}/{}", a.input, a.accepted, a.quarantined);
+            writeln!(
+                out,
+                "{:<12} {:>22} {:>22} {:>22} {:>9} {:>8.4}",
+                r.date,
+                acc(&r.exposures),
+                acc(&r.clicks),
+                acc(&r.behaviors),
+                r.samples,
+                r.positive_rate
+            )?;
         }
     }
+    Ok(())
+}
+
+/// `train`: one model version, registered.
+fn train_command(cli: &Cli, args: &cli::TrainArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    let mut cfg = load_config(cli)?;
+    apply_train_flags(&mut cfg, &args.flags)?;
+    cfg.validate()?;
+    let variant = parse_variant(&cfg.train.variant)?;
+    let lake = Lake::open(&cfg.lake)?;
+    let request = training::TrainRequest {
+        model: args.model.clone(),
+        from: args.from,
+        to: args.to,
+        variant,
+        settings: cfg.train.clone(),
+        warm_start: args.warm_start.clone(),
+        resume: args.resume,
+        slices: Default::default(),
+        progress: true,
+    };
+    let outcome = runtime.block_on(training::train(&lake, &request))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&outcome)?);
+    } else {
+        println!(
+            "{}@v{}{}: {} samples, {} steps, {:.1}s ({:.0} samples/s), final CTR loss {}",
+            outcome.model,
+            outcome.version,
+            if outcome.reused { " (already registered by an identical run)" } else { "" },
+            outcome.samples,
+            outcome.steps,
+            outcome.seconds,
+            outcome.samples_per_second,
+            outcome.final_ctr_loss.map_or("-".into(), |l| format!("{l:.4}"))
+        );
+    }
+    Ok(())
+}
+
+/// `evaluate`: a version on one day or a range, with an optional report.
+fn evaluate_command(cli: &Cli, args: &cli::EvaluateArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    let mut cfg = load_config(cli)?;
+    if let Some(d) = &args.device {
+        cfg.train.device = d.clone();
+    }
+    cfg.validate()?;
+    let lake = Lake::open(&cfg.lake)?;
+    let e = runtime.block_on(evaluate::evaluate(
+        &lake,
+        &args.model,
+        args.date,
+        args.to.unwrap_or(args.date),
+        data::Slice::All,
+        &cfg.train.device,
+        cfg.train.recall_users,
+    ))?;
+    if let Some(dir) = &args.report {
+        let (_, files) = runtime.block_on(training::load_version(&lake, &format!("{}@v{}", e.model, e.version)))?;
+        let record = training::training_record(&files).with_context(|| format!("{}@v{}", e.model, e.version))?;
+        let written = evaluate::write_report(dir, &e, record.as_ref())?;
+        tracing::info!(files = written.len(), dir = %dir.display(), "report written");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&e)?);
+    } else {
+        print!("{}", evaluate::markdown(&e, None));
+    }
+    Ok(())
+}
+
+/// `models`: the registry (list, show, promote, rollback, diff, history).
+fn models_command(cli: &Cli, args: &cli::ModelsArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    let (_, lake) = open_lake(cli)?;
+    runtime.block_on(models_cmd::run(&lake, &args.command, &mut std::io::stdout().lock()))
+}
+
+/// `run`: the daily job for one day.
+fn run_command(cli: &Cli, args: &cli::RunArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    let mut cfg = load_config(cli)?;
+    apply_train_flags(&mut cfg, &args.flags)?;
+    cfg.validate()?;
+    let variant = parse_variant(&cfg.train.variant)?;
+    let lake = Lake::open(&cfg.lake)?;
+    let o = runtime.block_on(daily::run_day(&lake, &cfg, &args.model, variant, args.date, args.promote_if_better))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&o)?);
+    } else {
+        let m = &cfg.train.promote_metric;
+        println!(
+            "{}: trained {}@v{} on {} .. {}{}; evaluated on {} ({}): AUC {}, user AUC {}; candidate → v{}{}",
+            o.plan.date,
+            o.train.model,
+            o.train.version,
+            o.plan.from,
+            o.plan.date,
+            o.plan.warm_start.map_or(String::new(), |v| format!(" warm-started from v{v}")),
+            o.plan.eval_date,
+            if o.plan.holdout_share.is_some() { "held-out users" } else { "next day" },
+            o.candidate.auc.map_or("-".into(), |a| format!("{a:.4}")),
+            o.candidate.user_auc.map_or("-".into(), |a| format!("{a:.4}")),
+            o.train.version,
+            if !args.promote_if_better {
+                String::new()
+            } else if o.promoted {
+                format!("; production → v{} ({m})", o.train.version)
+            } else {
+                format!(
+                    "; production stays v{} ({m} {} vs {})",
+                    o.production_before.map_or("-".into(), |v| v.to_string()),
+                    o.production_score.map_or("-".into(), |v| format!("{:.4}", v.abs())),
+                    o.candidate_score.map_or("-".into(), |v| format!("{:.4}", v.abs()))
+                )
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `export-item-embeddings`: every item's representation of a day.
+fn export_command(cli: &Cli, args: &cli::ExportArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    let (cfg, lake) = open_lake(cli)?;
+    let (rows, width) = runtime.block_on(serving::export_item_embeddings(
+        &lake,
+        &args.model,
+        args.date,
+        &args.out,
+        &cfg.train.device,
+    ))?;
+    println!("wrote {rows} item embeddings ({width} wide) to {}", args.out);
+    Ok(())
+}
+
+/// `score`: a click probability for every sample row of a day.
+fn score_command(cli: &Cli, args: &cli::ScoreArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    let (cfg, lake) = open_lake(cli)?;
+    let rows = runtime.block_on(serving::score(&lake, &args.model, args.date, &args.out, &cfg.train.device))?;
+    println!("wrote {rows} scores to {}", args.out);
+    Ok(())
+}
+
+/// `sql`: a query over the lake's tables.
+fn sql_command(cli: &Cli, args: &cli::SqlArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    let cfg = load_config(cli)?;
+    cfg.validate()?;
+    let query = match (&args.query, &args.file) {
+        (Some(q), _) => q.clone(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("cannot read SQL file {}", f.display()))?
+        }
+        (None, None) => bail!(ConfigError(vec!["give a SQL statement or --file".into()])),
+    };
+    let format = match args.format {
+        SqlFormat::Table => OutputFormat::Table,
+        SqlFormat::Csv => OutputFormat::Csv,
+        SqlFormat::Json => OutputFormat::Json,
+        SqlFormat::Parquet => OutputFormat::Parquet,
+    };
+    if format == OutputFormat::Parquet && args.output.is_none() {
+        bail!(ConfigError(vec!["--format parquet needs --output PATH".into()]));
+    }
+    let lake = Lake::open(&cfg.lake)?;
+    let batches = runtime.block_on(async {
+        let session = LakeSession::open(&lake).await?;
+        if session.tables().is_empty() {
+            tracing::warn!(lake = lake.uri(), "no tables in the lake; run `marnflow generate` first");
+        }
+        session.sql(&query).await
+    })?;
+    match &args.output {
+        Some(path) => {
+            let shown = path.display().to_string();
+            let mut file = std::fs::File::create(path).with_context(|| format!("cannot create {shown}"))?;
+            write_batches(&batches, format, &mut file, &shown)?;
+        }
+        None => write_batches(&batches, format, &mut std::io::stdout().lock(), "stdout")?,
+    }
+    Ok(())
 }
 
 /// Reads the hostfile of timely's cluster mode: one `host:port` per line, one per process.
