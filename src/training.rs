@@ -115,6 +115,26 @@ pub struct TrainOutcome {
     pub peak_rss_mib: f64,
 }
 
+impl TrainOutcome {
+    /// The outcome of a run that an identical earlier run already registered as `m`.
+    fn reused(m: &Manifest) -> Self {
+        let t = &m.metadata.training;
+        Self {
+            model: m.model.clone(),
+            version: m.version,
+            reused: true,
+            samples: t.samples,
+            steps: t.steps,
+            seconds: t.seconds,
+            samples_per_second: t.samples_per_second,
+            final_ctr_loss: t.final_ctr_loss,
+            waited_for_data_seconds: 0.0,
+            data_wait_share: 0.0,
+            peak_rss_mib: marnflow_model::device::peak_rss_mib(),
+        }
+    }
+}
+
 /// Where an unfinished run keeps its training state.
 fn work_dir(model: &str, run_key: &str) -> String {
     format!("_work/train/{model}/{}", &run_key[..16])
@@ -319,6 +339,126 @@ pub fn training_record(files: &BTreeMap<String, Vec<u8>>) -> Result<Option<Train
         .transpose()
 }
 
+/// The model to train: built for `spec` on the settings' device and seed, with the lake's word
+/// vectors, warm-started from `warm` when given (new ids get fresh rows).
+async fn init_model(
+    lake: &Lake,
+    req: &TrainRequest,
+    spec: &DataSpec,
+    vocab: &Vocab,
+    model_config: &marnflow_model::MarnConfig,
+    warm: Option<&(String, u32)>,
+) -> Result<Marn> {
+    let settings = &req.settings;
+    let device = parse_device(&settings.device)?;
+    device.seed(settings.seed);
+    let autodiff = device.clone().autodiff();
+    let mut model = model_config.init(&spec.inputs, &autodiff)?;
+    if spec.inputs.has_titles() {
+        model = model.with_word_vectors(data::word_vector_table(lake, &vocab, &spec.inputs).await?)?;
+    }
+    if let Some((name, version)) = &warm {
+        let (_, old, _) = load_model(lake, &format!("{name}@v{version}"), &device).await?;
+        if old.variant() != req.variant {
+            bail!(
+                "--warm-start {name}@v{version} is a {} model; this run trains {}",
+                old.variant().as_str(),
+                req.variant.as_str()
+            );
+        }
+        model = checkpoint::grow_into(&old, model).with_context(|| format!("warm-starting from {name}@v{version}"))?;
+        info!(from = %format!("{name}@v{version}"), "warm start: new ids get fresh embedding rows");
+    }
+    Ok(model)
+}
+
+/// A trainer and its progress: resumed from the last checkpoint of the run `run_key` when
+/// `resume` is asked and one exists, else fresh.
+async fn start_trainer(
+    lake: &Lake,
+    resume: bool,
+    work: &str,
+    run_key: &str,
+    model: Marn,
+    optimizer: TrainConfig,
+) -> Result<(Trainer, ResumeState)> {
+    let mut state = ResumeState {
+        run_key: run_key.to_string(),
+        epoch: 0,
+        batches_done: 0,
+        step: 0,
+        samples: 0,
+        seconds: 0.0,
+        curve: Vec::new(),
+        weights: String::new(),
+        optimizer: String::new(),
+    };
+    let saved = read_state(lake, work).await;
+    let trainer = match (resume, saved) {
+        (true, Some(saved)) if saved.run_key == run_key => {
+            let weights = lake.get(&format!("{work}/{}", saved.weights)).await?.to_vec();
+            let opt = lake.get(&format!("{work}/{}", saved.optimizer)).await?.to_vec();
+            info!(step = saved.step, epoch = saved.epoch, "resuming from the last checkpoint");
+            let trainer = Trainer::restore(model, weights, opt, optimizer)?;
+            state = saved;
+            trainer
+        }
+        (resume, saved) => {
+            if resume {
+                info!("nothing to resume for this run: starting from the beginning");
+            } else if saved.is_some() {
+                warn!("an unfinished run with these settings exists: starting over (--resume continues it)");
+            }
+            Trainer::new(model, optimizer)?
+        }
+    };
+    Ok((trainer, state))
+}
+
+/// Registers the trained `model` as a new version of `name`: its checkpoint, its training
+/// record, the dictionaries scoring needs, and the typed metadata.
+async fn register_version(
+    lake: &Lake,
+    registry: &Registry,
+    name: &str,
+    model: &Marn,
+    record: &TrainingRecord,
+    slices: Vec<(String, String)>,
+    parent: Option<u32>,
+) -> Result<Manifest> {
+    let mut files = checkpoint::to_files(model)?;
+    files.push((TRAINING_FILE.to_string(), serde_json::to_vec_pretty(record)?));
+    for dictionary in DICTIONARY_NAMES {
+        let rel = format!("{DICTIONARIES}/{dictionary}.parquet");
+        if let Ok(bytes) = lake.get(&rel).await {
+            files.push((format!("dictionary_{dictionary}.parquet"), bytes.to_vec()));
+        }
+    }
+    let metadata = VersionMetadata {
+        run_key: record.run_key.clone(),
+        code_version: concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION")).to_string(),
+        variant: record.variant.clone(),
+        config: serde_json::to_value(&record.settings)?,
+        inputs: serde_json::to_value(&record.spec.inputs)?,
+        warm_start: record.warm_start.clone(),
+        data: DataLineage {
+            from: record.from.clone(),
+            to: record.to.clone(),
+            partitions: record.partitions.clone(),
+            slices,
+        },
+        training: TrainingSummary {
+            samples: record.samples,
+            steps: record.steps,
+            seconds: record.seconds,
+            samples_per_second: record.samples_per_second,
+            final_ctr_loss: record.curve.last().map(|c| c.ctr_loss),
+        },
+        ..VersionMetadata::default()
+    };
+    Ok(registry.register(name, &files, parent, metadata).await?)
+}
+
 /// Trains and registers; see the module docs.
 pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
     marnflow_registry::validate_name("model", &req.model)?;
@@ -359,41 +499,10 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
     if let Some(m) = registry.versions(&req.model).await?.into_iter().find(|m| m.metadata.run_key == run_key) {
         info!(model = %req.model, version = m.version, "this exact run is already registered");
         clear_work(lake, &work).await;
-        let t = &m.metadata.training;
-        return Ok(TrainOutcome {
-            model: req.model.clone(),
-            version: m.version,
-            reused: true,
-            samples: t.samples,
-            steps: t.steps,
-            seconds: t.seconds,
-            samples_per_second: t.samples_per_second,
-            final_ctr_loss: t.final_ctr_loss,
-            waited_for_data_seconds: 0.0,
-            data_wait_share: 0.0,
-            peak_rss_mib: marnflow_model::device::peak_rss_mib(),
-        });
+        return Ok(TrainOutcome::reused(&m));
     }
 
-    let device = parse_device(&settings.device)?;
-    device.seed(settings.seed);
-    let autodiff = device.clone().autodiff();
-    let mut model = model_config.init(&spec.inputs, &autodiff)?;
-    if spec.inputs.has_titles() {
-        model = model.with_word_vectors(data::word_vector_table(lake, &vocab, &spec.inputs).await?)?;
-    }
-    if let Some((name, version)) = &warm {
-        let (_, old, _) = load_model(lake, &format!("{name}@v{version}"), &device).await?;
-        if old.variant() != req.variant {
-            bail!(
-                "--warm-start {name}@v{version} is a {} model; this run trains {}",
-                old.variant().as_str(),
-                req.variant.as_str()
-            );
-        }
-        model = checkpoint::grow_into(&old, model).with_context(|| format!("warm-starting from {name}@v{version}"))?;
-        info!(from = %format!("{name}@v{version}"), "warm start: new ids get fresh embedding rows");
-    }
+    let model = init_model(lake, req, &spec, &vocab, &model_config, warm.as_ref()).await?;
     let optimizer = TrainConfig {
         learning_rate: settings.learning_rate,
         initial_accumulator: settings.initial_accumulator,
@@ -402,36 +511,7 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
     };
 
     // Resume from the last checkpoint of this exact run, if asked and present.
-    let mut state = ResumeState {
-        run_key: run_key.clone(),
-        epoch: 0,
-        batches_done: 0,
-        step: 0,
-        samples: 0,
-        seconds: 0.0,
-        curve: Vec::new(),
-        weights: String::new(),
-        optimizer: String::new(),
-    };
-    let saved = read_state(lake, &work).await;
-    let mut trainer = match (req.resume, saved) {
-        (true, Some(saved)) if saved.run_key == run_key => {
-            let weights = lake.get(&format!("{work}/{}", saved.weights)).await?.to_vec();
-            let opt = lake.get(&format!("{work}/{}", saved.optimizer)).await?.to_vec();
-            info!(step = saved.step, epoch = saved.epoch, "resuming from the last checkpoint");
-            let trainer = Trainer::restore(model, weights, opt, optimizer)?;
-            state = saved;
-            trainer
-        }
-        (resume, saved) => {
-            if resume {
-                info!("nothing to resume for this run: starting from the beginning");
-            } else if saved.is_some() {
-                warn!("an unfinished run with these settings exists: starting over (--resume continues it)");
-            }
-            Trainer::new(model, optimizer)?
-        }
-    };
+    let (mut trainer, mut state) = start_trainer(lake, req.resume, &work, &run_key, model, optimizer).await?;
 
     let rows: u64 = partitions.iter().map(|p| p.rows).sum();
     if rows == 0 {
@@ -565,33 +645,8 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
         modalities: model.modalities().iter().map(|m| format!("{m:?}").to_lowercase()).collect(),
         curve: state.curve.clone(),
     };
-    let mut files = checkpoint::to_files(&model)?;
-    files.push((TRAINING_FILE.to_string(), serde_json::to_vec_pretty(&record)?));
-    for name in DICTIONARY_NAMES {
-        let rel = format!("{DICTIONARIES}/{name}.parquet");
-        if let Ok(bytes) = lake.get(&rel).await {
-            files.push((format!("dictionary_{name}.parquet"), bytes.to_vec()));
-        }
-    }
-    let metadata = VersionMetadata {
-        run_key: run_key.clone(),
-        code_version: concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION")).to_string(),
-        variant: req.variant.as_str().to_string(),
-        config: serde_json::to_value(settings)?,
-        inputs: serde_json::to_value(&spec.inputs)?,
-        warm_start: record.warm_start.clone(),
-        data: DataLineage { from: record.from.clone(), to: record.to.clone(), partitions: partitions.clone(), slices },
-        training: TrainingSummary {
-            samples: state.samples,
-            steps: state.step,
-            seconds: state.seconds,
-            samples_per_second,
-            final_ctr_loss,
-        },
-        ..VersionMetadata::default()
-    };
     let parent = warm.as_ref().filter(|(n, _)| *n == req.model).map(|(_, v)| *v);
-    let manifest = registry.register(&req.model, &files, parent, metadata).await?;
+    let manifest = register_version(lake, &registry, &req.model, &model, &record, slices, parent).await?;
     clear_work(lake, &work).await;
     Ok(TrainOutcome {
         model: req.model.clone(),
