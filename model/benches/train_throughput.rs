@@ -45,9 +45,12 @@ fn peak_rss_mib() -> Option<f64> {
 
 /// Multiply-accumulates of one training forward pass, counted over the matrix products that
 /// dominate (embedding lookups and element-wise work are ignored); FLOPs = 2 x MACs x 3 for
-/// forward + backward.
-fn train_flops(config: &MarnConfig, inputs: &ModelInputs, batch: &Batch) -> f64 {
+/// forward + backward. `None` for the baselines whose layers this count does not model.
+fn train_flops(config: &MarnConfig, inputs: &ModelInputs, batch: &Batch) -> Option<f64> {
     let v = config.variant;
+    if matches!(v, Variant::XDeepFm | Variant::Dupn | Variant::Dien | Variant::Dmf | Variant::Mmss | Variant::Naml) {
+        return None;
+    }
     let n = batch.n_items() as f64;
     let b = batch.len() as f64;
     let t = batch.seq_len() as f64;
@@ -60,7 +63,7 @@ fn train_flops(config: &MarnConfig, inputs: &ModelInputs, batch: &Batch) -> f64 
     let m = mods.len() as f64;
     let mut macs = 0.0;
     if matches!(v, Variant::Lr | Variant::Fm) {
-        return 2.0 * 3.0 * b * (t + 5.0) * config.fm_dim as f64;
+        return Some(2.0 * 3.0 * b * (t + 5.0) * config.fm_dim as f64);
     }
     use marnflow_model::Modality::*;
     for md in &mods {
@@ -104,13 +107,13 @@ fn train_flops(config: &MarnConfig, inputs: &ModelInputs, batch: &Batch) -> f64 
         width = l as f64;
     }
     macs += b * width;
-    2.0 * 3.0 * macs
+    Some(2.0 * 3.0 * macs)
 }
 
 struct Case {
     samples_per_s: f64,
     step_ms: f64,
-    gflops: f64,
+    gflops: Option<f64>,
     distinct: usize,
     peak_mib: Option<f64>,
 }
@@ -132,7 +135,7 @@ fn run_case(variant: Variant, batch: &Batch, inputs: &ModelInputs, device: &Devi
     Case {
         samples_per_s: batch.len() as f64 / step_s,
         step_ms: step_s * 1e3,
-        gflops: train_flops(&config, inputs, batch) / step_s / 1e9,
+        gflops: train_flops(&config, inputs, batch).map(|f| f / step_s / 1e9),
         distinct: batch.n_items(),
         peak_mib: peak_rss_mib(),
     }
@@ -194,12 +197,12 @@ fn main() {
         for &v in &variants {
             let c = run_case(v, &batch, &inputs, &device, budget);
             println!(
-                "| {v} | {bsz} | {} / {slots} | {:.1} | {:.0} | {:.2} | {:.1}% | {} |",
+                "| {v} | {bsz} | {} / {slots} | {:.1} | {:.0} | {} | {} | {} |",
                 c.distinct,
                 c.step_ms,
                 c.samples_per_s,
-                c.gflops,
-                100.0 * c.gflops / peak,
+                c.gflops.map_or("–".into(), |g| format!("{g:.2}")),
+                c.gflops.map_or("–".into(), |g| format!("{:.1}%", 100.0 * g / peak)),
                 c.peak_mib.map_or("?".into(), |m| format!("{m:.0}")),
             );
         }
