@@ -218,13 +218,20 @@ fn features_command(cli: &Cli, args: &cli::FeaturesArgs, runtime: &tokio::runtim
     Ok(())
 }
 
-/// `train`: one model version, registered.
-fn train_command(cli: &Cli, args: &cli::TrainArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
+/// The config with the training flags applied and validated, its variant, and the lake
+/// (`train` and `run`).
+fn train_setup(cli: &Cli, flags: &cli::TrainFlags) -> Result<(Config, marnflow_model::Variant, Lake)> {
     let mut cfg = load_config(cli)?;
-    apply_train_flags(&mut cfg, &args.flags)?;
+    apply_train_flags(&mut cfg, flags)?;
     cfg.validate()?;
     let variant = parse_variant(&cfg.train.variant)?;
     let lake = Lake::open(&cfg.lake)?;
+    Ok((cfg, variant, lake))
+}
+
+/// `train`: one model version, registered.
+fn train_command(cli: &Cli, args: &cli::TrainArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    let (cfg, variant, lake) = train_setup(cli, &args.flags)?;
     let request = training::TrainRequest {
         model: args.model.clone(),
         from: args.from,
@@ -294,11 +301,7 @@ fn models_command(cli: &Cli, args: &cli::ModelsArgs, runtime: &tokio::runtime::R
 
 /// `run`: the daily job for one day.
 fn run_command(cli: &Cli, args: &cli::RunArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
-    let mut cfg = load_config(cli)?;
-    apply_train_flags(&mut cfg, &args.flags)?;
-    cfg.validate()?;
-    let variant = parse_variant(&cfg.train.variant)?;
-    let lake = Lake::open(&cfg.lake)?;
+    let (cfg, variant, lake) = train_setup(cli, &args.flags)?;
     let o = runtime.block_on(daily::run_day(&lake, &cfg, &args.model, variant, args.date, args.promote_if_better))?;
     if args.json {
         println!("{}", serde_json::to_string(&o)?);

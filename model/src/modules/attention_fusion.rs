@@ -67,18 +67,24 @@ impl AttentionFusion {
 /// - `terms`: M ≥ 1 tensors `[n, d]`; `presence`: M entries, `[n, 1]` or `None` (all present)
 /// - output: `[n, d]`
 pub fn masked_sum(terms: Vec<Tensor<2>>, presence: &[Option<Tensor<2>>]) -> Tensor<2> {
-    let mut out: Option<Tensor<2>> = None;
-    for (k, t) in terms.into_iter().enumerate() {
-        let t = match presence.get(k).cloned().flatten() {
-            Some(p) => t * p,
-            None => t,
-        };
-        out = Some(match out {
-            Some(acc) => acc + t,
-            None => t,
-        });
-    }
-    out.expect("at least one modality") // guaranteed by MarnConfig::init
+    present(terms, presence).into_iter().reduce(|a, b| a + b).expect("at least one modality")
+    // guaranteed by MarnConfig::init
+}
+
+/// Each modality's features with the rows of items that lack it set to zero.
+///
+/// # Shapes
+/// - `features`: M tensors `[n, d]`; `presence`: M entries, `[n, 1]` or `None` (all present)
+/// - output: M tensors `[n, d]`
+pub fn present(features: Vec<Tensor<2>>, presence: &[Option<Tensor<2>>]) -> Vec<Tensor<2>> {
+    features
+        .into_iter()
+        .enumerate()
+        .map(|(k, f)| match presence.get(k).cloned().flatten() {
+            Some(p) => f * p,
+            None => f,
+        })
+        .collect()
 }
 
 #[cfg(test)]

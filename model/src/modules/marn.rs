@@ -323,6 +323,15 @@ impl MarnConfig {
         }
     }
 
+    /// Width of the user vector the prediction MLP sees: item-wide for the pooling user layers,
+    /// the recurrent width for the GRU/LSTM ones.
+    pub fn user_dim(&self) -> usize {
+        match self.variant {
+            Variant::YoutubeNet | Variant::Din | Variant::Naml => self.representation_dim,
+            _ => self.gru_dim,
+        }
+    }
+
     /// The modalities the model will use: the variant's, minus those the data lacks.
     pub fn modalities(&self, inputs: &ModelInputs) -> Vec<Modality> {
         let available = Modality::available(inputs);
@@ -405,7 +414,7 @@ impl MarnConfig {
                 .init(device),
             );
         }
-        let user_dim = match v {
+        match v {
             Variant::XDeepFm => {
                 // The candidate's modalities and the behaviors' mean of each: 2M fields.
                 model.xdeepfm = Some(
@@ -419,10 +428,9 @@ impl MarnConfig {
                 );
                 return Ok(model);
             }
-            Variant::YoutubeNet | Variant::Naml => h,
+            Variant::YoutubeNet | Variant::Naml => {}
             Variant::Din => {
                 model.din = Some(DinConfig { item_dim: h, attention_dim: self.attention_dim }.init(device));
-                h
             }
             Variant::Dupn => {
                 model.dupn = Some(
@@ -434,14 +442,12 @@ impl MarnConfig {
                     }
                     .init(device),
                 );
-                self.gru_dim
             }
             Variant::Dien => {
                 model.dien = Some(
                     DienConfig { item_dim: h, hidden_dim: self.gru_dim, attention_dim: self.attention_dim }
                         .init(device),
                 );
-                self.gru_dim
             }
             Variant::Marn => {
                 // APGRU: the property-gated GRU and the candidate attention over its states.
@@ -456,16 +462,15 @@ impl MarnConfig {
                     }
                     .init(device),
                 );
-                self.gru_dim
             }
             _ => {
                 // BaseModel: a plain GRU read out at its last real state.
                 model.sequence =
                     Some(ApGruConfig { input_dim: h, property_dim: None, hidden_dim: self.gru_dim }.init(device));
-                self.gru_dim
             }
-        };
-        model.head = Some(CtrHeadConfig { input_dim: user_dim + h, layers: self.head_layers.clone() }.init(device));
+        }
+        model.head =
+            Some(CtrHeadConfig { input_dim: self.user_dim() + h, layers: self.head_layers.clone() }.init(device));
         Ok(model)
     }
 }
@@ -757,14 +762,6 @@ impl Marn {
         }))
     }
 
-    /// Width of the user vector the prediction MLP sees.
-    fn user_dim(&self) -> usize {
-        match self.config.variant {
-            Variant::YoutubeNet | Variant::Din | Variant::Naml => self.config.representation_dim,
-            _ => self.config.gru_dim,
-        }
-    }
-
     /// `xdeepfm`'s fields: the candidate's `s_m` and the mean `s_m` of the behaviors, per
     /// modality (zero where the item lacks it).
     ///
@@ -810,7 +807,7 @@ impl Marn {
         let device = rep.device();
         let (padding, mask) = (x.padding.clone(), x.mask.clone());
         let user = match self.config.variant {
-            _ if t == 0 => Tensor::zeros([b, self.user_dim()], &device),
+            _ if t == 0 => Tensor::zeros([b, self.config.user_dim()], &device),
             Variant::YoutubeNet => mean_pool(slots(rep.clone(), x), mask),
             Variant::Din => self.din.as_ref().ok_or_else(|| missing("DIN attention"))?.user(
                 slots(rep.clone(), x),

@@ -30,6 +30,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::Tensor;
 
 use crate::batch_tensors::BatchTensors;
+pub use crate::modules::attention_fusion::present;
 
 /// Rows of a per-distinct-item table gathered for every behavior slot.
 ///
@@ -38,22 +39,6 @@ use crate::batch_tensors::BatchTensors;
 pub fn slots(per_item: Tensor<2>, x: &BatchTensors) -> Tensor<3> {
     let d = per_item.dims()[1];
     per_item.select(0, x.history.clone()).reshape([x.batch_size, x.seq_len, d])
-}
-
-/// Each modality's features with the rows of items that lack it set to zero.
-///
-/// # Shapes
-/// - `features`: M tensors `[n, d]`; `presence`: M entries, `[n, 1]` or `None` (all present)
-/// - output: M tensors `[n, d]`
-pub fn present(features: Vec<Tensor<2>>, presence: &[Option<Tensor<2>>]) -> Vec<Tensor<2>> {
-    features
-        .into_iter()
-        .enumerate()
-        .map(|(k, f)| match presence.get(k).cloned().flatten() {
-            Some(p) => f * p,
-            None => f,
-        })
-        .collect()
 }
 
 /// A softmax over the modalities of each item, over those it has: an absent modality gets
