@@ -2,14 +2,7 @@
 //! pipeline and model crates. No work of its own lives here.
 
 mod cli;
-mod config;
-mod daily;
-mod data;
-mod evaluate;
 mod models_cmd;
-mod plot;
-mod serving;
-mod training;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -19,22 +12,13 @@ use clap::Parser;
 use marnflow_pipeline::features::run_features;
 use marnflow_pipeline::lake::Lake;
 use marnflow_pipeline::query::{write_batches, LakeSession, OutputFormat};
-use marnflow_pipeline::world::{generate, WorldConfig, WorldSummary};
+use marnflow_pipeline::world::WorldConfig;
 use marnflow_pipeline::PipelineError;
 
 use cli::{Cli, Command, LogFormat, SqlFormat};
-use config::{Config, ConfigError};
-
-/// The demo world's configuration, embedded so `marnflow demo` needs no file.
-const DEMO_CONFIG: &str = include_str!("../configs/demo.toml");
-const MOVIELENS_CONFIG: &str = include_str!("../configs/movielens.toml");
-/// Analyst queries the demo shows (they live in sql/analysis/ for everyone to reuse).
-const DEMO_QUERIES: [(&str, &str); 4] = [
-    ("rows and click rate per day", include_str!("../sql/analysis/rows_per_day.sql")),
-    ("click rate by slate position", include_str!("../sql/analysis/ctr_by_position.sql")),
-    ("planted category profiles", include_str!("../sql/analysis/modality_profiles.sql")),
-    ("training samples per day (marnflow features)", include_str!("../sql/analysis/samples_per_day.sql")),
-];
+use marnflow_engine::config::{parse_variant, Config, ConfigError};
+use marnflow_engine::demo::{generate_with_progress, print_summary, DemoOptions, DEMO_CONFIG, MOVIELENS_CONFIG};
+use marnflow_engine::{daily, data, evaluate, serving, training};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -118,7 +102,9 @@ fn demo_command(cli: &Cli, args: &cli::DemoArgs, runtime: &tokio::runtime::Runti
         Some(_) => ("embedded configs/movielens.toml", MOVIELENS_CONFIG),
         None => ("embedded configs/demo.toml", DEMO_CONFIG),
     };
-    let mut cfg = Config::layered(Some(base), std::iter::empty())?;
+    // The embedded file replaces --config; the MARNFLOW_* variables still apply (e.g.
+    // MARNFLOW_TRAIN_SEED for another training seed), then the flags.
+    let mut cfg = Config::layered(Some(base), std::env::vars())?;
     cfg.generate.seed = args.seed;
     if let Some(e) = args.epochs {
         cfg.train.epochs = e;
@@ -130,9 +116,16 @@ fn demo_command(cli: &Cli, args: &cli::DemoArgs, runtime: &tokio::runtime::Runti
     for v in &args.variants {
         parse_variant(v)?;
     }
+    let options = DemoOptions {
+        report: args.report.clone(),
+        since: args.since,
+        test_days: args.test_days,
+        variants: args.variants.clone(),
+        table2: args.table2,
+    };
     match &args.movielens {
-        Some(dir) => runtime.block_on(demo_movielens(&cfg, args, dir)),
-        None => runtime.block_on(demo(&cfg, args)),
+        Some(dir) => runtime.block_on(marnflow_engine::demo::demo_movielens(&cfg, &options, dir)),
+        None => runtime.block_on(marnflow_engine::demo::demo(&cfg, &options)),
     }
 }
 
@@ -422,10 +415,6 @@ fn cluster_addresses(process: usize, processes: u64, file: &std::path::Path) -> 
     Ok((process, addresses.into_iter().take(n).collect()))
 }
 
-fn parse_variant(name: &str) -> Result<marnflow_model::Variant> {
-    name.parse().map_err(|e| anyhow::anyhow!(ConfigError(vec![format!("train.variant: {e}")])))
-}
-
 fn apply_train_flags(cfg: &mut Config, f: &cli::TrainFlags) -> Result<()> {
     if let Some(v) = &f.variant {
         cfg.train.variant = v.clone();
@@ -496,62 +485,6 @@ fn apply_generate_flags(g: &mut WorldConfig, a: &cli::GenerateArgs) -> Result<()
     Ok(())
 }
 
-async fn generate_with_progress(lake: &Lake, cfg: &WorldConfig) -> Result<WorldSummary> {
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(u64::from(cfg.days));
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} generating day {pos}/{len} [{elapsed_precise}] {wide_bar}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    });
-    let summary = generate(lake, cfg, &mut |_| {
-        if let Some(b) = &bar {
-            b.inc(1);
-        }
-    })
-    .await
-    .with_context(|| format!("generating the world into {}", lake.uri()))?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    Ok(summary)
-}
-
-fn print_summary(lake: &Lake, s: &WorldSummary, out: &mut dyn Write) -> Result<()> {
-    let first = s.days.first().map_or("", String::as_str);
-    let last = s.days.last().map_or("", String::as_str);
-    writeln!(out, "wrote a synthetic world to {} ({} days, {first} .. {last})", lake.uri(), s.days.len())?;
-    for (table, n) in [
-        ("raw/exposures", s.exposures),
-        ("raw/clicks", s.clicks),
-        ("raw/behaviors", s.behaviors),
-        ("raw/items", s.items),
-        ("raw/word_vectors", s.word_vectors),
-    ] {
-        writeln!(out, "  {table:<20} {n:>12} rows")?;
-    }
-    writeln!(out, "  {:<20} {:>12.2}%", "click rate", 100.0 * s.click_rate)?;
-    match s.bayes_auc {
-        Some(a) => writeln!(
-            out,
-            "  {:<20} {a:>12.4}   (AUC of the true p_click: the ceiling for any model)",
-            "Bayes-optimal AUC"
-        )?,
-        None => writeln!(out, "  {:<20} {:>12}   (needs both clicks and non-clicks)", "Bayes-optimal AUC", "n/a")?,
-    }
-    writeln!(out, "  {:<20} {:>12}   first exposed on {last}", "cold-start items", s.cold_start_items_last_day)?;
-    writeln!(
-        out,
-        "  {:<20} {:>11.1}%   of exposures go to the top 1% of items",
-        "popularity",
-        100.0 * s.top1pct_exposure_share
-    )?;
-    Ok(())
-}
-
 async fn import(lake: &Lake, source: &cli::ImportSource) -> Result<()> {
     use marnflow_pipeline::import;
     let common = match source {
@@ -618,235 +551,4 @@ async fn import(lake: &Lake, source: &cli::ImportSource) -> Result<()> {
     }
     writeln!(out, "next: marnflow --lake {} features --from {} --to {}", s.lake, s.first_day, s.last_day)?;
     Ok(())
-}
-
-/// The models the demo trains, in the order of the paper's Table 3 (baselines first).
-const DEMO_VARIANTS: [&str; 4] = ["youtube_net", "ids", "conc", "marn"];
-
-/// The models of the MovieLens demo: baselines, then MARN's ablations (no images there).
-const MOVIELENS_VARIANTS: [&str; 7] = ["lr", "youtube_net", "din", "ids", "conc", "maf", "marn"];
-
-async fn demo(cfg: &Config, args: &cli::DemoArgs) -> Result<()> {
-    let lake = Lake::open(&cfg.lake)?;
-    let demo_started = std::time::Instant::now();
-    let started = std::time::Instant::now();
-    let summary = generate_with_progress(&lake, &cfg.generate).await?;
-    let mut out = std::io::stdout().lock();
-    print_summary(&lake, &summary, &mut out)?;
-    writeln!(out, "  {:<20} {:>12.1}s", "generated in", started.elapsed().as_secs_f64())?;
-    let started = std::time::Instant::now();
-    let (first, last) =
-        (cfg.generate.start().context("demo start date")?, *cfg.generate.dates().last().context("demo days")?);
-    let reports =
-        run_features(&lake, &cfg.features, first, last, None).await.context("building the demo's features")?;
-    let samples: u64 = reports.iter().map(|r| r.samples).sum();
-    writeln!(
-        out,
-        "  {:<20} {:>12}   samples in features/samples, built in {:.1}s",
-        "features",
-        samples,
-        started.elapsed().as_secs_f64()
-    )?;
-    let session = LakeSession::open(&lake).await?;
-    for (title, sql) in DEMO_QUERIES {
-        writeln!(out, "\n{title}:")?;
-        let batches = session.sql(sql).await.with_context(|| format!("demo query '{title}'"))?;
-        write_batches(&batches, OutputFormat::Table, &mut out, "stdout")?;
-    }
-    anyhow::ensure!(last > first, "the demo needs at least two days: one to train on, one to evaluate");
-    let train_to = last - chrono::Duration::days(1);
-    writeln!(out, "\ntraining on {first} .. {train_to}, evaluating on {last} (the paper's Table 3, on this world):")?;
-    out.flush()?;
-    drop(out);
-    let names = variant_list(args, &DEMO_VARIANTS);
-    let rows = compare_models(&lake, cfg, "demo", &names, (first, train_to), (last, last), &args.report).await?;
-    finish_demo(cfg, &rows, &format!("on {last}"), &args.report, demo_started)
-}
-
-/// The MovieLens demo: import, features, then the models trained on all but the last
-/// `--test-days` days and evaluated on those, pooled.
-async fn demo_movielens(cfg: &Config, args: &cli::DemoArgs, dir: &std::path::Path) -> Result<()> {
-    use marnflow_pipeline::import;
-    let lake = Lake::open(&cfg.lake)?;
-    let demo_started = std::time::Instant::now();
-    let mut data = import::movielens::read(dir, import::movielens::DEFAULT_POSITIVE_RATING)?;
-    if let Some(since) = args.since {
-        let start = since.and_hms_opt(0, 0, 0).context("--since")?.and_utc().timestamp_millis();
-        let before = data.interactions.len();
-        data.interactions.retain(|i| i.time_ms >= start);
-        let left_out = before - data.interactions.len();
-        data.notes.insert("ratings_before_since".into(), serde_json::json!(left_out));
-        tracing::info!(%since, left_out, "--since: ratings before it are not imported");
-    }
-    let words = import::WordVectorSource::default();
-    let s = import::write(&lake, "movielens", data, &words, import::DEFAULT_MAX_BAD_SHARE).await?;
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "imported MovieLens from {}: {} ratings ({} clicks: rating >= {}) of {} users on {} movies, {} .. {}",
-        dir.display(),
-        s.exposures,
-        s.clicks,
-        import::movielens::DEFAULT_POSITIVE_RATING,
-        s.users,
-        s.items,
-        s.first_day,
-        s.last_day
-    )?;
-    let parse = |d: &str| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").context("import summary date");
-    let (first, last) = (parse(&s.first_day)?, parse(&s.last_day)?);
-    let from = first;
-    let test_from = last - chrono::Duration::days(i64::from(args.test_days) - 1);
-    anyhow::ensure!(
-        test_from > from,
-        "--since {from} leaves no day to train on before the {} test days from {test_from}",
-        args.test_days
-    );
-    let started = std::time::Instant::now();
-    writeln!(out, "building features for {from} .. {last} ({} days)", (last - from).num_days() + 1)?;
-    out.flush()?;
-    let reports = run_features(&lake, &cfg.features, from, last, None).await.context("building MovieLens features")?;
-    let samples: u64 = reports.iter().map(|r| r.samples).sum();
-    writeln!(out, "  {samples} samples in {:.1}s", started.elapsed().as_secs_f64())?;
-    let train_to = test_from - chrono::Duration::days(1);
-    writeln!(out, "\ntraining on {from} .. {train_to}, evaluating on {test_from} .. {last} (pooled):")?;
-    out.flush()?;
-    drop(out);
-    let names = variant_list(args, &MOVIELENS_VARIANTS);
-    let rows =
-        compare_models(&lake, cfg, "movielens", &names, (from, train_to), (test_from, last), &args.report).await?;
-    finish_demo(cfg, &rows, &format!("MovieLens-100K, {test_from} .. {last}"), &args.report, demo_started)
-}
-
-fn variant_list(args: &cli::DemoArgs, default: &[&str]) -> Vec<String> {
-    let given = &args.variants;
-    if args.table2 {
-        marnflow_model::Variant::table2().iter().map(|v| v.to_string()).collect()
-    } else if given.is_empty() {
-        default.iter().map(|v| v.to_string()).collect()
-    } else {
-        given.to_vec()
-    }
-}
-
-type Compared = (String, training::TrainOutcome, evaluate::Evaluation);
-
-/// Trains each of `names` as `<prefix>-<name>` on `train`, evaluates it on `eval` and writes its
-/// report into `report/<name>/`.
-async fn compare_models(
-    lake: &Lake,
-    cfg: &Config,
-    prefix: &str,
-    names: &[String],
-    train: (chrono::NaiveDate, chrono::NaiveDate),
-    eval: (chrono::NaiveDate, chrono::NaiveDate),
-    report: &std::path::Path,
-) -> Result<Vec<Compared>> {
-    let mut rows = Vec::new();
-    for name in names {
-        let variant = parse_variant(name)?;
-        let started = std::time::Instant::now();
-        let outcome = training::train(
-            lake,
-            &training::TrainRequest {
-                model: format!("{prefix}-{name}"),
-                from: train.0,
-                to: train.1,
-                variant,
-                settings: cfg.train.clone(),
-                warm_start: None,
-                resume: false,
-                slices: Default::default(),
-                progress: true,
-            },
-        )
-        .await
-        .with_context(|| format!("training {name}"))?;
-        let spec = format!("{prefix}-{name}@v{}", outcome.version);
-        let e = evaluate::evaluate(
-            lake,
-            &spec,
-            eval.0,
-            eval.1,
-            data::Slice::All,
-            &cfg.train.device,
-            cfg.train.recall_users,
-        )
-        .await
-        .with_context(|| format!("evaluating {name}"))?;
-        let (_, files) = training::load_version(lake, &spec).await?;
-        let record = training::training_record(&files).with_context(|| format!("model {spec}"))?;
-        evaluate::write_report(&report.join(name), &e, record.as_ref())?;
-        tracing::info!(model = %name, seconds = started.elapsed().as_secs_f64(), "trained and evaluated");
-        rows.push((name.clone(), outcome, e));
-    }
-    Ok(rows)
-}
-
-/// Prints and writes the comparison table and the decile chart.
-fn finish_demo(
-    cfg: &Config,
-    rows: &[Compared],
-    period: &str,
-    report: &std::path::Path,
-    started: std::time::Instant,
-) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    let table = demo_table(rows);
-    writeln!(out, "{table}")?;
-    std::fs::create_dir_all(report).with_context(|| format!("cannot create {}", report.display()))?;
-    std::fs::write(report.join("table3.md"), &table).with_context(|| format!("cannot write {}", report.display()))?;
-    let deciles = plot::BarChart {
-        title: format!("AUC per item-popularity decile, {period} (Table 4)"),
-        y_label: "AUC".into(),
-        labels: (1..=10).map(|d| d.to_string()).collect(),
-        groups: rows
-            .iter()
-            .map(|(name, _, e)| plot::BarGroup {
-                name: name.to_string(),
-                values: e.deciles.iter().map(|d| d.auc.unwrap_or(f64::NAN)).collect(),
-            })
-            .collect(),
-        y_min: Some(0.5),
-    };
-    use plot::Chart;
-    std::fs::write(report.join("deciles.svg"), deciles.svg())?;
-    std::fs::write(report.join("deciles.png"), deciles.png().map_err(|e| anyhow::anyhow!("deciles.png: {e}"))?)?;
-    writeln!(
-        out,
-        "report: {}/table3.md, per-model reports (summary.md; loss, ddma, deciles, attention, modality_space as .png/.svg) in {}/<model>/",
-        report.display(),
-        report.display()
-    )?;
-    writeln!(out, "demo finished in {:.1}s", started.elapsed().as_secs_f64())?;
-    writeln!(out, "\nquery it yourself: marnflow --lake {} sql \"SHOW TABLES\"", cfg.lake)?;
-    writeln!(out, "the registry: marnflow --lake {} models list", cfg.lake)?;
-    Ok(())
-}
-
-/// The Table-3-shaped comparison of the demo.
-fn demo_table(rows: &[Compared]) -> String {
-    let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-    let mut s = String::from(
-        "| model | AUC | user AUC | log loss | AUC deciles 1-3 | AUC unseen items | recall@50 unseen | train samples/s |\n|---|---|---|---|---|---|---|---|\n",
-    );
-    let oracle = rows.iter().find_map(|(_, _, e)| e.oracle_auc);
-    for (name, t, e) in rows {
-        let low: Vec<f64> = e.deciles.iter().take(3).filter_map(|d| d.auc).collect();
-        let low = (!low.is_empty()).then(|| low.iter().sum::<f64>() / low.len() as f64);
-        s += &format!(
-            "| {name} | {} | {} | {:.4} | {} | {} | {} | {:.0} |\n",
-            f(e.auc),
-            f(e.user_auc),
-            e.logloss,
-            f(low),
-            f(e.unseen.auc_unseen_rows),
-            f(e.unseen.recall.get(&50).copied()),
-            t.samples_per_second
-        );
-    }
-    if oracle.is_some() {
-        s += &format!("| Bayes-optimal (truth/) | {} | | | | | | |\n", f(oracle));
-    }
-    s
 }

@@ -9,8 +9,8 @@ use marnflow_registry::{Manifest, Registry};
 use serde_json::Value;
 
 use crate::cli::ModelsCommand;
-use crate::evaluate::Evaluation;
-use crate::training::registry;
+use marnflow_engine::evaluate::Evaluation;
+use marnflow_engine::training::registry;
 
 fn summary(m: &Manifest) -> String {
     let meta = &m.metadata;

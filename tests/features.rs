@@ -43,6 +43,8 @@ fn day_of(ms: i64) -> usize {
     ((ms - base) / 86_400_000) as usize
 }
 
+// Over 120 lines on purpose: one end-to-end scenario whose steps build on each other; split,
+// each part would have to rebuild the lake the previous parts left.
 #[test]
 fn features_equal_an_oracle_over_the_raw_rows_and_reruns_are_idempotent() {
     let lake = tempfile::tempdir().unwrap();
@@ -108,8 +110,8 @@ fn features_equal_an_oracle_over_the_raw_rows_and_reruns_are_idempotent() {
     for (d, dt) in DAYS.iter().enumerate() {
         let mut expected: BTreeMap<String, Vec<[i64; 5]>> = BTreeMap::new();
         for (w, width) in windows.iter().enumerate() {
-            for past in d.saturating_sub(*width)..d {
-                for (item, c) in &daily[past] {
+            for day in &daily[d.saturating_sub(*width)..d] {
+                for (item, c) in day {
                     let e = expected.entry(item.clone()).or_insert_with(|| vec![[0; 5]; 2]);
                     for s in 0..5 {
                         e[w][s] += c[s];

@@ -212,7 +212,8 @@ fn gz(path: &Path, text: &str) {
 }
 
 /// A small catalogue in the published formats: metadata as gzipped Python literals, reviews as
-/// strict JSON lines, image features as 10-byte ASINs with 4096 float32 values each.
+/// strict JSON lines, image features as 10-byte ASINs with 4096 float32 values each. Over 120
+/// lines on purpose: most of it is the fixture's data, written out inline.
 fn amazon_fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let mut meta = String::new();
     for i in 0..40 {
@@ -252,6 +253,8 @@ fn amazon_fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (reviews_path, meta_path, images_path)
 }
 
+// Over 120 lines on purpose: one end-to-end scenario whose steps build on each other; split,
+// each part would have to rebuild the lake the previous parts left.
 #[test]
 fn amazon_import_samples_seeded_negatives_and_runs_the_chain() {
     let tmp = tempfile::tempdir().unwrap();

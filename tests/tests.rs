@@ -1,5 +1,7 @@
 //! End-to-end tests of the `marnflow` binary on generated worlds.
 
+#![allow(clippy::unwrap_used)] // Tests unwrap: a failed unwrap is a failed test, with its location.
+
 mod features;
 mod import;
 mod ops;

@@ -40,6 +40,7 @@ pub mod train;
 pub use batch::{Batch, ItemTable, ModelInputs, Samples, Titles};
 pub use batch_tensors::BatchTensors;
 pub use error::{Error, Result};
+pub use modules::attention_fusion::AttentionContext;
 pub use modules::marn::{
     aux_loss_weight, Diagnostics, Marn, MarnConfig, MarnLoss, MarnOutput, ModalityFeatures, Variant,
 };

@@ -2,6 +2,8 @@
 //! equals per-slot computation, gradient isolation of D0 and D_s, overfitting a fixed batch,
 //! missing modalities, and checkpoint round trips.
 
+#![allow(clippy::unwrap_used)] // Tests unwrap: a failed unwrap is a failed test, with its location.
+
 use std::sync::{Mutex, MutexGuard};
 
 use burn::module::Module;

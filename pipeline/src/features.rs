@@ -454,35 +454,7 @@ pub async fn run_features(
     // Pass 1: validate, quarantine, daily aggregates and labels, day by day.
     let mut reports = Vec::new();
     for day in &days {
-        let dt = day_string(*day);
-        let session = LakeSession::open_with(lake, cfg.raw_format()).await?;
-        require_raw(&session)?;
-        let ctx = session.context();
-        let exposures = ingest(lake, ctx, &registry, cfg, "exposures", &dt).await?;
-        let clicks = ingest(lake, ctx, &registry, cfg, "clicks", &dt).await?;
-        let behaviors = ingest(lake, ctx, &registry, cfg, "behaviors", &dt).await?;
-        let counts = run_sql(ctx, &registry, "daily_item_counts", vec![]).await?;
-        publish(lake, DAILY_ITEM_COUNTS, &dt, &counts).await?;
-        let labels = run_sql(ctx, &registry, "labels", vec![]).await?;
-        let positives = labels_positive(&labels);
-        publish(lake, LABELS, &dt, &labels).await?;
-        info!(
-            dt,
-            exposures = exposures.accepted,
-            clicks = clicks.accepted,
-            behaviors = behaviors.accepted,
-            "day ingested"
-        );
-        let n = total_rows(&labels);
-        reports.push(DayReport {
-            date: dt,
-            exposures,
-            clicks,
-            behaviors,
-            samples: 0,
-            items_with_stats: 0,
-            positive_rate: if n > 0 { positives as f64 / n as f64 } else { 0.0 },
-        });
+        reports.push(ingest_day(lake, cfg, &registry, *day).await?);
     }
 
     // Pass 2: one dataflow for the whole range, fed with the daily aggregates.
@@ -498,64 +470,107 @@ pub async fn run_features(
 
     // Pass 3: statistics, buckets, samples, user state, item side and dictionaries, day by day.
     for (day, report) in days.iter().zip(reports.iter_mut()) {
-        let dt = day_string(*day);
         let stats = windows.get(&epoch_day(*day)).map(Vec::as_slice).unwrap_or(&[]);
-        let stats_batch = item_stats_batch(cfg, stats)?;
-        publish(lake, ITEM_STATS, &dt, std::slice::from_ref(&stats_batch)).await?;
-        report.items_with_stats = stats.len() as u64;
-
-        let session = LakeSession::open_with(lake, cfg.raw_format()).await?;
-        let ctx = session.context();
-        let long = long_stats(cfg, &stats_batch)?;
-        replace_table(ctx, "item_stats_long", vec![long])?;
-        let names = cfg.stat_columns();
-        let prior = cfg.ctr_prior_clicks / cfg.ctr_prior_exposures;
-        let names = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("stat", DataType::Utf8, false),
-                Field::new("empty_value", DataType::Float64, false),
-            ])),
-            vec![
-                Arc::new(StringArray::from_iter_values(names.iter().map(String::as_str))),
-                Arc::new(Float64Array::from_iter_values(names.iter().map(|n| {
-                    if n.starts_with("ctr_") {
-                        prior
-                    } else {
-                        0.0
-                    }
-                }))),
-            ],
-        )
-        .map_err(|e| PipelineError::arrow("building stat_names", e))?;
-        replace_table(ctx, "stat_names", vec![names])?;
-        let buckets = run_sql(ctx, &registry, "item_stat_buckets", vec![]).await?;
-        let wide = widen_buckets(cfg, &buckets)?;
-        publish(lake, ITEM_STAT_BUCKETS, &dt, std::slice::from_ref(&wide)).await?;
-        replace_table(ctx, "item_stat_buckets_wide", vec![wide])?;
-
-        // This day's accepted behaviors (validated again: cheap, and no state kept in memory).
-        validate(ctx, &registry, "behaviors", &dt).await?;
-        let previous = previous_history(lake, &session, *day).await?;
-        replace_table(ctx, "previous_history", previous)?;
-        let labels_df = ctx
-            .sql("SELECT * FROM features.labels WHERE dt = $1")
-            .await?
-            .with_param_values(vec![ScalarValue::Utf8(Some(dt.clone()))])?
-            .drop_columns(&["dt"])?;
-        replace_table(ctx, "labels", collect(labels_df).await?)?;
-
-        let t = ScalarValue::Int64(Some(i64::from(cfg.sequence_length)));
-        let samples = run_sql(ctx, &registry, "samples", vec![t.clone()]).await?;
-        check_columns(&registry, "samples", &samples, &SAMPLES_REQUIRED)?;
-        report.samples = publish(lake, SAMPLES, &dt, &samples).await?;
-        let history = run_sql(ctx, &registry, "user_history", vec![t]).await?;
-        publish(lake, USER_HISTORY, &dt, &history).await?;
-        let items = run_sql(ctx, &registry, "items", vec![]).await?;
-        publish(lake, ITEMS, &dt, &items).await?;
-        update_dictionaries(lake, &samples, &items).await?;
-        info!(dt, samples = report.samples, items_with_stats = report.items_with_stats, "day published");
+        publish_day(lake, cfg, &registry, *day, stats, report).await?;
     }
     Ok(reports)
+}
+
+/// Pass 1 for one day: the raw logs validated (rows that break the contract quarantined), the
+/// daily item counts and the labels published.
+async fn ingest_day(lake: &Lake, cfg: &FeaturesConfig, registry: &SqlRegistry, day: NaiveDate) -> Result<DayReport> {
+    let dt = day_string(day);
+    let session = LakeSession::open_with(lake, cfg.raw_format()).await?;
+    require_raw(&session)?;
+    let ctx = session.context();
+    let exposures = ingest(lake, ctx, registry, cfg, "exposures", &dt).await?;
+    let clicks = ingest(lake, ctx, registry, cfg, "clicks", &dt).await?;
+    let behaviors = ingest(lake, ctx, registry, cfg, "behaviors", &dt).await?;
+    let counts = run_sql(ctx, registry, "daily_item_counts", vec![]).await?;
+    publish(lake, DAILY_ITEM_COUNTS, &dt, &counts).await?;
+    let labels = run_sql(ctx, registry, "labels", vec![]).await?;
+    let positives = labels_positive(&labels);
+    publish(lake, LABELS, &dt, &labels).await?;
+    info!(dt, exposures = exposures.accepted, clicks = clicks.accepted, behaviors = behaviors.accepted, "day ingested");
+    let n = total_rows(&labels);
+    Ok(DayReport {
+        date: dt,
+        exposures,
+        clicks,
+        behaviors,
+        samples: 0,
+        items_with_stats: 0,
+        positive_rate: if n > 0 { positives as f64 / n as f64 } else { 0.0 },
+    })
+}
+
+/// The `stat_names` table the bucket query reads: every statistic column and the value an
+/// item without data gets (the CTR prior for rates, 0 for counts).
+fn stat_names_batch(cfg: &FeaturesConfig) -> Result<RecordBatch> {
+    let names = cfg.stat_columns();
+    let prior = cfg.ctr_prior_clicks / cfg.ctr_prior_exposures;
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("stat", DataType::Utf8, false),
+            Field::new("empty_value", DataType::Float64, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from_iter_values(names.iter().map(String::as_str))),
+            Arc::new(Float64Array::from_iter_values(
+                names.iter().map(|n| if n.starts_with("ctr_") { prior } else { 0.0 }),
+            )),
+        ],
+    )
+    .map_err(|e| PipelineError::arrow("building stat_names", e))
+}
+
+/// Pass 3 for one day, given its window statistics: item stats and buckets, samples, user
+/// history, the item side and the dictionaries published; `report` completed.
+async fn publish_day(
+    lake: &Lake,
+    cfg: &FeaturesConfig,
+    registry: &SqlRegistry,
+    day: NaiveDate,
+    stats: &[ItemWindows],
+    report: &mut DayReport,
+) -> Result<()> {
+    let dt = day_string(day);
+    let stats_batch = item_stats_batch(cfg, stats)?;
+    publish(lake, ITEM_STATS, &dt, std::slice::from_ref(&stats_batch)).await?;
+    report.items_with_stats = stats.len() as u64;
+
+    let session = LakeSession::open_with(lake, cfg.raw_format()).await?;
+    let ctx = session.context();
+    let long = long_stats(cfg, &stats_batch)?;
+    replace_table(ctx, "item_stats_long", vec![long])?;
+    replace_table(ctx, "stat_names", vec![stat_names_batch(cfg)?])?;
+    let buckets = run_sql(ctx, registry, "item_stat_buckets", vec![]).await?;
+    let wide = widen_buckets(cfg, &buckets)?;
+    publish(lake, ITEM_STAT_BUCKETS, &dt, std::slice::from_ref(&wide)).await?;
+    replace_table(ctx, "item_stat_buckets_wide", vec![wide])?;
+
+    // This day's accepted behaviors (validated again: cheap, and no state kept in memory).
+    validate(ctx, registry, "behaviors", &dt).await?;
+    let previous = previous_history(lake, &session, day).await?;
+    replace_table(ctx, "previous_history", previous)?;
+    let labels_df = ctx
+        .sql("SELECT * FROM features.labels WHERE dt = $1")
+        .await?
+        .with_param_values(vec![ScalarValue::Utf8(Some(dt.clone()))])?
+        .drop_columns(&["dt"])?;
+    replace_table(ctx, "labels", collect(labels_df).await?)?;
+
+    let t = ScalarValue::Int64(Some(i64::from(cfg.sequence_length)));
+    let samples = run_sql(ctx, registry, "samples", vec![t.clone()]).await?;
+    check_columns(registry, "samples", &samples, &SAMPLES_REQUIRED)?;
+    report.samples = publish(lake, SAMPLES, &dt, &samples).await?;
+    let history = run_sql(ctx, registry, "user_history", vec![t]).await?;
+    publish(lake, USER_HISTORY, &dt, &history).await?;
+    let items = run_sql(ctx, registry, "items", vec![]).await?;
+    publish(lake, ITEMS, &dt, &items).await?;
+    update_dictionaries(lake, &samples, &items).await?;
+    info!(dt, samples = report.samples, items_with_stats = report.items_with_stats, "day published");
+    Ok(())
 }
 
 fn require_raw(session: &LakeSession) -> Result<()> {

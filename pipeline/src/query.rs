@@ -326,7 +326,7 @@ mod tests {
         )])
         .unwrap();
         let mut out = Vec::new();
-        write_batches(&[batch.clone()], OutputFormat::Csv, &mut out, "-").unwrap();
+        write_batches(std::slice::from_ref(&batch), OutputFormat::Csv, &mut out, "-").unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "x\n1\n2\n");
         let mut out = Vec::new();
         write_batches(&[batch], OutputFormat::Json, &mut out, "-").unwrap();

@@ -97,6 +97,13 @@ pub fn item_window_stats(
     item_window_stats_timed(days, windows, report_days, &Topology::Threads(workers)).map(|(r, _)| r)
 }
 
+/// Seconds per dataflow step, `(time, seconds)`.
+pub type StepSeconds = Vec<(u32, f64)>;
+/// One day's counts by item index: `(day, [(item, [exposures, clicks, carts, purchases, amount])])`.
+type DayCounts = (u32, Vec<(u32, [i64; 5])>);
+/// One change of a window total: `((item, stat, window), total, time, diff)`.
+type Change = ((u32, u8, u8), i64, u32, isize);
+
 /// [`item_window_stats`] on any [`Topology`], also returning the first worker's seconds per
 /// dataflow step `(time, seconds)`: feeding one day, advancing the input and running until the
 /// day is final. In cluster mode every process gets the whole result.
@@ -105,7 +112,7 @@ pub fn item_window_stats_timed(
     windows: &[u32],
     report_days: &[u32],
     topology: &Topology,
-) -> Result<(BTreeMap<u32, Vec<ItemWindows>>, Vec<(u32, f64)>)> {
+) -> Result<(BTreeMap<u32, Vec<ItemWindows>>, StepSeconds)> {
     if windows.is_empty() || windows.contains(&0) {
         return Err(PipelineError::Config(vec![format!(
             "windows {windows:?}: give at least one window of 1 day or more"
@@ -117,20 +124,8 @@ pub fn item_window_stats_timed(
     // The dataflow steps through [first_time, last report − 1], the same times in every process
     // whatever data it holds; earlier days cannot reach a report, later ones are not needed.
     let first_time = first_report.saturating_sub(max_window);
-    let mut by_day: Vec<&DailyCounts> = days.iter().filter(|d| d.day >= first_time).collect();
-    by_day.sort_by_key(|d| d.day);
-    // Items enter the dataflow as dense u32 ids, cheap to hash and copy. The ids follow the sorted
-    // item names, so every process of a cluster assigns the same ones.
-    let names: Vec<String> = by_day
-        .iter()
-        .flat_map(|d| d.rows.iter().map(|(item, _)| item.clone()))
-        .collect::<std::collections::BTreeSet<String>>()
-        .into_iter()
-        .collect();
-    let id_of: HashMap<&str, u32> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
-    let days: Arc<Vec<(u32, Vec<(u32, [i64; 5])>)>> = Arc::new(
-        by_day.iter().map(|d| (d.day, d.rows.iter().map(|(item, c)| (id_of[item.as_str()], *c)).collect())).collect(),
-    );
+    let (names, days) = dense_ids(days, first_time);
+    let days: Arc<Vec<DayCounts>> = Arc::new(days);
     let names: Arc<Vec<String>> = Arc::new(names);
     let n_windows = windows.len();
     let windows: Arc<Vec<u32>> = Arc::new(windows.to_vec());
@@ -149,9 +144,9 @@ pub fn item_window_stats_timed(
         let windows = Arc::clone(&windows);
         let names = Arc::clone(&names);
         // Changes to (item, stat, window) → total, as seen by this worker.
-        let changes: Arc<Mutex<Vec<((u32, u8, u8), i64, u32, isize)>>> = Arc::new(Mutex::new(Vec::new()));
+        let changes: Arc<Mutex<Vec<Change>>> = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&changes);
-        let mut probe = Handle::new();
+        let probe = Handle::new();
         let mut input = worker.dataflow::<u32, _, _>(|scope| {
             let (input, counts) = scope.new_collection::<(u32, u8), isize>();
             let mut per_window = Vec::with_capacity(windows.len());
@@ -176,7 +171,7 @@ pub fn item_window_stats_timed(
                         }
                     }
                 })
-                .probe_with(&mut probe);
+                .probe_with(&probe);
             input
         });
 
@@ -189,16 +184,7 @@ pub fn item_window_stats_timed(
             let started = std::time::Instant::now();
             // Feed this worker's share of day t.
             while fed < days.len() && days[fed].0 <= t {
-                for (i, (item, counts)) in days[fed].1.iter().enumerate() {
-                    if i % peers != index {
-                        continue;
-                    }
-                    for (s, &c) in counts.iter().enumerate() {
-                        if c != 0 {
-                            input.update((*item, s as u8), c as isize);
-                        }
-                    }
-                }
+                feed_share(&mut input, &days[fed].1, index, peers);
                 fed += 1;
             }
             input.advance_to(t + 1);
@@ -211,23 +197,12 @@ pub fn item_window_stats_timed(
             }
             // Everything up to time t is final: apply it to this worker's state.
             if let Ok(mut v) = changes.lock() {
-                for (key, total, _time, diff) in v.drain(..) {
-                    if diff > 0 {
-                        state.insert(key, total);
-                    } else if state.get(&key) == Some(&total) {
-                        state.remove(&key);
-                    }
-                }
+                apply_changes(&mut state, v.drain(..));
             }
             if recorder && report.contains(&(t + 1)) {
-                let mut items: BTreeMap<String, Vec<[i64; 5]>> = BTreeMap::new();
-                for ((item, stat, w), total) in &state {
-                    items.entry(names[*item as usize].clone()).or_insert_with(|| vec![[0; 5]; n_windows])
-                        [*w as usize][*stat as usize] = *total;
-                }
+                let items = snapshot(&state, &names, n_windows);
                 if let Ok(mut r) = shared.lock() {
-                    let out = r.entry(t + 1).or_default();
-                    out.extend(items.into_iter().map(|(item_id, sums)| ItemWindows { item_id, sums }));
+                    r.entry(t + 1).or_default().extend(items);
                 }
             }
             if t >= last_time {
@@ -245,7 +220,77 @@ pub fn item_window_stats_timed(
         .map_err(|_| PipelineError::Dataflow("window results still shared after the workers ended".into()))?
         .into_inner()
         .map_err(|_| PipelineError::Dataflow("a timely worker panicked".into()))?;
-    // Keys (item, statistic, window) are spread over workers by hash: merge each item's parts.
+    let merged = merge_parts(&mut results, report_days, n_windows);
+    let timings = timings.lock().map(|t| t.clone()).unwrap_or_default();
+    Ok((merged, timings))
+}
+
+/// Items as dense u32 ids, cheap to hash and copy, for the days from `first_time` on, sorted by
+/// day. The ids follow the sorted item names, so every process of a cluster assigns the same
+/// ones. Returns the names (index = id) and each day's counts by id.
+fn dense_ids(days: &[DailyCounts], first_time: u32) -> (Vec<String>, Vec<DayCounts>) {
+    let mut by_day: Vec<&DailyCounts> = days.iter().filter(|d| d.day >= first_time).collect();
+    by_day.sort_by_key(|d| d.day);
+    let names: Vec<String> = by_day
+        .iter()
+        .flat_map(|d| d.rows.iter().map(|(item, _)| item.clone()))
+        .collect::<std::collections::BTreeSet<String>>()
+        .into_iter()
+        .collect();
+    let id_of: HashMap<&str, u32> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
+    let dense =
+        by_day.iter().map(|d| (d.day, d.rows.iter().map(|(item, c)| (id_of[item.as_str()], *c)).collect())).collect();
+    (names, dense)
+}
+
+/// Feeds worker `index` of `peers` its share of one day's counts (every `peers`-th item).
+fn feed_share(
+    input: &mut differential_dataflow::input::InputSession<u32, (u32, u8), isize>,
+    counts: &[(u32, [i64; 5])],
+    index: usize,
+    peers: usize,
+) {
+    for (i, (item, counts)) in counts.iter().enumerate() {
+        if i % peers != index {
+            continue;
+        }
+        for (s, &c) in counts.iter().enumerate() {
+            if c != 0 {
+                input.update((*item, s as u8), c as isize);
+            }
+        }
+    }
+}
+
+/// Applies final changes of window totals to a worker's state: an insertion sets the total, a
+/// retraction of the current total removes it.
+fn apply_changes(state: &mut HashMap<(u32, u8, u8), i64>, changes: impl Iterator<Item = Change>) {
+    for (key, total, _time, diff) in changes {
+        if diff > 0 {
+            state.insert(key, total);
+        } else if state.get(&key) == Some(&total) {
+            state.remove(&key);
+        }
+    }
+}
+
+/// A worker's window totals as per-item rows (the worker's share of the keys).
+fn snapshot(state: &HashMap<(u32, u8, u8), i64>, names: &[String], n_windows: usize) -> Vec<ItemWindows> {
+    let mut items: BTreeMap<String, Vec<[i64; 5]>> = BTreeMap::new();
+    for ((item, stat, w), total) in state {
+        items.entry(names[*item as usize].clone()).or_insert_with(|| vec![[0; 5]; n_windows])[*w as usize]
+            [*stat as usize] = *total;
+    }
+    items.into_iter().map(|(item_id, sums)| ItemWindows { item_id, sums }).collect()
+}
+
+/// Keys (item, statistic, window) are spread over workers by hash: merges each item's parts
+/// into one row per item and report day.
+fn merge_parts(
+    results: &mut BTreeMap<u32, Vec<ItemWindows>>,
+    report_days: &[u32],
+    n_windows: usize,
+) -> BTreeMap<u32, Vec<ItemWindows>> {
     let mut merged = BTreeMap::new();
     for d in report_days {
         let mut items: BTreeMap<String, Vec<[i64; 5]>> = BTreeMap::new();
@@ -259,8 +304,7 @@ pub fn item_window_stats_timed(
         }
         merged.insert(*d, items.into_iter().map(|(item_id, sums)| ItemWindows { item_id, sums }).collect());
     }
-    let timings = timings.lock().map(|t| t.clone()).unwrap_or_default();
-    Ok((merged, timings))
+    merged
 }
 
 #[cfg(test)]

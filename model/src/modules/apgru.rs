@@ -4,7 +4,7 @@
 //! `u_t = σ(W^u rep_t + P^u p_t + U^u h_{t−1} + b^u)`, reset gate `r_t = σ(W^r rep_t + U^r h_{t−1}
 //! + b^r)`, candidate `n_t = tanh(W^n rep_t + b^n + r_t ⊙ U^n h_{t−1})` and
 //! `h_t = (1 − u_t) ⊙ h_{t−1} + u_t ⊙ n_t`. Without a property projection it is a plain GRU
-//! (the BaseModel of the ablations).
+//!   (the BaseModel of the ablations).
 //!
 //! Speed: `W rep_t` depends on the item alone, so [`ApGru::input_projection`] runs on the
 //! batch's distinct items and the result is gathered per slot; only the `U h_{t−1}` products run

@@ -3,10 +3,26 @@
 //! Every modality gets a vector attention computed from its own specific features,
 //! `atten_m = tanh(W_m s_m + b_m)` (Eq. 3, `W_m` is `d x d`), and the fused specific
 //! representation is `s = Σ_m atten_m ⊙ s_m` (Eq. 2).
+//!
+//! An experiment, not the paper: with [`AttentionContext::Category`] the attention also sees the
+//! item's category embedding, `atten_m = tanh(W_m s_m + V_m e_category + b_m)`. It isolates how
+//! far Eq. 3 is held back by `s_m` alone not revealing the category (README, Figure 4).
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// What MAF's attention is computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionContext {
+    /// Eq. 3: each modality's own specific features `s_m` (the paper).
+    #[default]
+    Own,
+    /// `s_m` and the item's category embedding (an experiment; needs the IDs modality).
+    Category,
+}
 
 /// Config of [`AttentionFusion`].
 #[derive(Debug, Clone, PartialEq)]
@@ -15,6 +31,8 @@ pub struct AttentionFusionConfig {
     pub dim: usize,
     /// Number of modalities `M`.
     pub n_modalities: usize,
+    /// Width of the context the attention also sees (the category embedding), if any.
+    pub context_dim: Option<usize>,
 }
 
 impl AttentionFusionConfig {
@@ -24,6 +42,12 @@ impl AttentionFusionConfig {
             modality_attention: (0..self.n_modalities)
                 .map(|_| LinearConfig::new(self.dim, self.dim).init(device))
                 .collect(),
+            context: match self.context_dim {
+                Some(c) => (0..self.n_modalities)
+                    .map(|_| LinearConfig::new(c, self.dim).with_bias(false).init(device))
+                    .collect(),
+                None => Vec::new(),
+            },
         }
     }
 }
@@ -33,18 +57,33 @@ impl AttentionFusionConfig {
 pub struct AttentionFusion {
     /// `W_m, b_m`, one per modality.
     pub modality_attention: Vec<Linear>,
+    /// `V_m`, one per modality, when the attention sees a context; empty for Eq. 3.
+    pub context: Vec<Linear>,
 }
 
 impl AttentionFusion {
-    /// The attention weights `atten_m` of every modality (for inspection, Figure 4).
+    /// Whether the attention expects a context (built with `context_dim`).
+    pub fn needs_context(&self) -> bool {
+        !self.context.is_empty()
+    }
+
+    /// The attention weights `atten_m` of every modality (for inspection, Figure 4). `context`
+    /// is used only when the fusion was built with one.
     ///
     /// # Shapes
-    /// - `specific`: M tensors `[n, d]`; output: M tensors `[n, d]`
-    pub fn attention(&self, specific: &[Tensor<2>]) -> Vec<Tensor<2>> {
+    /// - `specific`: M tensors `[n, d]`; `context`: `[n, context_dim]`; output: M tensors `[n, d]`
+    pub fn attention(&self, specific: &[Tensor<2>], context: Option<&Tensor<2>>) -> Vec<Tensor<2>> {
         specific
             .iter()
             .zip(&self.modality_attention)
-            .map(|(s, w)| w.forward(s.clone()).tanh()) // Eq. 3
+            .enumerate()
+            .map(|(k, (s, w))| {
+                let z = w.forward(s.clone()); // Eq. 3
+                match (self.context.get(k), context) {
+                    (Some(v), Some(c)) => (z + v.forward(c.clone())).tanh(),
+                    _ => z.tanh(),
+                }
+            })
             .collect()
     }
 
@@ -52,10 +91,16 @@ impl AttentionFusion {
     /// lacks is left out of its sum.
     ///
     /// # Shapes
-    /// - `specific`: M tensors `[n, d]`; `presence`: M entries, `[n, 1]` or `None` (all present)
+    /// - `specific`: M tensors `[n, d]`; `presence`: M entries, `[n, 1]` or `None` (all present);
+    ///   `context`: `[n, context_dim]`
     /// - output: `[n, d]`
-    pub fn forward(&self, specific: &[Tensor<2>], presence: &[Option<Tensor<2>>]) -> Tensor<2> {
-        let attention = self.attention(specific);
+    pub fn forward(
+        &self,
+        specific: &[Tensor<2>],
+        presence: &[Option<Tensor<2>>],
+        context: Option<&Tensor<2>>,
+    ) -> Tensor<2> {
+        let attention = self.attention(specific, context);
         let terms: Vec<Tensor<2>> = specific.iter().zip(attention).map(|(s, a)| a * s.clone()).collect(); // Eq. 2
         masked_sum(terms, presence)
     }
@@ -95,18 +140,36 @@ mod tests {
     #[test]
     fn fusion_is_the_attention_weighted_sum() {
         let device = Device::flex();
-        let maf = AttentionFusionConfig { dim: 4, n_modalities: 2 }.init(&device);
+        let maf = AttentionFusionConfig { dim: 4, n_modalities: 2, context_dim: None }.init(&device);
         let s1 = Tensor::<2>::random([3, 4], burn::tensor::Distribution::Default, &device);
         let s2 = Tensor::<2>::random([3, 4], burn::tensor::Distribution::Default, &device);
-        let fused = maf.forward(&[s1.clone(), s2.clone()], &[None, None]);
-        let a = maf.attention(&[s1.clone(), s2.clone()]);
+        let fused = maf.forward(&[s1.clone(), s2.clone()], &[None, None], None);
+        let a = maf.attention(&[s1.clone(), s2.clone()], None);
         let expected = a[0].clone() * s1.clone() + a[1].clone() * s2.clone();
         assert_eq!(fused.dims(), [3, 4]);
         fused.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-6));
         // Item 1 lacks modality 2: its fused row is modality 1's term alone.
         let present = Tensor::<2>::from_data(burn::tensor::TensorData::from([[1.0f32], [0.0], [1.0]]), &device);
-        let masked = maf.forward(&[s1.clone(), s2.clone()], &[None, Some(present.clone())]);
+        let masked = maf.forward(&[s1.clone(), s2.clone()], &[None, Some(present.clone())], None);
         let expected = a[0].clone() * s1 + a[1].clone() * s2 * present;
         masked.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-6));
+    }
+
+    #[test]
+    fn category_context_changes_the_attention_only_when_built_with_it() {
+        let device = Device::flex();
+        let s = Tensor::<2>::random([3, 4], burn::tensor::Distribution::Default, &device);
+        let c1 = Tensor::<2>::random([3, 2], burn::tensor::Distribution::Default, &device);
+        let c2 = c1.clone().add_scalar(1.0);
+        let plain = AttentionFusionConfig { dim: 4, n_modalities: 1, context_dim: None }.init(&device);
+        let a = plain.attention(std::slice::from_ref(&s), Some(&c1))[0].clone();
+        let b = plain.attention(std::slice::from_ref(&s), Some(&c2))[0].clone();
+        a.into_data().assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-7));
+        let aware = AttentionFusionConfig { dim: 4, n_modalities: 1, context_dim: Some(2) }.init(&device);
+        assert!(aware.needs_context() && !plain.needs_context());
+        let a = aware.attention(std::slice::from_ref(&s), Some(&c1))[0].clone();
+        let b = aware.attention(std::slice::from_ref(&s), Some(&c2))[0].clone();
+        let diff: f32 = (a - b).abs().sum().into_scalar();
+        assert!(diff > 1e-4, "the category context must move the attention ({diff})");
     }
 }

@@ -64,7 +64,7 @@ use serde::{Deserialize, Serialize};
 
 use super::adversarial::{Adversarial, AdversarialConfig};
 use super::apgru::{ApGru, ApGruConfig, CandidateAttention, CandidateAttentionConfig};
-use super::attention_fusion::{masked_sum, AttentionFusion, AttentionFusionConfig};
+use super::attention_fusion::{masked_sum, AttentionContext, AttentionFusion, AttentionFusionConfig};
 use super::baselines::dien::{Dien, DienConfig};
 use super::baselines::din::{Din, DinConfig};
 use super::baselines::dmf::{Dmf, DmfConfig};
@@ -253,6 +253,8 @@ pub struct MarnConfig {
     pub cin_layers: Vec<usize>,
     /// Weight α of `dien`'s auxiliary next-behavior loss (DIEN's paper: 1).
     pub next_behavior_weight: f64,
+    /// What MAF's attention sees: `own` (Eq. 3, the paper) or `category` (an experiment).
+    pub attention_context: AttentionContext,
     /// Gradient reversal weight.
     pub grl_weight: f64,
     /// λ0 of the auxiliary-loss schedule.
@@ -273,6 +275,7 @@ impl Default for MarnConfig {
             fm_dim: 16,
             cin_layers: vec![16, 16],
             next_behavior_weight: 1.0,
+            attention_context: AttentionContext::Own,
             grl_weight: 1.0,
             lambda0: 0.05,
             gamma: 10.0,
@@ -392,8 +395,33 @@ impl MarnConfig {
             ModalityProjectionConfig { input_dim: e, output_dim: h, n_modalities: m, invariant: v.adversarial() }
                 .init(device),
         );
+        self.init_item_layers(&mut model, inputs, device)?;
+        self.init_user_layers(&mut model, device);
+        Ok(model)
+    }
+
+    /// The item side after the projections: MAF (with the adversary of the adversarial
+    /// variants) or a Group-3 baseline's fusion.
+    fn init_item_layers(&self, model: &mut Marn, inputs: &ModelInputs, device: &Device) -> Result<()> {
+        let (v, h) = (self.variant, self.representation_dim);
+        let modalities = model.modalities.clone();
+        let m = modalities.len();
         match v {
-            _ if v.fused() => model.fusion = Some(AttentionFusionConfig { dim: h, n_modalities: m }.init(device)),
+            _ if v.fused() => {
+                let context_dim = match self.attention_context {
+                    AttentionContext::Own => None,
+                    AttentionContext::Category if modalities.contains(&Modality::Ids) && inputs.n_categories > 0 => {
+                        Some(self.embedding.category_dim)
+                    }
+                    AttentionContext::Category => {
+                        return Err(Error::Config(format!(
+                            "attention_context = category needs the IDs modality with categories; {v} on this \
+                             data has {modalities:?}"
+                        )))
+                    }
+                };
+                model.fusion = Some(AttentionFusionConfig { dim: h, n_modalities: m, context_dim }.init(device))
+            }
             Variant::Dmf => model.dmf = Some(DmfConfig { dim: h, n_modalities: m }.init(device)),
             Variant::Mmss => {
                 let image = modalities.iter().position(|&k| k == Modality::Image);
@@ -414,6 +442,14 @@ impl MarnConfig {
                 .init(device),
             );
         }
+        Ok(())
+    }
+
+    /// The user side and the prediction MLP: xDeepFM's CIN (which has no separate user side),
+    /// a pooling or recurrent user layer, then the head.
+    fn init_user_layers(&self, model: &mut Marn, device: &Device) {
+        let (v, h) = (self.variant, self.representation_dim);
+        let m = model.modalities.len();
         match v {
             Variant::XDeepFm => {
                 // The candidate's modalities and the behaviors' mean of each: 2M fields.
@@ -426,7 +462,7 @@ impl MarnConfig {
                     }
                     .init(device),
                 );
-                return Ok(model);
+                return;
             }
             Variant::YoutubeNet | Variant::Naml => {}
             Variant::Din => {
@@ -471,7 +507,6 @@ impl MarnConfig {
         }
         model.head =
             Some(CtrHeadConfig { input_dim: self.user_dim() + h, layers: self.head_layers.clone() }.init(device));
-        Ok(model)
     }
 }
 
@@ -678,7 +713,7 @@ impl Marn {
             };
             return Ok((rep, aux));
         };
-        let s = fusion.forward(&specific, &presence);
+        let s = fusion.forward(&specific, &presence, embedding.category_context(x).as_ref());
         let c = projection.invariant(&e);
         let rep = match (&self.adversarial, c.len()) {
             (_, 0) => s,
@@ -726,7 +761,7 @@ impl Marn {
             return Ok(None);
         };
         let e = embedding.forward(x)?;
-        let attention = fusion.attention(&projection.specific(&e));
+        let attention = fusion.attention(&projection.specific(&e), embedding.category_context(x).as_ref());
         let m = attention.len();
         if m == 0 {
             return Ok(None);
@@ -921,9 +956,7 @@ mod tests {
 
     #[test]
     fn config_reports_every_problem() {
-        let mut c = MarnConfig::default();
-        c.gru_dim = 0;
-        c.lambda0 = -1.0;
+        let c = MarnConfig { gru_dim: 0, lambda0: -1.0, ..Default::default() };
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("gru_dim") && err.contains("lambda0"), "{err}");
     }

@@ -253,6 +253,18 @@ impl ModalityEmbedding {
         Tensor::cat(parts, 1)
     }
 
+    /// The category embedding of the distinct items (the IDs modality's table), `None` when the
+    /// model has no category table.
+    ///
+    /// # Shapes
+    /// - output: `[n, category_dim]`
+    pub fn category_context(&self, x: &BatchTensors) -> Option<Tensor<2>> {
+        match (&self.category, &x.category) {
+            (Some(table), Some(ids)) => Some(lookup(table, ids.clone())),
+            _ => None,
+        }
+    }
+
     /// `e_m` of every modality of [`ModalityEmbedding::modalities`], for the distinct items.
     ///
     /// # Shapes

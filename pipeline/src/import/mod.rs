@@ -319,76 +319,23 @@ pub async fn write(
     check_lake_is_ours(lake, &days).await?;
 
     for (day, rows) in &by_day {
-        let dt = day.format("%Y-%m-%d").to_string();
-        let (mut e, mut c, mut b) = (ExposureRows::new(), ClickRows::new(), BehaviorRows::new());
-        for it in rows {
-            e.push(it.time_ms, &it.request, &it.user, &it.item, None);
-            if it.clicked {
-                c.push(it.time_ms, &it.request, &it.user, &it.item);
-                b.push(it.time_ms, &it.user, &it.item, "click");
-            }
-        }
-        for (table, schema, batch) in [
-            (contract::EXPOSURES, contract::exposures_schema(), e.take()?),
-            (contract::CLICKS, contract::clicks_schema(), c.take()?),
-            (contract::BEHAVIORS, contract::behaviors_schema(), b.take()?),
-        ] {
-            write_parquet(lake, data_file(&partition(table, &dt)), schema, &[batch], 1 << 16).await?;
-        }
+        write_day(lake, *day, rows).await?;
     }
     let exposures = data.interactions.len() as u64;
     let clicks = data.interactions.iter().filter(|i| i.clicked).count() as u64;
 
     // The catalogue: every item, sorted by id.
     data.items.sort_by(|a, b| a.item.cmp(&b.item));
-    let width = data.image_dim.max(1) as i32;
-    let mut rows = ItemRows::new(width);
-    let mut items_with_image = 0;
-    let mut item_batches = Vec::new();
-    for it in &data.items {
-        let image = it.image.as_deref().filter(|v| v.len() == width as usize);
-        items_with_image += usize::from(image.is_some());
-        rows.push(&it.item, &it.shop, &it.brand, &it.category, &it.title, image, it.price);
-        if rows.len() >= 1024 {
-            item_batches.push(rows.take()?);
-        }
-    }
-    item_batches.push(rows.take()?);
-    write_parquet(lake, data_file(contract::ITEMS), contract::items_schema(width), &item_batches, 1024).await?;
+    let (width, items_with_image) = write_catalogue(lake, &data.items, data.image_dim).await?;
 
     let tokens: BTreeSet<String> = data.items.iter().flat_map(|it| title_tokens(&it.title)).collect();
     let (word_dim, tokens_pretrained) = write_word_vectors(lake, &tokens, words).await?;
 
-    // The quarantine: written when there is something to keep, removed when a rerun has none.
-    let folder = quarantine_folder(source);
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
     for r in &data.lines.rejects {
         *reasons.entry(r.reason.split(':').next().unwrap_or("").to_string()).or_default() += 1;
     }
-    let quarantine = if data.lines.rejects.is_empty() {
-        use object_store::ObjectStoreExt;
-        let stale = data_file(&folder);
-        match lake.store().delete(&lake.path(&stale)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(PipelineError::store("delete", stale, e)),
-        }
-        None
-    } else {
-        let (mut file, mut line, mut text, mut reason) =
-            (StringBuilder::new(), UInt64Builder::new(), StringBuilder::new(), StringBuilder::new());
-        for r in &data.lines.rejects {
-            file.append_value(&r.file);
-            line.append_value(r.line);
-            text.append_value(&r.text);
-            reason.append_value(&r.reason);
-        }
-        let cols: Vec<ArrayRef> =
-            vec![Arc::new(file.finish()), Arc::new(line.finish()), Arc::new(text.finish()), Arc::new(reason.finish())];
-        let batch = RecordBatch::try_new(quarantine_schema(), cols)
-            .map_err(|e| PipelineError::arrow("building the import quarantine", e))?;
-        write_parquet(lake, data_file(&folder), quarantine_schema(), &[batch], 1 << 16).await?;
-        Some(folder)
-    };
+    let quarantine = write_quarantine(lake, source, &data.lines.rejects).await?;
 
     let users: BTreeSet<&str> = data.interactions.iter().map(|i| i.user.as_str()).collect();
     let categories: BTreeSet<&str> = data.items.iter().map(|i| i.category.as_str()).collect();
@@ -406,7 +353,7 @@ pub async fn write(
         click_rate: clicks as f64 / exposures.max(1) as f64,
         categories: categories.len(),
         items_with_image,
-        image_dim: if items_with_image > 0 { width as usize } else { 0 },
+        image_dim: if items_with_image > 0 { width } else { 0 },
         tokens: tokens.len(),
         word_dim,
         tokens_pretrained,
@@ -416,6 +363,76 @@ pub async fn write(
         quarantine,
         notes: data.notes,
     })
+}
+
+/// One day's raw partitions: every interaction an exposure, the clicked ones also a click and a
+/// `click` behavior.
+async fn write_day(lake: &Lake, day: NaiveDate, rows: &[&Interaction]) -> Result<()> {
+    let dt = day.format("%Y-%m-%d").to_string();
+    let (mut e, mut c, mut b) = (ExposureRows::new(), ClickRows::new(), BehaviorRows::new());
+    for it in rows {
+        e.push(it.time_ms, &it.request, &it.user, &it.item, None);
+        if it.clicked {
+            c.push(it.time_ms, &it.request, &it.user, &it.item);
+            b.push(it.time_ms, &it.user, &it.item, "click");
+        }
+    }
+    for (table, schema, batch) in [
+        (contract::EXPOSURES, contract::exposures_schema(), e.take()?),
+        (contract::CLICKS, contract::clicks_schema(), c.take()?),
+        (contract::BEHAVIORS, contract::behaviors_schema(), b.take()?),
+    ] {
+        write_parquet(lake, data_file(&partition(table, &dt)), schema, &[batch], 1 << 16).await?;
+    }
+    Ok(())
+}
+
+/// `raw/items` from `items` (sorted by id); an image of another width than `image_dim` is left
+/// out. Returns the image width written and how many items have an image.
+async fn write_catalogue(lake: &Lake, items: &[ItemRecord], image_dim: usize) -> Result<(usize, usize)> {
+    let width = image_dim.max(1) as i32;
+    let mut rows = ItemRows::new(width);
+    let mut items_with_image = 0;
+    let mut item_batches = Vec::new();
+    for it in items {
+        let image = it.image.as_deref().filter(|v| v.len() == width as usize);
+        items_with_image += usize::from(image.is_some());
+        rows.push(&it.item, &it.shop, &it.brand, &it.category, &it.title, image, it.price);
+        if rows.len() >= 1024 {
+            item_batches.push(rows.take()?);
+        }
+    }
+    item_batches.push(rows.take()?);
+    write_parquet(lake, data_file(contract::ITEMS), contract::items_schema(width), &item_batches, 1024).await?;
+    Ok((width as usize, items_with_image))
+}
+
+/// The import's quarantine: written when there is something to keep, removed when a rerun has
+/// none. Returns its folder when written.
+async fn write_quarantine(lake: &Lake, source: &str, rejects: &[Reject]) -> Result<Option<String>> {
+    let folder = quarantine_folder(source);
+    if rejects.is_empty() {
+        use object_store::ObjectStoreExt;
+        let stale = data_file(&folder);
+        return match lake.store().delete(&lake.path(&stale)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(PipelineError::store("delete", stale, e)),
+        };
+    }
+    let (mut file, mut line, mut text, mut reason) =
+        (StringBuilder::new(), UInt64Builder::new(), StringBuilder::new(), StringBuilder::new());
+    for r in rejects {
+        file.append_value(&r.file);
+        line.append_value(r.line);
+        text.append_value(&r.text);
+        reason.append_value(&r.reason);
+    }
+    let cols: Vec<ArrayRef> =
+        vec![Arc::new(file.finish()), Arc::new(line.finish()), Arc::new(text.finish()), Arc::new(reason.finish())];
+    let batch = RecordBatch::try_new(quarantine_schema(), cols)
+        .map_err(|e| PipelineError::arrow("building the import quarantine", e))?;
+    write_parquet(lake, data_file(&folder), quarantine_schema(), &[batch], 1 << 16).await?;
+    Ok(Some(folder))
 }
 
 /// Writes `raw/word_vectors` for `tokens`; returns the width and how many came from the file.

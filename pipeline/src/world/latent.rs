@@ -174,38 +174,8 @@ impl Latent {
         let shop_quality = normal_vec(rng, cfg.shops);
         let brand_effect: Vec<f64> = normal_vec(rng, cfg.brands).into_iter().map(|x| 0.4 * x).collect();
 
-        let mut items: Vec<Item> = (0..cfg.items)
-            .map(|_| {
-                let category = category_sampler.sample(rng) as u32;
-                let shop = pick_owned(category as usize, n_cat, cfg.shops, rng) as u32;
-                let brand = pick_owned(category as usize, n_cat, cfg.brands, rng) as u32;
-                let cat = &categories[category as usize];
-                let noise = normal_vec(rng, dim);
-                let shared: Vec<f64> = cat.centroid.iter().zip(noise).map(|(c, n)| 0.7 * c + 0.7 * n).collect();
-                let z: f64 = StandardNormal.sample(rng);
-                let quality = 0.6 * shop_quality[shop as usize] + 0.8 * z;
-                let has_image = rng.random::<f64>() >= cfg.image_missing_share;
-                let price = (rng.random::<f64>() >= cfg.price_missing_share).then(|| {
-                    let ln = LogNormal::new(cat.price_median.ln(), 0.5).expect("finite parameters");
-                    (ln.sample(rng) * 100.0).round() / 100.0
-                });
-                Item {
-                    category,
-                    shop,
-                    brand,
-                    launch_day: 0,
-                    quality,
-                    popularity: 0.0,
-                    has_image,
-                    price,
-                    shared: to_f32(shared),
-                    image: to_f32(normal_vec(rng, dim)),
-                    title: to_f32(normal_vec(rng, dim)),
-                    idio: to_f32(normal_vec(rng, dim)),
-                    appeal: [StandardNormal.sample(rng), StandardNormal.sample(rng)],
-                }
-            })
-            .collect();
+        let mut items: Vec<Item> =
+            (0..cfg.items).map(|_| new_item(rng, cfg, &categories, &category_sampler, &shop_quality)).collect();
 
         // Popularity: a Zipf law over a ranking that favours quality (good items get shown more).
         let mut keys: Vec<(f64, usize)> = items
@@ -252,27 +222,7 @@ impl Latent {
             })
             .collect();
 
-        let users: Vec<User> = (0..cfg.users)
-            .map(|_| {
-                let favorites = [category_sampler.sample(rng) as u32, category_sampler.sample(rng) as u32];
-                let noise = normal_vec(rng, dim);
-                let shared: Vec<f64> = (0..dim)
-                    .map(|k| {
-                        0.4 * (categories[favorites[0] as usize].centroid[k]
-                            + categories[favorites[1] as usize].centroid[k])
-                            + 0.6 * noise[k]
-                    })
-                    .collect();
-                User {
-                    favorites,
-                    activity: LogNormal::new(0.0, 0.8).expect("finite parameters").sample(rng),
-                    shared: to_f32(shared),
-                    image: to_f32(normal_vec(rng, dim)),
-                    title: to_f32(normal_vec(rng, dim)),
-                    idio: to_f32(normal_vec(rng, dim)),
-                }
-            })
-            .collect();
+        let users: Vec<User> = (0..cfg.users).map(|_| new_user(rng, dim, &categories, &category_sampler)).collect();
         let user_sampler = WeightedIndex::new(users.iter().map(|u| u.activity)).expect("at least one user");
         let image_map = to_f32(normal_vec(rng, cfg.image_dim * content_width(dim)));
 
@@ -399,6 +349,65 @@ fn sigmoid(x: f64) -> f64 {
 
 /// An owner (shop or brand) for an item of category `c`: owners are assigned to categories
 /// round-robin (owner `o` sells category `o mod n_cat`), so each owner mostly sells one category.
+/// One item, its draws in a fixed order (part of the world's byte-for-byte determinism).
+fn new_item<R: Rng>(
+    rng: &mut R,
+    cfg: &WorldConfig,
+    categories: &[Category],
+    category_sampler: &WeightedIndex,
+    shop_quality: &[f64],
+) -> Item {
+    let (dim, n_cat) = (cfg.latent_dim, cfg.categories);
+    let category = category_sampler.sample(rng) as u32;
+    let shop = pick_owned(category as usize, n_cat, cfg.shops, rng) as u32;
+    let brand = pick_owned(category as usize, n_cat, cfg.brands, rng) as u32;
+    let cat = &categories[category as usize];
+    let noise = normal_vec(rng, dim);
+    let shared: Vec<f64> = cat.centroid.iter().zip(noise).map(|(c, n)| 0.7 * c + 0.7 * n).collect();
+    let z: f64 = StandardNormal.sample(rng);
+    let quality = 0.6 * shop_quality[shop as usize] + 0.8 * z;
+    let has_image = rng.random::<f64>() >= cfg.image_missing_share;
+    let price = (rng.random::<f64>() >= cfg.price_missing_share).then(|| {
+        let ln = LogNormal::new(cat.price_median.ln(), 0.5).expect("finite parameters");
+        (ln.sample(rng) * 100.0).round() / 100.0
+    });
+    Item {
+        category,
+        shop,
+        brand,
+        launch_day: 0,
+        quality,
+        popularity: 0.0,
+        has_image,
+        price,
+        shared: to_f32(shared),
+        image: to_f32(normal_vec(rng, dim)),
+        title: to_f32(normal_vec(rng, dim)),
+        idio: to_f32(normal_vec(rng, dim)),
+        appeal: [StandardNormal.sample(rng), StandardNormal.sample(rng)],
+    }
+}
+
+/// One user, its draws in a fixed order: interests in two favourite categories.
+fn new_user<R: Rng>(rng: &mut R, dim: usize, categories: &[Category], category_sampler: &WeightedIndex) -> User {
+    let favorites = [category_sampler.sample(rng) as u32, category_sampler.sample(rng) as u32];
+    let noise = normal_vec(rng, dim);
+    let shared: Vec<f64> = (0..dim)
+        .map(|k| {
+            0.4 * (categories[favorites[0] as usize].centroid[k] + categories[favorites[1] as usize].centroid[k])
+                + 0.6 * noise[k]
+        })
+        .collect();
+    User {
+        favorites,
+        activity: LogNormal::new(0.0, 0.8).expect("finite parameters").sample(rng),
+        shared: to_f32(shared),
+        image: to_f32(normal_vec(rng, dim)),
+        title: to_f32(normal_vec(rng, dim)),
+        idio: to_f32(normal_vec(rng, dim)),
+    }
+}
+
 fn pick_owned<R: Rng>(c: usize, n_cat: usize, n_owners: usize, rng: &mut R) -> usize {
     if n_owners >= n_cat {
         let per = (n_owners - c).div_ceil(n_cat);

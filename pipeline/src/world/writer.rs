@@ -30,6 +30,12 @@ pub struct ExposureRows {
     position: Int32Builder,
 }
 
+impl Default for ExposureRows {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ExposureRows {
     pub fn new() -> Self {
         Self {
@@ -51,6 +57,9 @@ impl ExposureRows {
     }
     pub fn len(&self) -> usize {
         self.time.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
     pub fn take(&mut self) -> Result<RecordBatch> {
         let cols: Vec<ArrayRef> = vec![
@@ -74,6 +83,12 @@ pub struct ClickRows {
     item: StringBuilder,
 }
 
+impl Default for ClickRows {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ClickRows {
     pub fn new() -> Self {
         Self {
@@ -92,6 +107,9 @@ impl ClickRows {
     }
     pub fn len(&self) -> usize {
         self.time.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
     pub fn take(&mut self) -> Result<RecordBatch> {
         let cols: Vec<ArrayRef> = vec![
@@ -114,6 +132,12 @@ pub struct BehaviorRows {
     behavior: StringBuilder,
 }
 
+impl Default for BehaviorRows {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl BehaviorRows {
     pub fn new() -> Self {
         Self {
@@ -132,6 +156,9 @@ impl BehaviorRows {
     }
     pub fn len(&self) -> usize {
         self.time.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
     pub fn take(&mut self) -> Result<RecordBatch> {
         let cols: Vec<ArrayRef> = vec![
@@ -152,6 +179,12 @@ pub struct TruthRows {
     user: StringBuilder,
     item: StringBuilder,
     p_click: Float64Builder,
+}
+
+impl Default for TruthRows {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl TruthRows {
@@ -251,6 +284,9 @@ impl ItemRows {
     pub fn len(&self) -> usize {
         self.item.len()
     }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     pub fn take(&mut self) -> Result<RecordBatch> {
         let cols: Vec<ArrayRef> = vec![
             Arc::new(self.item.finish()),
@@ -275,6 +311,12 @@ pub struct TruthItemRows {
     quality: Float64Builder,
     popularity: Float64Builder,
     has_image: BooleanBuilder,
+}
+
+impl Default for TruthItemRows {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl TruthItemRows {

@@ -355,7 +355,7 @@ async fn init_model(
     let autodiff = device.clone().autodiff();
     let mut model = model_config.init(&spec.inputs, &autodiff)?;
     if spec.inputs.has_titles() {
-        model = model.with_word_vectors(data::word_vector_table(lake, &vocab, &spec.inputs).await?)?;
+        model = model.with_word_vectors(data::word_vector_table(lake, vocab, &spec.inputs).await?)?;
     }
     if let Some((name, version)) = &warm {
         let (_, old, _) = load_model(lake, &format!("{name}@v{version}"), &device).await?;
@@ -436,7 +436,7 @@ async fn register_version(
     }
     let metadata = VersionMetadata {
         run_key: record.run_key.clone(),
-        code_version: concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION")).to_string(),
+        code_version: concat!("marnflow ", env!("CARGO_PKG_VERSION")).to_string(),
         variant: record.variant.clone(),
         config: serde_json::to_value(&record.settings)?,
         inputs: serde_json::to_value(&record.spec.inputs)?,
@@ -477,22 +477,7 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
     };
     let model_config = settings.model_config(req.variant);
     let slices: Vec<(String, String)> = req.slices.iter().map(|(d, s)| (day_string(*d), format!("{s:?}"))).collect();
-    let key_material = serde_json::json!({
-        "model": req.model,
-        "model_config": model_config,
-        "inputs": spec.inputs,
-        "partitions": partitions,
-        "slices": slices,
-        "epochs": settings.epochs,
-        "batch_size": settings.batch_size,
-        "learning_rate": settings.learning_rate,
-        "initial_accumulator": settings.initial_accumulator,
-        "importance_initial_accumulator": settings.importance_initial_accumulator,
-        "seed": settings.seed,
-        "shuffle_buffer": settings.shuffle_buffer,
-        "warm_start": warm,
-    });
-    let run_key = marnflow_registry::sha256_hex(&serde_json::to_vec(&key_material)?);
+    let run_key = run_key(req, &model_config, &spec, &partitions, &slices, warm.as_ref())?;
     let work = work_dir(&req.model, &run_key);
 
     // A run with this key already registered: the same outcome, no second version.
@@ -517,10 +502,8 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
     if rows == 0 {
         bail!("no samples in {} .. {}: nothing to train on", req.from, req.to);
     }
-    let batch = settings.batch_size as u64;
-    let steps_per_epoch = rows.div_ceil(batch);
+    let steps_per_epoch = rows.div_ceil(settings.batch_size as u64);
     let total_steps = (steps_per_epoch * u64::from(settings.epochs)).max(1);
-    let curve_every = (total_steps / 200).max(1);
     let (rx, handle) = data::spawn_stream(
         lake.clone(),
         vocab.clone(),
@@ -537,95 +520,9 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
             skip: state.batches_done,
         },
     )?;
-    let bar = (req.progress && std::io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::new(total_steps);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed_precise}] {wide_bar} {pos}/{len} steps")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_position(state.step);
-        bar
-    });
-    let started = Instant::now();
-    let seconds_before = state.seconds;
-    let samples_before = state.samples;
-    let mut acc = CurveAccumulator::default();
-    let mut recent: VecDeque<(f32, f32)> = VecDeque::new();
-    let mut last_log = Instant::now();
-    let mut waited = std::time::Duration::ZERO;
-    loop {
-        let wait = Instant::now();
-        let Ok(msg) = rx.recv() else { break };
-        waited += wait.elapsed();
-        let (epoch, index, b) = match msg {
-            data::Msg::Failed(e) => bail!("reading the training data: {e}"),
-            data::Msg::Skipped => continue,
-            data::Msg::Batch { epoch, index, batch } => (epoch, index, batch),
-        };
-        let progress = state.step as f64 / total_steps as f64;
-        let (losses, scores) = trainer.step_scored(&b, progress)?;
-        if !losses.total.is_finite() {
-            bail!("the loss became {} at step {}: lower train.learning_rate", losses.total, state.step);
-        }
-        state.step += 1;
-        state.samples += b.len() as u64;
-        state.epoch = epoch;
-        state.batches_done = index + 1;
-        acc.add(&losses);
-        for (s, l) in scores.iter().zip(b.samples().label.iter()) {
-            recent.push_back((*s, *l));
-        }
-        while recent.len() > 20_000 {
-            recent.pop_front();
-        }
-        if state.step % curve_every == 0 {
-            state.curve.extend(acc.take(state.step, state.samples));
-        }
-        let elapsed = seconds_before + started.elapsed().as_secs_f64();
-        let rate = (state.samples - samples_before) as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        if let Some(bar) = &bar {
-            if state.step % 10 == 0 {
-                let (s, l): (Vec<f32>, Vec<f32>) = recent.iter().copied().unzip();
-                let auc = metrics::auc(&s, &l).ok().flatten().map_or("-".into(), |a| format!("{a:.4}"));
-                bar.set_message(format!("{:.0} samples/s  loss {:.4}  auc {auc}", rate, losses.ctr));
-            }
-            bar.set_position(state.step);
-        } else if last_log.elapsed().as_secs() >= 10 {
-            let (s, l): (Vec<f32>, Vec<f32>) = recent.iter().copied().unzip();
-            let auc = metrics::auc(&s, &l).ok().flatten();
-            info!(
-                step = state.step,
-                total_steps,
-                samples_per_s = rate as u64,
-                loss = losses.ctr,
-                running_auc = auc,
-                "training"
-            );
-            last_log = Instant::now();
-        }
-        if state.step % settings.checkpoint_every == 0 {
-            state.seconds = elapsed;
-            // Resuming skips the batches done (an epoch fully done is skipped whole).
-            let mut saved = state.clone();
-            write_state(lake, &work, &trainer, &mut saved).await?;
-        }
-    }
+    let run = LoopRun { lake, work: &work, total_steps, checkpoint_every: settings.checkpoint_every };
+    let stats = train_loop(&run, &rx, &mut trainer, &mut state, req.progress).await?;
     handle.join().map_err(|_| anyhow!("the batch reader thread panicked"))?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    state.curve.extend(acc.take(state.step, state.samples));
-    state.seconds = seconds_before + started.elapsed().as_secs_f64();
-    let run_seconds = started.elapsed().as_secs_f64();
-    let samples_per_second = (state.samples - samples_before) as f64 / run_seconds.max(1e-9);
-    info!(
-        samples = state.samples,
-        steps = state.step,
-        seconds = state.seconds,
-        samples_per_s = samples_per_second as u64,
-        waited_for_data_s = waited.as_secs_f64(),
-        "training done"
-    );
     let final_ctr_loss = state.curve.last().map(|c| c.ctr_loss);
     let model = trainer.into_model().ok_or_else(|| anyhow!("the trainer lost its model"))?.valid();
 
@@ -641,7 +538,7 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
         samples: state.samples,
         steps: state.step,
         seconds: state.seconds,
-        samples_per_second,
+        samples_per_second: stats.samples_per_second,
         modalities: model.modalities().iter().map(|m| format!("{m:?}").to_lowercase()).collect(),
         curve: state.curve.clone(),
     };
@@ -655,12 +552,174 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
         samples: state.samples,
         steps: state.step,
         seconds: state.seconds,
-        samples_per_second,
+        samples_per_second: stats.samples_per_second,
         final_ctr_loss,
-        waited_for_data_seconds: waited.as_secs_f64(),
-        data_wait_share: waited.as_secs_f64() / run_seconds.max(1e-9),
+        waited_for_data_seconds: stats.waited,
+        data_wait_share: stats.waited / stats.run_seconds.max(1e-9),
         peak_rss_mib: marnflow_model::device::peak_rss_mib(),
     })
+}
+
+/// The run key: the sha256 of everything that determines the trained weights (the model, its
+/// config and inputs, the exact partitions, slices, optimizer, seed, shuffle and warm start).
+fn run_key(
+    req: &TrainRequest,
+    model_config: &marnflow_model::MarnConfig,
+    spec: &DataSpec,
+    partitions: &[FileDigest],
+    slices: &[(String, String)],
+    warm: Option<&(String, u32)>,
+) -> Result<String> {
+    let settings = &req.settings;
+    let key_material = serde_json::json!({
+        "model": req.model,
+        "model_config": model_config,
+        "inputs": spec.inputs,
+        "partitions": partitions,
+        "slices": slices,
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "learning_rate": settings.learning_rate,
+        "initial_accumulator": settings.initial_accumulator,
+        "importance_initial_accumulator": settings.importance_initial_accumulator,
+        "seed": settings.seed,
+        "shuffle_buffer": settings.shuffle_buffer,
+        "warm_start": warm,
+    });
+    Ok(marnflow_registry::sha256_hex(&serde_json::to_vec(&key_material)?))
+}
+
+/// Where the training loop checkpoints, and how far it goes.
+struct LoopRun<'a> {
+    lake: &'a Lake,
+    work: &'a str,
+    total_steps: u64,
+    checkpoint_every: u64,
+}
+
+/// What the training loop measured.
+struct LoopStats {
+    /// Samples per second of this run (a resumed run counts its own part only).
+    samples_per_second: f64,
+    /// Seconds this run took, and those of it spent waiting for batches.
+    run_seconds: f64,
+    waited: f64,
+}
+
+/// Trains on every batch of `rx`: steps, the loss curve, progress, checkpoints every
+/// `checkpoint_every` steps. `state` ends at the last step, its curve complete.
+async fn train_loop(
+    run: &LoopRun<'_>,
+    rx: &std::sync::mpsc::Receiver<data::Msg>,
+    trainer: &mut Trainer,
+    state: &mut ResumeState,
+    show_progress: bool,
+) -> Result<LoopStats> {
+    let total_steps = run.total_steps;
+    let curve_every = (total_steps / 200).max(1);
+    let mut progress = Progress::new(show_progress, total_steps, state.step);
+    let started = Instant::now();
+    let (seconds_before, samples_before) = (state.seconds, state.samples);
+    let mut acc = CurveAccumulator::default();
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        let wait = Instant::now();
+        let Ok(msg) = rx.recv() else { break };
+        waited += wait.elapsed();
+        let (epoch, index, b) = match msg {
+            data::Msg::Failed(e) => bail!("reading the training data: {e}"),
+            data::Msg::Skipped => continue,
+            data::Msg::Batch { epoch, index, batch } => (epoch, index, batch),
+        };
+        let (losses, scores) = trainer.step_scored(&b, state.step as f64 / total_steps as f64)?;
+        if !losses.total.is_finite() {
+            bail!("the loss became {} at step {}: lower train.learning_rate", losses.total, state.step);
+        }
+        state.step += 1;
+        state.samples += b.len() as u64;
+        state.epoch = epoch;
+        state.batches_done = index + 1;
+        acc.add(&losses);
+        if state.step % curve_every == 0 {
+            state.curve.extend(acc.take(state.step, state.samples));
+        }
+        let rate = (state.samples - samples_before) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        progress.update(&scores, &b.samples().label, state.step, total_steps, rate, losses.ctr);
+        if state.step % run.checkpoint_every == 0 {
+            state.seconds = seconds_before + started.elapsed().as_secs_f64();
+            // Resuming skips the batches done (an epoch fully done is skipped whole).
+            let mut saved = state.clone();
+            write_state(run.lake, run.work, trainer, &mut saved).await?;
+        }
+    }
+    progress.finish();
+    state.curve.extend(acc.take(state.step, state.samples));
+    state.seconds = seconds_before + started.elapsed().as_secs_f64();
+    let run_seconds = started.elapsed().as_secs_f64();
+    let samples_per_second = (state.samples - samples_before) as f64 / run_seconds.max(1e-9);
+    info!(
+        samples = state.samples,
+        steps = state.step,
+        seconds = state.seconds,
+        samples_per_s = samples_per_second as u64,
+        waited_for_data_s = waited.as_secs_f64(),
+        "training done"
+    );
+    Ok(LoopStats { samples_per_second, run_seconds, waited: waited.as_secs_f64() })
+}
+
+/// Training progress: a bar on a terminal, else a log line every 10 s, both with the running
+/// AUC of the last 20,000 scored samples.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    recent: VecDeque<(f32, f32)>,
+    last_log: Instant,
+}
+
+impl Progress {
+    fn new(show: bool, total_steps: u64, step: u64) -> Self {
+        let bar = (show && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total_steps);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {msg} [{elapsed_precise}] {wide_bar} {pos}/{len} steps",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_position(step);
+            bar
+        });
+        Self { bar, recent: VecDeque::new(), last_log: Instant::now() }
+    }
+
+    fn running_auc(&self) -> Option<f64> {
+        let (s, l): (Vec<f32>, Vec<f32>) = self.recent.iter().copied().unzip();
+        metrics::auc(&s, &l).ok().flatten()
+    }
+
+    fn update(&mut self, scores: &[f32], labels: &[f32], step: u64, total_steps: u64, rate: f64, loss: f32) {
+        self.recent.extend(scores.iter().copied().zip(labels.iter().copied()));
+        while self.recent.len() > 20_000 {
+            self.recent.pop_front();
+        }
+        if let Some(bar) = &self.bar {
+            if step % 10 == 0 {
+                let auc = self.running_auc().map_or("-".into(), |a| format!("{a:.4}"));
+                bar.set_message(format!("{rate:.0} samples/s  loss {loss:.4}  auc {auc}"));
+            }
+            bar.set_position(step);
+        } else if self.last_log.elapsed().as_secs() >= 10 {
+            let running_auc = self.running_auc();
+            info!(step, total_steps, samples_per_s = rate as u64, loss, running_auc, "training");
+            self.last_log = Instant::now();
+        }
+    }
+
+    fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 async fn read_state(lake: &Lake, work: &str) -> Option<ResumeState> {

@@ -42,6 +42,7 @@ pub struct TrainSection {
     pub fine_tune_word_vectors: bool,
     pub lambda0: f64,
     pub grl_weight: f64,
+    pub attention_context: marnflow_model::AttentionContext,
     pub seed: u64,
     pub device: String,
     pub shuffle_buffer: usize,
@@ -73,6 +74,7 @@ impl Default for TrainSection {
             fine_tune_word_vectors: true,
             lambda0: 0.05,
             grl_weight: 1.0,
+            attention_context: marnflow_model::AttentionContext::Own,
             seed: 42,
             device: "cpu".into(),
             shuffle_buffer: 65536,
@@ -162,6 +164,7 @@ impl TrainSection {
             head_layers: self.head_layers.clone(),
             lambda0: self.lambda0,
             grl_weight: self.grl_weight,
+            attention_context: self.attention_context,
             ..Default::default()
         };
         c.embedding.modality_dim = self.modality_dim;
@@ -180,6 +183,11 @@ impl Default for Config {
             train: TrainSection::default(),
         }
     }
+}
+
+/// A model variant by name; an unknown name is a configuration error.
+pub fn parse_variant(name: &str) -> anyhow::Result<marnflow_model::Variant> {
+    name.parse().map_err(|e| anyhow::anyhow!(ConfigError(vec![format!("train.variant: {e}")])))
 }
 
 /// Configuration problems, all of them (exit code 2).
@@ -360,7 +368,7 @@ mod tests {
 
     #[test]
     fn default_toml_is_the_defaults() {
-        let text = include_str!("../configs/default.toml");
+        let text = include_str!("../../../configs/default.toml");
         let cfg = Config::layered(Some(("configs/default.toml", text)), no_env()).unwrap();
         assert_eq!(cfg, Config::default());
         cfg.validate().unwrap();
@@ -368,7 +376,7 @@ mod tests {
 
     #[test]
     fn every_default_key_is_documented() {
-        let text = include_str!("../configs/default.toml");
+        let text = include_str!("../../../configs/default.toml");
         let file: toml::Table = text.parse().unwrap();
         let defaults = Value::try_from(Config::default()).unwrap();
         for (k, v) in defaults.as_table().unwrap() {

@@ -222,7 +222,7 @@ impl DataSpec {
             n_behavior_types: BEHAVIORS.len(),
             n_time_buckets: TIME_BUCKETS,
             image_dim,
-            title_vocab: if word_dim > 0 && vocab.token.len() > 0 { size(&vocab.token) } else { 0 },
+            title_vocab: if word_dim > 0 && !vocab.token.is_empty() { size(&vocab.token) } else { 0 },
             word_dim,
         };
         inputs.validate()?;
@@ -397,6 +397,11 @@ impl ItemStore {
         self.item_ids.len()
     }
 
+    /// Whether the table has no items.
+    pub fn is_empty(&self) -> bool {
+        self.item_ids.is_empty()
+    }
+
     /// Row of an item index.
     pub fn row(&self, item: u32) -> Option<usize> {
         self.rows.get(&item).copied()
@@ -466,17 +471,20 @@ impl Slice {
 /// A samples file and its content digest (the registry's record of the training data).
 pub use marnflow_registry::PartitionDigest as FileDigest;
 
-/// Converts one Arrow batch of `features/samples` into rows.
-pub fn rows_of(
-    b: &RecordBatch,
-    day: u16,
-    vocab: &Vocab,
-    inputs: &ModelInputs,
-    slice: Slice,
-    keep_keys: bool,
-    what: &str,
-    out: &mut Vec<Row>,
-) -> Result<()> {
+/// How `features/samples` batches become rows: the vocabularies and model inputs that index
+/// them, the slice kept, and whether request keys are kept (evaluation) or dropped (training).
+#[derive(Debug, Clone, Copy)]
+pub struct RowReader<'a> {
+    pub vocab: &'a Vocab,
+    pub inputs: &'a ModelInputs,
+    pub slice: Slice,
+    pub keep_keys: bool,
+}
+
+/// Converts one Arrow batch of `features/samples` (`what`: its file, for errors) into rows of
+/// day index `day`, appended to `out`.
+pub fn rows_of(reader: RowReader<'_>, b: &RecordBatch, day: u16, what: &str, out: &mut Vec<Row>) -> Result<()> {
+    let RowReader { vocab, inputs, slice, keep_keys } = reader;
     let text = |name: &str| column(b, name, &DataType::Utf8, what);
     let (user, item) = (text("user_id")?, text("item_id")?);
     let (user, item) = (user.as_string::<i32>(), item.as_string::<i32>());
@@ -558,7 +566,7 @@ pub async fn read_day(
     let mut rows = Vec::new();
     for file in files {
         for b in parquet_batches(lake.get(&file).await?, &file)? {
-            rows_of(&b, day_index, vocab, inputs, slice, true, &file, &mut rows)?;
+            rows_of(RowReader { vocab, inputs, slice, keep_keys: true }, &b, day_index, &file, &mut rows)?;
         }
     }
     Ok(rows)
@@ -588,6 +596,7 @@ pub async fn digest_days(lake: &Lake, days: &[NaiveDate]) -> Result<Vec<FileDige
 }
 
 /// Builds [`Batch`]es from rows: each distinct (day, item) once.
+#[derive(Debug)]
 pub struct BatchBuilder<'a> {
     pub inputs: &'a ModelInputs,
     pub stores: &'a HashMap<u16, Arc<ItemStore>>,
@@ -632,7 +641,7 @@ impl BatchBuilder<'_> {
                         items.brand.push(st.brand[r]);
                         items.category.push(st.category[r]);
                         items.stat_buckets.extend_from_slice(&st.stats[r * s..(r + 1) * s]);
-                        images.extend_from_slice(&st.images.get(r * d..(r + 1) * d).unwrap_or(&[]));
+                        images.extend_from_slice(st.images.get(r * d..(r + 1) * d).unwrap_or(&[]));
                         items.image_present.push(st.image_present.get(r).copied().unwrap_or(false));
                         titles.push(&st.titles[r]);
                     }
@@ -697,7 +706,7 @@ impl BatchBuilder<'_> {
 #[derive(Debug)]
 pub enum Msg {
     /// Batch `index` of `epoch` (indices count from 0 within each epoch).
-    Batch { epoch: u32, index: u64, batch: Batch },
+    Batch { epoch: u32, index: u64, batch: Box<Batch> },
     /// A batch that was skipped (resuming): the shuffle advanced but nothing was built.
     Skipped,
     /// The producer failed.
@@ -779,7 +788,7 @@ impl Producer<'_> {
         } else {
             let refs: Vec<&Row> = rows.iter().collect();
             let batch = BatchBuilder { inputs: &self.spec.inputs, stores: &self.stores }.build(&refs, None)?;
-            Msg::Batch { epoch, index, batch }
+            Msg::Batch { epoch, index, batch: Box::new(batch) }
         };
         for r in &rows {
             if let Some(n) = self.pending.get_mut(&r.day) {
@@ -824,7 +833,8 @@ async fn produce(
             for file in partition_files(lake, SAMPLES, day).await? {
                 for b in parquet_batches(lake.get(&file).await?, &file)? {
                     let mut rows = Vec::with_capacity(b.num_rows());
-                    rows_of(&b, d, vocab, &spec.inputs, slice, false, &file, &mut rows)?;
+                    let reader = RowReader { vocab, inputs: &spec.inputs, slice, keep_keys: false };
+                    rows_of(reader, &b, d, &file, &mut rows)?;
                     *p.pending.entry(d).or_insert(0) += rows.len();
                     for row in rows {
                         if buffer.len() < capacity {
@@ -909,17 +919,8 @@ mod tests {
         let inputs = ModelInputs::ids_only(10, 0);
         let read = |b: &str| {
             let mut out = Vec::new();
-            rows_of(
-                &samples_row(b),
-                0,
-                &vocab,
-                &inputs,
-                Slice::All,
-                false,
-                "samples/dt=2026-01-01/part-0.parquet",
-                &mut out,
-            )
-            .map(|()| out)
+            let reader = RowReader { vocab: &vocab, inputs: &inputs, slice: Slice::All, keep_keys: false };
+            rows_of(reader, &samples_row(b), 0, "samples/dt=2026-01-01/part-0.parquet", &mut out).map(|()| out)
         };
         let rows = read(BEHAVIORS[1]).unwrap();
         assert_eq!(rows[0].behavior, [1]);

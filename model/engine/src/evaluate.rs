@@ -75,6 +75,23 @@ pub struct Attention {
     /// How the intensities agree with the planted weights (generated worlds).
     #[serde(default)]
     pub agreement: Option<AttentionAgreement>,
+    /// How well each modality's specific features `s_m` (what Eq. 3 computes the attention from)
+    /// reveal the item's category.
+    #[serde(default)]
+    pub category_probe: Option<CategoryProbe>,
+}
+
+/// A probe of the attention's input: leave-one-out nearest-centroid classification of the
+/// category from `s_m`, per modality, over the evaluation items that have the modality.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CategoryProbe {
+    /// Per modality (as [`Attention::modalities`]): the share of items whose nearest category
+    /// centroid (their own item left out) is their category; `None` below two categories.
+    pub accuracy: Vec<Option<f64>>,
+    /// The share of the most common category: what guessing it for every item scores.
+    pub majority: f64,
+    /// Items probed.
+    pub items: usize,
 }
 
 /// One category's row of the Figure-4 heat map.
@@ -414,6 +431,8 @@ async fn attention(lake: &Lake, model: &Marn, builder: &BatchBuilder<'_>, rows: 
     // Per category: items, and per modality the sum of norms and the items that have it.
     let mut per_category: BTreeMap<String, (usize, Vec<(f64, usize)>)> = BTreeMap::new();
     let m = model.modalities().len();
+    // Per modality: (category, s_m) of the items that have it, for the category probe.
+    let mut probe: Vec<Vec<(String, Vec<f32>)>> = vec![Vec::new(); m];
     for of_day in items.chunk_by(|a, b| a.0 == b.0) {
         let day = of_day[0].0;
         let store = builder.stores.get(&day).ok_or_else(|| anyhow::anyhow!("no item table for day {day}"))?;
@@ -422,8 +441,16 @@ async fn attention(lake: &Lake, model: &Marn, builder: &BatchBuilder<'_>, rows: 
             let only_items = builder.items(day, &ids)?;
             let x = model.tensors(&only_items)?;
             let Some(values) = model.modality_attention(&x)? else { return Ok(None) };
+            let features = model.modality_features(&x)?;
             for (k, &item) in only_items.items().item.iter().enumerate() {
                 let category = store.row(item).map_or("unknown".to_string(), |r| store.category_ids[r].clone());
+                if let Some(f) = &features {
+                    for (j, samples) in probe.iter_mut().enumerate() {
+                        if f.presence[j][k] {
+                            samples.push((category.clone(), f.specific[j][k * f.dim..(k + 1) * f.dim].to_vec()));
+                        }
+                    }
+                }
                 let slot = per_category.entry(category).or_insert_with(|| (0, vec![(0.0, 0); m]));
                 slot.0 += 1;
                 for (acc, v) in slot.1.iter_mut().zip(&values[k]) {
@@ -454,7 +481,64 @@ async fn attention(lake: &Lake, model: &Marn, builder: &BatchBuilder<'_>, rows: 
     categories.truncate(24);
     categories.sort_by(|a, b| a.profile.cmp(&b.profile).then(a.category.cmp(&b.category)));
     let agreement = attention_agreement(&categories, m);
-    Ok(Some(Attention { modalities, categories, agreement }))
+    let category_probe = category_probe(&probe);
+    Ok(Some(Attention { modalities, categories, agreement, category_probe }))
+}
+
+/// Leave-one-out nearest-centroid accuracy of the category from each modality's samples.
+fn category_probe(per_modality: &[Vec<(String, Vec<f32>)>]) -> Option<CategoryProbe> {
+    let all = per_modality.iter().max_by_key(|v| v.len())?;
+    if all.is_empty() {
+        return None;
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (c, _) in all {
+        *counts.entry(c).or_default() += 1;
+    }
+    let majority = counts.values().max().copied().unwrap_or(0) as f64 / all.len() as f64;
+    let accuracy = per_modality.iter().map(|samples| nearest_centroid_accuracy(samples)).collect();
+    Some(CategoryProbe { accuracy, majority, items: all.len() })
+}
+
+/// Share of `samples` whose nearest class centroid, computed without the sample itself, is its
+/// own class (a class of one sample cannot be predicted for it and counts as a miss). `None`
+/// with fewer than two classes.
+fn nearest_centroid_accuracy(samples: &[(String, Vec<f32>)]) -> Option<f64> {
+    let d = samples.first()?.1.len();
+    let mut classes: BTreeMap<&str, (Vec<f64>, usize)> = BTreeMap::new();
+    for (c, v) in samples {
+        let slot = classes.entry(c).or_insert_with(|| (vec![0.0; d], 0));
+        for (s, &x) in slot.0.iter_mut().zip(v) {
+            *s += f64::from(x);
+        }
+        slot.1 += 1;
+    }
+    if classes.len() < 2 {
+        return None;
+    }
+    let mut right = 0usize;
+    for (c, v) in samples {
+        let best = classes
+            .iter()
+            .filter_map(|(&k, (sum, n))| {
+                // The sample's own class loses the sample.
+                let (n, own) = if k == c.as_str() { (*n - 1, true) } else { (*n, false) };
+                (n > 0).then(|| {
+                    let dist: f64 = sum
+                        .iter()
+                        .zip(v)
+                        .map(|(s, &x)| {
+                            let centroid = if own { (s - f64::from(x)) / n as f64 } else { s / n as f64 };
+                            (f64::from(x) - centroid).powi(2)
+                        })
+                        .sum();
+                    (dist, k)
+                })
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
+        right += usize::from(best.is_some_and(|(_, k)| k == c.as_str()));
+    }
+    Some(right as f64 / samples.len() as f64)
 }
 
 /// How the attention intensities of `categories` agree with their planted weights.
@@ -680,6 +764,20 @@ pub fn markdown(e: &Evaluation, record: Option<&TrainingRecord>) -> String {
                     .join(", ")
             );
         }
+        if let Some(p) = &a.category_probe {
+            s += &format!(
+                "\nHow well `s_m`, the input of Eq. 3, reveals the category (leave-one-out nearest category \
+                 centroid over {} items; guessing the most common category scores {:.3}): {}.\n",
+                p.items,
+                p.majority,
+                a.modalities
+                    .iter()
+                    .zip(&p.accuracy)
+                    .map(|(m, r)| format!("{m} {}", fmt(*r)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
     }
     if let Some(space) = &e.modality_space {
         s += &format!(
@@ -831,4 +929,29 @@ pub fn write_report(dir: &Path, e: &Evaluation, record: Option<&TrainingRecord>)
         put(&format!("{name}.png"), &chart.png().map_err(|e| anyhow::anyhow!("rendering {name}.png: {e}"))?)?;
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(c: &str, v: [f32; 2]) -> (String, Vec<f32>) {
+        (c.to_string(), v.to_vec())
+    }
+
+    #[test]
+    fn nearest_centroid_reads_separated_classes_and_not_mixed_ones() {
+        let separated =
+            [sample("a", [0.0, 0.0]), sample("a", [0.2, 0.1]), sample("b", [5.0, 5.0]), sample("b", [5.1, 4.9])];
+        assert_eq!(nearest_centroid_accuracy(&separated), Some(1.0));
+        // Same points, labels crossed: leaving each point out, its own class's centroid is the
+        // other cluster.
+        let crossed =
+            [sample("a", [0.0, 0.0]), sample("a", [5.0, 5.0]), sample("b", [0.2, 0.1]), sample("b", [5.1, 4.9])];
+        assert_eq!(nearest_centroid_accuracy(&crossed), Some(0.0));
+        assert_eq!(nearest_centroid_accuracy(&separated[..2]), None);
+        let probe = category_probe(&[separated.to_vec(), crossed.to_vec()]).unwrap();
+        assert_eq!(probe.accuracy, vec![Some(1.0), Some(0.0)]);
+        assert!((probe.majority - 0.5).abs() < 1e-12);
+    }
 }
