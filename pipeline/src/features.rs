@@ -841,11 +841,7 @@ async fn update_dictionaries(lake: &Lake, samples: &[RecordBatch], items: &[Reco
 
 /// A dictionary as value → index (empty when it does not exist yet).
 pub async fn read_dictionary(lake: &Lake, rel: &str) -> Result<BTreeMap<String, i64>> {
-    let bytes = match lake.get(rel).await {
-        Ok(b) => b,
-        Err(PipelineError::Store { source: object_store::Error::NotFound { .. }, .. }) => return Ok(BTreeMap::new()),
-        Err(e) => return Err(e),
-    };
+    let Some(bytes) = lake.get_opt(rel).await? else { return Ok(BTreeMap::new()) };
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| b.build())
         .map_err(|e| PipelineError::parquet("read", rel, e))?;

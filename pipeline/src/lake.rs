@@ -252,6 +252,15 @@ impl Lake {
         got.bytes().await.map_err(|e| PipelineError::store("read", &p, e))
     }
 
+    /// Reads a whole object, `None` when it does not exist (any other failure is an error).
+    pub async fn get_opt(&self, rel: &str) -> Result<Option<bytes::Bytes>> {
+        match self.get(rel).await {
+            Ok(b) => Ok(Some(b)),
+            Err(PipelineError::Store { source: object_store::Error::NotFound { .. }, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every object under `rel` (recursively), outside `_staging/`.
     pub async fn list(&self, rel: &str) -> Result<Vec<ObjectMeta>> {
         let prefix = self.path(rel);

@@ -26,7 +26,6 @@ use chrono::{Duration, NaiveDate};
 use marnflow_model::Variant;
 use marnflow_pipeline::features::{run_features, SAMPLES};
 use marnflow_pipeline::lake::Lake;
-use marnflow_pipeline::PipelineError;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
@@ -152,15 +151,11 @@ async fn day_plan(
     date: NaiveDate,
 ) -> Result<RunPlan> {
     let path = plan_path(model, date);
-    match lake.get(&path).await {
-        Ok(bytes) => {
-            let plan: RunPlan =
-                serde_json::from_slice(&bytes).with_context(|| format!("the saved plan {path} cannot be read"))?;
-            info!(date = %plan.date, "continuing the plan of an earlier run of this day");
-            return Ok(plan);
-        }
-        Err(PipelineError::Store { source: object_store::Error::NotFound { .. }, .. }) => {}
-        Err(e) => return Err(e).with_context(|| format!("reading the saved plan {path}")),
+    if let Some(bytes) = lake.get_opt(&path).await.with_context(|| format!("reading the saved plan {path}"))? {
+        let plan: RunPlan =
+            serde_json::from_slice(&bytes).with_context(|| format!("the saved plan {path} cannot be read"))?;
+        info!(date = %plan.date, "continuing the plan of an earlier run of this day");
+        return Ok(plan);
     }
     let settings = &cfg.train;
     let mut from = date;

@@ -210,7 +210,6 @@ pub fn period(from: NaiveDate, to: NaiveDate) -> String {
 }
 
 /// Evaluates `spec` (NAME@ALIAS or NAME@vN) on the days `from` to `to`, their rows pooled.
-#[allow(clippy::too_many_arguments)]
 pub async fn evaluate(
     lake: &Lake,
     spec: &str,
@@ -440,23 +439,19 @@ async fn attention(lake: &Lake, model: &Marn, builder: &BatchBuilder<'_>, rows: 
             let ids: Vec<u32> = chunk.iter().map(|&(_, item)| item).collect();
             let only_items = builder.items(day, &ids)?;
             let x = model.tensors(&only_items)?;
-            let Some(values) = model.modality_attention(&x)? else { return Ok(None) };
-            let features = model.modality_features(&x)?;
+            let f = match model.modality_features(&x)? {
+                Some(f) if !f.attention.is_empty() => f,
+                _ => return Ok(None),
+            };
             for (k, &item) in only_items.items().item.iter().enumerate() {
                 let category = store.row(item).map_or("unknown".to_string(), |r| store.category_ids[r].clone());
-                if let Some(f) = &features {
-                    for (j, samples) in probe.iter_mut().enumerate() {
-                        if f.presence[j][k] {
-                            samples.push((category.clone(), f.specific[j][k * f.dim..(k + 1) * f.dim].to_vec()));
-                        }
-                    }
-                }
-                let slot = per_category.entry(category).or_insert_with(|| (0, vec![(0.0, 0); m]));
+                let slot = per_category.entry(category.clone()).or_insert_with(|| (0, vec![(0.0, 0); m]));
                 slot.0 += 1;
-                for (acc, v) in slot.1.iter_mut().zip(&values[k]) {
-                    if let Some(v) = v {
-                        acc.0 += f64::from(*v);
+                for (j, (acc, samples)) in slot.1.iter_mut().zip(probe.iter_mut()).enumerate() {
+                    if f.presence[j][k] {
+                        acc.0 += f64::from(f.attention[j][k]);
                         acc.1 += 1;
+                        samples.push((category.clone(), f.specific[j][k * f.dim..(k + 1) * f.dim].to_vec()));
                     }
                 }
             }

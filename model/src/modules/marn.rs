@@ -595,6 +595,9 @@ pub struct ModalityFeatures {
     pub invariant: Vec<Vec<f32>>,
     /// The pooled invariant representation `c`, row-major `[n, d]` (empty without `I`).
     pub pooled: Vec<f32>,
+    /// MAF's attention intensity `‖atten_m‖₂` (Eq. 3) of every modality, `[n]` each (empty
+    /// for variants without MAF).
+    pub attention: Vec<Vec<f32>>,
     /// `presence[m][i]`: whether item `i` has modality `m`.
     pub presence: Vec<Vec<bool>>,
 }
@@ -629,6 +632,16 @@ pub struct MarnLoss {
     pub lambda: f64,
     /// The auxiliary terms.
     pub aux: AuxLosses,
+}
+
+/// What MAF's attention sees beside `s_m`: the category embedding when the fusion was built
+/// with a context, else nothing (and no lookup).
+fn maf_context(fusion: &AttentionFusion, embedding: &ModalityEmbedding, x: &BatchTensors) -> Option<Tensor<2>> {
+    if fusion.needs_context() {
+        embedding.category_context(x)
+    } else {
+        None
+    }
 }
 
 fn missing(part: &str) -> Error {
@@ -713,7 +726,7 @@ impl Marn {
             };
             return Ok((rep, aux));
         };
-        let s = fusion.forward(&specific, &presence, embedding.category_context(x).as_ref());
+        let s = fusion.forward(&specific, &presence, maf_context(fusion, embedding, x).as_ref());
         let c = projection.invariant(&e);
         let rep = match (&self.adversarial, c.len()) {
             (_, 0) => s,
@@ -751,30 +764,9 @@ impl Marn {
         Ok((rep, aux))
     }
 
-    /// MAF attention intensity of every modality for every distinct item (Figure 4): the
-    /// l2-norm `‖atten_m‖₂` of the vector attention of Eq. 3, `[n][M]` in the order of
-    /// [`Marn::modalities`], `None` where the item lacks the modality. `None` for variants
-    /// without MAF.
-    pub fn modality_attention(&self, x: &BatchTensors) -> Result<Option<Vec<Vec<Option<f32>>>>> {
-        let (Some(embedding), Some(projection), Some(fusion)) = (&self.embedding, &self.projection, &self.fusion)
-        else {
-            return Ok(None);
-        };
-        let e = embedding.forward(x)?;
-        let attention = fusion.attention(&projection.specific(&e), embedding.category_context(x).as_ref());
-        let m = attention.len();
-        if m == 0 {
-            return Ok(None);
-        }
-        let n = x.n_items;
-        let norms: Vec<Tensor<2>> = attention.into_iter().map(|a| a.square().sum_dim(1).sqrt()).collect();
-        let values = read(Tensor::cat(norms, 1), "attention")?;
-        let presence = read_presence(&embedding.presence(x), n)?;
-        Ok(Some((0..n).map(|i| (0..m).map(|k| presence[k][i].then_some(values[i * m + k])).collect()).collect()))
-    }
-
-    /// `s_m`, `c_m` and the pooled `c` of the distinct items (Figure 5). `None` for variants
-    /// without the specific projections (`lr`, `fm`).
+    /// `s_m`, `c_m`, the pooled `c` (Figure 5) and MAF's attention norms (Figure 4) of the
+    /// distinct items, from one pass through the embedding layer. `None` for variants without
+    /// the specific projections (`lr`, `fm`).
     pub fn modality_features(&self, x: &BatchTensors) -> Result<Option<ModalityFeatures>> {
         let (Some(embedding), Some(projection)) = (&self.embedding, &self.projection) else {
             return Ok(None);
@@ -787,12 +779,21 @@ impl Marn {
             (Some(adv), false) => read(adv.forward(&invariant, &presence).invariant, "pooled invariant")?,
             _ => Vec::new(),
         };
+        let attention = match &self.fusion {
+            Some(fusion) => fusion
+                .attention(&specific, maf_context(fusion, embedding, x).as_ref())
+                .into_iter()
+                .map(|a| read(a.square().sum_dim(1).sqrt(), "attention"))
+                .collect::<Result<_>>()?,
+            None => Vec::new(),
+        };
         Ok(Some(ModalityFeatures {
             modalities: self.modalities.clone(),
             dim: self.config.representation_dim,
             specific: specific.into_iter().map(|t| read(t, "specific features")).collect::<Result<_>>()?,
             invariant: invariant.into_iter().map(|t| read(t, "invariant features")).collect::<Result<_>>()?,
             pooled,
+            attention,
             presence: read_presence(&presence, x.n_items)?,
         }))
     }
