@@ -86,14 +86,20 @@ pub fn user_auc<U: Eq + std::hash::Hash + Copy>(
     if users.len() != scores.len() {
         return Err(Error::Metrics(format!("{} scores but {} users", scores.len(), users.len())));
     }
-    let mut groups: HashMap<U, (Vec<f32>, Vec<f32>)> = HashMap::new();
+    // Users in order of first appearance: the sums below run in the same order every time, so
+    // the same inputs give bit-identical results (a HashMap's order changes from run to run).
+    let mut index: HashMap<U, usize> = HashMap::new();
+    let mut groups: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
     for ((&s, &l), &u) in scores.iter().zip(labels).zip(users) {
-        let g = groups.entry(u).or_default();
-        g.0.push(s);
-        g.1.push(l);
+        let k = *index.entry(u).or_insert_with(|| {
+            groups.push((Vec::new(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[k].0.push(s);
+        groups[k].1.push(l);
     }
     let (mut weighted, mut unweighted, mut n_users, mut impressions) = (0.0, 0.0, 0usize, 0usize);
-    for (s, l) in groups.values() {
+    for (s, l) in &groups {
         if let Some(a) = auc_unchecked(s, l) {
             weighted += a * s.len() as f64;
             unweighted += a;
@@ -282,6 +288,21 @@ mod tests {
         assert!(auc(&[0.1], &[1.0, 0.0]).is_err());
         assert!(auc(&[0.1, 0.2], &[0.5, 0.0]).is_err());
         assert!(auc(&[f32::NAN, 0.2], &[1.0, 0.0]).is_err());
+    }
+
+    #[test]
+    fn user_auc_is_bit_identical_across_calls() {
+        // Many users with uneven AUCs: a sum in hash order would differ in its last bits.
+        let n = 3000;
+        let users: Vec<u32> = (0..n).map(|i| (i * 7919 % 401) as u32).collect();
+        let scores: Vec<f32> = (0..n).map(|i| ((i * 2654435761u64 as usize) % 1000) as f32 / 1000.0).collect();
+        let labels: Vec<f32> = (0..n).map(|i| f32::from(u8::from(i % 3 == 0))).collect();
+        let first = user_auc(&scores, &labels, &users).unwrap().unwrap();
+        for _ in 0..20 {
+            let again = user_auc(&scores, &labels, &users).unwrap().unwrap();
+            assert_eq!(again.weighted.to_bits(), first.weighted.to_bits());
+            assert_eq!(again.unweighted.to_bits(), first.unweighted.to_bits());
+        }
     }
 
     #[test]
