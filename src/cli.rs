@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use marnflow_model::device::DeviceSpec;
+use marnflow_model::Variant;
 
 /// marnflow: raw e-commerce logs to trained click-through-rate models (MARN), every day.
 #[derive(Debug, Parser)]
@@ -69,8 +71,8 @@ pub enum Command {
 pub struct TrainFlags {
     /// Model variant: marn; its ablations maf_ddma, maf_adv, maf, conc, image, ids; the baselines lr, fm,
     /// youtube_net, xdeepfm, dupn, dien, dmf, mmss, naml, din
-    #[arg(long, value_name = "V", help_heading = "Training")]
-    pub variant: Option<String>,
+    #[arg(long, value_name = "V", value_parser = parse_variant, help_heading = "Training")]
+    pub variant: Option<Variant>,
 
     /// Passes over the data
     #[arg(long, value_name = "E", value_parser = clap::value_parser!(u32).range(1..=1000), help_heading = "Training")]
@@ -81,8 +83,8 @@ pub struct TrainFlags {
     pub batch_size: Option<u64>,
 
     /// cpu, cuda:N, tch:cpu or tch:cuda:N
-    #[arg(long, value_name = "DEVICE", help_heading = "Training")]
-    pub device: Option<String>,
+    #[arg(long, value_name = "DEVICE", value_parser = parse_device, help_heading = "Training")]
+    pub device: Option<DeviceSpec>,
 }
 
 #[derive(Debug, Args)]
@@ -138,8 +140,8 @@ pub struct EvaluateArgs {
     pub report: Option<PathBuf>,
 
     /// cpu, cuda:N, tch:cpu or tch:cuda:N
-    #[arg(long, value_name = "DEVICE")]
-    pub device: Option<String>,
+    #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
+    pub device: Option<DeviceSpec>,
 }
 
 #[derive(Debug, Args)]
@@ -484,12 +486,20 @@ pub struct DemoArgs {
     pub epochs: Option<u32>,
 
     /// Models to train, comma-separated [default: a few baselines and MARN variants]
-    #[arg(long, value_name = "V,V,…", value_delimiter = ',', conflicts_with = "table2")]
-    pub variants: Vec<String>,
+    #[arg(long, value_name = "V,V,…", value_delimiter = ',', value_parser = parse_variant, conflicts_with = "table2")]
+    pub variants: Vec<Variant>,
 
     /// Train every model of the paper's Table 2 (LR … NAML, then MARN) instead of the default few
     #[arg(long)]
     pub table2: bool,
+}
+
+fn parse_variant(s: &str) -> Result<Variant, String> {
+    s.parse().map_err(|e: marnflow_model::Error| e.to_string())
+}
+
+fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    s.parse().map_err(|e: marnflow_model::Error| e.to_string())
 }
 
 fn parse_date(s: &str) -> Result<chrono::NaiveDate, String> {

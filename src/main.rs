@@ -9,14 +9,14 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use marnflow_pipeline::features::run_features;
+use marnflow_pipeline::features::{run_features, RawFormat};
 use marnflow_pipeline::lake::Lake;
 use marnflow_pipeline::query::{write_batches, LakeSession, OutputFormat};
 use marnflow_pipeline::world::WorldConfig;
 use marnflow_pipeline::PipelineError;
 
 use cli::{Cli, Command, LogFormat, SqlFormat};
-use marnflow_engine::config::{parse_variant, Config, ConfigError};
+use marnflow_engine::config::{Config, ConfigError};
 use marnflow_engine::demo::{generate_with_progress, print_summary, DemoOptions, DEMO_CONFIG, MOVIELENS_CONFIG};
 use marnflow_engine::{daily, data, evaluate, serving, training};
 
@@ -113,9 +113,6 @@ fn demo_command(cli: &Cli, args: &cli::DemoArgs, runtime: &tokio::runtime::Runti
         cfg.lake = lake.clone();
     }
     cfg.validate()?;
-    for v in &args.variants {
-        parse_variant(v)?;
-    }
     let options = DemoOptions {
         report: args.report.clone(),
         since: args.since,
@@ -161,11 +158,10 @@ fn features_command(cli: &Cli, args: &cli::FeaturesArgs, runtime: &tokio::runtim
     }
     if let Some(f) = args.format {
         cfg.features.raw_format = match f {
-            cli::RawFormat::Parquet => "parquet",
-            cli::RawFormat::Csv => "csv",
-            cli::RawFormat::Json => "json",
-        }
-        .into();
+            cli::RawFormat::Parquet => RawFormat::Parquet,
+            cli::RawFormat::Csv => RawFormat::Csv,
+            cli::RawFormat::Json => RawFormat::Json,
+        };
     }
     cfg.validate()?;
     let (from, to) = match (args.date, args.from, args.to) {
@@ -217,7 +213,7 @@ fn train_setup(cli: &Cli, flags: &cli::TrainFlags) -> Result<(Config, marnflow_m
     let mut cfg = load_config(cli)?;
     apply_train_flags(&mut cfg, flags)?;
     cfg.validate()?;
-    let variant = parse_variant(&cfg.train.variant)?;
+    let variant = cfg.train.model.variant;
     let lake = Lake::open(&cfg.lake)?;
     Ok((cfg, variant, lake))
 }
@@ -258,8 +254,8 @@ fn train_command(cli: &Cli, args: &cli::TrainArgs, runtime: &tokio::runtime::Run
 /// `evaluate`: a version on one day or a range, with an optional report.
 fn evaluate_command(cli: &Cli, args: &cli::EvaluateArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
     let mut cfg = load_config(cli)?;
-    if let Some(d) = &args.device {
-        cfg.train.device = d.clone();
+    if let Some(d) = args.device {
+        cfg.train.device = d;
     }
     cfg.validate()?;
     let lake = Lake::open(&cfg.lake)?;
@@ -269,7 +265,7 @@ fn evaluate_command(cli: &Cli, args: &cli::EvaluateArgs, runtime: &tokio::runtim
         args.date,
         args.to.unwrap_or(args.date),
         data::Slice::All,
-        &cfg.train.device,
+        cfg.train.device,
         cfg.train.recall_users,
     ))?;
     if let Some(dir) = &args.report {
@@ -338,7 +334,7 @@ fn export_command(cli: &Cli, args: &cli::ExportArgs, runtime: &tokio::runtime::R
         &args.model,
         args.date,
         &args.out,
-        &cfg.train.device,
+        cfg.train.device,
     ))?;
     println!("wrote {rows} item embeddings ({width} wide) to {}", args.out);
     Ok(())
@@ -347,7 +343,7 @@ fn export_command(cli: &Cli, args: &cli::ExportArgs, runtime: &tokio::runtime::R
 /// `score`: a click probability for every sample row of a day.
 fn score_command(cli: &Cli, args: &cli::ScoreArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
     let (cfg, lake) = open_lake(cli)?;
-    let rows = runtime.block_on(serving::score(&lake, &args.model, args.date, &args.out, &cfg.train.device))?;
+    let rows = runtime.block_on(serving::score(&lake, &args.model, args.date, &args.out, cfg.train.device))?;
     println!("wrote {rows} scores to {}", args.out);
     Ok(())
 }
@@ -416,8 +412,8 @@ fn cluster_addresses(process: usize, processes: u64, file: &std::path::Path) -> 
 }
 
 fn apply_train_flags(cfg: &mut Config, f: &cli::TrainFlags) -> Result<()> {
-    if let Some(v) = &f.variant {
-        cfg.train.variant = v.clone();
+    if let Some(v) = f.variant {
+        cfg.train.model.variant = v;
     }
     if let Some(v) = f.epochs {
         cfg.train.epochs = v;
@@ -425,8 +421,8 @@ fn apply_train_flags(cfg: &mut Config, f: &cli::TrainFlags) -> Result<()> {
     if let Some(v) = f.batch_size {
         cfg.train.batch_size = usize::try_from(v)?;
     }
-    if let Some(v) = &f.device {
-        cfg.train.device = v.clone();
+    if let Some(v) = f.device {
+        cfg.train.device = v;
     }
     Ok(())
 }

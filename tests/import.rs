@@ -320,7 +320,8 @@ fn amazon_import_samples_seeded_negatives_and_runs_the_chain() {
     let cfg = tmp.path().join("small.toml");
     std::fs::write(
         &cfg,
-        "[train]\nrepresentation_dim = 8\nmodality_dim = 8\ngru_dim = 8\nattention_dim = 4\nhead_layers = [8]\ntitle_filters = 2\nbatch_size = 32\n",
+        "[train]\nbatch_size = 32\n[train.model]\nrepresentation_dim = 8\ngru_dim = 8\nattention_dim = 4\nhead_layers = [8]\n\
+         [train.model.embedding]\nmodality_dim = 8\ntitle_filters = 2\n",
     )
     .unwrap();
     let c = cfg.to_str().unwrap();

@@ -10,7 +10,11 @@
 //!
 //! Training wraps the device in autodiff: `parse_device("cpu")?.autodiff()`.
 
+use std::fmt;
+use std::str::FromStr;
+
 use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -30,27 +34,86 @@ pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-fn cuda_index(spec: &str, rest: &str) -> Result<usize> {
-    rest.parse::<usize>().map_err(|_| Error::Device(format!("{spec:?}: expected cuda:N with N a GPU index")))
+/// A device by name, parsed once from configuration: `cpu` (alias `flex`), `cuda:N`, `tch:cpu`
+/// (alias `tch`) or `tch:cuda:N`. Whether this build has the backend is checked by
+/// [`DeviceSpec::device`], so a config naming a GPU parses everywhere and fails where it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    /// burn-flex, pure Rust.
+    #[default]
+    Cpu,
+    /// GPU `N`: burn-cuda, or LibTorch CUDA when only `tch` is built.
+    Cuda(usize),
+    /// LibTorch on the CPU.
+    TchCpu,
+    /// LibTorch CUDA, GPU `N`.
+    TchCuda(usize),
 }
 
-/// Parse `cpu`, `flex`, `cuda:N`, `tch`, `tch:cpu` or `tch:cuda:N`.
+impl DeviceSpec {
+    /// The burn device, or an error naming the Cargo feature this build lacks.
+    pub fn device(self) -> Result<Device> {
+        let spec = self.to_string();
+        match self {
+            DeviceSpec::Cpu => Ok(Device::flex()),
+            DeviceSpec::Cuda(index) => cuda(&spec, index),
+            DeviceSpec::TchCpu => tch_cpu(&spec),
+            DeviceSpec::TchCuda(index) => tch_cuda(&spec, index),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+            DeviceSpec::TchCpu => f.write_str("tch:cpu"),
+            DeviceSpec::TchCuda(i) => write!(f, "tch:cuda:{i}"),
+        }
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = Error;
+    fn from_str(spec: &str) -> Result<Self> {
+        let index = |rest: &str| {
+            rest.parse::<usize>().map_err(|_| Error::Device(format!("{spec:?}: expected cuda:N with N a GPU index")))
+        };
+        let s = spec.trim();
+        match s {
+            "cpu" | "flex" => Ok(DeviceSpec::Cpu),
+            "tch" | "tch:cpu" => Ok(DeviceSpec::TchCpu),
+            _ => {
+                if let Some(rest) = s.strip_prefix("tch:cuda:") {
+                    Ok(DeviceSpec::TchCuda(index(rest)?))
+                } else if let Some(rest) = s.strip_prefix("cuda:") {
+                    Ok(DeviceSpec::Cuda(index(rest)?))
+                } else {
+                    Err(Error::Device(format!("unknown device {spec:?}; expected cpu, cuda:N, tch:cpu or tch:cuda:N")))
+                }
+            }
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        d.to_string()
+    }
+}
+
+/// Parse `cpu`, `flex`, `cuda:N`, `tch`, `tch:cpu` or `tch:cuda:N` into a device of this build.
 pub fn parse_device(spec: &str) -> Result<Device> {
-    let spec_trim = spec.trim();
-    match spec_trim {
-        "cpu" | "flex" => return Ok(Device::flex()),
-        "tch" | "tch:cpu" => return tch_cpu(spec),
-        _ => {}
-    }
-    if let Some(rest) = spec_trim.strip_prefix("tch:cuda:") {
-        let index = cuda_index(spec, rest)?;
-        return tch_cuda(spec, index);
-    }
-    if let Some(rest) = spec_trim.strip_prefix("cuda:") {
-        let index = cuda_index(spec, rest)?;
-        return cuda(spec, index);
-    }
-    Err(Error::Device(format!("unknown device {spec:?}; expected cpu, cuda:N, tch:cpu or tch:cuda:N")))
+    spec.parse::<DeviceSpec>()?.device()
 }
 
 #[cfg(feature = "cuda")]
@@ -104,5 +167,19 @@ mod tests {
         assert!(parse_device("cuda:x").is_err());
         #[cfg(not(any(feature = "cuda", feature = "tch")))]
         assert!(parse_device("cuda:0").unwrap_err().to_string().contains("--features cuda"));
+    }
+
+    #[test]
+    fn a_device_spec_round_trips_through_its_name() {
+        for name in ["cpu", "cuda:0", "cuda:3", "tch:cpu", "tch:cuda:1"] {
+            let spec: DeviceSpec = name.parse().unwrap();
+            assert_eq!(spec.to_string(), name);
+            let json = serde_json::to_string(&spec).unwrap();
+            assert_eq!(serde_json::from_str::<DeviceSpec>(&json).unwrap(), spec);
+        }
+        assert_eq!("flex".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("tch".parse::<DeviceSpec>().unwrap(), DeviceSpec::TchCpu);
+        let err = serde_json::from_str::<DeviceSpec>("\"gpu\"").unwrap_err().to_string();
+        assert!(err.contains("unknown device"), "{err}");
     }
 }

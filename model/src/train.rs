@@ -70,21 +70,29 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Report every problem at once.
-    pub fn validate(&self) -> Result<()> {
+    /// Every problem, each naming its field and value.
+    pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            p.push("learning_rate must be finite and > 0");
+            p.push(format!("learning_rate = {} must be finite and > 0", self.learning_rate));
         }
         if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
-            p.push("epsilon must be finite and > 0");
+            p.push(format!("epsilon = {} must be finite and > 0", self.epsilon));
         }
-        if !(self.initial_accumulator.is_finite() && self.initial_accumulator >= 0.0) {
-            p.push("initial_accumulator must be finite and >= 0");
+        for (name, v) in [
+            ("initial_accumulator", self.initial_accumulator),
+            ("importance_initial_accumulator", self.importance_initial_accumulator),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                p.push(format!("{name} = {v} must be finite and >= 0"));
+            }
         }
-        if !(self.importance_initial_accumulator.is_finite() && self.importance_initial_accumulator >= 0.0) {
-            p.push("importance_initial_accumulator must be finite and >= 0");
-        }
+        p
+    }
+
+    /// Report every problem at once.
+    pub fn validate(&self) -> Result<()> {
+        let p = self.problems();
         if p.is_empty() {
             Ok(())
         } else {

@@ -97,8 +97,54 @@ pub struct FeaturesConfig {
     pub workers: usize,
     /// Folder with the SQL jobs; the embedded copies are used when it does not exist.
     pub sql_dir: String,
-    /// Format of the raw files (`parquet`, `csv` or `json`); empty: by file extension.
-    pub raw_format: String,
+    /// Format of the raw log files: `auto` (by file extension), `parquet`, `csv` or `json`.
+    pub raw_format: RawFormat,
+}
+
+/// How the raw log files are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum RawFormat {
+    /// By each file's extension (`""` in configs of earlier builds).
+    #[default]
+    Auto,
+    /// Apache Parquet, whatever the extension.
+    Parquet,
+    /// CSV with a header row, whatever the extension.
+    Csv,
+    /// Newline-delimited JSON, whatever the extension.
+    Json,
+}
+
+impl TryFrom<String> for RawFormat {
+    type Error = String;
+    fn try_from(name: String) -> std::result::Result<Self, String> {
+        match name.as_str() {
+            "auto" | "" => Ok(RawFormat::Auto),
+            "parquet" => Ok(RawFormat::Parquet),
+            "csv" => Ok(RawFormat::Csv),
+            "json" => Ok(RawFormat::Json),
+            _ => Err(format!("use auto, parquet, csv or json, not {name:?}")),
+        }
+    }
+}
+
+impl From<RawFormat> for String {
+    fn from(f: RawFormat) -> String {
+        f.forced().unwrap_or("auto").to_string()
+    }
+}
+
+impl RawFormat {
+    /// The format forced on every raw log file, or `None` to go by extension.
+    pub fn forced(self) -> Option<&'static str> {
+        match self {
+            RawFormat::Auto => None,
+            RawFormat::Parquet => Some("parquet"),
+            RawFormat::Csv => Some("csv"),
+            RawFormat::Json => Some("json"),
+        }
+    }
 }
 
 impl Default for FeaturesConfig {
@@ -111,7 +157,7 @@ impl Default for FeaturesConfig {
             max_bad_share: 0.01,
             workers: 1,
             sql_dir: "sql".into(),
-            raw_format: String::new(),
+            raw_format: RawFormat::Auto,
         }
     }
 }
@@ -138,12 +184,6 @@ impl FeaturesConfig {
         if !(0.0..=1.0).contains(&self.max_bad_share) {
             p.push(format!("features.max_bad_share = {} is out of range: allowed 0 to 1", self.max_bad_share));
         }
-        if !["", "parquet", "csv", "json"].contains(&self.raw_format.as_str()) {
-            p.push(format!(
-                "features.raw_format = {:?}: use parquet, csv, json or \"\" (by extension)",
-                self.raw_format
-            ));
-        }
         if !(1..=1024).contains(&self.workers) {
             p.push(format!("features.workers = {} is out of range: allowed 1 to 1024", self.workers));
         }
@@ -152,7 +192,7 @@ impl FeaturesConfig {
 
     /// The forced raw format, if any.
     pub fn raw_format(&self) -> Option<&str> {
-        Some(self.raw_format.as_str()).filter(|f| !f.is_empty())
+        self.raw_format.forced()
     }
 
     /// Names of the statistics of `features/item_stats`, in column order (after `item_id`).

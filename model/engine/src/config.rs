@@ -4,6 +4,8 @@
 use std::path::Path;
 
 use anyhow::Context;
+use marnflow_model::device::DeviceSpec;
+use marnflow_model::{MarnConfig, TrainConfig, Variant};
 use marnflow_pipeline::features::FeaturesConfig;
 use marnflow_pipeline::world::WorldConfig;
 use serde::{Deserialize, Serialize};
@@ -23,90 +25,83 @@ pub struct Config {
     pub train: TrainSection,
 }
 
-/// The `[train]` section: the model, the optimizer, the data stream, evaluation and `run`.
+/// The `[train]` section: the data stream, evaluation and `run`, with the model
+/// (`[train.model]`, the model crate's own [`MarnConfig`]) and the optimizer
+/// (`[train.optimizer]`, its [`TrainConfig`]) nested inside, so each default lives in one place.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainSection {
-    pub variant: String,
     pub epochs: u32,
     pub batch_size: usize,
-    pub learning_rate: f64,
-    pub initial_accumulator: f64,
-    pub importance_initial_accumulator: f64,
-    pub representation_dim: usize,
-    pub modality_dim: usize,
-    pub gru_dim: usize,
-    pub attention_dim: usize,
-    pub head_layers: Vec<usize>,
-    pub title_filters: usize,
-    pub fine_tune_word_vectors: bool,
-    pub lambda0: f64,
-    pub grl_weight: f64,
-    pub attention_context: marnflow_model::AttentionContext,
     pub seed: u64,
-    pub device: String,
+    pub device: DeviceSpec,
     pub shuffle_buffer: usize,
     pub prefetch_batches: usize,
     pub checkpoint_every: u64,
     pub window_days: u32,
     pub holdout_share: f64,
-    pub promote_metric: String,
+    pub promote_metric: PromoteMetric,
     pub recall_users: usize,
+    /// `[train.model]`: the variant and everything that shapes it.
+    pub model: MarnConfig,
+    /// `[train.optimizer]`: AdaGrad.
+    pub optimizer: TrainConfig,
 }
 
 impl Default for TrainSection {
     fn default() -> Self {
-        let optimizer = marnflow_model::TrainConfig::default();
         Self {
-            variant: "marn".into(),
             epochs: 1,
             batch_size: 256,
-            // One source of defaults: the optimizer's own.
-            learning_rate: optimizer.learning_rate,
-            initial_accumulator: optimizer.initial_accumulator,
-            importance_initial_accumulator: optimizer.importance_initial_accumulator,
-            representation_dim: 256,
-            modality_dim: 128,
-            gru_dim: 128,
-            attention_dim: 64,
-            head_layers: vec![128, 64],
-            title_filters: 32,
-            fine_tune_word_vectors: true,
-            lambda0: 0.05,
-            grl_weight: 1.0,
-            attention_context: marnflow_model::AttentionContext::Own,
             seed: 42,
-            device: "cpu".into(),
+            device: DeviceSpec::Cpu,
             shuffle_buffer: 65536,
             prefetch_batches: 8,
             checkpoint_every: 200,
             window_days: 7,
             holdout_share: 0.1,
-            promote_metric: "auc".into(),
+            promote_metric: PromoteMetric::Auc,
             recall_users: 200,
+            model: MarnConfig::default(),
+            optimizer: TrainConfig::default(),
         }
     }
 }
 
-/// Metrics `run --promote-if-better` can compare (higher is better except `logloss`).
-pub const PROMOTE_METRICS: [&str; 3] = ["auc", "user_auc", "logloss"];
+/// The metric `run --promote-if-better` compares (higher is better except `logloss`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromoteMetric {
+    #[default]
+    Auc,
+    UserAuc,
+    Logloss,
+}
+
+impl PromoteMetric {
+    /// The config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PromoteMetric::Auc => "auc",
+            PromoteMetric::UserAuc => "user_auc",
+            PromoteMetric::Logloss => "logloss",
+        }
+    }
+}
+
+impl std::fmt::Display for PromoteMetric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 impl TrainSection {
     /// Every problem, naming its key.
     pub fn validate(&self) -> Vec<String> {
         let mut p = Vec::new();
-        if self.variant.parse::<marnflow_model::Variant>().is_err() {
-            let names: Vec<&str> = marnflow_model::Variant::ALL.iter().map(|v| v.as_str()).collect();
-            p.push(format!("train.variant = {:?}: use one of {}", self.variant, names.join(", ")));
-        }
-        let ranges: [(&str, u64, u64, u64); 11] = [
+        let ranges: [(&str, u64, u64, u64); 6] = [
             ("epochs", self.epochs.into(), 1, 1000),
             ("batch_size", self.batch_size as u64, 1, 1 << 20),
-            ("representation_dim", self.representation_dim as u64, 1, 8192),
-            ("modality_dim", self.modality_dim as u64, 1, 8192),
-            ("gru_dim", self.gru_dim as u64, 1, 8192),
-            ("attention_dim", self.attention_dim as u64, 1, 8192),
-            ("title_filters", self.title_filters as u64, 1, 4096),
             ("shuffle_buffer", self.shuffle_buffer as u64, 1, 1 << 26),
             ("prefetch_batches", self.prefetch_batches as u64, 1, 1024),
             ("checkpoint_every", self.checkpoint_every, 1, u64::MAX),
@@ -117,61 +112,68 @@ impl TrainSection {
                 p.push(format!("train.{key} = {v} is out of range: allowed {lo} to {hi}"));
             }
         }
-        if self.head_layers.iter().any(|&w| w == 0 || w > 8192) {
-            p.push(format!("train.head_layers = {:?}: every width must be 1 to 8192", self.head_layers));
-        }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            p.push(format!("train.learning_rate = {} must be a number > 0", self.learning_rate));
-        }
-        if !(self.initial_accumulator.is_finite() && self.initial_accumulator >= 0.0) {
-            p.push(format!("train.initial_accumulator = {} must be a number >= 0", self.initial_accumulator));
-        }
-        if !(self.importance_initial_accumulator.is_finite() && self.importance_initial_accumulator >= 0.0) {
-            p.push(format!(
-                "train.importance_initial_accumulator = {} must be a number >= 0",
-                self.importance_initial_accumulator
-            ));
-        }
-        if !(self.lambda0.is_finite() && self.lambda0 >= 0.0) {
-            p.push(format!("train.lambda0 = {} must be a number >= 0", self.lambda0));
-        }
-        if !(self.grl_weight.is_finite() && self.grl_weight >= 0.0) {
-            p.push(format!("train.grl_weight = {} must be a number >= 0", self.grl_weight));
-        }
         if !(self.holdout_share > 0.0 && self.holdout_share < 1.0) {
             p.push(format!("train.holdout_share = {} is out of range: allowed between 0 and 1", self.holdout_share));
         }
-        if !PROMOTE_METRICS.contains(&self.promote_metric.as_str()) {
-            p.push(format!(
-                "train.promote_metric = {:?}: use one of {}",
-                self.promote_metric,
-                PROMOTE_METRICS.join(", ")
-            ));
+        if let Err(e) = self.device.device() {
+            p.push(format!("train.device = \"{}\": {e}", self.device));
         }
-        if let Err(e) = marnflow_model::device::parse_device(&self.device) {
-            p.push(format!("train.device = {:?}: {e}", self.device));
-        }
+        p.extend(self.model.problems().into_iter().map(|e| format!("train.model.{e}")));
+        p.extend(self.optimizer.problems().into_iter().map(|e| format!("train.optimizer.{e}")));
         p
     }
 
     /// The model config these settings describe, for `variant`.
-    pub fn model_config(&self, variant: marnflow_model::Variant) -> marnflow_model::MarnConfig {
-        let mut c = marnflow_model::MarnConfig {
-            variant,
-            representation_dim: self.representation_dim,
-            gru_dim: self.gru_dim,
-            attention_dim: self.attention_dim,
-            head_layers: self.head_layers.clone(),
-            lambda0: self.lambda0,
-            grl_weight: self.grl_weight,
-            attention_context: self.attention_context,
-            ..Default::default()
-        };
-        c.embedding.modality_dim = self.modality_dim;
-        c.embedding.title_filters = self.title_filters;
-        c.embedding.fine_tune_word_vectors = self.fine_tune_word_vectors;
-        c
+    pub fn model_config(&self, variant: Variant) -> MarnConfig {
+        MarnConfig { variant, ..self.model.clone() }
     }
+}
+
+/// Keys of `[train]` that builds before the nested `[train.model]` and `[train.optimizer]`
+/// kept flat, and where each lives now. Old `training.json` records are read through it, and a
+/// config file or variable using an old name is told the new one.
+const MOVED_TRAIN_KEYS: [(&str, &[&str]); 14] = [
+    ("variant", &["model", "variant"]),
+    ("representation_dim", &["model", "representation_dim"]),
+    ("gru_dim", &["model", "gru_dim"]),
+    ("attention_dim", &["model", "attention_dim"]),
+    ("head_layers", &["model", "head_layers"]),
+    ("lambda0", &["model", "lambda0"]),
+    ("grl_weight", &["model", "grl_weight"]),
+    ("attention_context", &["model", "attention_context"]),
+    ("modality_dim", &["model", "embedding", "modality_dim"]),
+    ("title_filters", &["model", "embedding", "title_filters"]),
+    ("fine_tune_word_vectors", &["model", "embedding", "fine_tune_word_vectors"]),
+    ("learning_rate", &["optimizer", "learning_rate"]),
+    ("initial_accumulator", &["optimizer", "initial_accumulator"]),
+    ("importance_initial_accumulator", &["optimizer", "importance_initial_accumulator"]),
+];
+
+/// Where a flat `[train]` key of earlier builds lives now (`train.model.variant`), if it moved.
+fn moved_train_key(key: &str) -> Option<String> {
+    MOVED_TRAIN_KEYS.iter().find(|(old, _)| *old == key).map(|(_, new)| format!("train.{}", new.join(".")))
+}
+
+/// Reads a recorded `[train]` section (`training.json`'s `settings`, through
+/// `#[serde(deserialize_with)]`) in the current layout or the flat one of earlier builds, whose
+/// moved keys are put where they live now first.
+pub fn recorded_settings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TrainSection, D::Error> {
+    let mut value = serde_json::Value::deserialize(d)?;
+    if let Some(map) = value.as_object_mut() {
+        for (old, path) in MOVED_TRAIN_KEYS {
+            let (Some(v), Some((leaf, parents))) = (map.remove(old), path.split_last()) else { continue };
+            let mut at = &mut *map;
+            for key in parents {
+                let slot = at.entry(key.to_string()).or_insert_with(|| serde_json::json!({}));
+                match slot.as_object_mut() {
+                    Some(next) => at = next,
+                    None => return Err(serde::de::Error::custom(format!("settings.{key} is not a table"))),
+                }
+            }
+            at.insert(leaf.to_string(), v);
+        }
+    }
+    TrainSection::deserialize(&value).map_err(serde::de::Error::custom)
 }
 
 impl Default for Config {
@@ -183,11 +185,6 @@ impl Default for Config {
             train: TrainSection::default(),
         }
     }
-}
-
-/// A model variant by name; an unknown name is a configuration error.
-pub fn parse_variant(name: &str) -> anyhow::Result<marnflow_model::Variant> {
-    name.parse().map_err(|e| anyhow::anyhow!(ConfigError(vec![format!("train.variant: {e}")])))
 }
 
 /// Configuration problems, all of them (exit code 2).
@@ -215,7 +212,8 @@ const ENV_TEST_PREFIX: &str = "MARNFLOW_TEST_";
 
 impl Config {
     /// Defaults, overlaid by `text` (a TOML document, `origin` names it in messages), then by
-    /// the `MARNFLOW_*` variables of `env`.
+    /// the `MARNFLOW_*` variables of `env`. Every problem is reported at once: unknown keys,
+    /// values of the wrong type or outside an enum, and what [`Config::validate`] finds in the rest.
     pub fn layered(
         text: Option<(&str, &str)>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -223,9 +221,14 @@ impl Config {
         let mut problems = Vec::new();
         let defaults = Value::try_from(Config::default()).map_err(|e| ConfigError(vec![e.to_string()]))?;
         let mut merged = defaults.clone();
+        // Every key given, with the name a message should use for it.
+        let mut given: Vec<(Vec<String>, String)> = Vec::new();
         if let Some((origin, text)) = text {
             match text.parse::<toml::Table>() {
-                Ok(file) => overlay(&mut merged, &defaults, &Value::Table(file), "", origin, &mut problems),
+                Ok(file) => {
+                    let mut layer = Layer { origin, problems: &mut problems, given: &mut given };
+                    layer.overlay(&mut merged, &defaults, &Value::Table(file), &[]);
+                }
                 Err(e) => return Err(ConfigError(vec![format!("{origin}: not valid TOML: {e}")])),
             }
         }
@@ -235,32 +238,50 @@ impl Config {
             if ENV_NOT_KEYS.contains(&name.as_str()) || name.starts_with(ENV_TEST_PREFIX) {
                 continue;
             }
-            match env_key(&defaults, &name) {
-                Some((section, key)) => {
-                    let expected = match &section {
-                        Some(s) => &defaults[s.as_str()][key.as_str()],
-                        None => &defaults[key.as_str()],
-                    };
-                    match parse_like(expected, &raw) {
-                        Ok(v) => {
-                            let slot = match &section {
-                                Some(s) => merged.get_mut(s.as_str()).and_then(|t| t.get_mut(key.as_str())),
-                                None => merged.get_mut(key.as_str()),
-                            };
-                            if let Some(slot) = slot {
-                                *slot = v;
-                            }
-                        }
-                        Err(kind) => problems.push(format!("{name} = {raw:?} is not {kind}")),
-                    }
+            let Some(path) =
+                name.strip_prefix("MARNFLOW_").and_then(|rest| env_path(&defaults, &rest.to_ascii_lowercase()))
+            else {
+                problems.push(unknown_env(&name));
+                continue;
+            };
+            match (
+                value_at(&defaults, &path).map(|expected| parse_like(expected, &raw)),
+                value_at_mut(&mut merged, &path),
+            ) {
+                (Some(Ok(v)), Some(slot)) => {
+                    *slot = v;
+                    given.push((path, format!("{name} = {raw:?}")));
                 }
-                None => problems.push(format!("{name} is not a marnflow setting (see configs/default.toml)")),
+                (Some(Err(kind)), _) => problems.push(format!("{name} = {raw:?} is not {kind}")),
+                _ => problems.push(unknown_env(&name)),
             }
         }
-        if !problems.is_empty() {
-            return Err(ConfigError(problems));
+        // Each given key on its own over the defaults: what serde rejects (an unknown variant, a
+        // negative width) is named by its key, and falls back to its default so the other keys
+        // are still checked.
+        for (path, label) in given {
+            let mut probe = defaults.clone();
+            if let (Some(slot), Some(v)) = (value_at_mut(&mut probe, &path), value_at(&merged, &path)) {
+                *slot = v.clone();
+            }
+            if let Err(e) = probe.try_into::<Config>() {
+                problems.push(format!("{label}: {}", e.message().trim()));
+                if let (Some(slot), Some(d)) = (value_at_mut(&mut merged, &path), value_at(&defaults, &path)) {
+                    *slot = d.clone();
+                }
+            }
         }
-        merged.try_into().map_err(|e: toml::de::Error| ConfigError(vec![e.to_string()]))
+        let cfg: Config = merged.try_into().map_err(|e: toml::de::Error| {
+            problems.push(e.message().trim().to_string());
+            ConfigError(std::mem::take(&mut problems))
+        })?;
+        if problems.is_empty() {
+            return Ok(cfg);
+        }
+        if let Err(ConfigError(more)) = cfg.validate() {
+            problems.extend(more);
+        }
+        Err(ConfigError(problems))
     }
 
     /// Reads the file (if any) and the process environment.
@@ -292,55 +313,97 @@ impl Config {
     }
 }
 
-/// Copies `file` over `merged`, checking every key against `defaults`.
-fn overlay(merged: &mut Value, defaults: &Value, file: &Value, path: &str, origin: &str, problems: &mut Vec<String>) {
-    let (Some(m), Some(d), Some(f)) = (merged.as_table_mut(), defaults.as_table(), file.as_table()) else {
-        return;
-    };
-    for (key, value) in f {
-        let full = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
-        let Some(expected) = d.get(key) else {
-            let mut known: Vec<&String> = d.keys().collect();
-            known.sort();
-            let known: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
-            problems.push(format!("{origin}: unknown key {full} (known here: {})", known.join(", ")));
-            continue;
+/// One layer (a config file) being copied over the merged configuration.
+struct Layer<'a> {
+    origin: &'a str,
+    problems: &'a mut Vec<String>,
+    given: &'a mut Vec<(Vec<String>, String)>,
+}
+
+impl Layer<'_> {
+    /// Copies `file` over `merged`, checking every key against `defaults`.
+    fn overlay(&mut self, merged: &mut Value, defaults: &Value, file: &Value, path: &[String]) {
+        let (Some(m), Some(d), Some(f)) = (merged.as_table_mut(), defaults.as_table(), file.as_table()) else {
+            return;
         };
-        match (expected, value) {
-            (Value::Table(_), Value::Table(_)) => {
-                if let Some(slot) = m.get_mut(key) {
-                    overlay(slot, expected, value, &full, origin, problems);
+        for (key, value) in f {
+            let mut at = path.to_vec();
+            at.push(key.clone());
+            let full = at.join(".");
+            let Some(expected) = d.get(key) else {
+                let moved = (path.len() == 1 && path[0] == "train").then(|| moved_train_key(key)).flatten();
+                self.problems.push(match moved {
+                    Some(new) => format!("{}: {full} is now {new}", self.origin),
+                    None => {
+                        let known: Vec<&str> = d.keys().map(|s| s.as_str()).collect();
+                        format!("{}: unknown key {full} (known here: {})", self.origin, known.join(", "))
+                    }
+                });
+                continue;
+            };
+            match (expected, value) {
+                (Value::Table(_), Value::Table(_)) => {
+                    if let Some(slot) = m.get_mut(key) {
+                        self.overlay(slot, expected, value, &at);
+                    }
                 }
+                (Value::Float(_), Value::Integer(i)) => {
+                    m.insert(key.clone(), Value::Float(*i as f64));
+                    self.given.push((at, format!("{}: {full}", self.origin)));
+                }
+                (e, v) if e.same_type(v) => {
+                    m.insert(key.clone(), v.clone());
+                    self.given.push((at, format!("{}: {full} = {v}", self.origin)));
+                }
+                (e, v) => self.problems.push(format!(
+                    "{}: {full} must be {}, found {}",
+                    self.origin,
+                    e.type_str(),
+                    v.type_str()
+                )),
             }
-            (Value::Float(_), Value::Integer(i)) => {
-                m.insert(key.clone(), Value::Float(*i as f64));
-            }
-            (e, v) if e.same_type(v) => {
-                m.insert(key.clone(), v.clone());
-            }
-            (e, v) => problems.push(format!("{origin}: {full} must be {}, found {}", e.type_str(), v.type_str())),
         }
     }
 }
 
-/// Maps `MARNFLOW_GENERATE_USERS` to (`generate`, `users`) and `MARNFLOW_LAKE` to (None, `lake`).
-fn env_key(defaults: &Value, name: &str) -> Option<(Option<String>, String)> {
-    let rest = name.strip_prefix("MARNFLOW_")?.to_ascii_lowercase();
-    let table = defaults.as_table()?;
-    for (key, value) in table {
-        match value {
-            Value::Table(section) => {
-                if let Some(k) = rest.strip_prefix(&format!("{key}_")) {
-                    if section.contains_key(k) {
-                        return Some((Some(key.clone()), k.to_string()));
-                    }
-                }
+/// The message for a `MARNFLOW_*` variable that names no setting, with the new name of a moved one.
+fn unknown_env(name: &str) -> String {
+    let moved = name.strip_prefix("MARNFLOW_TRAIN_").and_then(|k| moved_train_key(&k.to_ascii_lowercase()));
+    match moved {
+        Some(new) => {
+            format!("{name}: the setting is now {new} (MARNFLOW_{})", new.replace('.', "_").to_ascii_uppercase())
+        }
+        None => format!("{name} is not a marnflow setting (see configs/default.toml)"),
+    }
+}
+
+/// The path of a setting from a variable's name after `MARNFLOW_`, lowercased:
+/// `generate_users` → `generate.users`, `train_model_embedding_modality_dim` →
+/// `train.model.embedding.modality_dim`, `lake` → `lake`. Keys hold underscores, so every split
+/// is tried.
+fn env_path(table: &Value, rest: &str) -> Option<Vec<String>> {
+    for (key, value) in table.as_table()? {
+        if key == rest && !value.is_table() {
+            return Some(vec![key.clone()]);
+        }
+        if let (Some(tail), true) =
+            (rest.strip_prefix(key.as_str()).and_then(|t| t.strip_prefix('_')), value.is_table())
+        {
+            if let Some(mut path) = env_path(value, tail) {
+                path.insert(0, key.clone());
+                return Some(path);
             }
-            _ if *key == rest => return Some((None, key.clone())),
-            _ => {}
         }
     }
     None
+}
+
+fn value_at<'v>(v: &'v Value, path: &[String]) -> Option<&'v Value> {
+    path.iter().try_fold(v, |at, key| at.get(key.as_str()))
+}
+
+fn value_at_mut<'v>(v: &'v mut Value, path: &[String]) -> Option<&'v mut Value> {
+    path.iter().try_fold(v, |at, key| at.get_mut(key.as_str()))
 }
 
 fn parse_like(expected: &Value, raw: &str) -> Result<Value, &'static str> {
@@ -376,27 +439,101 @@ mod tests {
 
     #[test]
     fn every_default_key_is_documented() {
-        let text = include_str!("../../../configs/default.toml");
-        let file: toml::Table = text.parse().unwrap();
-        let defaults = Value::try_from(Config::default()).unwrap();
-        for (k, v) in defaults.as_table().unwrap() {
-            match v {
-                Value::Table(section) => {
-                    for key in section.keys() {
-                        assert!(file[k].get(key).is_some(), "configs/default.toml lacks {k}.{key}");
-                    }
+        fn check(defaults: &Value, file: Option<&Value>, path: &str) {
+            for (k, v) in defaults.as_table().unwrap() {
+                let full = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let given = file.and_then(|f| f.get(k));
+                assert!(given.is_some(), "configs/default.toml lacks {full}");
+                if v.is_table() {
+                    check(v, given, &full);
                 }
-                _ => assert!(file.contains_key(k), "configs/default.toml lacks {k}"),
             }
         }
-        // Every key line is preceded by a comment line.
+        let text = include_str!("../../../configs/default.toml");
+        let file = Value::Table(text.parse().unwrap());
+        check(&Value::try_from(Config::default()).unwrap(), Some(&file), "");
+        // Every key and every section is preceded by a comment line.
         let lines: Vec<&str> = text.lines().collect();
         for (i, l) in lines.iter().enumerate() {
             let t = l.trim();
-            if t.contains('=') && !t.starts_with('#') {
+            if (t.contains('=') || t.starts_with("[train.")) && !t.starts_with('#') {
                 assert!(i > 0 && lines[i - 1].trim().starts_with('#'), "uncommented key: {t}");
             }
         }
+    }
+
+    #[test]
+    fn nested_settings_come_from_the_file_and_from_variables() {
+        let file = "[train.model]\nvariant = \"ids\"\n[train.model.embedding]\ntitle_filters = 4\n";
+        let env = vec![
+            ("MARNFLOW_TRAIN_MODEL_EMBEDDING_MODALITY_DIM".to_string(), "16".to_string()),
+            ("MARNFLOW_TRAIN_OPTIMIZER_LEARNING_RATE".to_string(), "0.1".to_string()),
+            ("MARNFLOW_TRAIN_DEVICE".to_string(), "cpu".to_string()),
+            ("MARNFLOW_FEATURES_RAW_FORMAT".to_string(), "csv".to_string()),
+        ];
+        let cfg = Config::layered(Some(("f.toml", file)), env).unwrap();
+        assert_eq!(cfg.train.model.variant, Variant::Ids);
+        assert_eq!(cfg.train.model.embedding.title_filters, 4);
+        assert_eq!(cfg.train.model.embedding.modality_dim, 16);
+        assert_eq!(cfg.train.optimizer.learning_rate, 0.1);
+        assert_eq!(cfg.train.device, DeviceSpec::Cpu);
+        assert_eq!(cfg.features.raw_format, marnflow_pipeline::features::RawFormat::Csv);
+        // The raw format of configs of earlier builds, "" for "by extension", still reads.
+        let old = Config::layered(Some(("old.toml", "[features]\nraw_format = \"\"\n")), no_env()).unwrap();
+        assert_eq!(old.features.raw_format, marnflow_pipeline::features::RawFormat::Auto);
+    }
+
+    #[test]
+    fn enum_values_moved_keys_and_ranges_are_reported_together() {
+        let file = "[train]\ndevice = \"tpu\"\npromote_metric = \"f1\"\nvariant = \"ids\"\n\
+                    [train.model]\nvariant = \"marnx\"\n[features]\nraw_format = \"xml\"\n";
+        let env = vec![
+            ("MARNFLOW_TRAIN_EPOCHS".to_string(), "0".to_string()),
+            ("MARNFLOW_TRAIN_LEARNING_RATE".to_string(), "0.1".to_string()),
+        ];
+        let err = Config::layered(Some(("f.toml", file)), env).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.0.len(), 7, "{text}");
+        for needle in [
+            "f.toml: train.device = \"tpu\": device: unknown device \"tpu\"",
+            "f.toml: train.promote_metric = \"f1\"",
+            "f.toml: train.variant is now train.model.variant",
+            "f.toml: train.model.variant = \"marnx\"",
+            "f.toml: features.raw_format = \"xml\": use auto, parquet, csv or json",
+            "train.epochs = 0 is out of range",
+            "MARNFLOW_TRAIN_LEARNING_RATE: the setting is now train.optimizer.learning_rate \
+             (MARNFLOW_TRAIN_OPTIMIZER_LEARNING_RATE)",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in {text}");
+        }
+    }
+
+    #[test]
+    fn records_of_the_flat_layout_read_into_the_nested_one() {
+        #[derive(Deserialize)]
+        struct Record {
+            #[serde(deserialize_with = "recorded_settings")]
+            settings: TrainSection,
+        }
+        let flat = serde_json::json!({ "settings": {
+            "variant": "maf_ddma", "epochs": 2, "batch_size": 128, "learning_rate": 0.05,
+            "initial_accumulator": 1e-5, "representation_dim": 32, "modality_dim": 24, "gru_dim": 16,
+            "attention_dim": 8, "head_layers": [64, 32], "title_filters": 8, "fine_tune_word_vectors": true,
+            "lambda0": 0.05, "grl_weight": 1.0, "seed": 3, "device": "cpu", "shuffle_buffer": 65536,
+            "prefetch_batches": 8, "checkpoint_every": 200, "window_days": 7, "holdout_share": 0.1,
+            "promote_metric": "user_auc", "recall_users": 100
+        }});
+        let s = serde_json::from_value::<Record>(flat).unwrap().settings;
+        assert_eq!(s.model.variant, Variant::MafDdma);
+        assert_eq!((s.model.representation_dim, s.model.embedding.modality_dim), (32, 24));
+        assert_eq!(s.optimizer.initial_accumulator, 1e-5);
+        assert_eq!(s.optimizer.importance_initial_accumulator, TrainConfig::default().importance_initial_accumulator);
+        assert_eq!((s.epochs, s.seed, s.promote_metric), (2, 3, PromoteMetric::UserAuc));
+        // The current layout round-trips; a broken record is an error, not a default.
+        let now = serde_json::json!({ "settings": serde_json::to_value(&s).unwrap() });
+        assert_eq!(serde_json::from_value::<Record>(now).unwrap().settings, s);
+        let broken = serde_json::json!({ "settings": { "epochs": "two" } });
+        assert!(serde_json::from_value::<Record>(broken).is_err());
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::training::{self, registry, TrainOutcome, TrainRequest};
 pub struct RunPlan {
     pub date: String,
     pub model: String,
-    pub variant: String,
+    pub variant: Variant,
     pub from: String,
     pub warm_start: Option<u32>,
     pub eval_date: String,
@@ -95,7 +95,7 @@ pub async fn run_day(
     let plan = day_plan(lake, &registry, cfg, model, variant, date).await?;
     let from = NaiveDate::parse_from_str(&plan.from, "%Y-%m-%d")?;
     let eval_date = NaiveDate::parse_from_str(&plan.eval_date, "%Y-%m-%d")?;
-    let variant: Variant = plan.variant.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let variant = plan.variant;
     let mut slices = BTreeMap::new();
     let eval_slice = match plan.holdout_share {
         Some(share) => {
@@ -177,7 +177,7 @@ async fn day_plan(
     let plan = RunPlan {
         date: day_string(date),
         model: model.to_string(),
-        variant: variant.as_str().to_string(),
+        variant,
         from: day_string(from),
         warm_start,
         eval_date: day_string(eval_date),
@@ -224,7 +224,7 @@ impl Judge<'_> {
                     self.eval_date,
                     self.eval_date,
                     self.eval_slice,
-                    &settings.device,
+                    settings.device,
                     settings.recall_users,
                 )
                 .await
@@ -248,7 +248,7 @@ impl Judge<'_> {
         let history = registry.alias_history(model, "production").await?;
         let production = history.last().map(|e| e.version);
         let moved_away = history.iter().find(|e| e.previous == Some(version) && e.version != version);
-        let metric = self.cfg.train.promote_metric.as_str();
+        let metric = self.cfg.train.promote_metric;
         let candidate_score = candidate.score(metric);
         let mut decision =
             Decision { production_before: production, production_score: None, candidate_score, promoted: false };

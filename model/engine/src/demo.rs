@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
+use marnflow_model::Variant;
 use marnflow_pipeline::features::run_features;
 use marnflow_pipeline::lake::Lake;
 use marnflow_pipeline::query::{write_batches, LakeSession, OutputFormat};
 use marnflow_pipeline::world::{generate, WorldConfig, WorldSummary};
 
-use crate::config::{parse_variant, Config};
+use crate::config::Config;
 use crate::{data, evaluate, plot, training};
 
 /// The demo world's configuration, embedded so `marnflow demo` needs no file.
@@ -36,7 +37,7 @@ pub struct DemoOptions {
     /// MovieLens: the last N days are evaluated on (pooled).
     pub test_days: u32,
     /// Models to train (empty: the default few).
-    pub variants: Vec<String>,
+    pub variants: Vec<Variant>,
     /// Every model of the paper's Table 2 instead.
     pub table2: bool,
 }
@@ -100,10 +101,11 @@ pub fn print_summary(lake: &Lake, s: &WorldSummary, out: &mut dyn Write) -> Resu
 }
 
 /// The models the demo trains, in the order of the paper's Table 3 (baselines first).
-const DEMO_VARIANTS: [&str; 4] = ["youtube_net", "ids", "conc", "marn"];
+const DEMO_VARIANTS: [Variant; 4] = [Variant::YoutubeNet, Variant::Ids, Variant::Conc, Variant::Marn];
 
 /// The models of the MovieLens demo: baselines, then MARN's ablations (no images there).
-const MOVIELENS_VARIANTS: [&str; 7] = ["lr", "youtube_net", "din", "ids", "conc", "maf", "marn"];
+const MOVIELENS_VARIANTS: [Variant; 7] =
+    [Variant::Lr, Variant::YoutubeNet, Variant::Din, Variant::Ids, Variant::Conc, Variant::Maf, Variant::Marn];
 
 /// The generated-world demo: world, features, the analyst queries, models compared, a report.
 pub async fn demo(cfg: &Config, args: &DemoOptions) -> Result<()> {
@@ -198,14 +200,13 @@ pub async fn demo_movielens(cfg: &Config, args: &DemoOptions, dir: &Path) -> Res
     finish_demo(cfg, &rows, &format!("MovieLens-100K, {test_from} .. {last}"), &args.report, demo_started)
 }
 
-fn variant_list(args: &DemoOptions, default: &[&str]) -> Vec<String> {
-    let given = &args.variants;
+fn variant_list(args: &DemoOptions, default: &[Variant]) -> Vec<Variant> {
     if args.table2 {
-        marnflow_model::Variant::table2().iter().map(|v| v.to_string()).collect()
-    } else if given.is_empty() {
-        default.iter().map(|v| v.to_string()).collect()
+        Variant::table2()
+    } else if args.variants.is_empty() {
+        default.to_vec()
     } else {
-        given.to_vec()
+        args.variants.clone()
     }
 }
 
@@ -217,14 +218,14 @@ async fn compare_models(
     lake: &Lake,
     cfg: &Config,
     prefix: &str,
-    names: &[String],
+    names: &[Variant],
     train: (chrono::NaiveDate, chrono::NaiveDate),
     eval: (chrono::NaiveDate, chrono::NaiveDate),
     report: &Path,
 ) -> Result<Vec<Compared>> {
     let mut rows = Vec::new();
-    for name in names {
-        let variant = parse_variant(name)?;
+    for &variant in names {
+        let name = variant.as_str();
         let started = std::time::Instant::now();
         let outcome = training::train(
             lake,
@@ -243,22 +244,15 @@ async fn compare_models(
         .await
         .with_context(|| format!("training {name}"))?;
         let spec = format!("{prefix}-{name}@v{}", outcome.version);
-        let e = evaluate::evaluate(
-            lake,
-            &spec,
-            eval.0,
-            eval.1,
-            data::Slice::All,
-            &cfg.train.device,
-            cfg.train.recall_users,
-        )
-        .await
-        .with_context(|| format!("evaluating {name}"))?;
+        let e =
+            evaluate::evaluate(lake, &spec, eval.0, eval.1, data::Slice::All, cfg.train.device, cfg.train.recall_users)
+                .await
+                .with_context(|| format!("evaluating {name}"))?;
         let (_, files) = training::load_version(lake, &spec).await?;
         let record = training::training_record(&files).with_context(|| format!("model {spec}"))?;
         evaluate::write_report(&report.join(name), &e, record.as_ref())?;
         tracing::info!(model = %name, seconds = started.elapsed().as_secs_f64(), "trained and evaluated");
-        rows.push((name.clone(), outcome, e));
+        rows.push((name.to_string(), outcome, e));
     }
     Ok(rows)
 }

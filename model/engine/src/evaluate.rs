@@ -29,12 +29,14 @@ use anyhow::{Context, Result};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use chrono::NaiveDate;
+use marnflow_model::device::DeviceSpec;
 use marnflow_model::{metrics, Marn};
 use marnflow_pipeline::contract::{TRUTH_CATEGORIES, TRUTH_EXPOSURES};
 use marnflow_pipeline::features::DAILY_ITEM_COUNTS;
 use marnflow_pipeline::lake::{partition, Lake};
 use serde::{Deserialize, Serialize};
 
+use crate::config::PromoteMetric;
 use crate::data::{self, day_string, BatchBuilder, Row, Slice};
 use crate::plot::{BarChart, BarGroup, Chart, HeatMap, LineChart, ScatterChart, Series};
 use crate::training::{self, TrainingRecord};
@@ -169,12 +171,11 @@ pub struct Evaluation {
 
 impl Evaluation {
     /// The value of a `train.promote_metric`, oriented so that higher is better.
-    pub fn score(&self, metric: &str) -> Option<f64> {
+    pub fn score(&self, metric: PromoteMetric) -> Option<f64> {
         match metric {
-            "auc" => self.auc,
-            "user_auc" => self.user_auc,
-            "logloss" => Some(-self.logloss),
-            _ => None,
+            PromoteMetric::Auc => self.auc,
+            PromoteMetric::UserAuc => self.user_auc,
+            PromoteMetric::Logloss => Some(-self.logloss),
         }
     }
 }
@@ -216,7 +217,7 @@ pub async fn evaluate(
     from: NaiveDate,
     to: NaiveDate,
     slice: Slice,
-    device: &str,
+    device: DeviceSpec,
     recall_users: usize,
 ) -> Result<Evaluation> {
     let started = std::time::Instant::now();

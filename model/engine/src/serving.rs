@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use chrono::NaiveDate;
+use marnflow_model::device::DeviceSpec;
 use marnflow_pipeline::features::ITEMS;
 use marnflow_pipeline::lake::{write_parquet, Lake};
 
@@ -56,7 +57,7 @@ pub async fn export_item_embeddings(
     spec: &str,
     date: Option<NaiveDate>,
     out: &str,
-    device: &str,
+    device: DeviceSpec,
 ) -> Result<(usize, usize)> {
     let day = match date {
         Some(d) => d,
@@ -104,7 +105,7 @@ pub async fn export_item_embeddings(
 }
 
 /// Writes `request_id`, `user_id`, `item_id`, `probability` for every sample row of `date`.
-pub async fn score(lake: &Lake, spec: &str, date: NaiveDate, out: &str, device: &str) -> Result<usize> {
+pub async fn score(lake: &Lake, spec: &str, date: NaiveDate, out: &str, device: DeviceSpec) -> Result<usize> {
     let scorer = training::Scorer::open(lake, spec, &[date], device).await?;
     let rows = scorer.rows(lake, Slice::All).await?;
     let probability = scorer.predict(&rows)?;

@@ -14,7 +14,8 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use burn::module::Module;
 use chrono::NaiveDate;
-use marnflow_model::{checkpoint, device::parse_device, metrics, Marn, TrainConfig, Trainer, Variant};
+use marnflow_model::device::DeviceSpec;
+use marnflow_model::{checkpoint, metrics, Marn, TrainConfig, Trainer, Variant};
 use marnflow_pipeline::features::{DICTIONARIES, DICTIONARY_NAMES};
 use marnflow_pipeline::lake::Lake;
 use marnflow_registry::{DataLineage, Manifest, Registry, TrainingSummary, VersionMetadata};
@@ -83,6 +84,8 @@ pub struct TrainingRecord {
     pub to: String,
     pub partitions: Vec<FileDigest>,
     pub spec: DataSpec,
+    /// The `[train]` section of the run (records of earlier builds hold it flat).
+    #[serde(deserialize_with = "crate::config::recorded_settings")]
     pub settings: TrainSection,
     pub warm_start: Option<String>,
     pub samples: u64,
@@ -274,11 +277,11 @@ impl std::fmt::Debug for Scorer {
 
 impl Scorer {
     /// Loads `spec` (NAME@ALIAS or NAME@vN) on `device` with the item tables of `days` (at least one).
-    pub async fn open(lake: &Lake, spec: &str, days: &[NaiveDate], device: &str) -> Result<Self> {
+    pub async fn open(lake: &Lake, spec: &str, days: &[NaiveDate], device: DeviceSpec) -> Result<Self> {
         let last = *days.last().ok_or_else(|| anyhow!("no day to score"))?;
         // Rows and batches number the days with a u16.
         anyhow::ensure!(days.len() <= usize::from(u16::MAX), "at most {} days can be scored at once", u16::MAX);
-        let device = parse_device(device)?;
+        let device = device.device()?;
         let (manifest, model, files) = load_model(lake, spec, &device).await?;
         let record = training_record(&files).with_context(|| format!("model {spec}"))?;
         let vocab = Vocab::load(lake).await?;
@@ -350,7 +353,7 @@ async fn init_model(
     warm: Option<&(String, u32)>,
 ) -> Result<Marn> {
     let settings = &req.settings;
-    let device = parse_device(&settings.device)?;
+    let device = settings.device.device()?;
     device.seed(settings.seed);
     let autodiff = device.clone().autodiff();
     let mut model = model_config.init(&spec.inputs, &autodiff)?;
@@ -488,12 +491,7 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
     }
 
     let model = init_model(lake, req, &spec, &vocab, &model_config, warm.as_ref()).await?;
-    let optimizer = TrainConfig {
-        learning_rate: settings.learning_rate,
-        initial_accumulator: settings.initial_accumulator,
-        importance_initial_accumulator: settings.importance_initial_accumulator,
-        ..TrainConfig::default()
-    };
+    let optimizer = settings.optimizer.clone();
 
     // Resume from the last checkpoint of this exact run, if asked and present.
     let (mut trainer, mut state) = start_trainer(lake, req.resume, &work, &run_key, model, optimizer).await?;
@@ -571,7 +569,7 @@ fn run_key(
     warm: Option<&(String, u32)>,
 ) -> Result<String> {
     let settings = &req.settings;
-    let key_material = serde_json::json!({
+    let mut key_material = serde_json::json!({
         "model": req.model,
         "model_config": model_config,
         "inputs": spec.inputs,
@@ -579,13 +577,17 @@ fn run_key(
         "slices": slices,
         "epochs": settings.epochs,
         "batch_size": settings.batch_size,
-        "learning_rate": settings.learning_rate,
-        "initial_accumulator": settings.initial_accumulator,
-        "importance_initial_accumulator": settings.importance_initial_accumulator,
+        "learning_rate": settings.optimizer.learning_rate,
+        "initial_accumulator": settings.optimizer.initial_accumulator,
+        "importance_initial_accumulator": settings.optimizer.importance_initial_accumulator,
         "seed": settings.seed,
         "shuffle_buffer": settings.shuffle_buffer,
         "warm_start": warm,
     });
+    // Added only when set, so the keys of runs before it was a setting stay what they were.
+    if settings.optimizer.epsilon != TrainConfig::default().epsilon {
+        key_material["epsilon"] = settings.optimizer.epsilon.into();
+    }
     Ok(marnflow_registry::sha256_hex(&serde_json::to_vec(&key_material)?))
 }
 

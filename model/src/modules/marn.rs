@@ -283,6 +283,9 @@ impl Default for MarnConfig {
     }
 }
 
+/// Largest layer width a config may ask for.
+pub const MAX_WIDTH: usize = 8192;
+
 /// `λ(p) = λ0 (2 / (1 + exp(−γ p)) − 1)`, with `p` clamped to `[0, 1]`.
 pub fn aux_loss_weight(progress: f64, lambda0: f64, gamma: f64) -> f64 {
     let p = progress.clamp(0.0, 1.0);
@@ -290,8 +293,8 @@ pub fn aux_loss_weight(progress: f64, lambda0: f64, gamma: f64) -> f64 {
 }
 
 impl MarnConfig {
-    /// Report every problem at once.
-    pub fn validate(&self) -> Result<()> {
+    /// Every problem, each naming its field (`embedding.` for the nested widths).
+    pub fn problems(&self) -> Vec<String> {
         let mut p = self.embedding.problems();
         for (name, v) in [
             ("representation_dim", self.representation_dim),
@@ -299,15 +302,14 @@ impl MarnConfig {
             ("attention_dim", self.attention_dim),
             ("fm_dim", self.fm_dim),
         ] {
-            if v == 0 {
-                p.push(format!("{name} must be > 0"));
+            if v == 0 || v > MAX_WIDTH {
+                p.push(format!("{name} = {v} is out of range: allowed 1 to {MAX_WIDTH}"));
             }
         }
-        if self.head_layers.contains(&0) {
-            p.push("head_layers must not contain 0".into());
-        }
-        if self.cin_layers.contains(&0) {
-            p.push("cin_layers must not contain 0".into());
+        for (name, widths) in [("head_layers", &self.head_layers), ("cin_layers", &self.cin_layers)] {
+            if widths.iter().any(|&w| w == 0 || w > MAX_WIDTH) {
+                p.push(format!("{name} = {widths:?}: every width must be 1 to {MAX_WIDTH}"));
+            }
         }
         for (name, v) in [
             ("grl_weight", self.grl_weight),
@@ -316,9 +318,15 @@ impl MarnConfig {
             ("next_behavior_weight", self.next_behavior_weight),
         ] {
             if !v.is_finite() || v < 0.0 {
-                p.push(format!("{name} must be finite and >= 0"));
+                p.push(format!("{name} = {v} must be finite and >= 0"));
             }
         }
+        p
+    }
+
+    /// Report every problem at once.
+    pub fn validate(&self) -> Result<()> {
+        let p = self.problems();
         if p.is_empty() {
             Ok(())
         } else {

@@ -140,8 +140,8 @@ impl ModalityEmbeddingConfig {
             ("behavior_type_dim", self.behavior_type_dim),
             ("time_dim", self.time_dim),
         ] {
-            if v == 0 {
-                p.push(format!("embedding.{name} must be > 0"));
+            if v == 0 || v > super::marn::MAX_WIDTH {
+                p.push(format!("embedding.{name} = {v} is out of range: allowed 1 to {}", super::marn::MAX_WIDTH));
             }
         }
         if self.title_windows.is_empty() || self.title_windows.iter().any(|&w| w == 0 || w > 4) {
