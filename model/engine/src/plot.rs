@@ -1,22 +1,39 @@
-//! Report plots of `marnflow evaluate --report`, rendered without a plotting crate.
+//! Report plots of `marnflow evaluate --report` and of the demo, drawn with the `plotters` crate.
 //!
-//! Three chart kinds are supported: [`LineChart`] (e.g. training loss per step), grouped [`BarChart`]
-//! (e.g. AUC per popularity decile per model) and [`HeatMap`] (e.g. modality attention per category).
-//! Every chart implements [`Chart`], which renders it either as a standalone SVG document (text) or as
-//! PNG bytes.
+//! Four chart kinds: [`LineChart`] (e.g. training losses per step), [`ScatterChart`] (e.g. points on two
+//! principal components), grouped [`BarChart`] (e.g. AUC per popularity decile per model) and [`HeatMap`]
+//! (e.g. modality attention per category). Every chart implements [`Chart`], which renders it either as a
+//! standalone SVG document (text) or as PNG bytes.
 //!
-//! Design: one primitive list, two renderers. A chart is laid out once into a short list of drawing
-//! primitives (filled rectangles, stroked lines and paths, text) on a fixed-size canvas. The SVG writer turns
-//! that list into markup; a small software rasterizer paints the same list into an RGB buffer (anti-aliased
-//! thick lines, rectangle fills, an embedded 5×7 bitmap font with descenders, scaled by an integer factor)
-//! which is then encoded with the `png` crate. Output is deterministic: the same input always gives identical
-//! bytes.
+//! Design: each chart kind has one drawing routine, generic over plotters' `DrawingBackend`, so the SVG and
+//! the PNG come from the same code. The SVG backend writes text as `<text>` elements (searchable, no font
+//! needed to write them); the bitmap backend paints into an in-memory RGB buffer that the `png` crate
+//! encodes (plotters' own encoder would add a second `image` crate to the tree). Text is measured and, in
+//! PNGs, rasterized with DejaVu Sans, embedded in the binary (`assets/`) and registered once in plotters'
+//! font table, so PNGs look the same on machines without any fonts installed.
+//!
+//! Layout on an 800×500 canvas (heat maps grow with their rows and columns): the title on top, always at
+//! full length (its font shrinks when it is long), the plot below it, and, for two or more series or
+//! groups, a legend column right of the plot with the full names (its font shrinks for very long names).
+//! Numeric axes use "nice" ticks (steps of 1, 2 or 5 × 10^k) computed here, so tick labels stay compact and
+//! a bar chart's value axis can start exactly at `y_min`.
 //!
 //! Bad data never panics: points with a non-finite coordinate are skipped (breaking their line), bars and
-//! cells with non-finite values are left out (their labels stay), and a chart without any data still shows
-//! its axes and a "no data" note.
+//! cells with non-finite values are left out (their labels stay; cells are drawn grey), degenerate ranges
+//! (one point, all values equal, huge values) get a usable axis, and a chart without any data still shows
+//! its axes and a "no data" note. Output is deterministic: the same input always gives identical bytes.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
+use std::sync::OnceLock;
+
+use std::ops::Range;
+
+use plotters::backend::RGBPixel;
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 // ---------------------------------------------------------------------------------------------------------
 // Public API
@@ -109,7 +126,7 @@ pub trait Chart {
     fn png(&self) -> Result<Vec<u8>, PlotError>;
 }
 
-/// An error while rendering a chart (only PNG encoding can fail).
+/// An error while rendering a chart (only PNG rendering can fail).
 #[derive(Debug)]
 pub struct PlotError(pub String);
 
@@ -123,242 +140,271 @@ impl std::error::Error for PlotError {}
 
 impl Chart for LineChart {
     fn svg(&self) -> String {
-        self.build().to_svg()
+        render_svg(&self.xy())
     }
     fn png(&self) -> Result<Vec<u8>, PlotError> {
-        self.build().to_png()
+        render_png(&self.xy())
     }
 }
 
 impl Chart for ScatterChart {
     fn svg(&self) -> String {
-        xy_canvas(&self.title, &self.x_label, &self.y_label, &self.series, false).to_svg()
+        render_svg(&self.xy())
     }
     fn png(&self) -> Result<Vec<u8>, PlotError> {
-        xy_canvas(&self.title, &self.x_label, &self.y_label, &self.series, false).to_png()
+        render_png(&self.xy())
     }
 }
 
 impl Chart for BarChart {
     fn svg(&self) -> String {
-        self.build().to_svg()
+        render_svg(self)
     }
     fn png(&self) -> Result<Vec<u8>, PlotError> {
-        self.build().to_png()
+        render_png(self)
     }
 }
 
 impl Chart for HeatMap {
     fn svg(&self) -> String {
-        self.build().to_svg()
+        render_svg(self)
     }
     fn png(&self) -> Result<Vec<u8>, PlotError> {
-        self.build().to_png()
+        render_png(self)
     }
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Colours, primitives, canvas
+// Rendering: one drawing routine per chart kind, two backends
 // ---------------------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Rgb(u8, u8, u8);
+/// A drawing area in pixel coordinates.
+type Area<DB> = DrawingArea<DB, Shift>;
+/// A chart with two numeric axes.
+type Plane<'a, DB> = ChartContext<'a, DB, Cartesian2d<Ticked, Ticked>>;
 
-impl Rgb {
-    fn hex(self) -> String {
-        format!("#{:02x}{:02x}{:02x}", self.0, self.1, self.2)
+/// A numeric coordinate whose key points (ticks and grid lines) are chosen here rather than by plotters;
+/// tick labels come from the mesh's label formatters.
+#[derive(Debug, Clone, PartialEq)]
+struct Ticked {
+    range: Range<f64>,
+    ticks: Vec<f64>,
+}
+
+impl Ranged for Ticked {
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        RangedCoordf64::from(self.range.clone()).map(value, limit)
     }
-    fn luminance(self) -> f64 {
-        0.299 * f64::from(self.0) + 0.587 * f64::from(self.1) + 0.114 * f64::from(self.2)
+
+    fn key_points<Hint: KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        // Only bold grid lines: the ticks. No light lines in between.
+        if hint.weight().allow_light_points() {
+            Vec::new()
+        } else {
+            self.ticks.clone()
+        }
+    }
+
+    fn range(&self) -> Range<f64> {
+        self.range.clone()
     }
 }
 
-const WHITE: Rgb = Rgb(255, 255, 255);
-const INK: Rgb = Rgb(34, 34, 34);
-const AXIS: Rgb = Rgb(68, 68, 68);
-const GRID: Rgb = Rgb(225, 225, 225);
-const MUTED: Rgb = Rgb(150, 150, 150);
-const MISSING: Rgb = Rgb(215, 215, 215);
+/// What every chart kind provides: its canvas size and one drawing routine for any backend.
+trait Draw {
+    /// Canvas size in pixels.
+    fn size(&self) -> (u32, u32) {
+        (CANVAS_W, CANVAS_H)
+    }
+    /// Draws the whole chart onto `root`, which has [`Draw::size`].
+    fn draw<DB: DrawingBackend>(&self, root: &Area<DB>) -> Result<(), PlotError>;
+}
+
+/// Any plotters error as a [`PlotError`] carrying the cause's text.
+fn plot_error(e: impl fmt::Display) -> PlotError {
+    PlotError(e.to_string())
+}
+
+/// The family name the embedded font is registered under (also written into SVG text elements).
+const FONT_FAMILY: &str = "sans-serif";
+/// DejaVu Sans (license in `assets/DejaVuSans-LICENSE.txt`).
+static DEJAVU_SANS: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+/// Registers the embedded font with plotters, once per process. Text layout (SVG and PNG) and PNG text
+/// rasterization both need it.
+fn ensure_font() -> Result<(), PlotError> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok =
+        *REGISTERED.get_or_init(|| plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, DEJAVU_SANS).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(PlotError("the embedded DejaVu Sans font could not be read".to_string()))
+    }
+}
+
+/// The chart as an SVG document; if drawing fails, a document that says why.
+fn render_svg(chart: &impl Draw) -> String {
+    let size = chart.size();
+    let mut out = String::new();
+    let drawn = ensure_font().and_then(|()| {
+        let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
+        chart.draw(&root)?;
+        root.present().map_err(plot_error)
+    });
+    match drawn {
+        Ok(()) => out,
+        Err(e) => error_svg(size, &e),
+    }
+}
+
+/// The chart painted into an RGB buffer and encoded as PNG.
+fn render_png(chart: &impl Draw) -> Result<Vec<u8>, PlotError> {
+    ensure_font()?;
+    let (w, h) = chart.size();
+    let mut rgb = vec![0u8; w as usize * h as usize * 3];
+    {
+        let backend = BitMapBackend::<RGBPixel>::with_buffer_and_format(&mut rgb, (w, h)).map_err(plot_error)?;
+        let root = backend.into_drawing_area();
+        chart.draw(&root)?;
+        root.present().map_err(plot_error)?;
+    }
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, w, h);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().map_err(|e| PlotError(format!("png header: {e}")))?;
+    writer.write_image_data(&rgb).map_err(|e| PlotError(format!("png data: {e}")))?;
+    writer.finish().map_err(|e| PlotError(format!("png finish: {e}")))?;
+    Ok(out)
+}
+
+/// A minimal SVG document carrying an error message (rendering SVG cannot fail otherwise).
+fn error_svg((w, h): (u32, u32), e: &PlotError) -> String {
+    let mut text = String::new();
+    for ch in clean(&e.to_string()).chars() {
+        match ch {
+            '&' => text.push_str("&amp;"),
+            '<' => text.push_str("&lt;"),
+            '>' => text.push_str("&gt;"),
+            c => text.push(c),
+        }
+    }
+    format!(
+        "<svg width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" xmlns=\"http://www.w3.org/2000/svg\">\n\
+         <text x=\"10\" y=\"24\" font-family=\"{FONT_FAMILY}\">{text}</text>\n</svg>\n"
+    )
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Colours, fonts, text
+// ---------------------------------------------------------------------------------------------------------
+
+const INK: RGBColor = RGBColor(34, 34, 34);
+const AXIS: RGBColor = RGBColor(68, 68, 68);
+const GRID: RGBColor = RGBColor(225, 225, 225);
+const FRAME: RGBColor = RGBColor(200, 200, 200);
+const MUTED: RGBColor = RGBColor(150, 150, 150);
+const MISSING: RGBColor = RGBColor(215, 215, 215);
 
 /// Categorical palette (cycled): blue, orange, green, red, purple, brown, pink, grey, olive, cyan.
-const PALETTE: [Rgb; 10] = [
-    Rgb(31, 119, 180),
-    Rgb(255, 127, 14),
-    Rgb(44, 160, 44),
-    Rgb(214, 39, 40),
-    Rgb(148, 103, 189),
-    Rgb(140, 86, 75),
-    Rgb(227, 119, 194),
-    Rgb(127, 127, 127),
-    Rgb(188, 189, 34),
-    Rgb(23, 190, 207),
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
-fn palette(i: usize) -> Rgb {
+fn palette(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
 /// Sequential scale for heat maps: white (t = 0) through mid blue to dark blue (t = 1).
-fn heat_color(t: f64) -> Rgb {
-    const STOPS: [(f64, Rgb); 3] = [(0.0, WHITE), (0.5, Rgb(107, 174, 214)), (1.0, Rgb(8, 48, 107))];
+fn heat_color(t: f64) -> RGBColor {
+    const STOPS: [(f64, RGBColor); 3] =
+        [(0.0, RGBColor(255, 255, 255)), (0.5, RGBColor(107, 174, 214)), (1.0, RGBColor(8, 48, 107))];
     let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 };
     let (lo, hi) = if t <= STOPS[1].0 { (STOPS[0], STOPS[1]) } else { (STOPS[1], STOPS[2]) };
     let f = (t - lo.0) / (hi.0 - lo.0);
     let mix = |a: u8, b: u8| (f64::from(a) + (f64::from(b) - f64::from(a)) * f).round().clamp(0.0, 255.0) as u8;
-    Rgb(mix(lo.1 .0, hi.1 .0), mix(lo.1 .1, hi.1 .1), mix(lo.1 .2, hi.1 .2))
+    RGBColor(mix(lo.1 .0, hi.1 .0), mix(lo.1 .1, hi.1 .1), mix(lo.1 .2, hi.1 .2))
+}
+
+fn luminance(c: RGBColor) -> f64 {
+    0.299 * f64::from(c.0) + 0.587 * f64::from(c.1) + 0.114 * f64::from(c.2)
 }
 
 /// Dark text on light fills, white text on dark fills.
-fn contrast_text(fill: Rgb) -> Rgb {
-    if fill.luminance() > 150.0 {
+fn contrast_text(fill: RGBColor) -> RGBColor {
+    if luminance(fill) > 150.0 {
         INK
     } else {
         WHITE
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Anchor {
-    Start,
-    Middle,
-    End,
+// Text sizes in plotters' units: the font's full height in PNG pixels; SVG font-size is size / 1.24.
+const TITLE_SIZE: f64 = 26.0;
+const DESC_SIZE: f64 = 18.0;
+const TICK_SIZE: f64 = 16.0;
+const LEGEND_SIZE: f64 = 16.0;
+const VALUE_SIZE: f64 = 15.0;
+const NOTE_SIZE: f64 = 26.0;
+/// Smallest size a long title or legend shrinks to.
+const MIN_TEXT_SIZE: f64 = 9.0;
+
+/// A text style in the embedded font.
+fn font<'a>(size: f64) -> TextStyle<'a> {
+    (FONT_FAMILY, size).into_font().color(&INK)
 }
 
-/// A text primitive; `(x, y)` is the anchor point on the baseline. Vertical text reads bottom to top.
-#[derive(Debug, Clone, PartialEq)]
-struct Text {
-    x: f64,
-    y: f64,
-    text: String,
-    scale: u32,
-    anchor: Anchor,
-    color: Rgb,
-    vertical: bool,
+/// The same style anchored at a horizontal and vertical position.
+fn anchored<'a>(size: f64, h: HPos, v: VPos) -> TextStyle<'a> {
+    font(size).pos(Pos::new(h, v))
 }
 
-impl Text {
-    fn new(x: f64, y: f64, text: &str, anchor: Anchor) -> Self {
-        Text { x, y, text: text.to_string(), scale: 1, anchor, color: INK, vertical: false }
-    }
-    fn scale(mut self, scale: u32) -> Self {
-        self.scale = scale;
-        self
-    }
-    fn color(mut self, color: Rgb) -> Self {
-        self.color = color;
-        self
-    }
-    fn vertical(mut self) -> Self {
-        self.vertical = true;
-        self
+/// Width of `text` in pixels at `size`, measured with the embedded font (a rough estimate if unavailable).
+fn text_width(text: &str, size: f64) -> f64 {
+    let measured = ensure_font().ok().and_then(|()| (FONT_FAMILY, size).into_font().box_size(text).ok());
+    match measured {
+        Some((w, _)) => f64::from(w),
+        None => 0.6 * size * text.chars().count() as f64,
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Prim {
-    /// Filled axis-aligned rectangle (non-negative size).
-    Rect { x: f64, y: f64, w: f64, h: f64, fill: Rgb, class: Option<&'static str> },
-    /// Straight line segment.
-    Line { x1: f64, y1: f64, x2: f64, y2: f64, width: f64, color: Rgb },
-    /// One or more polylines sharing a style (a data series broken at missing points).
-    Path { segments: Vec<Vec<(f64, f64)>>, width: f64, color: Rgb, class: Option<&'static str> },
-    /// Bitmap-font text.
-    Text(Text),
+/// The largest size, from `max` down to [`MIN_TEXT_SIZE`] in half steps, at which `text` fits `width` pixels.
+fn fitted_size(text: &str, max: f64, width: f64) -> f64 {
+    let full = text_width(text, max);
+    if full <= width || full <= 0.0 {
+        return max;
+    }
+    // Width grows about linearly with size: start at the proportional guess, then step down until it fits.
+    let mut size = ((max * width / full) * 2.0).floor() / 2.0;
+    size = size.clamp(MIN_TEXT_SIZE, max);
+    while size > MIN_TEXT_SIZE && text_width(text, size) > width {
+        size -= 0.5;
+    }
+    size.max(MIN_TEXT_SIZE)
 }
 
-/// A fixed-size drawing surface holding primitives in painting order; only finite geometry is accepted.
-#[derive(Debug, Clone, PartialEq)]
-struct Canvas {
-    width: u32,
-    height: u32,
-    prims: Vec<Prim>,
-}
-
-impl Canvas {
-    fn new(width: u32, height: u32) -> Self {
-        Canvas { width, height, prims: Vec::new() }
-    }
-
-    fn w(&self) -> f64 {
-        f64::from(self.width)
-    }
-
-    fn h(&self) -> f64 {
-        f64::from(self.height)
-    }
-
-    fn rect(&mut self, x: f64, y: f64, w: f64, h: f64, fill: Rgb, class: Option<&'static str>) {
-        let (x, w) = if w < 0.0 { (x + w, -w) } else { (x, w) };
-        let (y, h) = if h < 0.0 { (y + h, -h) } else { (y, h) };
-        if [x, y, w, h].iter().all(|v| v.is_finite()) {
-            self.prims.push(Prim::Rect { x, y, w, h, fill, class });
-        }
-    }
-
-    fn line(&mut self, (x1, y1): (f64, f64), (x2, y2): (f64, f64), width: f64, color: Rgb) {
-        if [x1, y1, x2, y2, width].iter().all(|v| v.is_finite()) {
-            self.prims.push(Prim::Line { x1, y1, x2, y2, width, color });
-        }
-    }
-
-    fn path(&mut self, segments: Vec<Vec<(f64, f64)>>, width: f64, color: Rgb, class: Option<&'static str>) {
-        let segments: Vec<Vec<(f64, f64)>> = segments
-            .into_iter()
-            .map(|s| s.into_iter().filter(|(x, y)| x.is_finite() && y.is_finite()).collect::<Vec<_>>())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if !segments.is_empty() && width.is_finite() {
-            self.prims.push(Prim::Path { segments, width, color, class });
-        }
-    }
-
-    fn text(&mut self, t: Text) {
-        if t.x.is_finite() && t.y.is_finite() && !t.text.is_empty() {
-            self.prims.push(Prim::Text(t));
-        }
-    }
-
-    fn no_data(&mut self, x: f64, y: f64) {
-        self.text(Text::new(x, y, "no data", Anchor::Middle).scale(2).color(MUTED));
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Text helpers
-// ---------------------------------------------------------------------------------------------------------
-
-/// Glyph advance: 5 pixels plus one column of spacing, times the scale (glyphs are 7 px tall plus a descender).
-const GLYPH_ADVANCE: f64 = 6.0;
-
-fn text_width(chars: usize, scale: u32) -> f64 {
-    if chars == 0 {
-        0.0
-    } else {
-        (chars as f64 * GLYPH_ADVANCE - 1.0) * f64::from(scale.max(1))
-    }
-}
-
-/// How many glyphs fit in `px` pixels at scale 1.
-fn chars_fitting(px: f64) -> usize {
-    if px.is_finite() && px > 0.0 {
-        ((px + 1.0) / GLYPH_ADVANCE).floor() as usize
-    } else {
-        0
-    }
-}
-
-/// Truncates `s` to at most `max` characters, marking the cut with "..".
-fn fit(s: &str, max: usize) -> String {
-    let n = s.chars().count();
-    if n <= max {
-        s.to_string()
-    } else if max <= 2 {
-        s.chars().take(max).collect()
-    } else {
-        let mut out: String = s.chars().take(max - 2).collect();
-        out.push_str("..");
-        out
-    }
+/// Text as drawn: control characters (which XML cannot hold) become '?', line breaks and tabs spaces.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\t' | '\n' | '\r' => ' ',
+            c if c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}' => '?',
+            c => c,
+        })
+        .collect()
 }
 
 /// Removes "-0" style negative zeros and trailing fractional zeros from a decimal string.
@@ -510,125 +556,36 @@ impl Axis {
         Axis { lo: a_lo, hi: a_hi, ticks: values.into_iter().zip(labels).collect() }
     }
 
-    /// Position of `v` along the axis, 0 at `lo` and 1 at `hi`.
-    fn frac(&self, v: f64) -> f64 {
-        let d = self.hi - self.lo;
-        if d > 0.0 && d.is_finite() {
-            (v - self.lo) / d
-        } else {
-            0.5
+    /// An axis over the finite values' extent, or `[0, 1]` without any.
+    fn over(values: impl Iterator<Item = f64>) -> Axis {
+        let (lo, hi) = extent(values).unwrap_or((0.0, 1.0));
+        Axis::new(lo, hi, false)
+    }
+
+    /// The plotters coordinate: the axis range with exactly these ticks.
+    fn coord(&self) -> Ticked {
+        Ticked { range: self.lo..self.hi, ticks: self.ticks.iter().map(|(v, _)| *v).collect() }
+    }
+
+    /// The label of the tick at `v`.
+    fn label(&self, v: f64) -> String {
+        let eps = (self.hi - self.lo) * 1e-9;
+        match self.ticks.iter().find(|(t, _)| (t - v).abs() <= eps) {
+            Some((_, s)) => s.clone(),
+            None => fmt_value(v),
         }
     }
 
-    fn label_chars(&self) -> usize {
-        self.ticks.iter().map(|(_, s)| s.chars().count()).max().unwrap_or(1)
+    /// Width of the label area left of the plot: tick labels, tick marks and the rotated axis description.
+    fn label_area_width(&self) -> u32 {
+        let widest = self.ticks.iter().map(|(_, s)| text_width(s, TICK_SIZE)).fold(0.0, f64::max);
+        label_area_width(widest)
     }
 }
 
-/// Snaps a coordinate to a pixel centre so 1-px lines stay crisp.
-fn crisp(v: f64) -> f64 {
-    v.floor() + 0.5
-}
-
-/// The plotting rectangle inside a canvas.
-#[derive(Debug, Clone, Copy)]
-struct Plot {
-    l: f64,
-    t: f64,
-    r: f64,
-    b: f64,
-}
-
-impl Plot {
-    fn px(&self, a: &Axis, v: f64) -> f64 {
-        self.l + a.frac(v).clamp(-0.05, 1.05) * (self.r - self.l)
-    }
-    fn py(&self, a: &Axis, v: f64) -> f64 {
-        self.b - a.frac(v).clamp(-0.05, 1.05) * (self.b - self.t)
-    }
-}
-
-const CANVAS_W: u32 = 800;
-const CANVAS_H: u32 = 500;
-const TITLE_BASELINE: f64 = 30.0;
-const LEGEND_CHARS: usize = 22;
-const LEGEND_ROW: f64 = 16.0;
-/// Series with at most this many finite points also get point markers.
-const MARKER_MAX: usize = 40;
-
-fn draw_title(c: &mut Canvas, title: &str) {
-    let max = chars_fitting((c.w() - 20.0) / 2.0);
-    c.text(Text::new(c.w() / 2.0, TITLE_BASELINE, &fit(title, max), Anchor::Middle).scale(2));
-}
-
-/// Left margin that fits the vertical axis label and the y tick labels.
-fn left_margin(y: &Axis) -> f64 {
-    34.0 + text_width(y.label_chars(), 1) + 10.0
-}
-
-fn legend_width(entries: &[(String, Rgb)]) -> f64 {
-    let chars = entries.iter().map(|(n, _)| n.chars().count().min(LEGEND_CHARS)).max();
-    match chars {
-        Some(n) => 34.0 + text_width(n, 1),
-        None => 0.0,
-    }
-}
-
-/// Grid, axis lines, ticks and labels. `x` is `None` for categorical x axes (bar charts).
-fn draw_axes(c: &mut Canvas, p: &Plot, x: Option<&Axis>, y: &Axis, x_label: &str, y_label: &str) {
-    for (v, _) in &y.ticks {
-        let yy = crisp(p.py(y, *v));
-        c.line((p.l, yy), (p.r, yy), 1.0, GRID);
-    }
-    if let Some(x) = x {
-        for (v, _) in &x.ticks {
-            let xx = crisp(p.px(x, *v));
-            c.line((xx, p.t), (xx, p.b), 1.0, GRID);
-        }
-    }
-    let (l, b) = (crisp(p.l), crisp(p.b));
-    c.line((l, p.t), (l, b), 1.0, AXIS);
-    c.line((l, b), (p.r, b), 1.0, AXIS);
-    for (v, s) in &y.ticks {
-        let yy = crisp(p.py(y, *v));
-        c.line((l - 5.0, yy), (l, yy), 1.0, AXIS);
-        c.text(Text::new(p.l - 8.0, yy + 4.0, s, Anchor::End));
-    }
-    if let Some(x) = x {
-        for (v, s) in &x.ticks {
-            let xx = crisp(p.px(x, *v));
-            c.line((xx, b), (xx, b + 5.0), 1.0, AXIS);
-            c.text(Text::new(xx, p.b + 18.0, s, Anchor::Middle));
-        }
-    }
-    let x_max = chars_fitting(p.r - p.l);
-    c.text(Text::new((p.l + p.r) / 2.0, p.b + 44.0, &fit(x_label, x_max), Anchor::Middle));
-    let y_max = chars_fitting(p.b - p.t);
-    c.text(Text::new(18.0, (p.t + p.b) / 2.0, &fit(y_label, y_max), Anchor::Middle).vertical());
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Swatch {
-    Line,
-    Block,
-}
-
-/// Legend entries stacked from `(x, top)`, as many as fit above `bottom` ("+N more" for the rest).
-fn draw_legend(c: &mut Canvas, x: f64, top: f64, bottom: f64, entries: &[(String, Rgb)], swatch: Swatch) {
-    let cap = ((bottom - top) / LEGEND_ROW).floor().max(1.0) as usize;
-    let shown = if entries.len() > cap { cap.saturating_sub(1) } else { entries.len() };
-    for (i, (name, color)) in entries.iter().take(shown).enumerate() {
-        let y = top + 8.0 + i as f64 * LEGEND_ROW;
-        match swatch {
-            Swatch::Line => c.line((x, y), (x + 18.0, y), 2.0, *color),
-            Swatch::Block => c.rect(x + 4.0, y - 5.0, 10.0, 10.0, *color, Some("swatch")),
-        }
-        c.text(Text::new(x + 24.0, y + 4.0, &fit(name, LEGEND_CHARS), Anchor::Start));
-    }
-    if shown < entries.len() {
-        let y = top + 8.0 + shown as f64 * LEGEND_ROW;
-        c.text(Text::new(x + 24.0, y + 4.0, &format!("+{} more", entries.len() - shown), Anchor::Start));
-    }
+/// Width of a left label area whose widest tick label is `widest` pixels.
+fn label_area_width(widest: f64) -> u32 {
+    (widest + f64::from(2 * TICK_MARK) + 8.0 + DESC_SIZE + 6.0).ceil() as u32
 }
 
 /// Min and max of the finite values, if any.
@@ -639,79 +596,312 @@ fn extent(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     })
 }
 
+/// Category slots `0..n` (slot `i` spans `[i, i + 1]`), with a tick at every `step`-th slot centre.
+fn slot_coord(n: usize, step: usize) -> Ticked {
+    let ticks = (0..n).step_by(step.max(1)).map(|i| i as f64 + 0.5).collect();
+    Ticked { range: 0.0..n.max(1) as f64, ticks }
+}
+
+/// Every how many slots a label can be printed so that labels of `size` do not overlap.
+fn label_step(labels: &[String], size: f64, slot_px: f64) -> usize {
+    let widest = labels.iter().map(|s| text_width(s, size)).fold(0.0, f64::max);
+    if slot_px > 0.0 && slot_px.is_finite() {
+        ((widest + 8.0) / slot_px).ceil().max(1.0) as usize
+    } else {
+        1
+    }
+}
+
+/// The label of the slot containing `v` (empty outside the slots).
+fn slot_label(labels: &[String], v: f64) -> String {
+    if v.is_finite() && v >= 0.0 {
+        labels.get(v.floor() as usize).cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
-// Chart layouts
+// Shared layout: title, plot frame, legend, "no data"
 // ---------------------------------------------------------------------------------------------------------
+
+const CANVAS_W: u32 = 800;
+const CANVAS_H: u32 = 500;
+/// Height of the band holding the title.
+const TITLE_BAND: u32 = 44;
+/// Space around the plotting area inside its part of the canvas.
+const MARGIN: u32 = 10;
+/// Height of the label area under the plot: tick labels plus the axis description.
+const X_AXIS_H: u32 = 56;
+/// Tick mark length (tick labels sit twice this far from the axis).
+const TICK_MARK: i32 = 5;
+/// Series with at most this many finite points also get point markers.
+const MARKER_MAX: usize = 40;
+
+/// Fills the canvas white, draws the title centred on top (shrunk to fit, never cut) and returns the area
+/// below the title.
+fn draw_title<DB: DrawingBackend>(root: &Area<DB>, title: &str) -> Result<Area<DB>, PlotError> {
+    root.fill(&WHITE).map_err(plot_error)?;
+    let (w, _) = root.dim_in_pixel();
+    let (band, body) = root.split_vertically(TITLE_BAND);
+    let title = clean(title);
+    let size = fitted_size(&title, TITLE_SIZE, f64::from(w) - 2.0 * f64::from(MARGIN));
+    let at = (w as i32 / 2, TITLE_BAND as i32 / 2 + 2);
+    band.draw(&Text::new(title.as_str(), at, anchored(size, HPos::Center, VPos::Center))).map_err(plot_error)?;
+    Ok(body)
+}
+
+/// A chart with two numeric axes on `area`, leaving `left` pixels for the value labels and [`X_AXIS_H`] for
+/// the category/x labels.
+fn plane<DB: DrawingBackend>(area: &Area<DB>, x: Ticked, y: Ticked, left: u32) -> Result<Plane<'_, DB>, PlotError> {
+    ChartBuilder::on(area)
+        .margin(MARGIN)
+        .margin_right(2 * MARGIN)
+        .x_label_area_size(X_AXIS_H)
+        .y_label_area_size(left)
+        .build_cartesian_2d(x, y)
+        .map_err(plot_error)
+}
+
+/// Grid lines (where wanted), axes, tick labels from the formatters and the axis descriptions.
+fn draw_mesh<DB: DrawingBackend>(
+    chart: &mut Plane<'_, DB>,
+    x_fmt: &dyn Fn(&f64) -> String,
+    y_fmt: &dyn Fn(&f64) -> String,
+    (x_desc, y_desc): (&str, &str),
+    (x_grid, y_grid): (bool, bool),
+) -> Result<(), PlotError> {
+    let mut mesh = chart.configure_mesh();
+    mesh.set_all_tick_mark_size(TICK_MARK)
+        .label_style(font(TICK_SIZE))
+        .axis_desc_style(font(DESC_SIZE))
+        .bold_line_style(GRID.stroke_width(1))
+        .axis_style(AXIS.stroke_width(1))
+        .x_label_formatter(x_fmt)
+        .y_label_formatter(y_fmt);
+    let (x_desc, y_desc) = (clean(x_desc), clean(y_desc));
+    if !x_desc.trim().is_empty() {
+        mesh.x_desc(x_desc);
+    }
+    if !y_desc.trim().is_empty() {
+        mesh.y_desc(y_desc);
+    }
+    if !x_grid {
+        mesh.disable_x_mesh();
+    }
+    if !y_grid {
+        mesh.disable_y_mesh();
+    }
+    mesh.draw().map_err(plot_error)
+}
+
+/// A grey "no data" note in the middle of the plotting area.
+fn no_data<DB: DrawingBackend>(chart: &Plane<'_, DB>) -> Result<(), PlotError> {
+    let area = chart.plotting_area();
+    let (x, y) = (area.get_x_range(), area.get_y_range());
+    let centre = ((x.start + x.end) / 2.0, (y.start + y.end) / 2.0);
+    let style = anchored(NOTE_SIZE, HPos::Center, VPos::Center).color(&MUTED);
+    area.draw(&Text::new("no data", centre, style)).map_err(plot_error)
+}
+
+/// How a legend entry shows its colour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Swatch {
+    Line,
+    Dot,
+    Block,
+}
+
+/// Widest share of the canvas the legend column may take.
+const LEGEND_MAX_SHARE: f64 = 0.4;
+/// Legend column width besides the text: frame gap, swatch, gap to the text, right padding.
+const LEGEND_PAD: f64 = 12.0 + 26.0 + 8.0 + 12.0;
+
+/// A legend column right of the plot: the full entry names, the font size they all fit at, and the width.
+#[derive(Debug, Clone)]
+struct Legend {
+    entries: Vec<(String, RGBColor)>,
+    swatch: Swatch,
+    size: f64,
+    width: u32,
+}
+
+impl Legend {
+    /// The legend for `names` coloured in palette order, or `None` for fewer than two entries.
+    fn new<'a>(names: impl Iterator<Item = &'a str>, swatch: Swatch, canvas_w: u32) -> Option<Legend> {
+        let entries: Vec<(String, RGBColor)> = names.enumerate().map(|(i, n)| (clean(n), palette(i))).collect();
+        if entries.len() < 2 {
+            return None;
+        }
+        let room = f64::from(canvas_w) * LEGEND_MAX_SHARE - LEGEND_PAD;
+        let size = entries.iter().map(|(n, _)| fitted_size(n, LEGEND_SIZE, room)).fold(LEGEND_SIZE, f64::min);
+        let text = entries.iter().map(|(n, _)| text_width(n, size)).fold(0.0, f64::max);
+        let width = (text + LEGEND_PAD).ceil() as u32;
+        Some(Legend { entries, swatch, size, width })
+    }
+
+    /// Draws the entries top-down in `area`, framed, as many as fit ("+N more" for the rest).
+    fn draw<DB: DrawingBackend>(&self, area: &Area<DB>) -> Result<(), PlotError> {
+        let (w, h) = area.dim_in_pixel();
+        let row = (self.size * 1.5).ceil() as i32;
+        let top = MARGIN as i32;
+        let cap = ((h as i32 - 2 * top) / row).max(1) as usize;
+        let shown = if self.entries.len() > cap { cap - 1 } else { self.entries.len() };
+        let rows = shown + usize::from(shown < self.entries.len());
+        let (x0, x1) = (4, w as i32 - 4);
+        let frame = Rectangle::new([(x0, top), (x1, top + rows as i32 * row + 8)], FRAME.stroke_width(1));
+        area.draw(&frame).map_err(plot_error)?;
+        let text_x = x0 + 8 + 26 + 8;
+        for (i, (name, color)) in self.entries.iter().take(shown).enumerate() {
+            let y = top + 4 + i as i32 * row + row / 2;
+            let (sx0, sx1) = (x0 + 8, x0 + 8 + 26);
+            let drawn = match self.swatch {
+                Swatch::Line => area.draw(&PathElement::new(vec![(sx0, y), (sx1, y)], color.stroke_width(3))),
+                Swatch::Dot => area.draw(&Circle::new(((sx0 + sx1) / 2, y), 4, color.filled())),
+                Swatch::Block => area.draw(&Rectangle::new([(sx0 + 6, y - 6), (sx1 - 6, y + 6)], color.filled())),
+            };
+            drawn.map_err(plot_error)?;
+            let style = anchored(self.size, HPos::Left, VPos::Center);
+            area.draw(&Text::new(name.as_str(), (text_x, y), style)).map_err(plot_error)?;
+        }
+        if shown < self.entries.len() {
+            let y = top + 4 + shown as i32 * row + row / 2;
+            let more = format!("+{} more", self.entries.len() - shown);
+            let style = anchored(self.size, HPos::Left, VPos::Center).color(&MUTED);
+            area.draw(&Text::new(more.as_str(), (text_x, y), style)).map_err(plot_error)?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits `body` into the plot area and, with a legend, the legend column on the right.
+fn split_legend<DB: DrawingBackend>(body: &Area<DB>, legend: Option<&Legend>) -> (Area<DB>, Option<Area<DB>>) {
+    match legend {
+        Some(l) => {
+            let (w, _) = body.dim_in_pixel();
+            let (plot, side) = body.split_horizontally(w.saturating_sub(l.width));
+            (plot, Some(side))
+        }
+        None => (body.clone(), None),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Line and scatter charts
+// ---------------------------------------------------------------------------------------------------------
+
+/// Series over two numeric axes, drawn as lines (`lines`) or as points only.
+#[derive(Debug, Clone, Copy)]
+struct Xy<'a> {
+    title: &'a str,
+    x_label: &'a str,
+    y_label: &'a str,
+    series: &'a [Series],
+    lines: bool,
+}
 
 impl LineChart {
-    fn build(&self) -> Canvas {
-        xy_canvas(&self.title, &self.x_label, &self.y_label, &self.series, true)
+    fn xy(&self) -> Xy<'_> {
+        Xy { title: &self.title, x_label: &self.x_label, y_label: &self.y_label, series: &self.series, lines: true }
     }
 }
 
-/// Lays out series over two axes: lines (with markers when there are few points) or, without
-/// lines, markers only.
-fn xy_canvas(title: &str, x_label: &str, y_label: &str, series: &[Series], lines: bool) -> Canvas {
-    let mut c = Canvas::new(CANVAS_W, CANVAS_H);
-    let finite = || series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
-    let xr = extent(finite().map(|p| p.0));
-    let yr = extent(finite().map(|p| p.1));
-    let has_data = xr.is_some();
-    let (x_lo, x_hi) = xr.unwrap_or((0.0, 1.0));
-    let (y_lo, y_hi) = yr.unwrap_or((0.0, 1.0));
-    let x_axis = Axis::new(x_lo, x_hi, false);
-    let y_axis = Axis::new(y_lo, y_hi, false);
-    let entries: Vec<(String, Rgb)> = if series.len() > 1 {
-        series.iter().enumerate().map(|(i, s)| (s.name.clone(), palette(i))).collect()
-    } else {
-        Vec::new()
-    };
-    let legend_w = legend_width(&entries);
-    let p = Plot { l: left_margin(&y_axis), t: 50.0, r: c.w() - 24.0 - legend_w, b: c.h() - 60.0 };
-    draw_title(&mut c, title);
-    draw_axes(&mut c, &p, Some(&x_axis), &y_axis, x_label, y_label);
-    for (i, s) in series.iter().enumerate() {
-        let color = palette(i);
-        let mut segments: Vec<Vec<(f64, f64)>> = Vec::new();
-        let mut current: Vec<(f64, f64)> = Vec::new();
-        for &(x, y) in &s.points {
-            if x.is_finite() && y.is_finite() {
-                current.push((p.px(&x_axis, x), p.py(&y_axis, y)));
-            } else if !current.is_empty() {
-                segments.push(std::mem::take(&mut current));
-            }
-        }
-        if !current.is_empty() {
-            segments.push(current);
-        }
-        let n_points: usize = segments.iter().map(Vec::len).sum();
-        if !lines {
-            for (x, y) in segments.into_iter().flatten() {
-                c.rect(x - 1.5, y - 1.5, 3.0, 3.0, color, Some("marker"));
-            }
-            continue;
-        }
-        let markers: Vec<(f64, f64)> =
-            if n_points <= MARKER_MAX { segments.iter().flatten().copied().collect() } else { Vec::new() };
-        c.path(segments, 2.0, color, Some("series"));
-        for (x, y) in markers {
-            c.rect(x - 2.5, y - 2.5, 5.0, 5.0, color, Some("marker"));
-        }
+impl ScatterChart {
+    fn xy(&self) -> Xy<'_> {
+        Xy { title: &self.title, x_label: &self.x_label, y_label: &self.y_label, series: &self.series, lines: false }
     }
-    draw_legend(&mut c, p.r + 14.0, p.t, p.b, &entries, if lines { Swatch::Line } else { Swatch::Block });
-    if !has_data {
-        c.no_data((p.l + p.r) / 2.0, (p.t + p.b) / 2.0);
-    }
-    c
 }
+
+/// Runs of consecutive finite points; a non-finite coordinate ends a run.
+fn finite_runs(points: &[(f64, f64)]) -> Vec<Vec<(f64, f64)>> {
+    let mut runs: Vec<Vec<(f64, f64)>> = Vec::new();
+    let mut current = Vec::new();
+    for &(x, y) in points {
+        if x.is_finite() && y.is_finite() {
+            current.push((x, y));
+        } else if !current.is_empty() {
+            runs.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        runs.push(current);
+    }
+    runs
+}
+
+impl Draw for Xy<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &Area<DB>) -> Result<(), PlotError> {
+        let body = draw_title(root, self.title)?;
+        let swatch = if self.lines { Swatch::Line } else { Swatch::Dot };
+        let legend = Legend::new(self.series.iter().map(|s| s.name.as_str()), swatch, CANVAS_W);
+        let (area, side) = split_legend(&body, legend.as_ref());
+        let points = || {
+            self.series.iter().flat_map(|s| s.points.iter().copied()).filter(|(x, y)| x.is_finite() && y.is_finite())
+        };
+        let has_data = points().next().is_some();
+        let (x, y) = (Axis::over(points().map(|p| p.0)), Axis::over(points().map(|p| p.1)));
+        let mut chart = plane(&area, x.coord(), y.coord(), y.label_area_width())?;
+        let (x_fmt, y_fmt) = (|v: &f64| x.label(*v), |v: &f64| y.label(*v));
+        draw_mesh(&mut chart, &x_fmt, &y_fmt, (self.x_label, self.y_label), (true, true))?;
+        for (i, s) in self.series.iter().enumerate() {
+            self.draw_series(&mut chart, s, palette(i))?;
+        }
+        if let (Some(legend), Some(side)) = (&legend, &side) {
+            legend.draw(side)?;
+        }
+        if !has_data {
+            no_data(&chart)?;
+        }
+        Ok(())
+    }
+}
+
+impl Xy<'_> {
+    /// One series: a polyline per finite run, with markers when there are few points (line charts) or
+    /// markers only (scatter charts). A lone finite point always gets a marker.
+    fn draw_series<DB: DrawingBackend>(
+        &self,
+        chart: &mut Plane<'_, DB>,
+        s: &Series,
+        color: RGBColor,
+    ) -> Result<(), PlotError> {
+        let runs = finite_runs(&s.points);
+        if self.lines {
+            let paths =
+                runs.iter().filter(|r| r.len() >= 2).map(|r| PathElement::new(r.clone(), color.stroke_width(2)));
+            chart.draw_series(paths).map_err(plot_error)?;
+        }
+        let n: usize = runs.iter().map(Vec::len).sum();
+        let all_markers = !self.lines || n <= MARKER_MAX;
+        let radius = if self.lines { 3 } else { 4 };
+        let markers = runs
+            .iter()
+            .filter(|r| all_markers || r.len() == 1)
+            .flatten()
+            .map(|&p| Circle::new(p, radius, color.filled()));
+        chart.draw_series(markers).map_err(plot_error)?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Grouped bar chart
+// ---------------------------------------------------------------------------------------------------------
+
+/// Share of a category slot covered by its bars (the rest separates the categories).
+const BAR_SHARE: f64 = 0.8;
 
 impl BarChart {
-    fn build(&self) -> Canvas {
-        let mut c = Canvas::new(CANVAS_W, CANVAS_H);
-        let n = self.groups.iter().map(|g| g.values.len()).fold(self.labels.len(), usize::max);
-        let vr = extent(self.groups.iter().flat_map(|g| g.values.iter().copied()));
+    /// Number of category slots: the labels or the longest group, whichever is more.
+    fn slots(&self) -> usize {
+        self.groups.iter().map(|g| g.values.len()).fold(self.labels.len(), usize::max)
+    }
+
+    /// The value axis and the value bars start from: `y_min` when finite, otherwise zero (always on the axis).
+    fn value_axis(&self) -> (Axis, f64) {
+        let range = extent(self.groups.iter().flat_map(|g| g.values.iter().copied()));
         let fixed = self.y_min.filter(|v| v.is_finite());
-        let (lo, hi) = match (fixed, vr) {
+        let (lo, hi) = match (fixed, range) {
             (Some(m), Some((_, hi))) => (m, hi.max(m)),
             (Some(m), None) => (m, m),
             (None, Some((lo, hi))) => (lo.min(0.0), hi.max(0.0)),
@@ -719,564 +909,245 @@ impl BarChart {
         };
         let axis = Axis::new(lo, hi, fixed.is_some());
         let base = fixed.unwrap_or(0.0).clamp(axis.lo, axis.hi);
-        let entries: Vec<(String, Rgb)> = if self.groups.len() > 1 {
-            self.groups.iter().enumerate().map(|(i, g)| (g.name.clone(), palette(i))).collect()
-        } else {
-            Vec::new()
-        };
-        let legend_w = legend_width(&entries);
-        let p = Plot { l: left_margin(&axis), t: 50.0, r: c.w() - 24.0 - legend_w, b: c.h() - 60.0 };
-        draw_title(&mut c, &self.title);
-        draw_axes(&mut c, &p, None, &axis, "", &self.y_label);
-        if n > 0 {
-            let slot = (p.r - p.l) / n as f64;
-            let groups = self.groups.len().max(1) as f64;
-            let bar = slot * 0.8 / groups;
-            let gap = (bar * 0.1).min(2.0);
-            let y_base = p.py(&axis, base);
-            for i in 0..n {
-                let x0 = p.l + i as f64 * slot + slot * 0.1;
-                for (j, g) in self.groups.iter().enumerate() {
-                    let Some(&v) = g.values.get(i) else { continue };
-                    if !v.is_finite() {
-                        continue;
-                    }
-                    let y_top = p.py(&axis, v.clamp(axis.lo, axis.hi));
-                    let x = x0 + j as f64 * bar + gap / 2.0;
-                    let w = bar - gap;
-                    c.rect(x, y_top, w, y_base - y_top, palette(j), Some("bar"));
-                    let label = fmt_value(v);
-                    if text_width(label.chars().count(), 1) <= w + 2.0 {
-                        let y = if v >= base { y_top - 4.0 } else { y_top + 12.0 };
-                        c.text(Text::new(x + w / 2.0, y, &label, Anchor::Middle).color(AXIS));
-                    }
-                }
-                if let Some(label) = self.labels.get(i) {
-                    let max = chars_fitting(slot - 2.0);
-                    c.text(Text::new(p.l + (i as f64 + 0.5) * slot, p.b + 18.0, &fit(label, max), Anchor::Middle));
-                }
+        (axis, base)
+    }
+
+    /// The bars, group by group, with each value printed above its bar where it fits.
+    fn draw_bars<DB: DrawingBackend>(
+        &self,
+        chart: &mut Plane<'_, DB>,
+        axis: &Axis,
+        base: f64,
+    ) -> Result<(), PlotError> {
+        let n = self.slots();
+        let bar = BAR_SHARE / self.groups.len().max(1) as f64;
+        let gap = bar * 0.06;
+        let (px, _) = chart.plotting_area().get_pixel_range();
+        let bar_px = f64::from(px.end - px.start) / n.max(1) as f64 * (bar - 2.0 * gap);
+        for (j, g) in self.groups.iter().enumerate() {
+            let color = palette(j);
+            let bars: Vec<(f64, f64)> = (0..n)
+                .filter_map(|i| g.values.get(i).copied().filter(|v| v.is_finite()).map(|v| (i, v)))
+                .map(|(i, v)| (i as f64 + (1.0 - BAR_SHARE) / 2.0 + j as f64 * bar, v))
+                .collect();
+            let rects = bars.iter().map(|&(x0, v)| {
+                Rectangle::new([(x0 + gap, base), (x0 + bar - gap, v.clamp(axis.lo, axis.hi))], color.filled())
+            });
+            chart.draw_series(rects).map_err(plot_error)?;
+            let labels: Vec<(String, f64, f64)> = bars
+                .iter()
+                .map(|&(x0, v)| (fmt_value(v), x0 + bar / 2.0, v))
+                .filter(|(s, _, _)| text_width(s, VALUE_SIZE - 2.0) <= bar_px + 2.0)
+                .collect();
+            for (s, x, v) in &labels {
+                let (dy, vpos) = if *v >= base { (-3, VPos::Bottom) } else { (3, VPos::Top) };
+                let style = anchored(VALUE_SIZE - 2.0, HPos::Center, vpos).color(&AXIS);
+                let label = EmptyElement::at((*x, v.clamp(axis.lo, axis.hi))) + Text::new(s.clone(), (0, dy), style);
+                chart.plotting_area().draw(&label).map_err(plot_error)?;
             }
         }
-        draw_legend(&mut c, p.r + 14.0, p.t, p.b, &entries, Swatch::Block);
-        if vr.is_none() {
-            c.no_data((p.l + p.r) / 2.0, (p.t + p.b) / 2.0);
+        if base > axis.lo {
+            // Bars grow both ways from the base: mark it.
+            let line = PathElement::new(vec![(0.0, base), (n.max(1) as f64, base)], AXIS.stroke_width(1));
+            chart.draw_series(std::iter::once(line)).map_err(plot_error)?;
         }
-        c
+        Ok(())
     }
 }
 
+impl Draw for BarChart {
+    fn draw<DB: DrawingBackend>(&self, root: &Area<DB>) -> Result<(), PlotError> {
+        let body = draw_title(root, &self.title)?;
+        let legend = Legend::new(self.groups.iter().map(|g| g.name.as_str()), Swatch::Block, CANVAS_W);
+        let (area, side) = split_legend(&body, legend.as_ref());
+        let n = self.slots();
+        let (axis, base) = self.value_axis();
+        let left = axis.label_area_width();
+        let labels: Vec<String> = (0..n).map(|i| self.labels.get(i).map(|s| clean(s)).unwrap_or_default()).collect();
+        let plot_w = f64::from(area.dim_in_pixel().0) - f64::from(left + 3 * MARGIN);
+        let step = label_step(&labels, TICK_SIZE, plot_w / n.max(1) as f64);
+        let mut chart = plane(&area, slot_coord(n, step), axis.coord(), left)?;
+        let (x_fmt, y_fmt) = (|v: &f64| slot_label(&labels, *v), |v: &f64| axis.label(*v));
+        draw_mesh(&mut chart, &x_fmt, &y_fmt, ("", &self.y_label), (false, true))?;
+        self.draw_bars(&mut chart, &axis, base)?;
+        if let (Some(legend), Some(side)) = (&legend, &side) {
+            legend.draw(side)?;
+        }
+        if extent(self.groups.iter().flat_map(|g| g.values.iter().copied())).is_none() {
+            no_data(&chart)?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Heat map
+// ---------------------------------------------------------------------------------------------------------
+
 /// Most rows or columns a heat map draws; beyond that, extra rows/columns are left out.
 const HEAT_MAX_CELLS: usize = 400;
+const HEAT_MAX_W: u32 = 1600;
+const HEAT_MAX_H: u32 = 1200;
+/// Width of the colour bar column right of the map.
+const COLOUR_BAR_W: u32 = 110;
+/// Smallest cell height the canvas grows for.
+const HEAT_ROW_H: f64 = 26.0;
+
+/// Rows and columns drawn, the row-name area width and the canvas size of a heat map.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct HeatLayout {
+    rows: usize,
+    cols: usize,
+    left: u32,
+    size: (u32, u32),
+}
 
 impl HeatMap {
     fn cell(&self, r: usize, col: usize) -> Option<f64> {
         self.values.get(r).and_then(|row| row.get(col)).copied()
     }
 
-    fn build(&self) -> Canvas {
-        let nr = self.rows.len().max(self.values.len()).min(HEAT_MAX_CELLS);
-        let nc = self.values.iter().map(Vec::len).fold(self.cols.len(), usize::max).min(HEAT_MAX_CELLS);
-        let range = extent((0..nr).flat_map(|r| (0..nc).filter_map(move |col| self.cell(r, col))));
-        let value_chars = (0..nr)
-            .flat_map(|r| (0..nc).map(move |col| (r, col)))
-            .map(|(r, col)| self.cell(r, col).map_or(0, |v| fmt_value(v).chars().count()))
-            .max()
-            .unwrap_or(0);
-        let col_chars = self.cols.iter().take(nc).map(|s| s.chars().count().min(14)).max().unwrap_or(0);
-        let row_chars = self.rows.iter().take(nr).map(|s| s.chars().count().min(24)).max().unwrap_or(0);
+    /// The canvas grows beyond 800×500 (up to 1600×1200) so cells fit their values and column names.
+    fn layout(&self) -> HeatLayout {
+        let rows = self.rows.len().max(self.values.len()).min(HEAT_MAX_CELLS);
+        let cols = self.values.iter().map(Vec::len).fold(self.cols.len(), usize::max).min(HEAT_MAX_CELLS);
+        let row_w = self.rows.iter().take(rows).map(|s| text_width(&clean(s), TICK_SIZE)).fold(0.0, f64::max);
+        let col_w = self.cols.iter().take(cols).map(|s| text_width(&clean(s), TICK_SIZE)).fold(0.0, f64::max);
+        let value_w = (0..rows)
+            .flat_map(|r| (0..cols).filter_map(move |c| self.cell(r, c)))
+            .map(|v| text_width(&fmt_value(v), VALUE_SIZE))
+            .fold(0.0, f64::max);
+        let left = label_area_width(row_w);
+        let cell_w = (col_w.max(value_w) + 12.0).clamp(30.0, 140.0);
+        let frame_w = f64::from(left + COLOUR_BAR_W + 3 * MARGIN);
+        let frame_h = f64::from(TITLE_BAND + X_AXIS_H + 2 * MARGIN);
+        let w = (frame_w + cols as f64 * cell_w).ceil().clamp(f64::from(CANVAS_W), f64::from(HEAT_MAX_W));
+        let h = (frame_h + rows as f64 * HEAT_ROW_H).ceil().clamp(f64::from(CANVAS_H), f64::from(HEAT_MAX_H));
+        HeatLayout { rows, cols, left, size: (w as u32, h as u32) }
+    }
 
-        let (left, top, bottom, right) = (34.0 + text_width(row_chars, 1) + 10.0, 56.0, 64.0, 110.0);
-        let (min_w, max_w, min_h, max_h) = (480.0, 1600.0, 240.0, 1200.0);
-        let pref_w = (text_width(value_chars.max(col_chars), 1) + 12.0).clamp(36.0, 110.0);
-        let cell_w = if nc > 0 { pref_w.min((max_w - left - right) / nc as f64) } else { pref_w };
-        let cell_h = if nr > 0 { 26.0f64.min((max_h - top - bottom) / nr as f64) } else { 26.0 };
-        let grid_w = nc as f64 * cell_w;
-        let grid_h = nr as f64 * cell_h;
-        let width = (left + grid_w + right).clamp(min_w, max_w).ceil();
-        let height = (top + grid_h.max(150.0) + bottom).clamp(min_h, max_h).ceil();
-        let mut c = Canvas::new(width as u32, height as u32);
-        draw_title(&mut c, &self.title);
+    /// Min and max of the finite cells drawn.
+    fn range(&self, l: &HeatLayout) -> Option<(f64, f64)> {
+        extent((0..l.rows).flat_map(|r| (0..l.cols).filter_map(move |c| self.cell(r, c))))
+    }
 
-        // Centre the content when the minimum canvas width leaves slack.
-        let (gl, gt) = (left + ((c.w() - (left + grid_w + right)) / 2.0).max(0.0).floor(), top);
-        let gap = if cell_w >= 6.0 && cell_h >= 6.0 { 1.0 } else { 0.0 };
-        for r in 0..nr {
-            for col in 0..nc {
-                let x = gl + col as f64 * cell_w;
-                let y = gt + r as f64 * cell_h;
-                let value = self.cell(r, col).filter(|v| v.is_finite());
-                let fill = match (value, range) {
+    /// The cells (row 0 on top), coloured by value or grey, each with its value where it fits.
+    fn draw_cells<DB: DrawingBackend>(
+        &self,
+        chart: &mut Plane<'_, DB>,
+        l: &HeatLayout,
+        range: Option<(f64, f64)>,
+    ) -> Result<(), PlotError> {
+        let (px, py) = chart.plotting_area().get_pixel_range();
+        let cell_w = f64::from(px.end - px.start) / l.cols.max(1) as f64;
+        let cell_h = f64::from(py.end - py.start) / l.rows.max(1) as f64;
+        let widest = (0..l.rows)
+            .flat_map(|r| (0..l.cols).filter_map(move |c| self.cell(r, c)))
+            .map(fmt_value)
+            .max_by_key(|s| s.chars().count())
+            .unwrap_or_default();
+        let size = fitted_size(&widest, VALUE_SIZE, cell_w - 6.0);
+        let show_values = text_width(&widest, size) <= cell_w - 6.0 && cell_h >= size;
+        let mut cells = Vec::new();
+        let mut texts: Vec<(String, (f64, f64), RGBColor)> = Vec::new();
+        for r in 0..l.rows {
+            for c in 0..l.cols {
+                let raw = self.cell(r, c);
+                let fill = match (raw.filter(|v| v.is_finite()), range) {
                     (Some(v), Some((lo, hi))) => heat_color(if hi > lo { (v - lo) / (hi - lo) } else { 0.5 }),
                     _ => MISSING,
                 };
-                c.rect(x, y, cell_w - gap, cell_h - gap, fill, Some("cell"));
-                let Some(raw) = self.cell(r, col) else { continue };
-                let label = fmt_value(raw);
-                if text_width(label.chars().count(), 1) <= cell_w - 4.0 && cell_h >= 11.0 {
-                    let color = if value.is_some() { contrast_text(fill) } else { AXIS };
-                    c.text(
-                        Text::new(x + (cell_w - gap) / 2.0, y + (cell_h - gap) / 2.0 + 3.5, &label, Anchor::Middle)
-                            .color(color),
-                    );
+                let (x0, y0) = (c as f64, (l.rows - 1 - r) as f64);
+                cells.push(Rectangle::new([(x0, y0), (x0 + 1.0, y0 + 1.0)], fill.filled()));
+                if cell_w >= 6.0 && cell_h >= 6.0 {
+                    cells.push(Rectangle::new([(x0, y0), (x0 + 1.0, y0 + 1.0)], WHITE.stroke_width(1)));
+                }
+                if let Some(v) = raw.filter(|_| show_values) {
+                    let ink = if v.is_finite() { contrast_text(fill) } else { AXIS };
+                    texts.push((fmt_value(v), (x0 + 0.5, y0 + 0.5), ink));
                 }
             }
         }
-        if cell_h >= 8.0 {
-            for (r, name) in self.rows.iter().take(nr).enumerate() {
-                let y = gt + (r as f64 + 0.5) * cell_h + 3.5;
-                c.text(Text::new(gl - 8.0, y, &fit(name, 24), Anchor::End));
-            }
+        chart.draw_series(cells).map_err(plot_error)?;
+        for (s, at, ink) in &texts {
+            let style = anchored(size, HPos::Center, VPos::Center).color(ink);
+            chart.plotting_area().draw(&Text::new(s.as_str(), *at, style)).map_err(plot_error)?;
         }
-        let col_max = chars_fitting(cell_w - 2.0);
-        if col_max > 0 {
-            for (col, name) in self.cols.iter().take(nc).enumerate() {
-                let x = gl + (col as f64 + 0.5) * cell_w;
-                c.text(Text::new(x, gt + grid_h + 16.0, &fit(name, col_max), Anchor::Middle));
-            }
-        }
-        let label_w = chars_fitting(c.w() - 20.0);
-        c.text(Text::new(gl + grid_w / 2.0, gt + grid_h + 42.0, &fit(&self.col_label, label_w), Anchor::Middle));
-        let label_h = chars_fitting(grid_h.max(150.0));
-        c.text(
-            Text::new(18.0, gt + grid_h.max(150.0) / 2.0, &fit(&self.row_label, label_h), Anchor::Middle).vertical(),
-        );
+        Ok(())
+    }
+}
 
+/// A vertical colour bar for `[lo, hi]` in `area`, level with the map's plotting area, ticks on its right.
+fn draw_colour_bar<DB: DrawingBackend>(
+    area: &Area<DB>,
+    map: &Plane<'_, DB>,
+    (lo, hi): (f64, f64),
+) -> Result<(), PlotError> {
+    let (_, py) = map.plotting_area().get_pixel_range();
+    let (_, base_y) = area.get_base_pixel();
+    let (_, h) = area.dim_in_pixel();
+    let top = (py.start - base_y).max(0) as u32;
+    let bottom = (h as i32 - (py.end - base_y)).max(0) as u32;
+    let axis = Axis::new(lo, hi, false);
+    let widest = axis.ticks.iter().map(|(_, s)| text_width(s, TICK_SIZE)).fold(0.0, f64::max);
+    let mut bar = ChartBuilder::on(area)
+        .margin_top(top)
+        .margin_bottom(bottom)
+        .margin_left(MARGIN)
+        .margin_right(4)
+        .set_label_area_size(LabelAreaPosition::Right, (widest + f64::from(2 * TICK_MARK) + 12.0).ceil() as u32)
+        .build_cartesian_2d(Ticked { range: 0.0..1.0, ticks: Vec::new() }, axis.coord())
+        .map_err(plot_error)?;
+    const STEPS: usize = 64;
+    let step = (axis.hi - axis.lo) / STEPS as f64;
+    let strips = (0..STEPS).map(|k| {
+        let y0 = axis.lo + k as f64 * step;
+        let t = if hi > lo { (y0 + step / 2.0 - lo) / (hi - lo) } else { 0.5 };
+        Rectangle::new([(0.0, y0), (1.0, y0 + step)], heat_color(t).filled())
+    });
+    bar.draw_series(strips).map_err(plot_error)?;
+    bar.configure_mesh()
+        .set_all_tick_mark_size(TICK_MARK)
+        .disable_mesh()
+        .disable_x_axis()
+        .label_style(font(TICK_SIZE))
+        .axis_style(AXIS.stroke_width(1))
+        .y_label_formatter(&|v: &f64| axis.label(*v))
+        .draw()
+        .map_err(plot_error)
+}
+
+impl Draw for HeatMap {
+    fn size(&self) -> (u32, u32) {
+        self.layout().size
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &Area<DB>) -> Result<(), PlotError> {
+        let l = self.layout();
+        let body = draw_title(root, &self.title)?;
+        let (w, h) = body.dim_in_pixel();
+        let (grid, side) = body.split_horizontally(w.saturating_sub(COLOUR_BAR_W));
+        let names = |v: &[String], n: usize| (0..n).map(|i| v.get(i).map(|s| clean(s)).unwrap_or_default()).collect();
+        let (rows, cols): (Vec<String>, Vec<String>) = (names(&self.rows, l.rows), names(&self.cols, l.cols));
+        let plot_w = f64::from(w.saturating_sub(l.left + COLOUR_BAR_W + 3 * MARGIN));
+        let plot_h = f64::from(h.saturating_sub(X_AXIS_H + 2 * MARGIN));
+        let col_step = label_step(&cols, TICK_SIZE, plot_w / l.cols.max(1) as f64);
+        let row_step = ((TICK_SIZE * 1.1) / (plot_h / l.rows.max(1) as f64)).ceil().max(1.0) as usize;
+        // Rows run top-down: row r spans y in [rows - 1 - r, rows - r].
+        let ticks = (0..l.rows).step_by(row_step).map(|r| (l.rows - 1 - r) as f64 + 0.5).collect();
+        let y = Ticked { range: 0.0..l.rows.max(1) as f64, ticks };
+        let mut chart = plane(&grid, slot_coord(l.cols, col_step), y, l.left)?;
+        let x_fmt = |v: &f64| slot_label(&cols, *v);
+        let y_fmt = |v: &f64| slot_label(&rows, l.rows as f64 - *v);
+        draw_mesh(&mut chart, &x_fmt, &y_fmt, (&self.col_label, &self.row_label), (false, false))?;
+        let range = self.range(&l);
+        self.draw_cells(&mut chart, &l, range)?;
         match range {
-            Some((lo, hi)) => {
-                // Colour bar: dark (max) at the top, white (min) at the bottom.
-                const STEPS: usize = 48;
-                let bx = gl + grid_w + 20.0;
-                let bar_h = grid_h.max(150.0);
-                let step_h = bar_h / STEPS as f64;
-                for k in 0..STEPS {
-                    let t = 1.0 - (k as f64 + 0.5) / STEPS as f64;
-                    c.rect(bx, gt + k as f64 * step_h, 16.0, step_h + 0.5, heat_color(t), Some("scale"));
-                }
-                c.text(Text::new(bx + 22.0, gt + 7.0, &fmt_value(hi), Anchor::Start));
-                c.text(Text::new(bx + 22.0, gt + bar_h, &fmt_value(lo), Anchor::Start));
-            }
-            None => {
-                let cx = if nc > 0 { gl + grid_w / 2.0 } else { c.w() / 2.0 };
-                c.no_data(cx, gt + grid_h.max(150.0) / 2.0);
-            }
-        }
-        c
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// SVG writer
-// ---------------------------------------------------------------------------------------------------------
-
-/// Coordinates with at most two decimals, no trailing zeros.
-fn num(v: f64) -> String {
-    tidy_decimal(format!("{:.2}", v))
-}
-
-/// Escapes text for XML content and attributes; characters XML cannot hold become '?'.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\t' | '\n' | '\r' => out.push(' '),
-            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('?'),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn class_attr(class: Option<&'static str>) -> String {
-    class.map(|c| format!(" class=\"{c}\"")).unwrap_or_default()
-}
-
-impl Canvas {
-    fn to_svg(&self) -> String {
-        let (w, h) = (self.width, self.height);
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" \
-             font-family=\"monospace\">"
-        );
-        let _ = writeln!(s, "<rect x=\"0\" y=\"0\" width=\"{w}\" height=\"{h}\" fill=\"#ffffff\"/>");
-        for prim in &self.prims {
-            match prim {
-                Prim::Rect { x, y, w, h, fill, class } => {
-                    let _ = writeln!(
-                        s,
-                        "<rect{} x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{}\"/>",
-                        class_attr(*class),
-                        num(*x),
-                        num(*y),
-                        num(*w),
-                        num(*h),
-                        fill.hex()
-                    );
-                }
-                Prim::Line { x1, y1, x2, y2, width, color } => {
-                    let _ = writeln!(
-                        s,
-                        "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{}\" stroke-width=\"{}\"/>",
-                        num(*x1),
-                        num(*y1),
-                        num(*x2),
-                        num(*y2),
-                        color.hex(),
-                        num(*width)
-                    );
-                }
-                Prim::Path { segments, width, color, class } => {
-                    let mut d = String::new();
-                    for seg in segments {
-                        for (i, (x, y)) in seg.iter().enumerate() {
-                            let cmd = if i == 0 { "M" } else { "L" };
-                            let _ = write!(d, "{}{} {} ", cmd, num(*x), num(*y));
-                        }
-                        if let [(x, y)] = seg.as_slice() {
-                            // A lone point: a zero-length segment, drawn as a dot by the round caps.
-                            let _ = write!(d, "L{} {} ", num(*x), num(*y));
-                        }
-                    }
-                    let _ = writeln!(
-                        s,
-                        "<path{} d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"{}\" \
-                         stroke-linejoin=\"round\" stroke-linecap=\"round\"/>",
-                        class_attr(*class),
-                        d.trim_end(),
-                        color.hex(),
-                        num(*width)
-                    );
-                }
-                Prim::Text(t) => {
-                    let anchor = match t.anchor {
-                        Anchor::Start => "start",
-                        Anchor::Middle => "middle",
-                        Anchor::End => "end",
-                    };
-                    let (x, y) = (num(t.x), num(t.y));
-                    let rotate = if t.vertical { format!(" transform=\"rotate(-90 {x} {y})\"") } else { String::new() };
-                    let _ = writeln!(
-                        s,
-                        "<text x=\"{x}\" y=\"{y}\" font-size=\"{}\" text-anchor=\"{anchor}\" \
-                         fill=\"{}\"{rotate}>{}</text>",
-                        10 * t.scale.max(1),
-                        t.color.hex(),
-                        escape(&t.text)
-                    );
-                }
-            }
-        }
-        s.push_str("</svg>");
-        s
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Rasterizer and PNG encoding
-// ---------------------------------------------------------------------------------------------------------
-
-/// An RGB pixel buffer, row-major, 3 bytes per pixel.
-#[derive(Debug)]
-struct Raster {
-    w: usize,
-    h: usize,
-    px: Vec<u8>,
-}
-
-impl Raster {
-    fn new(w: u32, h: u32) -> Self {
-        let (w, h) = (w as usize, h as usize);
-        Raster { w, h, px: vec![255; w * h * 3] }
-    }
-
-    fn index(&self, x: i64, y: i64) -> Option<usize> {
-        if x < 0 || y < 0 {
-            return None;
-        }
-        let (x, y) = (x as usize, y as usize);
-        (x < self.w && y < self.h).then(|| (y * self.w + x) * 3)
-    }
-
-    fn set(&mut self, x: i64, y: i64, c: Rgb) {
-        if let Some(i) = self.index(x, y) {
-            if let Some(p) = self.px.get_mut(i..i + 3) {
-                p.copy_from_slice(&[c.0, c.1, c.2]);
-            }
-        }
-    }
-
-    fn blend(&mut self, x: i64, y: i64, c: Rgb, a: f32) {
-        if a >= 1.0 {
-            return self.set(x, y, c);
-        }
-        if a <= 0.0 {
-            return;
-        }
-        if let Some(i) = self.index(x, y) {
-            if let Some(p) = self.px.get_mut(i..i + 3) {
-                for (dst, src) in p.iter_mut().zip([c.0, c.1, c.2]) {
-                    let v = f32::from(*dst) * (1.0 - a) + f32::from(src) * a;
-                    *dst = v.round().clamp(0.0, 255.0) as u8;
-                }
-            }
-        }
-    }
-
-    /// Clamped pixel range `[floor(lo), ceil(hi))` along an axis of length `len`.
-    fn span(lo: f64, hi: f64, len: usize) -> (i64, i64) {
-        let len = len as f64;
-        (lo.floor().clamp(0.0, len) as i64, hi.ceil().clamp(0.0, len) as i64)
-    }
-
-    fn fill_rect(&mut self, x: f64, y: f64, w: f64, h: f64, c: Rgb) {
-        let len_x = self.w as f64;
-        let len_y = self.h as f64;
-        let x0 = x.round().clamp(0.0, len_x) as i64;
-        let x1 = (x + w).round().clamp(0.0, len_x) as i64;
-        let y0 = y.round().clamp(0.0, len_y) as i64;
-        let y1 = (y + h).round().clamp(0.0, len_y) as i64;
-        for yy in y0..y1 {
-            for xx in x0..x1 {
-                self.set(xx, yy, c);
-            }
-        }
-    }
-
-    /// Strokes polylines with round joins/caps; coverage is the max over segments, so joints are not
-    /// painted twice.
-    fn stroke(&mut self, segments: &[Vec<(f64, f64)>], width: f64, c: Rgb) {
-        let half = width.max(0.5) / 2.0;
-        let pad = half + 1.0;
-        let pts = || segments.iter().flatten();
-        let (Some((x_lo, x_hi)), Some((y_lo, y_hi))) = (extent(pts().map(|p| p.0)), extent(pts().map(|p| p.1))) else {
-            return;
-        };
-        let (bx0, bx1) = Self::span(x_lo - pad, x_hi + pad, self.w);
-        let (by0, by1) = Self::span(y_lo - pad, y_hi + pad, self.h);
-        if bx0 >= bx1 || by0 >= by1 {
-            return;
-        }
-        let bw = (bx1 - bx0) as usize;
-        let mut cov = vec![0f32; bw * (by1 - by0) as usize];
-        let mut cover = |a: (f64, f64), b: (f64, f64)| {
-            let (sx0, sx1) = Self::span(a.0.min(b.0) - pad, a.0.max(b.0) + pad, self.w);
-            let (sy0, sy1) = Self::span(a.1.min(b.1) - pad, a.1.max(b.1) + pad, self.h);
-            let (dx, dy) = (b.0 - a.0, b.1 - a.1);
-            let len2 = dx * dx + dy * dy;
-            for y in sy0.max(by0)..sy1.min(by1) {
-                for x in sx0.max(bx0)..sx1.min(bx1) {
-                    let (cx, cy) = (x as f64 + 0.5, y as f64 + 0.5);
-                    let t = if len2 > 0.0 { (((cx - a.0) * dx + (cy - a.1) * dy) / len2).clamp(0.0, 1.0) } else { 0.0 };
-                    let (qx, qy) = (a.0 + t * dx - cx, a.1 + t * dy - cy);
-                    let d = (qx * qx + qy * qy).sqrt();
-                    let alpha = (half + 0.5 - d).clamp(0.0, 1.0) as f32;
-                    let i = (y - by0) as usize * bw + (x - bx0) as usize;
-                    if let Some(slot) = cov.get_mut(i) {
-                        *slot = slot.max(alpha);
-                    }
-                }
-            }
-        };
-        for seg in segments {
-            match seg.as_slice() {
-                [p] => cover(*p, *p),
-                pts => {
-                    for pair in pts.windows(2) {
-                        if let [a, b] = pair {
-                            cover(*a, *b);
-                        }
-                    }
-                }
-            }
-        }
-        for (k, a) in cov.iter().enumerate() {
-            let x = bx0 + (k % bw) as i64;
-            let y = by0 + (k / bw) as i64;
-            self.blend(x, y, c, *a);
-        }
-    }
-
-    fn text(&mut self, t: &Text) {
-        let s = i64::from(t.scale.clamp(1, 8));
-        let chars: Vec<char> = t.text.chars().collect();
-        let width = text_width(chars.len(), t.scale.clamp(1, 8));
-        let offset = match t.anchor {
-            Anchor::Start => 0.0,
-            Anchor::Middle => -width / 2.0,
-            Anchor::End => -width,
-        };
-        let (ox, oy) = (t.x.round() as i64, t.y.round() as i64);
-        let offset = offset.round() as i64;
-        for (i, ch) in chars.iter().enumerate() {
-            let g = glyph(*ch);
-            let gx = offset + i as i64 * 6 * s;
-            for (row, bits) in (0i64..).zip(g.iter()) {
-                for col in 0..5i64 {
-                    if bits & (0x10 >> col) == 0 {
-                        continue;
-                    }
-                    for dy in 0..s {
-                        for dx in 0..s {
-                            let lx = gx + col * s + dx;
-                            let ly = (row - 7) * s + dy;
-                            let (x, y) = if t.vertical { (ox + ly, oy - lx) } else { (ox + lx, oy + ly) };
-                            self.set(x, y, t.color);
-                        }
-                    }
-                }
-            }
+            Some(range) => draw_colour_bar(&side, &chart, range),
+            None => no_data(&chart),
         }
     }
 }
-
-impl Canvas {
-    fn rasterize(&self) -> Raster {
-        let mut r = Raster::new(self.width, self.height);
-        for prim in &self.prims {
-            match prim {
-                Prim::Rect { x, y, w, h, fill, .. } => r.fill_rect(*x, *y, *w, *h, *fill),
-                Prim::Line { x1, y1, x2, y2, width, color } => {
-                    r.stroke(&[vec![(*x1, *y1), (*x2, *y2)]], *width, *color)
-                }
-                Prim::Path { segments, width, color, .. } => r.stroke(segments, *width, *color),
-                Prim::Text(t) => r.text(t),
-            }
-        }
-        r
-    }
-
-    fn to_png(&self) -> Result<Vec<u8>, PlotError> {
-        if self.width == 0 || self.height == 0 {
-            return Err(PlotError(format!("empty canvas {}x{}", self.width, self.height)));
-        }
-        let raster = self.rasterize();
-        let mut out = Vec::new();
-        let mut encoder = png::Encoder::new(&mut out, self.width, self.height);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header().map_err(|e| PlotError(format!("png header: {e}")))?;
-        writer.write_image_data(&raster.px).map_err(|e| PlotError(format!("png data: {e}")))?;
-        writer.finish().map_err(|e| PlotError(format!("png finish: {e}")))?;
-        Ok(out)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// 5×7 bitmap font (plus a descender row)
-// ---------------------------------------------------------------------------------------------------------
-
-/// The glyph of a printable ASCII character; anything else is drawn as '?'.
-fn glyph(ch: char) -> [u8; 8] {
-    let code = ch as u32;
-    let index = if (32..=126).contains(&code) { code - 32 } else { u32::from(b'?') - 32 };
-    FONT.get(index as usize).copied().unwrap_or([0; 8])
-}
-
-/// Printable ASCII 32..=126; each glyph is 8 rows top to bottom, 5 bits per row (0x10 = leftmost pixel).
-/// Rows 0..7 stand on the baseline; row 7 is the descender row below it (g, j, p, q, y).
-const FONT: [[u8; 8]; 95] = [
-    [0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00], // ' '
-    [0x04, 0x04, 0x04, 0x04, 0x04, 0x00, 0x04, 0x00], // '!'
-    [0x0A, 0x0A, 0x0A, 0x00, 0x00, 0x00, 0x00, 0x00], // '"'
-    [0x0A, 0x0A, 0x1F, 0x0A, 0x1F, 0x0A, 0x0A, 0x00], // '#'
-    [0x04, 0x0F, 0x14, 0x0E, 0x05, 0x1E, 0x04, 0x00], // '$'
-    [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03, 0x00], // '%'
-    [0x0C, 0x12, 0x14, 0x08, 0x15, 0x12, 0x0D, 0x00], // '&'
-    [0x0C, 0x04, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00], // '\''
-    [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02, 0x00], // '('
-    [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08, 0x00], // ')'
-    [0x00, 0x04, 0x15, 0x0E, 0x15, 0x04, 0x00, 0x00], // '*'
-    [0x00, 0x04, 0x04, 0x1F, 0x04, 0x04, 0x00, 0x00], // '+'
-    [0x00, 0x00, 0x00, 0x00, 0x0C, 0x04, 0x08, 0x00], // ','
-    [0x00, 0x00, 0x00, 0x1F, 0x00, 0x00, 0x00, 0x00], // '-'
-    [0x00, 0x00, 0x00, 0x00, 0x00, 0x0C, 0x0C, 0x00], // '.'
-    [0x00, 0x01, 0x02, 0x04, 0x08, 0x10, 0x00, 0x00], // '/'
-    [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E, 0x00], // '0'
-    [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E, 0x00], // '1'
-    [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F, 0x00], // '2'
-    [0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E, 0x00], // '3'
-    [0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02, 0x00], // '4'
-    [0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E, 0x00], // '5'
-    [0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E, 0x00], // '6'
-    [0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08, 0x00], // '7'
-    [0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E, 0x00], // '8'
-    [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C, 0x00], // '9'
-    [0x00, 0x0C, 0x0C, 0x00, 0x0C, 0x0C, 0x00, 0x00], // ':'
-    [0x00, 0x0C, 0x0C, 0x00, 0x0C, 0x04, 0x08, 0x00], // ';'
-    [0x02, 0x04, 0x08, 0x10, 0x08, 0x04, 0x02, 0x00], // '<'
-    [0x00, 0x00, 0x1F, 0x00, 0x1F, 0x00, 0x00, 0x00], // '='
-    [0x08, 0x04, 0x02, 0x01, 0x02, 0x04, 0x08, 0x00], // '>'
-    [0x0E, 0x11, 0x01, 0x02, 0x04, 0x00, 0x04, 0x00], // '?'
-    [0x0E, 0x11, 0x01, 0x0D, 0x15, 0x15, 0x0E, 0x00], // '@'
-    [0x0E, 0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x00], // 'A'
-    [0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E, 0x00], // 'B'
-    [0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E, 0x00], // 'C'
-    [0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C, 0x00], // 'D'
-    [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F, 0x00], // 'E'
-    [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10, 0x00], // 'F'
-    [0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F, 0x00], // 'G'
-    [0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11, 0x00], // 'H'
-    [0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E, 0x00], // 'I'
-    [0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C, 0x00], // 'J'
-    [0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11, 0x00], // 'K'
-    [0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F, 0x00], // 'L'
-    [0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11, 0x00], // 'M'
-    [0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11, 0x00], // 'N'
-    [0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E, 0x00], // 'O'
-    [0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10, 0x00], // 'P'
-    [0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D, 0x00], // 'Q'
-    [0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11, 0x00], // 'R'
-    [0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E, 0x00], // 'S'
-    [0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x00], // 'T'
-    [0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E, 0x00], // 'U'
-    [0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04, 0x00], // 'V'
-    [0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A, 0x00], // 'W'
-    [0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11, 0x00], // 'X'
-    [0x11, 0x11, 0x11, 0x0A, 0x04, 0x04, 0x04, 0x00], // 'Y'
-    [0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F, 0x00], // 'Z'
-    [0x0E, 0x08, 0x08, 0x08, 0x08, 0x08, 0x0E, 0x00], // '['
-    [0x00, 0x10, 0x08, 0x04, 0x02, 0x01, 0x00, 0x00], // '\\'
-    [0x0E, 0x02, 0x02, 0x02, 0x02, 0x02, 0x0E, 0x00], // ']'
-    [0x04, 0x0A, 0x11, 0x00, 0x00, 0x00, 0x00, 0x00], // '^'
-    [0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x1F, 0x00], // '_'
-    [0x08, 0x04, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00], // '`'
-    [0x00, 0x00, 0x0E, 0x01, 0x0F, 0x11, 0x0F, 0x00], // 'a'
-    [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x1E, 0x00], // 'b'
-    [0x00, 0x00, 0x0E, 0x10, 0x10, 0x11, 0x0E, 0x00], // 'c'
-    [0x01, 0x01, 0x0D, 0x13, 0x11, 0x11, 0x0F, 0x00], // 'd'
-    [0x00, 0x00, 0x0E, 0x11, 0x1F, 0x10, 0x0E, 0x00], // 'e'
-    [0x06, 0x09, 0x08, 0x1C, 0x08, 0x08, 0x08, 0x00], // 'f'
-    [0x00, 0x00, 0x0F, 0x11, 0x11, 0x0F, 0x01, 0x0E], // 'g'
-    [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x11, 0x00], // 'h'
-    [0x04, 0x00, 0x0C, 0x04, 0x04, 0x04, 0x0E, 0x00], // 'i'
-    [0x02, 0x00, 0x06, 0x02, 0x02, 0x02, 0x12, 0x0C], // 'j'
-    [0x10, 0x10, 0x12, 0x14, 0x18, 0x14, 0x12, 0x00], // 'k'
-    [0x0C, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E, 0x00], // 'l'
-    [0x00, 0x00, 0x1A, 0x15, 0x15, 0x11, 0x11, 0x00], // 'm'
-    [0x00, 0x00, 0x16, 0x19, 0x11, 0x11, 0x11, 0x00], // 'n'
-    [0x00, 0x00, 0x0E, 0x11, 0x11, 0x11, 0x0E, 0x00], // 'o'
-    [0x00, 0x00, 0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10], // 'p'
-    [0x00, 0x00, 0x0F, 0x11, 0x11, 0x0F, 0x01, 0x01], // 'q'
-    [0x00, 0x00, 0x16, 0x19, 0x10, 0x10, 0x10, 0x00], // 'r'
-    [0x00, 0x00, 0x0E, 0x10, 0x0E, 0x01, 0x1E, 0x00], // 's'
-    [0x08, 0x08, 0x1C, 0x08, 0x08, 0x09, 0x06, 0x00], // 't'
-    [0x00, 0x00, 0x11, 0x11, 0x11, 0x13, 0x0D, 0x00], // 'u'
-    [0x00, 0x00, 0x11, 0x11, 0x11, 0x0A, 0x04, 0x00], // 'v'
-    [0x00, 0x00, 0x11, 0x11, 0x15, 0x15, 0x0A, 0x00], // 'w'
-    [0x00, 0x00, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x00], // 'x'
-    [0x00, 0x00, 0x11, 0x11, 0x11, 0x0F, 0x01, 0x0E], // 'y'
-    [0x00, 0x00, 0x1F, 0x02, 0x04, 0x08, 0x1F, 0x00], // 'z'
-    [0x02, 0x04, 0x04, 0x08, 0x04, 0x04, 0x02, 0x00], // '{'
-    [0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x00], // '|'
-    [0x08, 0x04, 0x04, 0x02, 0x04, 0x04, 0x08, 0x00], // '}'
-    [0x00, 0x00, 0x08, 0x15, 0x02, 0x00, 0x00, 0x00], // '~'
-];
 
 #[cfg(test)]
 mod tests {
@@ -1296,6 +1167,22 @@ mod tests {
         let train: Vec<(f64, f64)> = (0..200).map(|i| (f64::from(i), 2.0 / (1.0 + f64::from(i) / 20.0))).collect();
         let val: Vec<(f64, f64)> = (0..20).map(|i| (f64::from(i) * 10.0, 2.2 / (1.0 + f64::from(i) / 2.0))).collect();
         line_chart("Training loss", vec![series("train", &train), series("validation", &val)])
+    }
+
+    fn scatter_chart() -> ScatterChart {
+        let ring = |r: f64, k: usize| -> Vec<(f64, f64)> {
+            (0..k).map(|i| (i as f64 * 0.7).sin_cos()).map(|(s, c)| (r * c, r * s - 0.5 * r)).collect()
+        };
+        ScatterChart {
+            title: "Modality space, 2 principal components (Figure 5)".into(),
+            x_label: "component 1".into(),
+            y_label: "component 2".into(),
+            series: vec![
+                series("text", &ring(1.0, 30)),
+                series("image", &ring(2.0, 30)),
+                series("graph", &ring(3.0, 9)),
+            ],
+        }
     }
 
     fn bar_chart(groups: Vec<BarGroup>, y_min: Option<f64>) -> BarChart {
@@ -1329,43 +1216,154 @@ mod tests {
         (info.width, info.height, buf)
     }
 
-    fn assert_well_formed(svg: &str) {
-        assert!(svg.starts_with("<svg"), "svg start: {}", &svg[..svg.len().min(40)]);
-        assert!(svg.ends_with("</svg>"));
-        assert_eq!(svg.matches("<svg").count(), 1);
-        assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
-        for bad in ["NaN", "inf"] {
-            assert!(!svg.contains(bad), "svg contains {bad}");
-        }
-        // Every element line is a single self-closing tag or a text element.
-        for line in svg.lines().skip(1) {
-            let ok = line == "</svg>" || line.ends_with("/>") || line.ends_with("</text>");
-            assert!(ok, "malformed line: {line}");
-        }
-    }
+    const CANVAS: (u32, u32) = (CANVAS_W, CANVAS_H);
 
-    fn all_charts_png_ok(chart: &dyn Chart) -> Vec<u8> {
+    /// Renders the PNG, checks its signature and that it decodes to `size`; returns the bytes.
+    fn png_ok(chart: &dyn Chart, size: (u32, u32)) -> Vec<u8> {
         let bytes = chart.png().expect("png renders");
         assert_eq!(bytes[..8], PNG_SIGNATURE);
-        decode(&bytes);
+        let (w, h, rgb) = decode(&bytes);
+        assert_eq!((w, h), size);
+        assert_eq!(rgb.len(), (w * h * 3) as usize);
         bytes
     }
 
+    fn assert_well_formed(svg: &str) {
+        assert!(svg.starts_with("<svg"), "svg start: {}", &svg[..svg.len().min(40)]);
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<svg").count(), 1);
+        assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
+        for bad in ["NaN", "inf", "plot error"] {
+            assert!(!svg.contains(bad), "svg contains {bad}");
+        }
+        assert!(!svg.chars().any(|c| c.is_control() && c != '\n'), "control character in svg");
+    }
+
+    /// The value of attribute `name` in one SVG tag.
+    fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+        let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+        tag[start..].split('"').next()
+    }
+
+    /// Every `<text>` element as (its opening tag, its trimmed content).
+    fn texts(svg: &str) -> Vec<(String, String)> {
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|chunk| {
+                let (tag, rest) = chunk.split_once('>')?;
+                let content = rest.split("</text>").next()?;
+                Some((format!(" {tag}"), content.trim().to_string()))
+            })
+            .collect()
+    }
+
+    fn has_text(svg: &str, content: &str) -> bool {
+        texts(svg).iter().any(|(_, c)| c == content)
+    }
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct SvgRect {
+        x: i32,
+        y: i32,
+        w: i32,
+        h: i32,
+        fill: String,
+    }
+
+    /// Every `<rect>` element.
+    fn rects(svg: &str) -> Vec<SvgRect> {
+        let num = |tag: &str, name: &str| attr(tag, name).and_then(|v| v.parse().ok()).expect("rect attribute");
+        svg.split("<rect")
+            .skip(1)
+            .map(|chunk| {
+                let tag = format!(" {}", chunk.split('>').next().unwrap_or_default());
+                let fill = attr(&tag, "fill").unwrap_or_default().to_string();
+                SvgRect { x: num(&tag, "x"), y: num(&tag, "y"), w: num(&tag, "width"), h: num(&tag, "height"), fill }
+            })
+            .collect()
+    }
+
+    fn hex(c: RGBColor) -> String {
+        format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
+    }
+
+    /// How many polylines (series lines, legend swatches) are stroked in `color`.
+    fn polylines(svg: &str, color: RGBColor) -> usize {
+        let stroke = format!("stroke=\"{}\"", hex(color));
+        svg.lines().filter(|l| l.starts_with("<polyline") && l.contains(&stroke)).count()
+    }
+
     #[test]
-    fn line_svg_structure_and_escaped_title() {
-        let mut chart = loss_chart();
-        chart.title = "Loss <&> \"q\" 'a'".into();
-        chart.series.push(series("all bad", &[(f64::NAN, 1.0), (2.0, f64::INFINITY)]));
-        let svg = chart.svg();
+    fn png_signature_and_size() {
+        assert_eq!(decode(&png_ok(&loss_chart(), CANVAS)).0, CANVAS_W);
+        let (w, h, _) = decode(&png_ok(&scatter_chart(), CANVAS));
+        assert_eq!((w, h), (CANVAS_W, CANVAS_H));
+        let (w, h, _) = decode(&png_ok(&bar_chart(vec![group("g", &[0.5, 0.7])], None), CANVAS));
+        assert_eq!((w, h), (CANVAS_W, CANVAS_H));
+        let heat = heat_map(vec![vec![0.1, 0.2, 0.7], vec![0.3, 0.3, 0.4], vec![0.5, 0.25, 0.25]]);
+        let (w, h, _) = decode(&png_ok(&heat, heat.size()));
+        assert_eq!((w, h), (CANVAS_W, CANVAS_H));
+        let wide = HeatMap { cols: (0..40).map(|i| format!("modality {i}")).collect(), ..heat };
+        let (w, h, _) = decode(&png_ok(&wide, wide.size()));
+        assert!(w > CANVAS_W && w <= HEAT_MAX_W && h == CANVAS_H, "{w}x{h}");
+    }
+
+    #[test]
+    fn rendering_is_deterministic() {
+        let heat = heat_map(vec![vec![0.1, 0.2, 0.7], vec![0.3, f64::NAN, 0.4]]);
+        let bars = bar_chart(vec![group("a", &[0.6, 0.7]), group("b", &[0.65, 0.8])], Some(0.5));
+        let line = loss_chart();
+        let scatter = scatter_chart();
+        let charts: [&dyn Chart; 4] = [&line, &scatter, &bars, &heat];
+        for chart in charts {
+            let svg = chart.svg();
+            assert_well_formed(&svg);
+            assert_eq!(svg, chart.svg());
+            assert_eq!(chart.png().expect("png"), chart.png().expect("png"));
+        }
+        assert_eq!(line.png().expect("png"), line.clone().png().expect("png"));
+        // Different data gives a different picture (the comparison above can fail).
+        let mut other = line.clone();
+        other.series[0].points[100].1 = 5.0;
+        assert_ne!(line.png().expect("png"), other.png().expect("png"));
+        assert_ne!(line.svg(), other.svg());
+    }
+
+    #[test]
+    fn full_title_and_legend_names_in_svg() {
+        let title = "marn_full_attention_variant@v12 training losses (Figure 6a), CTR, total, adversarial and \
+                     discriminator losses per training sample";
+        let names = [
+            "CTR loss",
+            "total loss",
+            "adversarial loss (L_ADV)",
+            "D0 loss",
+            "share of |rep| from c (invariant)",
+            "mean w (image embedding of items)",
+        ];
+        let s: Vec<Series> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| series(n, &[(0.0, i as f64), (1.0, i as f64 + 0.5), (2.0, i as f64 * 0.9)]))
+            .collect();
+        let svg = line_chart(title, s).svg();
         assert_well_formed(&svg);
-        assert!(svg.contains("Loss &lt;&amp;&gt; &quot;q&quot; &apos;a&apos;"));
-        assert!(!svg.contains("<&>"));
-        // One path per series with finite points; the all-NaN series draws none.
-        assert_eq!(svg.matches("<path").count(), 2);
-        assert_eq!(svg.matches("<polyline").count(), 0);
-        // Multi-series legend lists every name.
-        for name in ["train", "validation", "all bad"] {
-            assert!(svg.contains(&format!(">{name}</text>")), "legend entry {name}");
+        let all = texts(&svg);
+        let (tag, _) = all.iter().find(|(_, c)| c == title).expect("full title");
+        // The long title is shrunk (SVG font-size = size / 1.24), and fits the canvas at that size.
+        let size: f64 = attr(tag, "font-size").and_then(|v| v.parse().ok()).expect("font-size");
+        assert!(size < TITLE_SIZE / 1.24, "title size {size}");
+        assert!(text_width(title, size * 1.24) <= f64::from(CANVAS_W) - 2.0 * f64::from(MARGIN));
+        for name in names {
+            assert!(all.iter().any(|(_, c)| c == name), "legend entry {name}");
+        }
+        let bars = bar_chart(vec![group("marn@v3 (adversarial)", &[0.7]), group("dupn@v1 baseline", &[0.6])], None);
+        let svg = bars.svg();
+        assert!(has_text(&svg, "marn@v3 (adversarial)") && has_text(&svg, "dupn@v1 baseline"));
+        assert!(has_text(&svg, "AUC by popularity decile") && has_text(&svg, "AUC"));
+        let svg = scatter_chart().svg();
+        for text in ["Modality space, 2 principal components (Figure 5)", "text", "image", "graph", "component 2"] {
+            assert!(has_text(&svg, text), "{text}");
         }
     }
 
@@ -1374,89 +1372,180 @@ mod tests {
         let chart = line_chart("one", vec![series("only-line", &[(0.0, 1.0), (1.0, 2.0)])]);
         let svg = chart.svg();
         assert!(!svg.contains("only-line"));
-        assert_eq!(svg.matches("<path").count(), 1);
+        assert_eq!(polylines(&svg, palette(0)), 1);
+        let two = line_chart("two", vec![series("a-line", &[(0.0, 1.0)]), series("b-line", &[(1.0, 2.0)])]).svg();
+        assert!(has_text(&two, "a-line") && has_text(&two, "b-line"));
     }
 
     #[test]
     fn non_finite_point_breaks_the_line() {
         let pts = [(0.0, 1.0), (1.0, 2.0), (2.0, f64::NAN), (3.0, 1.5), (4.0, 1.0), (f64::INFINITY, 3.0), (6.0, 2.0)];
-        let canvas = line_chart("gap", vec![series("s", &pts)]).build();
-        let paths: Vec<&Vec<Vec<(f64, f64)>>> = canvas
-            .prims
-            .iter()
-            .filter_map(|p| match p {
-                Prim::Path { segments, .. } => Some(segments),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(paths.len(), 1);
-        let lens: Vec<usize> = paths[0].iter().map(Vec::len).collect();
-        assert_eq!(lens, vec![2, 2, 1]);
+        let runs: Vec<usize> = finite_runs(&pts).iter().map(Vec::len).collect();
+        assert_eq!(runs, vec![2, 2, 1]);
         let svg = line_chart("gap", vec![series("s", &pts)]).svg();
-        let d = svg.split("<path").nth(1).expect("path");
-        assert_eq!(d.split(" d=\"").nth(1).expect("d").split('"').next().expect("d").matches('M').count(), 3);
+        assert_well_formed(&svg);
+        // Two polylines (the lone last point has no line), and a marker on each of the 5 finite points.
+        assert_eq!(polylines(&svg, palette(0)), 2);
+        assert_eq!(svg.matches("<circle").count(), 5);
     }
 
     #[test]
-    fn bar_svg_one_rect_per_finite_bar_and_labels_stay() {
+    fn bars_one_per_finite_value_and_labels_stay() {
         let a = group("model A", &[0.61, 0.65, f64::NAN, 0.7, 0.72, 0.74, 0.75, 0.8, 0.83, 0.87]);
         let b = group("model B", &[0.6, f64::INFINITY, f64::NAN, 0.68, 0.7, 0.73, 0.77, 0.79, 0.8, 0.86]);
         let c = group("model C", &[0.55, 0.6]);
-        let chart = bar_chart(vec![a, b, c], Some(0.5));
-        let svg = chart.svg();
+        let svg = bar_chart(vec![a, b, c], Some(0.5)).svg();
         assert_well_formed(&svg);
-        assert_eq!(svg.matches("class=\"bar\"").count(), 9 + 8 + 2);
-        assert!(svg.contains(">D3</text>"), "label of an all-NaN category stays");
-        assert!(svg.contains(">model C</text>"));
-        assert!(svg.contains(">0.5</text>"), "axis starts at y_min");
+        let all = rects(&svg);
+        // Each group's bars plus its legend swatch.
+        for (i, want) in [9, 8, 2].into_iter().enumerate() {
+            assert_eq!(all.iter().filter(|r| r.fill == hex(palette(i))).count(), want + 1, "group {i}");
+        }
+        for label in ["D1", "D3", "D10", "model C", "0.5"] {
+            assert!(has_text(&svg, label), "{label}");
+        }
     }
 
     #[test]
-    fn bar_values_below_y_min_and_negative_values() {
-        let chart = bar_chart(vec![group("g", &[0.2, 0.9, -0.4])], Some(0.5));
-        let svg = chart.svg();
-        assert_well_formed(&svg);
-        assert_eq!(svg.matches("class=\"bar\"").count(), 3);
-        let chart = bar_chart(vec![group("g", &[-3.0, 2.0, 7.0])], None);
-        let canvas = chart.build();
-        let bars: Vec<(f64, f64)> = canvas
-            .prims
-            .iter()
-            .filter_map(|p| match p {
-                Prim::Rect { y, h, class: Some("bar"), .. } => Some((*y, *h)),
-                _ => None,
-            })
-            .collect();
+    fn bars_start_at_y_min_or_zero() {
+        let svg = bar_chart(vec![group("g", &[-3.0, 2.0, 7.0])], None).svg();
+        let bars: Vec<SvgRect> = rects(&svg).into_iter().filter(|r| r.fill == hex(palette(0))).collect();
         assert_eq!(bars.len(), 3);
-        // The negative bar starts where the positive ones end (the zero line).
-        assert!((bars[0].0 - (bars[1].0 + bars[1].1)).abs() < 1e-9);
+        // The negative bar hangs from the zero line, where the positive bars stand.
+        assert_eq!(bars[0].y, bars[1].y + bars[1].h);
+        assert_eq!(bars[1].y + bars[1].h, bars[2].y + bars[2].h);
+        let lowest = Axis::new(-3.0, 7.0, false).ticks[0].1.clone();
+        assert!(lowest.starts_with('-') && has_text(&svg, &lowest), "negative range on the axis: {lowest}");
+        assert!(has_text(&svg, "0"), "zero on the axis");
+        let svg = bar_chart(vec![group("g", &[0.6, 0.9])], Some(0.5)).svg();
+        let bars: Vec<SvgRect> = rects(&svg).into_iter().filter(|r| r.fill == hex(palette(0))).collect();
+        assert_eq!(bars.len(), 2);
+        assert!(bars[1].h > 3 * bars[0].h, "bars grow from 0.5: {bars:?}");
+        assert!(has_text(&svg, "0.5") && !has_text(&svg, "0"), "the axis starts at y_min");
     }
 
     #[test]
-    fn png_signature_and_dimensions() {
-        for chart in [&loss_chart() as &dyn Chart, &bar_chart(vec![group("g", &[0.5, 0.7])], None)] {
-            let bytes = all_charts_png_ok(chart);
-            let (w, h, buf) = decode(&bytes);
-            assert_eq!((w, h), (CANVAS_W, CANVAS_H));
-            assert_eq!(buf.len(), (w * h * 3) as usize);
+    fn heat_map_colours_follow_values_and_values_are_printed() {
+        let values = vec![vec![0.10, 0.20, 0.70], vec![0.30, 0.95, 0.40], vec![0.50, 0.25, 0.05]];
+        let chart = heat_map(values.clone());
+        let svg = chart.svg();
+        assert_well_formed(&svg);
+        let (w, _) = chart.size();
+        let cells: Vec<SvgRect> =
+            rects(&svg).into_iter().filter(|r| r.w > 20 && r.h > 20 && r.w < w as i32 && r.fill != "none").collect();
+        assert_eq!(cells.len(), 9, "{cells:?}");
+        let (pw, _, rgb) = decode(&chart.png().expect("png"));
+        let pixel = |x: i32, y: i32| {
+            let i = ((y as usize) * pw as usize + x as usize) * 3;
+            RGBColor(rgb[i], rgb[i + 1], rgb[i + 2])
+        };
+        let flat: Vec<f64> = values.iter().flatten().copied().collect();
+        for (cell, v) in cells.iter().zip(&flat) {
+            // PNG and SVG share the geometry: the cell's corner (away from the value text) has its colour.
+            assert_eq!(hex(pixel(cell.x + 4, cell.y + 4)), cell.fill, "cell {v}");
         }
-        let heat = heat_map(vec![vec![0.1, 0.2, 0.7], vec![0.3, 0.3, 0.4], vec![0.5, 0.25, 0.25]]);
-        let canvas = heat.build();
-        let (w, h, _) = decode(&all_charts_png_ok(&heat));
-        assert_eq!((w, h), (canvas.width, canvas.height));
-        assert!((480..=1600).contains(&w) && (240..=1200).contains(&h));
+        let lum: Vec<f64> = cells.iter().map(|c| luminance(pixel(c.x + 4, c.y + 4))).collect();
+        for i in 0..flat.len() {
+            for j in 0..flat.len() {
+                if flat[i] < flat[j] {
+                    assert!(lum[i] > lum[j], "cell {i} ({}) vs {j} ({})", flat[i], flat[j]);
+                }
+            }
+        }
+        // Each value printed; white on the dark max cell, dark on the light min cell.
+        for v in &flat {
+            assert!(has_text(&svg, &fmt_value(*v)), "value {v}");
+        }
+        let all = texts(&svg);
+        let fill_of = |content: &str| {
+            all.iter().find(|(_, c)| c == content).and_then(|(t, _)| attr(t, "fill")).map(str::to_string)
+        };
+        assert_eq!(fill_of("0.95"), Some(hex(WHITE)));
+        assert_eq!(fill_of("0.05"), Some(hex(INK)));
+        for label in ["books", "video", "text", "graph", "category", "modality", "Modality attention"] {
+            assert!(has_text(&svg, label), "{label}");
+        }
     }
 
     #[test]
-    fn rendering_is_deterministic() {
-        let heat = heat_map(vec![vec![0.1, 0.2, 0.7], vec![0.3, f64::NAN, 0.4]]);
-        let bars = bar_chart(vec![group("a", &[0.6, 0.7]), group("b", &[0.65, 0.8])], Some(0.5));
-        let line = loss_chart();
-        for chart in [&line as &dyn Chart, &bars, &heat] {
-            assert_eq!(chart.svg(), chart.svg());
-            assert_eq!(chart.png().expect("png"), chart.png().expect("png"));
+    fn heat_map_value_text_is_visible_in_png() {
+        let chart = heat_map(vec![vec![0.0, 0.987]]);
+        let svg = chart.svg();
+        let dark = rects(&svg).into_iter().find(|r| r.fill == hex(heat_color(1.0))).expect("dark cell");
+        let (w, _, rgb) = decode(&chart.png().expect("png"));
+        let mut white = 0;
+        for y in dark.y + 3..dark.y + dark.h - 3 {
+            for x in dark.x + 3..dark.x + dark.w - 3 {
+                let i = (y as usize * w as usize + x as usize) * 3;
+                if rgb[i..i + 3].iter().all(|c| *c > 200) {
+                    white += 1;
+                }
+            }
         }
-        assert_eq!(line.svg(), line.clone().svg());
+        assert!(white > 20, "value text drawn in white on the dark cell ({white} px)");
+    }
+
+    #[test]
+    fn heat_map_missing_cells_are_grey() {
+        let chart = heat_map(vec![vec![1.0, f64::NAN, 3.0], vec![2.0]]);
+        let svg = chart.svg();
+        assert_well_formed(&svg);
+        // Row 0 has one NaN, row 1 two missing cells, row 2 (no values) three.
+        assert_eq!(rects(&svg).iter().filter(|r| r.fill == hex(MISSING)).count(), 6);
+        assert!(has_text(&svg, "-"), "the NaN cell says so");
+        assert!(!has_text(&svg, "no data"));
+    }
+
+    #[test]
+    fn png_text_is_rendered() {
+        let chart = loss_chart();
+        let (w, _, rgb) = decode(&chart.png().expect("png"));
+        let dark_in = |x0: u32, x1: u32, y0: u32, y1: u32| {
+            let mut n = 0;
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    let i = (y * w + x) as usize * 3;
+                    if rgb[i..i + 3].iter().all(|c| *c < 120) {
+                        n += 1;
+                    }
+                }
+            }
+            n
+        };
+        assert!(dark_in(0, w, 0, TITLE_BAND) > 150, "title pixels");
+        let legend = Legend::new(["train", "validation"].into_iter(), Swatch::Line, CANVAS_W).expect("legend");
+        assert!(dark_in(w - legend.width, w, TITLE_BAND, TITLE_BAND + 80) > 100, "legend pixels");
+    }
+
+    #[test]
+    fn empty_charts_say_no_data() {
+        let empty_heat = HeatMap {
+            title: String::new(),
+            row_label: String::new(),
+            col_label: String::new(),
+            rows: vec![],
+            cols: vec![],
+            values: vec![],
+        };
+        let charts: Vec<Box<dyn Chart>> = vec![
+            Box::new(line_chart("", vec![])),
+            Box::new(line_chart("nan", vec![series("nan", &[(f64::NAN, 1.0)])])),
+            Box::new(ScatterChart { series: vec![], ..scatter_chart() }),
+            Box::new(bar_chart(vec![], None)),
+            Box::new(bar_chart(vec![group("nan", &[f64::NAN; 10])], Some(f64::NAN))),
+            Box::new(heat_map(vec![])),
+            Box::new(heat_map(vec![vec![f64::NAN; 3]; 3])),
+            Box::new(empty_heat),
+        ];
+        for chart in &charts {
+            let svg = chart.svg();
+            assert_well_formed(&svg);
+            assert!(has_text(&svg, "no data"), "{svg}");
+            assert_eq!(chart.png().expect("png")[..8], PNG_SIGNATURE);
+        }
+        assert!(has_text(&charts[4].svg(), "D10"), "labels stay without data");
+        assert!(!has_text(&loss_chart().svg(), "no data"));
+        assert!(!has_text(&bar_chart(vec![group("g", &[0.5])], None).svg(), "no data"));
     }
 
     #[test]
@@ -1475,11 +1564,11 @@ mod tests {
         for s in weird {
             let chart = line_chart("weird\u{0}\u{1F600}\n<x>", s);
             assert_well_formed(&chart.svg());
-            all_charts_png_ok(&chart);
+            png_ok(&chart, CANVAS);
+            let scatter = ScatterChart { series: chart.series.clone(), ..scatter_chart() };
+            assert_well_formed(&scatter.svg());
+            png_ok(&scatter, CANVAS);
         }
-        let empty = line_chart("", vec![]);
-        assert!(empty.svg().contains(">no data</text>"));
-
         let bar_cases = [
             bar_chart(vec![], None),
             bar_chart(vec![group("nan", &[f64::NAN; 10])], Some(f64::NAN)),
@@ -1487,43 +1576,54 @@ mod tests {
             bar_chart(vec![group("huge", &[1e308, -1e308])], None),
             bar_chart(vec![group("zeros", &[0.0; 10])], None),
             bar_chart(vec![group("above", &[0.1, 0.2])], Some(0.9)),
+            bar_chart(vec![group("below", &[0.2, 0.9, -0.4])], Some(0.5)),
             bar_chart(vec![group("many", &vec![1.0; 5000])], None),
             BarChart { title: String::new(), y_label: String::new(), labels: vec![], groups: vec![], y_min: None },
         ];
         for chart in &bar_cases {
             assert_well_formed(&chart.svg());
-            all_charts_png_ok(chart);
+            png_ok(chart, CANVAS);
         }
-        assert!(bar_cases[0].svg().contains(">no data</text>"));
-        assert!(bar_cases[1].svg().contains(">no data</text>"));
-        assert!(bar_cases[1].svg().contains(">D10</text>"));
-
-        let mut heat_cases = vec![
-            heat_map(vec![]),
-            heat_map(vec![vec![f64::NAN; 3]; 3]),
+        let heat_cases = [
             heat_map(vec![vec![1.0], vec![], vec![2.0, f64::INFINITY, 3.0, 4.0]]),
             heat_map(vec![vec![7.0; 3]; 3]),
             heat_map(vec![vec![1e308, -1e308, f64::MIN_POSITIVE]]),
             heat_map(vec![vec![0.5; 600]; 3]),
+            HeatMap { rows: (0..900).map(|i| format!("r{i}")).collect(), ..heat_map(vec![]) },
             HeatMap {
-                title: String::new(),
-                row_label: String::new(),
-                col_label: String::new(),
-                rows: vec![],
-                cols: vec![],
-                values: vec![],
+                rows: vec!["a very long category name (planted profile: image-heavy)".into()],
+                ..heat_map(vec![])
             },
         ];
-        heat_cases.push(HeatMap { rows: (0..900).map(|i| format!("r{i}")).collect(), ..heat_map(vec![]) });
         for chart in &heat_cases {
             assert_well_formed(&chart.svg());
-            let canvas = chart.build();
-            let (w, h, _) = decode(&all_charts_png_ok(chart));
-            assert_eq!((w, h), (canvas.width, canvas.height));
-            assert!(w <= 1600 && h <= 1200);
+            let (w, h) = chart.size();
+            assert!((CANVAS_W..=HEAT_MAX_W).contains(&w) && (CANVAS_H..=HEAT_MAX_H).contains(&h), "{w}x{h}");
+            png_ok(chart, (w, h));
         }
-        assert!(heat_cases[0].svg().contains(">no data</text>"));
-        assert!(heat_cases[1].svg().contains(">no data</text>"));
+    }
+
+    #[test]
+    fn svg_text_is_escaped_and_cleaned() {
+        let mut chart = loss_chart();
+        chart.title = "Loss <&> \"q\" 'a'\u{0}\tend".into();
+        let svg = chart.svg();
+        assert_well_formed(&svg);
+        assert!(has_text(&svg, "Loss &lt;&amp;&gt; &quot;q&quot; &apos;a&apos;? end"), "{svg}");
+        assert!(!svg.contains("<&>"));
+        assert_eq!(clean("a\u{7}b\nc\u{FFFF}µ→"), "a?b c?µ→");
+    }
+
+    #[test]
+    fn fitted_size_shrinks_long_text_only() {
+        assert_eq!(fitted_size("short", TITLE_SIZE, 700.0), TITLE_SIZE);
+        let long = "a rather long title ".repeat(6);
+        let size = fitted_size(&long, TITLE_SIZE, 700.0);
+        assert!((MIN_TEXT_SIZE..TITLE_SIZE).contains(&size), "{size}");
+        assert!(text_width(&long, size) <= 700.0);
+        assert!(text_width(&long, size + 0.5) > 700.0 || size == TITLE_SIZE, "largest size that fits");
+        let huge = "x".repeat(2000);
+        assert_eq!(fitted_size(&huge, TITLE_SIZE, 700.0), MIN_TEXT_SIZE);
     }
 
     fn assert_close(got: &[f64], want: &[f64]) {
@@ -1582,6 +1682,7 @@ mod tests {
         let fixed = Axis::new(0.55, 0.87, true);
         assert_eq!(fixed.lo, 0.55);
         assert!(fixed.ticks.iter().all(|(v, _)| *v >= 0.55));
+        assert_eq!(fixed.label(0.6), "0.6");
         assert_eq!(fmt_value(0.71234), "0.712");
         assert_eq!(fmt_value(12.345), "12.3");
         assert_eq!(fmt_value(0.5), "0.5");
@@ -1589,117 +1690,63 @@ mod tests {
         assert_eq!(fmt_value(4.2e-5), "4.2e-5");
     }
 
+    /// Writes one sample of each chart kind to /tmp/plots (PNG and SVG) for a visual check:
+    /// `cargo test --release -p marnflow-engine --lib plot::tests::write_samples -- --ignored`.
     #[test]
-    fn heat_map_darkest_cell_is_largest_value() {
-        let values = vec![vec![0.10, 0.20, 0.70], vec![0.30, 0.95, 0.40], vec![0.50, 0.25, 0.05]];
-        let chart = heat_map(values.clone());
-        let cells: Vec<(f64, f64)> = chart
-            .build()
-            .prims
-            .iter()
-            .filter_map(|p| match p {
-                Prim::Rect { x, y, class: Some("cell"), .. } => Some((*x, *y)),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(cells.len(), 9);
-        let (w, _, rgb) = decode(&chart.png().expect("png"));
-        let pixel = |x: f64, y: f64| {
-            let i = ((y as usize) * w as usize + x as usize) * 3;
-            Rgb(rgb[i], rgb[i + 1], rgb[i + 2])
+    #[ignore]
+    fn write_samples() {
+        let dir = std::path::Path::new("/tmp/plots");
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let curve = |f: &dyn Fn(f64) -> f64| -> Vec<(f64, f64)> {
+            (0..120).map(|i| f64::from(i) * 5000.0).map(|x| (x, f(x / 1e5))).collect()
         };
-        // Sample near each cell's corner, away from the centred value text.
-        let lum: Vec<f64> = cells.iter().map(|&(x, y)| pixel(x.round() + 3.0, y.round() + 3.0).luminance()).collect();
-        let flat: Vec<f64> = values.iter().flatten().copied().collect();
-        let argmin = |v: &[f64]| (0..v.len()).fold(0, |best, i| if v[i] < v[best] { i } else { best });
-        let darkest = argmin(&lum);
-        let largest = (0..flat.len()).fold(0, |best, i| if flat[i] > flat[best] { i } else { best });
-        assert_eq!(darkest, largest, "luminances {lum:?}");
-        assert_eq!(argmin(&flat), (0..lum.len()).fold(0, |b, i| if lum[i] > lum[b] { i } else { b }));
-        // Colour order follows value order everywhere.
-        for i in 0..flat.len() {
-            for j in 0..flat.len() {
-                if flat[i] < flat[j] {
-                    assert!(lum[i] > lum[j], "cell {i} ({}) vs {j} ({})", flat[i], flat[j]);
-                }
-            }
-        }
-        // The value is printed in each cell, white on the dark max cell, dark on the light min cell.
-        let svg = chart.svg();
-        assert!(svg.contains(&format!("fill=\"{}\">0.95</text>", WHITE.hex())));
-        assert!(svg.contains(&format!("fill=\"{}\">0.05</text>", INK.hex())));
-    }
-
-    #[test]
-    fn heat_cell_text_is_visible_in_png() {
-        let chart = heat_map(vec![vec![0.0, 1.0]]);
-        let canvas = chart.build();
-        let (w, _, rgb) = decode(&chart.png().expect("png"));
-        let dark_cell = canvas
-            .prims
-            .iter()
-            .filter_map(|p| match p {
-                Prim::Rect { x, y, w, h, class: Some("cell"), .. } => Some((*x, *y, *w, *h)),
-                _ => None,
-            })
-            .nth(1)
-            .expect("second cell");
-        let (x0, y0, cw, ch) = dark_cell;
-        let mut white = 0;
-        for y in (y0.round() as usize)..((y0 + ch).round() as usize) {
-            for x in (x0.round() as usize)..((x0 + cw).round() as usize) {
-                let i = (y * w as usize + x) * 3;
-                if rgb[i..i + 3] == [255, 255, 255] {
-                    white += 1;
-                }
-            }
-        }
-        assert!(white > 5, "value text drawn in white on the dark cell ({white} px)");
-    }
-
-    #[test]
-    fn escape_covers_xml_specials() {
-        assert_eq!(escape("a&b<c>d\"e'f"), "a&amp;b&lt;c&gt;d&quot;e&apos;f");
-        assert_eq!(escape("x\u{0}y\nz"), "x?y z");
-        assert_eq!(escape("µ→"), "µ→");
-    }
-
-    #[test]
-    fn font_covers_printable_ascii() {
-        for code in 33u8..=126 {
-            assert!(glyph(char::from(code)).iter().any(|r| *r != 0), "glyph {code}");
-            assert!(glyph(char::from(code)).iter().all(|r| *r < 0x20), "glyph {code} wider than 5");
-        }
-        assert_eq!(glyph(' '), [0; 8]);
-        assert_eq!(glyph('é'), glyph('?'));
-        assert_eq!(glyph('\u{7f}'), glyph('?'));
-        // Distinct glyphs for the characters tick labels use.
-        let digits: Vec<[u8; 8]> = "0123456789.-e".chars().map(glyph).collect();
-        for i in 0..digits.len() {
-            for j in (i + 1)..digits.len() {
-                assert_ne!(digits[i], digits[j]);
-            }
-        }
-    }
-
-    #[test]
-    fn rasterizer_draws_primitives() {
-        let mut c = Canvas::new(60, 40);
-        c.rect(2.0, 2.0, 10.0, 10.0, PALETTE[0], None);
-        c.line((20.5, 5.5), (50.5, 5.5), 1.0, PALETTE[3]);
-        c.text(Text::new(20.0, 30.0, "Hi?", Anchor::Start));
-        c.text(Text::new(8.0, 38.0, "V", Anchor::Start).vertical());
-        let r = c.rasterize();
-        let at = |x: usize, y: usize| {
-            let i = (y * 60 + x) * 3;
-            Rgb(r.px[i], r.px[i + 1], r.px[i + 2])
+        let mut adv = curve(&|t| 0.69 - 0.1 * (-t).exp());
+        adv[40].1 = f64::NAN;
+        let loss = LineChart {
+            title: "marn_full@v7 training losses (Figure 6a)".into(),
+            x_label: "training samples".into(),
+            y_label: "loss".into(),
+            series: vec![
+                series("CTR loss", &curve(&|t| 0.45 + 0.2 * (-t).exp())),
+                series("total loss", &curve(&|t| 1.1 + 0.4 * (-t).exp())),
+                series("adversarial loss (L_ADV)", &adv),
+                series("D0 loss", &curve(&|t| 0.3 + 0.3 * (-2.0 * t).exp())),
+                series("Ds loss", &curve(&|t| 0.2 + 0.1 * (t * 3.0).sin().abs())),
+            ],
         };
-        assert_eq!(at(5, 5), PALETTE[0]);
-        assert_eq!(at(30, 5), PALETTE[3]);
-        assert_eq!(at(30, 7), WHITE);
-        assert_eq!(at(20, 23), INK, "top-left pixel of 'H'");
-        assert_eq!(at(21, 23), WHITE);
-        let ink = r.px.chunks(3).filter(|p| p == &[INK.0, INK.1, INK.2]).count();
-        assert!(ink > 30, "text pixels: {ink}");
+        let deciles = BarChart {
+            title: "AUC per item-popularity decile, 2024-03-01..2024-03-07 (Table 4)".into(),
+            y_label: "AUC".into(),
+            labels: (1..=10).map(|d| d.to_string()).collect(),
+            groups: ["marn_full", "marn_no_adversarial", "dupn", "wide_and_deep"]
+                .iter()
+                .enumerate()
+                .map(|(g, name)| BarGroup {
+                    name: name.to_string(),
+                    values: (0..10).map(|d| 0.6 + 0.02 * f64::from(d) + 0.015 * g as f64).collect(),
+                })
+                .collect(),
+            y_min: Some(0.5),
+        };
+        let attention = HeatMap {
+            title: "MAF attention l2-norm per category (Figure 4)".into(),
+            row_label: "category (planted profile)".into(),
+            col_label: "modality".into(),
+            rows: (0..8).map(|i| format!("cat_{i} ({})", ["text-heavy", "image-heavy", "graph"][i % 3])).collect(),
+            cols: vec!["id".into(), "text".into(), "image".into(), "graph".into()],
+            values: (0..8)
+                .map(|r| {
+                    (0..4)
+                        .map(|c| if (r, c) == (5, 2) { f64::NAN } else { ((r * 7 + c * 3) % 11) as f64 / 10.0 })
+                        .collect()
+                })
+                .collect(),
+        };
+        let charts: [(&str, &dyn Chart); 4] =
+            [("loss", &loss), ("modality_space", &scatter_chart()), ("deciles", &deciles), ("attention", &attention)];
+        for (name, chart) in charts {
+            std::fs::write(dir.join(format!("{name}.png")), chart.png().expect("png")).expect("write png");
+            std::fs::write(dir.join(format!("{name}.svg")), chart.svg()).expect("write svg");
+        }
     }
 }
