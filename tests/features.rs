@@ -612,3 +612,69 @@ fn regression_3_a_day_without_events_builds_empty_tables() {
         assert!(columns.lines().any(|x| x == c), "{c} missing: {columns}");
     }
 }
+
+/// Issue 16, file faults: with day 1 built, day 2's partitions get a CSV beside the Parquet, a
+/// file of no known format, a truncated Parquet file and a CSV without required columns. Every
+/// file is read by its extension or quarantined whole with its path, size and reason; the day
+/// goes on while the share allows, and input = accepted + quarantined holds for every table.
+#[test]
+fn every_raw_file_is_read_or_quarantined_whole_and_named() {
+    let lake = tempfile::tempdir().unwrap();
+    let l = lake.path().to_str().unwrap();
+    generate_world(lake.path(), 30, 60, 2, 4, 400, 7);
+    ok(&["--lake", l, "features", "--date", "2026-01-01"]);
+    let count =
+        |q: &str| -> u64 { ok(&["--lake", l, "sql", "--format", "csv", q]).lines().nth(1).unwrap().parse().unwrap() };
+    let behaviors = count("SELECT count(*) FROM raw.behaviors WHERE dt = '2026-01-02'");
+    let day = |t: &str| lake.path().join(format!("raw/{t}/dt=2026-01-02"));
+    std::fs::write(
+        day("behaviors").join("late.csv"),
+        "event_time,user_id,item_id,behavior\n2026-01-02T23:00:00Z,u9,i9,click\n2026-01-02T23:00:01Z,u9,i9,cart\n",
+    )
+    .unwrap();
+    std::fs::write(day("behaviors").join("notes.txt"), "hello").unwrap();
+    std::fs::write(day("exposures").join("broken.parquet"), b"PAR1 not a footer").unwrap();
+
+    let out = ok(&["--lake", l, "features", "--date", "2026-01-02", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let d = &report[0];
+    for t in ["exposures", "clicks", "behaviors"] {
+        let n = |k: &str| d[t][k].as_u64().unwrap();
+        assert_eq!(n("input"), n("accepted") + n("quarantined"), "{t}: {d}");
+    }
+    assert_eq!(d["behaviors"]["input"].as_u64(), Some(behaviors + 2), "the CSV beside the Parquet is read: {d}");
+    assert_eq!(d["behaviors"]["files_quarantined"], 1, "{d}");
+    assert_eq!(d["exposures"]["files_quarantined"], 1, "{d}");
+    let listed = ok(&[
+        "--lake",
+        l,
+        "sql",
+        "--format",
+        "csv",
+        "SELECT path, bytes, reason FROM quarantine.raw_exposures_files UNION ALL \
+         SELECT path, bytes, reason FROM quarantine.raw_behaviors_files ORDER BY path",
+    ]);
+    assert!(listed.contains("raw/behaviors/dt=2026-01-02/notes.txt,5,\"no known format"), "{listed}");
+    assert!(listed.contains("raw/exposures/dt=2026-01-02/broken.parquet,17,unreadable as parquet"), "{listed}");
+    let copy = lake.path().join("quarantine/_files/raw_exposures/dt=2026-01-02/broken.parquet");
+    assert_eq!(std::fs::read(copy).unwrap(), b"PAR1 not a footer");
+
+    // A readable file without required columns: its rows are counted, and past the share the
+    // error names the file and what it lacks.
+    std::fs::remove_file(day("exposures").join("broken.parquet")).unwrap();
+    std::fs::remove_file(day("behaviors").join("notes.txt")).unwrap();
+    std::fs::write(day("clicks").join("short.csv"), "event_time,user_id\n2026-01-02T10:00:00Z,u1\n").unwrap();
+    let err = fails(&["--lake", l, "features", "--date", "2026-01-02", "--max-bad-share", "0"], 2);
+    assert!(
+        err.contains("raw/clicks/dt=2026-01-02/short.csv (43 bytes, 1 rows): missing columns request_id, item_id"),
+        "{err}"
+    );
+    let out = ok(&["--lake", l, "features", "--date", "2026-01-02", "--max-bad-share", "1", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let clicks = &report[0]["clicks"];
+    assert_eq!(clicks["files_quarantined"], 1, "{clicks}");
+    assert_eq!(
+        clicks["input"].as_u64().unwrap(),
+        clicks["accepted"].as_u64().unwrap() + clicks["quarantined"].as_u64().unwrap()
+    );
+}

@@ -3,10 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Small model widths so every test trains in seconds (a `--config` file's text).
-pub const SMALL: &str = "[train]\nbatch_size = 128\nrecall_users = 40\n\
-[train.model]\nrepresentation_dim = 24\ngru_dim = 24\nattention_dim = 16\nhead_layers = [32, 16]\n\
-[train.model.embedding]\nmodality_dim = 24\ntitle_filters = 8\n";
+/// Small model widths so every test trains in seconds (a `--config` file's text). `[train]`
+/// comes last, so keys appended to it land in `[train]`.
+pub const SMALL: &str = "[train.model]\nrepresentation_dim = 24\ngru_dim = 24\nattention_dim = 16\n\
+head_layers = [32, 16]\n[train.model.embedding]\nmodality_dim = 24\ntitle_filters = 8\n\
+[train]\nbatch_size = 128\nrecall_users = 40\n";
 
 /// The marnflow binary under test.
 pub fn bin() -> &'static str {

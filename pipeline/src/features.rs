@@ -38,6 +38,7 @@ use tracing::{debug, info, instrument, warn};
 use crate::error::{PipelineError, Result};
 use crate::lake::{data_file, partition, write_parquet, Lake};
 use crate::query::LakeSession;
+use crate::raw_files;
 use crate::windows::{item_window_stats_timed, DailyCounts, ItemWindows, Topology, AMOUNT, STATS};
 
 /// `features/<name>` tables written by this job.
@@ -255,12 +256,21 @@ impl SqlRegistry {
     }
 }
 
-/// Rows in, accepted and quarantined for one raw table and day.
+/// Rows in, accepted and quarantined for one raw table and day (`input = accepted +
+/// quarantined`), and the files of the partition. The rows of a file quarantined whole count in
+/// `input` and `quarantined` when it could be read; an unreadable one counts by its bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Accounting {
     pub input: u64,
     pub accepted: u64,
     pub quarantined: u64,
+    /// Data files in `raw/<table>/dt=D/`.
+    pub files: u64,
+    /// Of them, quarantined whole (`quarantine/raw_<table>_files/dt=D/` says which and why).
+    pub files_quarantined: u64,
+    /// The bytes of the partition, and of the files quarantined whole.
+    pub bytes: u64,
+    pub bytes_quarantined: u64,
 }
 
 /// What one day of the job did.
@@ -437,17 +447,51 @@ async fn ingest(
     raw: &str,
     dt: &str,
 ) -> Result<Accounting> {
+    let day = raw_files::read_day(lake, ctx, raw, dt, cfg.raw_format()).await?;
+    replace_table(ctx, &format!("raw.{raw}"), day.batches)?;
+    quarantine_files(lake, raw, dt, &day.faults).await?;
     let (checked, good, bad) = validate(ctx, registry, raw, dt).await?;
-    let acc = Accounting { input: total_rows(&checked), accepted: total_rows(&good), quarantined: total_rows(&bad) };
+    let file_rows: u64 = day.faults.iter().filter_map(|f| f.rows).sum();
+    let acc = Accounting {
+        input: total_rows(&checked) + file_rows,
+        accepted: total_rows(&good),
+        quarantined: total_rows(&bad) + file_rows,
+        files: day.files,
+        files_quarantined: day.faults.len() as u64,
+        bytes: day.bytes,
+        bytes_quarantined: day.faults.iter().map(|f| f.bytes).sum(),
+    };
     debug_assert_eq!(acc.input, acc.accepted + acc.quarantined);
     publish(lake, &format!("quarantine/raw_{raw}"), dt, &bad).await?;
     if acc.quarantined > 0 {
         warn!(table = %format!("raw/{raw}"), dt, quarantined = acc.quarantined, input = acc.input, "rows quarantined");
     }
+    // Files that could be read count by their rows (below); unreadable ones by their bytes.
+    let unreadable: u64 = day.faults.iter().filter(|f| f.rows.is_none()).map(|f| f.bytes).sum();
+    if acc.bytes > 0 && unreadable as f64 > cfg.max_bad_share * acc.bytes as f64 {
+        return Err(PipelineError::Config(vec![format!(
+            "raw/{raw}/dt={dt}: {} of {} files ({unreadable} of {} bytes unreadable, {:.2}%) cannot be used, more than \
+             features.max_bad_share = {}; they are copied to quarantine/_files/raw_{raw}/dt={dt}/ and listed in \
+             quarantine/raw_{raw}_files/dt={dt}/:\n{}",
+            acc.files_quarantined,
+            acc.files,
+            acc.bytes,
+            100.0 * unreadable as f64 / acc.bytes as f64,
+            cfg.max_bad_share,
+            list_faults(&day.faults)
+        )]));
+    }
     if acc.input > 0 && acc.quarantined as f64 > cfg.max_bad_share * acc.input as f64 {
+        let mut whole = String::new();
+        if file_rows > 0 {
+            whole = format!(
+                "\n{file_rows} of them in files quarantined whole (copied to quarantine/_files/raw_{raw}/dt={dt}/):\n{}",
+                list_faults(&day.faults)
+            );
+        }
         return Err(PipelineError::Config(vec![format!(
             "raw/{raw}/dt={dt}: {} of {} rows ({:.2}%) break the contract, more than features.max_bad_share = {}; \
-             they are in quarantine/raw_{raw}/dt={dt}/. The first ones:\n{}",
+             they are in quarantine/raw_{raw}/dt={dt}/.{whole}\nThe first rows:\n{}",
             acc.quarantined,
             acc.input,
             100.0 * acc.quarantined as f64 / acc.input as f64,
@@ -456,6 +500,42 @@ async fn ingest(
         )]));
     }
     Ok(acc)
+}
+
+fn list_faults(faults: &[raw_files::FileFault]) -> String {
+    let line = |f: &raw_files::FileFault| {
+        let rows = f.rows.map_or(String::new(), |r| format!(", {r} rows"));
+        format!("  {} ({} bytes{rows}): {}", f.path, f.bytes, f.reason)
+    };
+    faults.iter().map(line).collect::<Vec<_>>().join("\n")
+}
+
+/// Quarantines the files of a raw partition that could not be used: a copy of each under
+/// `quarantine/_files/raw_<table>/dt=D/` (hidden from SQL), and the list with path, size, rows and
+/// reason as the table `quarantine.raw_<table>_files` (written, empty, on a clean day too, so a
+/// rerun after a fix replaces it).
+async fn quarantine_files(lake: &Lake, raw: &str, dt: &str, faults: &[raw_files::FileFault]) -> Result<()> {
+    for f in faults {
+        warn!(file = %f.path, bytes = f.bytes, reason = %f.reason, "raw file quarantined whole");
+        let name = f.path.rsplit('/').next().unwrap_or(&f.path);
+        let bytes = lake.get(&f.path).await?;
+        lake.put_atomic(&format!("quarantine/_files/raw_{raw}/dt={dt}/{name}"), bytes.to_vec()).await?;
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("bytes", DataType::Int64, false),
+        Field::new("rows", DataType::Int64, true),
+        Field::new("reason", DataType::Utf8, false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(faults.iter().map(|f| f.path.as_str()))),
+        Arc::new(Int64Array::from_iter_values(faults.iter().map(|f| i64::try_from(f.bytes).unwrap_or(i64::MAX)))),
+        Arc::new(Int64Array::from_iter(faults.iter().map(|f| f.rows.and_then(|r| i64::try_from(r).ok())))),
+        Arc::new(StringArray::from_iter_values(faults.iter().map(|f| f.reason.as_str()))),
+    ];
+    let batch = RecordBatch::try_new(schema, columns).map_err(|e| PipelineError::arrow("quarantined files", e))?;
+    publish(lake, &format!("quarantine/raw_{raw}_files"), dt, &[batch]).await?;
+    Ok(())
 }
 
 fn history_schema() -> SchemaRef {

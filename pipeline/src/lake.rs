@@ -180,6 +180,12 @@ impl Lake {
         s
     }
 
+    /// The URL of a file in the lake, for reading it alone with DataFusion.
+    pub fn file_url(&self, rel: &str) -> String {
+        let host = self.base_url.host_str().unwrap_or("");
+        format!("{}://{host}/{}", self.base_url.scheme(), self.path(rel).as_ref())
+    }
+
     /// Checks that the lake accepts writes by writing and deleting a probe object.
     pub async fn ensure_writable(&self) -> Result<()> {
         let probe = self.staging_path("write-probe");

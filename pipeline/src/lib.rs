@@ -19,6 +19,7 @@ pub mod features;
 pub mod import;
 pub mod lake;
 pub mod query;
+pub mod raw_files;
 pub mod windows;
 pub mod world;
 

@@ -17,7 +17,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::error::{PipelineError, Result};
 use crate::lake::{Lake, STAGING};
@@ -176,7 +176,15 @@ impl LakeSession {
                 .with_table_partition_cols(
                     t.partition_cols.iter().map(|c| (c.clone(), arrow::datatypes::DataType::Utf8)).collect(),
                 );
-            let file_schema = options.infer_schema(&state, &url).await?;
+            // One unreadable file must not make the whole lake unqueryable: the table is left out
+            // with a warning (the feature job reads raw log files one by one and names the file).
+            let file_schema = match options.infer_schema(&state, &url).await {
+                Ok(schema) => schema,
+                Err(e) => {
+                    warn!(table = %t.qualified(), error = %e, "table not registered: a file of it cannot be read");
+                    continue;
+                }
+            };
             let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(file_schema);
             let table = ListingTable::try_new(config)?;
             schema.register_table(t.name.clone(), Arc::new(table))?;

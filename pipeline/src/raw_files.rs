@@ -1,0 +1,280 @@
+//! One day of a raw log table, read file by file, so that every file of the partition is
+//! accounted for and a bad file costs itself, not the day.
+//!
+//! The feature job used to read `raw/<table>/dt=D/` as one DataFusion listing table. That
+//! ignored files of another format than the partition's first (a CSV beside Parquet files was
+//! skipped without a word) and failed the whole day, without naming a file, on one unreadable
+//! file or one file whose schema disagreed with the others. Here:
+//!
+//! * each file is read on its own by DataFusion, in the format its extension names (`.parquet`,
+//!   `.csv`, `.json`/`.ndjson`/`.jsonl`), or in `features.raw_format` when the extension names
+//!   none;
+//! * a file that cannot be read, has no usable format, or lacks a required column of the
+//!   contract is a [`FileFault`]: it is quarantined whole with its path, size and reason (the
+//!   caller copies it and counts it against `max_bad_share`);
+//! * the readable files are projected onto the contract's columns (a missing optional column is
+//!   null) and, where files disagree on a column's type, that column is read as text in every
+//!   file: the clean SQL jobs parse text with `try_cast`, so a bad value quarantines its row.
+//!
+//! Names starting with `_` or `.` (`_SUCCESS` markers, hidden files) are not data, as in the
+//! table discovery of [`crate::query`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
+use serde::Serialize;
+
+use crate::contract;
+use crate::error::{PipelineError, Result};
+use crate::lake::Lake;
+
+/// A raw file quarantined whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileFault {
+    /// The file, relative to the lake root.
+    pub path: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its rows, when it could be read.
+    pub rows: Option<u64>,
+    /// Why it was quarantined.
+    pub reason: String,
+}
+
+/// The readable rows of one raw table and day, and the files that were not.
+#[derive(Debug)]
+pub struct RawDay {
+    /// Contract columns plus `dt`; at least one (possibly empty) batch.
+    pub batches: Vec<RecordBatch>,
+    /// Data files in the partition.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Files quarantined whole.
+    pub faults: Vec<FileFault>,
+}
+
+/// The contract schema of raw log table `table` (`exposures`, `clicks` or `behaviors`).
+fn contract_schema(table: &str) -> Result<SchemaRef> {
+    match table {
+        "exposures" => Ok(contract::exposures_schema()),
+        "clicks" => Ok(contract::clicks_schema()),
+        "behaviors" => Ok(contract::behaviors_schema()),
+        other => Err(PipelineError::Config(vec![format!("{other} is not a raw log table")])),
+    }
+}
+
+/// The format a file is read in: its extension's, else `forced`.
+fn format_of(name: &str, forced: Option<&str>) -> Option<&'static str> {
+    let by_extension = match name.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("parquet") => Some("parquet"),
+        Some("csv") => Some("csv"),
+        Some("json" | "ndjson" | "jsonl") => Some("json"),
+        _ => None,
+    };
+    by_extension.or(match forced {
+        Some("parquet") => Some("parquet"),
+        Some("csv") => Some("csv"),
+        Some("json") => Some("json"),
+        _ => None,
+    })
+}
+
+/// Reads one file with DataFusion in `format`. CSV columns are all text, as in the lake's
+/// tables: typing is the clean jobs' work.
+async fn read_file(
+    ctx: &SessionContext,
+    url: &str,
+    name: &str,
+    format: &str,
+) -> datafusion::error::Result<Vec<RecordBatch>> {
+    // The file's own suffix, so a forced format reads a file of any name.
+    let ext = name.rsplit_once('.').map_or(String::new(), |(_, e)| format!(".{e}"));
+    let df = match format {
+        "csv" => {
+            ctx.read_csv(url, CsvReadOptions::new().has_header(true).schema_infer_max_records(0).file_extension(&ext))
+                .await?
+        }
+        "json" => ctx.read_json(url, JsonReadOptions::default().file_extension(&ext)).await?,
+        _ => ctx.read_parquet(url, ParquetReadOptions::default().file_extension(&ext)).await?,
+    };
+    df.collect().await
+}
+
+/// `batches` projected onto `contract`'s columns, or the required columns it lacks.
+fn project(batches: &[RecordBatch], contract: &Schema) -> std::result::Result<Vec<Vec<ArrayRef>>, String> {
+    let Some(first) = batches.first() else { return Ok(Vec::new()) };
+    let file_schema = first.schema();
+    let missing: Vec<&str> = contract
+        .fields()
+        .iter()
+        .filter(|f| !f.is_nullable() && file_schema.index_of(f.name()).is_err())
+        .map(|f| f.name().as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("missing column{} {}", if missing.len() == 1 { "" } else { "s" }, missing.join(", ")));
+    }
+    Ok(batches
+        .iter()
+        .map(|b| {
+            contract
+                .fields()
+                .iter()
+                .map(|f| match file_schema.index_of(f.name()) {
+                    Ok(i) => Arc::clone(b.column(i)),
+                    Err(_) => new_null_array(f.data_type(), b.num_rows()),
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// Reads `raw/<table>/dt=<dt>/` file by file (see the module docs).
+pub async fn read_day(
+    lake: &Lake,
+    ctx: &SessionContext,
+    table: &str,
+    dt: &str,
+    forced: Option<&str>,
+) -> Result<RawDay> {
+    let contract = contract_schema(table)?;
+    let folder = format!("raw/{table}/dt={dt}");
+    let mut day = RawDay { batches: Vec::new(), files: 0, bytes: 0, faults: Vec::new() };
+    // Per readable file: its columns, batch by batch.
+    let mut read: Vec<Vec<Vec<ArrayRef>>> = Vec::new();
+    for meta in lake.list(&folder).await? {
+        let Some(rel) = lake.relative(&meta.location) else { continue };
+        let name = rel.rsplit('/').next().unwrap_or(&rel).to_string();
+        if rel.split('/').any(|s| s.starts_with('_') || s.starts_with('.')) {
+            continue;
+        }
+        day.files += 1;
+        day.bytes += meta.size;
+        let fault = |rows: Option<u64>, reason: String| FileFault { path: rel.clone(), bytes: meta.size, rows, reason };
+        let Some(format) = format_of(&name, forced) else {
+            day.faults.push(fault(
+                None,
+                "no known format: name it .parquet, .csv or .json, or give --format / features.raw_format".into(),
+            ));
+            continue;
+        };
+        match read_file(ctx, &lake.file_url(&rel), &name, format).await {
+            Err(e) => day.faults.push(fault(None, format!("unreadable as {format}: {}", first_line(&e.to_string())))),
+            Ok(batches) => {
+                let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+                match project(&batches, &contract) {
+                    Ok(columns) => read.push(columns),
+                    Err(reason) => day.faults.push(fault(Some(rows), reason)),
+                }
+            }
+        }
+    }
+    day.batches = unify(&contract, read, dt)?;
+    Ok(day)
+}
+
+/// One schema for every file's columns: the contract's types where every file agrees on a
+/// column, text where they do not; with the `dt` column.
+fn unify(contract: &Schema, read: Vec<Vec<Vec<ArrayRef>>>, dt: &str) -> Result<Vec<RecordBatch>> {
+    let types: Vec<BTreeSet<String>> = (0..contract.fields().len())
+        .map(|i| read.iter().flatten().map(|cols| format!("{:?}", cols[i].data_type())).collect())
+        .collect();
+    let mut fields: Vec<Field> = contract
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let data_type = match read.iter().flatten().next() {
+                Some(cols) if types[i].len() == 1 => cols[i].data_type().clone(),
+                Some(_) => DataType::Utf8,
+                None => f.data_type().clone(),
+            };
+            Field::new(f.name(), data_type, true)
+        })
+        .collect();
+    fields.push(Field::new("dt", DataType::Utf8, true));
+    let schema = Arc::new(Schema::new(fields));
+    let arrow_err = |e| PipelineError::arrow(format!("raw rows of dt={dt}"), e);
+    let mut out = Vec::new();
+    for cols in read.into_iter().flatten() {
+        let rows = cols.first().map_or(0, |c| c.len());
+        let mut arrays = Vec::with_capacity(cols.len() + 1);
+        for (c, f) in cols.iter().zip(schema.fields()) {
+            arrays.push(if c.data_type() == f.data_type() {
+                Arc::clone(c)
+            } else {
+                arrow::compute::cast(c, f.data_type()).map_err(arrow_err)?
+            });
+        }
+        arrays.push(Arc::new(StringArray::from(vec![dt; rows])) as ArrayRef);
+        out.push(RecordBatch::try_new(Arc::clone(&schema), arrays).map_err(arrow_err)?);
+    }
+    if out.is_empty() {
+        out.push(RecordBatch::new_empty(schema));
+    }
+    Ok(out)
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extensions_win_and_the_forced_format_reads_the_rest() {
+        assert_eq!(format_of("part-0.parquet", Some("csv")), Some("parquet"));
+        assert_eq!(format_of("part-0.csv", None), Some("csv"));
+        assert_eq!(format_of("events.jsonl", None), Some("json"));
+        assert_eq!(format_of("part-0.txt", Some("csv")), Some("csv"));
+        assert_eq!(format_of("part-0.txt", None), None);
+        assert_eq!(format_of("README", None), None);
+    }
+
+    #[test]
+    fn files_that_disagree_on_a_type_are_read_as_text_and_missing_required_columns_are_named() {
+        let contract = contract::clicks_schema();
+        let text = |v: &[&str]| Arc::new(StringArray::from(v.to_vec())) as ArrayRef;
+        let typed = Schema::new(vec![
+            Field::new("event_time", contract::event_time_type(), true),
+            Field::new("request_id", DataType::Utf8, true),
+            Field::new("user_id", DataType::Utf8, true),
+            Field::new("item_id", DataType::Utf8, true),
+        ]);
+        let times = Arc::new(arrow::array::TimestampMillisecondArray::from(vec![86_400_000_i64]).with_timezone("UTC"))
+            as ArrayRef;
+        let a = RecordBatch::try_new(Arc::new(typed), vec![times, text(&["r"]), text(&["u"]), text(&["i"])]).unwrap();
+        let b = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("item_id", DataType::Utf8, true),
+                Field::new("user_id", DataType::Utf8, true),
+                Field::new("request_id", DataType::Utf8, true),
+                Field::new("event_time", DataType::Utf8, true),
+            ])),
+            vec![text(&["i2"]), text(&["u2"]), text(&["r2"]), text(&["1970-01-02T00:00:00Z"])],
+        )
+        .unwrap();
+        let read = vec![project(&[a], &contract).unwrap(), project(&[b], &contract).unwrap()];
+        let out = unify(&contract, read, "1970-01-02").unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].schema(), out[1].schema());
+        assert_eq!(out[0].schema().field(0).data_type(), &DataType::Utf8, "event_time disagrees: text");
+        assert_eq!(out[1].column(3).as_any().downcast_ref::<StringArray>().unwrap().value(0), "i2", "by name");
+        assert_eq!(out[0].schema().field(4).name(), "dt");
+
+        let short = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("user_id", DataType::Utf8, true)])),
+            vec![text(&["u"])],
+        )
+        .unwrap();
+        let err = project(&[short], &contract).unwrap_err();
+        assert_eq!(err, "missing columns event_time, request_id, item_id");
+        let empty = unify(&contract, Vec::new(), "1970-01-02").unwrap();
+        assert_eq!((empty.len(), empty[0].num_rows(), empty[0].num_columns()), (1, 0, 5));
+    }
+}
