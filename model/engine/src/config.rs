@@ -226,7 +226,7 @@ impl Config {
         if let Some((origin, text)) = text {
             match text.parse::<toml::Table>() {
                 Ok(file) => {
-                    let mut layer = Layer { origin, problems: &mut problems, given: &mut given };
+                    let mut layer = Layer { origin, root: &defaults, problems: &mut problems, given: &mut given };
                     layer.overlay(&mut merged, &defaults, &Value::Table(file), &[]);
                 }
                 Err(e) => return Err(ConfigError(vec![format!("{origin}: not valid TOML: {e}")])),
@@ -316,6 +316,8 @@ impl Config {
 /// One layer (a config file) being copied over the merged configuration.
 struct Layer<'a> {
     origin: &'a str,
+    /// Every default, to tell where a misplaced key belongs.
+    root: &'a Value,
     problems: &'a mut Vec<String>,
     given: &'a mut Vec<(Vec<String>, String)>,
 }
@@ -332,9 +334,21 @@ impl Layer<'_> {
             let full = at.join(".");
             let Some(expected) = d.get(key) else {
                 let moved = (path.len() == 1 && path[0] == "train").then(|| moved_train_key(key)).flatten();
-                self.problems.push(match moved {
-                    Some(new) => format!("{}: {full} is now {new}", self.origin),
-                    None => {
+                // A key of an enclosing table written after a nested header (`epochs` after
+                // `[train.model]`) lands in the nested table.
+                let enclosing = (0..path.len()).rev().find_map(|i| {
+                    let table = value_at(self.root, &path[..i])?;
+                    table.get(key.as_str()).filter(|v| !v.is_table()).map(|_| path[..i].join("."))
+                });
+                self.problems.push(match (moved, enclosing) {
+                    (Some(new), _) => format!("{}: {full} is now {new}", self.origin),
+                    (None, Some(table)) => format!(
+                        "{}: unknown key {full}: {key} belongs to [{table}]; a key after a [{}] header belongs to \
+                         that table, so write it under [{table}]",
+                        self.origin,
+                        path.join(".")
+                    ),
+                    (None, None) => {
                         let known: Vec<&str> = d.keys().map(|s| s.as_str()).collect();
                         format!("{}: unknown key {full} (known here: {})", self.origin, known.join(", "))
                     }
@@ -506,6 +520,10 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in {text}");
         }
+        // A run setting written after a nested header is told where it belongs.
+        let file = "[train.model.embedding]\nmodality_dim = 16\nepochs = 2\n";
+        let text = Config::layered(Some(("g.toml", file)), no_env()).unwrap_err().to_string();
+        assert!(text.contains("g.toml: unknown key train.model.embedding.epochs: epochs belongs to [train]"), "{text}");
     }
 
     #[test]
