@@ -643,6 +643,11 @@ fn every_raw_file_is_read_or_quarantined_whole_and_named() {
         assert_eq!(n("input"), n("accepted") + n("quarantined"), "{t}: {d}");
     }
     assert_eq!(d["behaviors"]["input"].as_u64(), Some(behaviors + 2), "the CSV beside the Parquet is read: {d}");
+    assert_eq!(
+        count("SELECT count(*) FROM features.user_history WHERE dt = '2026-01-02' AND user_id = 'u9'"),
+        2,
+        "the user history reads the same files"
+    );
     assert_eq!(d["behaviors"]["files_quarantined"], 1, "{d}");
     assert_eq!(d["exposures"]["files_quarantined"], 1, "{d}");
     let listed = ok(&[

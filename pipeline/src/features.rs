@@ -192,7 +192,7 @@ impl FeaturesConfig {
     }
 
     /// The forced raw format, if any.
-    pub fn raw_format(&self) -> Option<&str> {
+    pub fn raw_format(&self) -> Option<&'static str> {
         self.raw_format.forced()
     }
 
@@ -447,8 +447,7 @@ async fn ingest(
     raw: &str,
     dt: &str,
 ) -> Result<Accounting> {
-    let day = raw_files::read_day(lake, ctx, raw, dt, cfg.raw_format()).await?;
-    replace_table(ctx, &format!("raw.{raw}"), day.batches)?;
+    let day = register_raw_day(lake, ctx, cfg, raw, dt).await?;
     quarantine_files(lake, raw, dt, &day.faults).await?;
     let (checked, good, bad) = validate(ctx, registry, raw, dt).await?;
     let file_rows: u64 = day.faults.iter().filter_map(|f| f.rows).sum();
@@ -500,6 +499,20 @@ async fn ingest(
         )]));
     }
     Ok(acc)
+}
+
+/// Reads one day of raw log table `raw` file by file and registers its usable rows as
+/// `raw.<raw>`, the table the clean SQL jobs read; returns what was read (the batches moved out).
+async fn register_raw_day(
+    lake: &Lake,
+    ctx: &SessionContext,
+    cfg: &FeaturesConfig,
+    raw: &str,
+    dt: &str,
+) -> Result<raw_files::RawDay> {
+    let mut day = raw_files::read_day(lake, ctx, raw, dt, cfg.raw_format()).await?;
+    replace_table(ctx, &format!("raw.{raw}"), std::mem::take(&mut day.batches))?;
+    Ok(day)
 }
 
 fn list_faults(faults: &[raw_files::FileFault]) -> String {
@@ -600,7 +613,7 @@ pub async fn run_features(
 /// daily item counts and the labels published.
 async fn ingest_day(lake: &Lake, cfg: &FeaturesConfig, registry: &SqlRegistry, day: NaiveDate) -> Result<DayReport> {
     let dt = day_string(day);
-    let session = LakeSession::open_with(lake, cfg.raw_format()).await?;
+    let session = LakeSession::open_without_raw_logs(lake, cfg.raw_format()).await?;
     require_raw(&session)?;
     let ctx = session.context();
     let exposures = ingest(lake, ctx, registry, cfg, "exposures", &dt).await?;
@@ -659,7 +672,7 @@ async fn publish_day(
     publish(lake, ITEM_STATS, &dt, std::slice::from_ref(&stats_batch)).await?;
     report.items_with_stats = stats.len() as u64;
 
-    let session = LakeSession::open_with(lake, cfg.raw_format()).await?;
+    let session = LakeSession::open_without_raw_logs(lake, cfg.raw_format()).await?;
     let ctx = session.context();
     let long = long_stats(cfg, &stats_batch)?;
     replace_table(ctx, "item_stats_long", vec![long])?;
@@ -669,7 +682,9 @@ async fn publish_day(
     publish(lake, ITEM_STAT_BUCKETS, &dt, std::slice::from_ref(&wide)).await?;
     replace_table(ctx, "item_stat_buckets_wide", vec![wide])?;
 
-    // This day's accepted behaviors (validated again: cheap, and no state kept in memory).
+    // This day's accepted behaviors, from the same files as pass 1 (read and validated again:
+    // cheap, and no state kept in memory; the file faults were quarantined then).
+    register_raw_day(lake, ctx, cfg, "behaviors", &dt).await?;
     validate(ctx, registry, "behaviors", &dt).await?;
     let previous = previous_history(lake, &session, day).await?;
     replace_table(ctx, "previous_history", previous)?;

@@ -49,7 +49,8 @@ impl TableInfo {
     }
 }
 
-fn format_of(file: &str) -> Option<&'static str> {
+/// The format a data file's extension names (`parquet`, `csv` or `json`), if any.
+pub(crate) fn format_of(file: &str) -> Option<&'static str> {
     let ext = file.rsplit('.').next()?;
     match ext {
         "parquet" => Some("parquet"),
@@ -146,12 +147,25 @@ impl LakeSession {
 
     /// [`LakeSession::open`], reading raw tables as `raw_format` whatever their file extensions.
     pub async fn open_with(lake: &Lake, raw_format: Option<&str>) -> Result<Self> {
+        Self::open_tables(lake, raw_format, true).await
+    }
+
+    /// [`LakeSession::open_with`] without registering the raw log tables (`raw.exposures`,
+    /// `raw.clicks`, `raw.behaviors`), which are still listed in [`LakeSession::tables`]: the
+    /// feature job reads one day of them file by file ([`crate::raw_files`]), so inferring their
+    /// schema from every day's files would be work thrown away.
+    pub async fn open_without_raw_logs(lake: &Lake, raw_format: Option<&str>) -> Result<Self> {
+        Self::open_tables(lake, raw_format, false).await
+    }
+
+    async fn open_tables(lake: &Lake, raw_format: Option<&str>, raw_logs: bool) -> Result<Self> {
         let ctx = new_context(lake);
         let tables = discover_tables_with(lake, raw_format).await?;
         let catalog = ctx.catalog("datafusion").ok_or_else(|| {
             PipelineError::Sql(datafusion::error::DataFusionError::Internal("default catalog missing".into()))
         })?;
         let state = ctx.state();
+        let logs = [crate::contract::EXPOSURES, crate::contract::CLICKS, crate::contract::BEHAVIORS];
         for t in &tables {
             let schema = match catalog.schema(&t.schema) {
                 Some(s) => s,
@@ -161,6 +175,9 @@ impl LakeSession {
                     s
                 }
             };
+            if !raw_logs && logs.contains(&t.rel.as_str()) {
+                continue;
+            }
             let url = ListingTableUrl::parse(lake.folder_url(&t.rel))?;
             let (format, ext): (Arc<dyn FileFormat>, &str) = match t.format.as_str() {
                 // Every CSV column is read as text: typing is the clean jobs' work (`try_cast`), so one

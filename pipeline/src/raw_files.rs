@@ -67,20 +67,9 @@ fn contract_schema(table: &str) -> Result<SchemaRef> {
     }
 }
 
-/// The format a file is read in: its extension's, else `forced`.
-fn format_of(name: &str, forced: Option<&str>) -> Option<&'static str> {
-    let by_extension = match name.rsplit_once('.').map(|(_, ext)| ext) {
-        Some("parquet") => Some("parquet"),
-        Some("csv") => Some("csv"),
-        Some("json" | "ndjson" | "jsonl") => Some("json"),
-        _ => None,
-    };
-    by_extension.or(match forced {
-        Some("parquet") => Some("parquet"),
-        Some("csv") => Some("csv"),
-        Some("json") => Some("json"),
-        _ => None,
-    })
+/// The format a file is read in: its extension's (as the table discovery reads it), else `forced`.
+fn format_of(name: &str, forced: Option<&'static str>) -> Option<&'static str> {
+    crate::query::format_of(name).or(forced)
 }
 
 /// Reads one file with DataFusion in `format`. CSV columns are all text, as in the lake's
@@ -138,7 +127,7 @@ pub async fn read_day(
     ctx: &SessionContext,
     table: &str,
     dt: &str,
-    forced: Option<&str>,
+    forced: Option<&'static str>,
 ) -> Result<RawDay> {
     let contract = contract_schema(table)?;
     let folder = format!("raw/{table}/dt={dt}");
