@@ -298,6 +298,19 @@ fn a_killed_train_resumes_to_the_same_model_and_a_killed_run_reruns_to_the_same_
     let state = state_file(&b.lake, "m").expect("a checkpoint was written");
     assert!(kill_when(child, &state), "the run was killed after its first checkpoint");
     assert!(watched.exists());
+    // The batches' tensors built on the trainer's thread instead of ahead on the reader's
+    // (train.upload_ahead = false): the same training, step for step.
+    let out = marnflow()
+        .args(a.args(&["train", "--model", "inline", "--from", "2026-01-01", "--to", "2026-01-03"]))
+        .args(["--variant", "maf_ddma", "--json"])
+        .env("MARNFLOW_TRAIN_UPLOAD_AHEAD", "false")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let inline = summary(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(inline["samples"], straight["samples"]);
+    let (la, lb) = (f(&straight, "final_ctr_loss"), f(&inline, "final_ctr_loss"));
+    assert!((la - lb).abs() < 1e-7, "final loss {la} (ahead) vs {lb} (inline)");
     let resumed = b.train("m", "maf_ddma", "2026-01-03", &["--resume"]);
     assert_eq!(resumed["version"], 1);
     assert_eq!(resumed["samples"], straight["samples"], "every sample trained exactly once per epoch");

@@ -6,17 +6,32 @@
 //! (`--workspace`, not `-p`: with `-p` cargo unifies features differently and rebuilds burn.)
 //! Environment: `BENCH_SECONDS` (per case, default 3), `BENCH_BATCHES` (default `32,1024`),
 //! `BENCH_VARIANTS` (comma-separated, default all).
+//!
+//! Options: `--image-dim N` and `--word-dim N` (default 512 and 64; the paper's widths are 4096
+//! and 300), `--matmul-n N` (default 1024), `--peak-gflops X` (a reference peak, such as a GPU's
+//! bf16 peak, for an extra "% of peak" column), `--no-dedup` (skip the distinct-vs-per-slot
+//! table), `--json PATH` (every case also written as JSON; `ops/gpu-check.sh` reads it),
+//! `--bf16-matmul` (also time the matmul in bf16, the peak a GPU's tensor cores give), `--phases`
+//! (a table of where each case's step time goes: the batch's move to the device, the forward
+//! pass, the whole step).
 
 use std::time::{Duration, Instant};
 
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, FloatDType, Tensor};
 use marnflow_model::device::parse_device;
 use marnflow_model::synthetic::SyntheticSpec;
 use marnflow_model::{Batch, MarnConfig, ModelInputs, TrainConfig, Trainer, Variant};
 
 const SEQ_LEN: usize = 50;
 
-fn world(batch_size: usize, dedup: bool, seed: u64) -> SyntheticSpec {
+/// The item side's widths: the image vector and the title words.
+#[derive(Clone, Copy)]
+struct Widths {
+    image_dim: usize,
+    word_dim: usize,
+}
+
+fn world(batch_size: usize, dedup: bool, seed: u64, w: Widths) -> SyntheticSpec {
     SyntheticSpec {
         batch_size,
         max_seq_len: SEQ_LEN,
@@ -26,9 +41,9 @@ fn world(batch_size: usize, dedup: bool, seed: u64) -> SyntheticSpec {
         n_shops: 20_000,
         n_brands: 10_000,
         n_stats: 4,
-        image_dim: 512,
+        image_dim: w.image_dim,
         title_vocab: 20_000,
-        word_dim: 64,
+        word_dim: w.word_dim,
         max_title_len: 16,
         zipf_exponent: 1.0,
         dedup,
@@ -141,28 +156,93 @@ fn run_case(variant: Variant, batch: &Batch, inputs: &ModelInputs, device: &Devi
     }
 }
 
-fn matmul_gflops(device: &Device, n: usize, budget: Duration) -> f64 {
-    let a = Tensor::<2>::random([n, n], Distribution::Default, device);
-    let b = Tensor::<2>::random([n, n], Distribution::Default, device);
-    let _ = a.clone().matmul(b.clone()).into_data(); // warm-up
+/// GFLOP/s of an `n`-cube matrix product in `dtype`. The products are queued back to back and
+/// read back once at the end, so a GPU's copy to the host is not timed with them.
+fn matmul_gflops(device: &Device, n: usize, dtype: FloatDType, budget: Duration) -> f64 {
+    let a = Tensor::<2>::random([n, n], Distribution::Default, device).cast(dtype);
+    let b = Tensor::<2>::random([n, n], Distribution::Default, device).cast(dtype);
+    let sync = |t: Tensor<2>| {
+        let _ = t.sum().into_data();
+    };
+    sync(a.clone().matmul(b.clone())); // warm-up
     let start = Instant::now();
     let mut reps = 0usize;
+    let mut batch = 1usize;
     while reps < 2 || start.elapsed() < budget {
-        let _ = a.clone().matmul(b.clone()).into_data();
-        reps += 1;
+        let mut last = None;
+        for _ in 0..batch {
+            last = Some(a.clone().matmul(b.clone()));
+        }
+        if let Some(t) = last {
+            sync(t);
+        }
+        reps += batch;
+        batch = (batch * 2).min(64);
     }
     2.0 * (n as f64).powi(3) * reps as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+/// Where a training step's time goes, each phase run alone and read back before the clock
+/// stops: moving the batch to the device, the forward pass without autodiff (what scoring
+/// costs), and the whole step (forward + backward + AdaGrad, as in [`run_case`]).
+struct Phases {
+    tensors_ms: f64,
+    forward_ms: f64,
+    step_ms: f64,
+}
+
+fn phases(variant: Variant, batch: &Batch, inputs: &ModelInputs, plain: &Device, budget: Duration) -> Phases {
+    let config = MarnConfig { variant, ..MarnConfig::default() };
+    let model = config.init(inputs, plain).expect("model builds");
+    let time = |f: &dyn Fn()| {
+        f(); // warm-up
+        let start = Instant::now();
+        let mut reps = 0usize;
+        while reps < 3 || start.elapsed() < budget / 3 {
+            f();
+            reps += 1;
+        }
+        start.elapsed().as_secs_f64() * 1e3 / reps as f64
+    };
+    let tensors_ms = time(&|| {
+        let x = model.tensors(batch).expect("tensors");
+        let _ = x.labels.sum().into_data();
+    });
+    let x = model.tensors(batch).expect("tensors");
+    let forward_ms = time(&|| {
+        let out = model.forward(&x).expect("forward");
+        let _ = out.logits.sum().into_data();
+    });
+    let step_ms = run_case(variant, batch, inputs, &plain.clone().autodiff(), budget / 3).step_ms;
+    Phases { tensors_ms, forward_ms, step_ms }
+}
+
+/// The value after `--name`, if the flag is given.
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+/// A numeric flag; a value that does not parse stops the benchmark with its name.
+fn number<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    match flag(args, name) {
+        None => default,
+        Some(v) => v.parse().unwrap_or_else(|_| {
+            eprintln!("train_throughput: {name} {v:?} is not a number");
+            std::process::exit(2)
+        }),
+    }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let device_name = args
-        .iter()
-        .position(|a| a == "--device")
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| "cpu".into());
+    let device_name = flag(&args, "--device").unwrap_or_else(|| "cpu".into());
+    let widths =
+        Widths { image_dim: number(&args, "--image-dim", 512usize), word_dim: number(&args, "--word-dim", 64usize) };
+    let matmul_n: usize = number(&args, "--matmul-n", 1024);
+    let reference_peak: Option<f64> = flag(&args, "--peak-gflops").map(|_| number(&args, "--peak-gflops", 0.0));
+    let json_path = flag(&args, "--json");
+    let mut records: Vec<serde_json::Value> = Vec::new();
     let plain = parse_device(&device_name).expect("device");
     let device = plain.clone().autodiff();
     plain.seed(1);
@@ -179,25 +259,36 @@ fn main() {
         .unwrap_or_else(|| Variant::ALL.to_vec());
 
     println!("# marnflow-model training throughput\n");
+    let (image_dim, word_dim) = (widths.image_dim, widths.word_dim);
     println!(
-        "device `{device_name}`, T = {SEQ_LEN} (every sequence full), default widths, \
-         synthetic Zipf(1.0) items over 200k ids, image 512-d, titles <= 16 words of 64-d vectors, \
-         4 statistics; {seconds} s per case after one warm-up step\n"
+        "device `{device_name}`, T = {SEQ_LEN} (every sequence full), default model widths, \
+         synthetic Zipf(1.0) items over 200k ids, image {image_dim}-d, titles <= 16 words of {word_dim}-d \
+         vectors, 4 statistics; {seconds} s per case after one warm-up step\n"
     );
-    let peak = matmul_gflops(&plain, 1024, budget);
-    println!("backend matmul 1024x1024x1024: **{peak:.1} GFLOP/s**\n");
-
-    println!("| variant | batch | distinct items / slots | step ms | samples/s | est. GFLOP/s | % of matmul | peak RSS MiB |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let peak = matmul_gflops(&plain, matmul_n, FloatDType::F32, budget);
+    println!("backend matmul {matmul_n}x{matmul_n}x{matmul_n} (f32): **{peak:.1} GFLOP/s**\n");
+    let bf16_peak = args.iter().any(|a| a == "--bf16-matmul").then(|| {
+        let g = matmul_gflops(&plain, matmul_n, FloatDType::BF16, budget);
+        println!("backend matmul {matmul_n}x{matmul_n}x{matmul_n} (bf16): **{g:.1} GFLOP/s**\n");
+        g
+    });
+    let peak_header = reference_peak.map_or(String::new(), |p| format!(" % of {:.0} TFLOP/s |", p / 1e3));
+    println!(
+        "| variant | batch | distinct items / slots | step ms | samples/s | est. GFLOP/s | % of matmul |{peak_header} peak RSS MiB |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|{}---:|", if reference_peak.is_some() { "---:|" } else { "" });
     for &bsz in &batches {
-        let spec = world(bsz, true, 42);
+        let spec = world(bsz, true, 42, widths);
         let batch = spec.batch().expect("batch");
         let inputs = spec.inputs();
         let slots = bsz * (SEQ_LEN + 1);
         for &v in &variants {
             let c = run_case(v, &batch, &inputs, &device, budget);
+            let of_peak = reference_peak.map_or(String::new(), |p| {
+                format!(" {} |", c.gflops.map_or("–".into(), |g| format!("{:.2}%", 100.0 * g / p)))
+            });
             println!(
-                "| {v} | {bsz} | {} / {slots} | {:.1} | {:.0} | {} | {} | {} |",
+                "| {v} | {bsz} | {} / {slots} | {:.1} | {:.0} | {} | {} |{of_peak} {} |",
                 c.distinct,
                 c.step_ms,
                 c.samples_per_s,
@@ -205,17 +296,76 @@ fn main() {
                 c.gflops.map_or("–".into(), |g| format!("{:.1}%", 100.0 * g / peak)),
                 c.peak_mib.map_or("?".into(), |m| format!("{m:.0}")),
             );
+            records.push(serde_json::json!({
+                "variant": v.to_string(),
+                "batch": bsz,
+                "image_dim": image_dim,
+                "word_dim": word_dim,
+                "distinct_items": c.distinct,
+                "slots": slots,
+                "step_ms": c.step_ms,
+                "samples_per_s": c.samples_per_s,
+                "est_gflops": c.gflops,
+                "share_of_matmul": c.gflops.map(|g| g / peak),
+                "share_of_reference_peak": reference_peak.and_then(|p| c.gflops.map(|g| g / p)),
+                "peak_rss_mib": c.peak_mib,
+            }));
         }
+    }
+    let write_json = |records: &[serde_json::Value], phases: &[serde_json::Value]| {
+        if let Some(path) = &json_path {
+            let doc = serde_json::json!({
+                "device": device_name,
+                "seq_len": SEQ_LEN,
+                "seconds_per_case": seconds,
+                "matmul_n": matmul_n,
+                "matmul_gflops": peak,
+                "matmul_bf16_gflops": bf16_peak,
+                "reference_peak_gflops": reference_peak,
+                "cases": records,
+                "phases": phases,
+            });
+            let text = serde_json::to_string_pretty(&doc).expect("JSON");
+            if let Err(e) = std::fs::write(path, text) {
+                eprintln!("train_throughput: cannot write {path}: {e}");
+                std::process::exit(1);
+            }
+        }
+    };
+    write_json(&records, &[]);
+    if args.iter().any(|a| a == "--phases") {
+        println!("\n## Where the step time goes\n");
+        println!("| variant | batch | batch to device ms | forward ms (no autodiff) | step ms | rest of the step (backward + AdaGrad) ms |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        let mut rows = Vec::new();
+        for &bsz in &batches {
+            let spec = world(bsz, true, 42, widths);
+            let batch = spec.batch().expect("batch");
+            let inputs = spec.inputs();
+            for &v in &variants {
+                let p = phases(v, &batch, &inputs, &plain, budget);
+                let rest = p.step_ms - p.tensors_ms - p.forward_ms;
+                println!("| {v} | {bsz} | {:.1} | {:.1} | {:.1} | {rest:.1} |", p.tensors_ms, p.forward_ms, p.step_ms);
+                rows.push(serde_json::json!({
+                    "variant": v.to_string(), "batch": bsz, "tensors_ms": p.tensors_ms,
+                    "forward_ms": p.forward_ms, "step_ms": p.step_ms, "rest_ms": rest,
+                }));
+            }
+        }
+        write_json(&records, &rows);
+    }
+    if args.iter().any(|a| a == "--no-dedup") {
+        return;
     }
 
     println!("\n## Distinct-item computation vs per-slot computation (same samples)\n");
     println!("| variant | batch | rows computed (distinct / per slot) | samples/s distinct | samples/s per slot | speed-up |");
     println!("|---|---:|---:|---:|---:|---:|");
     let bsz = *batches.last().unwrap_or(&1024);
-    let dedup_spec = world(bsz, true, 42);
+    let dedup_spec = world(bsz, true, 42, widths);
     let inputs = dedup_spec.inputs();
     let dedup = dedup_spec.batch().expect("batch");
-    let per_slot = world(bsz, false, 42).batch().expect("batch");
+    let per_slot = world(bsz, false, 42, widths).batch().expect("batch");
     for v in [Variant::Marn, Variant::Conc] {
         if !variants.contains(&v) {
             continue;

@@ -24,6 +24,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
+use crate::batch_tensors::BatchTensors;
 use crate::error::{Error, Result};
 use crate::modules::marn::Marn;
 
@@ -240,8 +241,23 @@ impl Trainer {
     /// update (read back with the losses in one transfer): a running AUC for free.
     #[tracing::instrument(level = "trace", skip_all, fields(batch = batch.len(), items = batch.n_items()))]
     pub fn step_scored(&mut self, batch: &Batch, progress: f64) -> Result<(StepLosses, Vec<f32>)> {
+        self.step_scored_with(batch, None, progress)
+    }
+
+    /// [`Trainer::step_scored`] with the batch's tensors already on the model's device, built by
+    /// [`BatchTensors::new`] from `batch` (on another thread, ahead of the step: the copy to a GPU
+    /// then overlaps the previous step). `None` builds them here.
+    pub fn step_scored_with(
+        &mut self,
+        batch: &Batch,
+        tensors: Option<BatchTensors>,
+        progress: f64,
+    ) -> Result<(StepLosses, Vec<f32>)> {
         let model = self.model_ref()?;
-        let x = model.tensors(batch)?;
+        let x = match tensors {
+            Some(x) => x,
+            None => model.tensors(batch)?,
+        };
         let output = model.forward(&x)?;
         let scores = burn::tensor::activation::sigmoid(output.logits.clone().detach());
         let loss = model.loss(output, x.labels.clone(), progress);

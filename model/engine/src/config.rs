@@ -37,6 +37,8 @@ pub struct TrainSection {
     pub device: DeviceSpec,
     pub shuffle_buffer: usize,
     pub prefetch_batches: usize,
+    /// Each batch is moved to the model's device on the reader thread, ahead of its step.
+    pub upload_ahead: bool,
     pub checkpoint_every: u64,
     pub window_days: u32,
     pub holdout_share: f64,
@@ -57,6 +59,7 @@ impl Default for TrainSection {
             device: DeviceSpec::Cpu,
             shuffle_buffer: 65536,
             prefetch_batches: 8,
+            upload_ahead: true,
             checkpoint_every: 200,
             window_days: 7,
             holdout_share: 0.1,

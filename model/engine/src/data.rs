@@ -20,8 +20,9 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, ListArray, RecordBatch};
 use arrow::datatypes::{DataType, Float32Type, Int32Type, Int64Type};
+use burn::tensor::Device;
 use chrono::NaiveDate;
-use marnflow_model::{Batch, ItemTable, ModelInputs, Samples, Titles};
+use marnflow_model::{Batch, BatchTensors, ItemTable, ModelInputs, Samples, Titles};
 use marnflow_pipeline::features::{DICTIONARIES, ITEMS, SAMPLES, UNKNOWN};
 use marnflow_pipeline::lake::{partition, Lake};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -705,8 +706,9 @@ impl BatchBuilder<'_> {
 /// What the producer thread hands over.
 #[derive(Debug)]
 pub enum Msg {
-    /// Batch `index` of `epoch` (indices count from 0 within each epoch).
-    Batch { epoch: u32, index: u64, batch: Box<Batch> },
+    /// Batch `index` of `epoch` (indices count from 0 within each epoch), with its tensors
+    /// already on the model's device when [`StreamConfig::upload`] asked for them.
+    Batch { epoch: u32, index: u64, batch: Box<Batch>, tensors: Option<Box<BatchTensors>> },
     /// A batch that was skipped (resuming): the shuffle advanced but nothing was built.
     Skipped,
     /// The producer failed.
@@ -728,6 +730,16 @@ pub struct StreamConfig {
     pub start_epoch: u32,
     /// Batches of `start_epoch` to skip (resuming): the shuffle runs, no batch is built.
     pub skip: u64,
+    /// Move each batch to the model's device on the producer thread, ahead of the step
+    /// (`train.upload_ahead`): the copy to a GPU overlaps the previous step.
+    pub upload: Option<Upload>,
+}
+
+/// Where the producer thread puts each batch's tensors: the model's inputs and device.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub inputs: ModelInputs,
+    pub device: Device,
 }
 
 /// Starts the producer thread. Batches arrive in a deterministic order for a given config.
@@ -764,6 +776,7 @@ struct Producer<'a> {
     skip: u64,
     batch: Vec<Row>,
     batch_size: usize,
+    upload: Option<&'a Upload>,
 }
 
 impl Producer<'_> {
@@ -788,7 +801,11 @@ impl Producer<'_> {
         } else {
             let refs: Vec<&Row> = rows.iter().collect();
             let batch = BatchBuilder { inputs: &self.spec.inputs, stores: &self.stores }.build(&refs, None)?;
-            Msg::Batch { epoch, index, batch: Box::new(batch) }
+            let tensors = match self.upload {
+                Some(u) => Some(Box::new(BatchTensors::new(&batch, &u.inputs, &u.device)?)),
+                None => None,
+            };
+            Msg::Batch { epoch, index, batch: Box::new(batch), tensors }
         };
         for r in &rows {
             if let Some(n) = self.pending.get_mut(&r.day) {
@@ -823,6 +840,7 @@ async fn produce(
             skip: if epoch == cfg.start_epoch { cfg.skip } else { 0 },
             batch: Vec::new(),
             batch_size: cfg.batch_size.max(1),
+            upload: cfg.upload.as_ref(),
         };
         for (d, &day) in cfg.days.iter().enumerate() {
             let d = d as u16;

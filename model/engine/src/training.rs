@@ -516,6 +516,13 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
             seed: settings.seed,
             start_epoch: state.epoch,
             skip: state.batches_done,
+            upload: match settings.upload_ahead {
+                true => {
+                    let model = trainer.model()?;
+                    Some(data::Upload { inputs: model.inputs().clone(), device: model.device() })
+                }
+                false => None,
+            },
         },
     )?;
     let run = LoopRun { lake, work: &work, total_steps, checkpoint_every: settings.checkpoint_every };
@@ -628,12 +635,12 @@ async fn train_loop(
         let wait = Instant::now();
         let Ok(msg) = rx.recv() else { break };
         waited += wait.elapsed();
-        let (epoch, index, b) = match msg {
+        let (epoch, index, b, x) = match msg {
             data::Msg::Failed(e) => bail!("reading the training data: {e}"),
             data::Msg::Skipped => continue,
-            data::Msg::Batch { epoch, index, batch } => (epoch, index, batch),
+            data::Msg::Batch { epoch, index, batch, tensors } => (epoch, index, batch, tensors),
         };
-        let (losses, scores) = trainer.step_scored(&b, state.step as f64 / total_steps as f64)?;
+        let (losses, scores) = trainer.step_scored_with(&b, x.map(|x| *x), state.step as f64 / total_steps as f64)?;
         if !losses.total.is_finite() {
             bail!("the loss became {} at step {}: lower train.learning_rate", losses.total, state.step);
         }

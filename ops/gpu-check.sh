@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Every GPU check in one command, for a GPU machine with no network (Python torch installed,
+# the bundle of ops/build-gpu-bundle.sh brought along). Well inside 10 minutes on an H100.
+#
+#   bash ops/gpu-check.sh RESULTS_DIR [--device tch:cuda:0] [--bundle gpu-bundle/marnflow-gpu.tar.xz]
+#                         [--seconds S] [--peak-gflops X] [--slow]
+#
+# 1. unpacks the bundle; 2. points LD_LIBRARY_PATH at this machine's torch lib/; 3. saves
+# nvidia-smi; 4. the model benchmark on DEVICE: marn and ids at batch 1024 and 4096 at the default
+# widths, marn at the paper's widths (4096-d images, 300-d words) at batch 1024, each against
+# the f32 matmul of the backend and a reference peak (default 790 TFLOP/s, the H100/H200 bf16
+# dense peak measured here); 5. trains MARN on the bundle's lake for one epoch on DEVICE and
+# evaluates it; 6. scores the evaluation day with the same weights on DEVICE, on LibTorch's CPU
+# and on burn-flex, and compares the predictions; 7. writes it all as JSON into RESULTS_DIR
+# (summary.json gathers the numbers). A failing step is recorded and the others still run; the
+# exit status is that of the first failure.
+#
+# Each step has a time limit sized for a GPU; --slow multiplies them by 5 for a CPU run.
+# Run it here end to end with `--device tch:cpu --slow` (after ops/build-gpu-bundle.sh; set
+# TORCH_VENV's bin/ first on PATH so that python3 finds torch and pyarrow).
+set -uo pipefail
+usage() { sed -n '4,5p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+out="$1"; shift
+root="$(cd "$(dirname "$0")/.." && pwd)"
+device="tch:cuda:0"
+bundle="$root/gpu-bundle/marnflow-gpu.tar.xz"
+seconds="${BENCH_SECONDS:-3}"
+peak="790000"
+scale=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) device="$2"; shift 2 ;;
+    --bundle) bundle="$2"; shift 2 ;;
+    --seconds) seconds="$2"; shift 2 ;;
+    --peak-gflops) peak="$2"; shift 2 ;;
+    --slow) scale=5; shift ;;
+    *) usage ;;
+  esac
+done
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+log="$out/gpu-check.log"
+: >"$log"
+status="$out/steps.tsv"
+: >"$status"
+first_failure=0
+
+# step NAME SECONDS STDOUT COMMAND…: runs COMMAND under a time limit with its output to STDOUT
+# (a file, or - for the log), logs it, and records its exit status and duration.
+step() {
+  local name="$1" limit="$2" stdout="$3"; shift 3
+  local start rc
+  limit=$((limit * scale))
+  start=$(date +%s%N)
+  echo "== $name: $*" | tee -a "$log" >&2
+  if [ "$stdout" = "-" ]; then
+    timeout "$limit" "$@" 2>&1 | tee -a "$log" >&2
+  else
+    timeout "$limit" "$@" 2> >(tee -a "$log" >&2) >"$stdout"
+  fi
+  rc=${PIPESTATUS[0]}
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$(( ($(date +%s%N) - start) / 1000000 ))" >>"$status"
+  if [ "$rc" -ne 0 ]; then
+    echo "== $name failed (exit $rc)" | tee -a "$log" >&2
+    [ "$first_failure" -ne 0 ] || first_failure=$rc
+  fi
+  return 0
+}
+
+# 1. unpack
+work="${TMPDIR:-/tmp}/marnflow-gpu-check"
+rm -rf "$work"; mkdir -p "$work"
+[ -f "$bundle" ] || { echo "gpu-check: no bundle at $bundle (run ops/build-gpu-bundle.sh)" >&2; exit 1; }
+if command -v xz >/dev/null; then
+  xz -dc "$bundle" | tar -C "$work" -xf -
+else
+  python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' "$bundle" "$work"
+fi || { echo "gpu-check: cannot unpack $bundle" >&2; exit 1; }
+cp "$work/MANIFEST" "$out/MANIFEST"
+
+# 2. this machine's LibTorch
+torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))') \
+  || { echo "gpu-check: python3 cannot import torch" >&2; exit 1; }
+export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LIBTORCH_BYPASS_VERSION_CHECK=1
+python3 -c 'import json, torch; print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda,
+  "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}))' >"$out/torch.json"
+
+# 3. the card
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi >"$out/nvidia-smi.txt" 2>&1
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$out/nvidia-smi.txt" 2>&1
+else
+  echo "no nvidia-smi on this machine" >"$out/nvidia-smi.txt"
+fi
+cat "$out/nvidia-smi.txt" >&2
+
+bin="$work/bin"
+export BENCH_SECONDS="$seconds"
+# 4. the model benchmark
+BENCH_VARIANTS=marn,ids BENCH_BATCHES=1024,4096 \
+  step bench_default 150 "$out/bench-default.md" "$bin/train_throughput" --device "$device" --matmul-n 4096 --peak-gflops "$peak" \
+  --no-dedup --json "$out/bench-default.json"
+BENCH_VARIANTS=marn BENCH_BATCHES=1024 \
+  step bench_paper 100 "$out/bench-paper.md" "$bin/train_throughput" --device "$device" --matmul-n 4096 --peak-gflops "$peak" \
+  --image-dim 4096 --word-dim 300 --no-dedup --json "$out/bench-paper.json"
+
+# 5. one epoch of MARN on the lake, then its evaluation
+mf=("$bin/marnflow" --lake "$work/lake" --log-format json)
+export MARNFLOW_TRAIN_RECALL_USERS="${MARNFLOW_TRAIN_RECALL_USERS:-50}"
+step train 200 "$out/train.json" "${mf[@]}" train --model gpucheck --from 2026-01-02 --to 2026-01-06 \
+  --variant marn --epochs 1 --batch-size 1024 --device "$device" --json
+# The version train registered (1 on the bundle's fresh lake).
+version=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' "$out/train.json" 2>/dev/null || echo 1)
+model="gpucheck@v$version"
+step evaluate 100 "$out/evaluate.json" "${mf[@]}" evaluate --model "$model" --date 2026-01-07 \
+  --device "$device" --json
+
+# 6. the same weights scored on the device and on the CPU backends
+for d in $(printf '%s\n' "$device" tch:cpu cpu | awk '!seen[$0]++'); do
+  name=$(echo "$d" | tr ':' '-')
+  step "score_$name" 60 - env MARNFLOW_TRAIN_DEVICE="$d" "${mf[@]}" \
+    score --model "$model" --date 2026-01-07 --out "$work/scores-$name.parquet"
+done
+step compare 30 - python3 - "$work" "$(echo "$device" | tr ':' '-')" "$out/predictions.json" <<'PY'
+import json, sys
+import pyarrow.parquet as pq
+work, dev, path = sys.argv[1:4]
+def load(name):
+    t = pq.read_table(f"{work}/scores-{name}.parquet").to_pydict()
+    return {(r, u, i): p for r, u, i, p in zip(t["request_id"], t["user_id"], t["item_id"], t["probability"])}
+ref = load(dev)
+report = {"device": dev, "rows": len(ref)}
+for other in ("tch-cpu", "cpu"):
+    if other == dev:
+        continue
+    o = load(other)
+    if o.keys() != ref.keys():
+        raise SystemExit(f"{other}: scored other rows than {dev}")
+    diffs = [abs(ref[k] - o[k]) for k in ref]
+    report[other] = {"max_abs_diff": max(diffs), "mean_abs_diff": sum(diffs) / len(diffs)}
+json.dump(report, open(path, "w"), indent=2)
+print(json.dumps(report))
+PY
+
+# 7. one summary
+python3 - "$out" <<'PY' >"$out/summary.json"
+import json, os, sys
+out = sys.argv[1]
+def int_or_str(v):
+    return int(v) if v.lstrip("-").isdigit() else v
+def read(name):
+    p = os.path.join(out, name)
+    if not os.path.exists(p):
+        return None
+    try:
+        return json.load(open(p))
+    except ValueError:
+        return open(p).read()[-2000:]
+steps = [dict(zip(("step", "exit", "ms"), map(int_or_str, l.rstrip("\n").split("\t"))))
+         for l in open(os.path.join(out, "steps.tsv"))]
+print(json.dumps({
+    "manifest": open(os.path.join(out, "MANIFEST")).read(),
+    "torch": read("torch.json"),
+    "steps": steps,
+    "bench_default": read("bench-default.json"),
+    "bench_paper": read("bench-paper.json"),
+    "train": read("train.json"),
+    "evaluate": read("evaluate.json"),
+    "predictions": read("predictions.json"),
+}, indent=2))
+PY
+cat "$out/steps.tsv" >&2
+exit "$first_failure"
