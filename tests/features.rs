@@ -466,6 +466,37 @@ fn nothing_at_or_after_an_exposure_reaches_its_row() {
 
 /// Timely's cluster mode: two processes on loopback produce exactly the files of one process.
 #[test]
+fn a_cluster_process_that_cannot_listen_is_a_runtime_failure_naming_timely() {
+    let lake = tempfile::tempdir().unwrap();
+    generate_world(lake.path(), 40, 100, 2, 4, 300, 5);
+    // Process 0's own address is held by this test, so timely cannot bind it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hosts = [&taken, &other].map(|l| format!("127.0.0.1:{}", l.local_addr().unwrap().port()));
+    drop(other);
+    let hostfile = lake.path().join("hosts.txt");
+    std::fs::write(&hostfile, hosts.join("\n")).unwrap();
+    let err = fails(
+        &[
+            "--lake",
+            lake.path().to_str().unwrap(),
+            "features",
+            "--date",
+            "2026-01-02",
+            "--process",
+            "0",
+            "--processes",
+            "2",
+            "--hostfile",
+            hostfile.to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(err.contains("cannot start the timely workers"), "{err}");
+    drop(taken);
+}
+
+#[test]
 fn two_processes_give_exactly_the_one_process_output() {
     let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     for lake in [&one, &two] {

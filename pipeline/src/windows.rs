@@ -211,7 +211,9 @@ pub fn item_window_stats_timed(
             t += 1;
         }
     })
-    .map_err(|e| PipelineError::Config(vec![format!("cannot start timely workers: {e}")]))?;
+    // A runtime failure, not a configuration error: the usual causes are a cluster process's own
+    // address being taken or a peer going away while they connect.
+    .map_err(|e| PipelineError::Dataflow(format!("cannot start the timely workers: {e}")))?;
     let joined = guards.join();
     if let Some(e) = joined.into_iter().find_map(|r| r.err()) {
         return Err(PipelineError::Dataflow(format!("a timely worker failed: {e}")));
