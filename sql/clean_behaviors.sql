@@ -13,6 +13,8 @@ SELECT
     WHEN CAST(try_cast(event_time AS TIMESTAMP) AS DATE) <> CAST($1 AS DATE) THEN 'event_time outside its dt partition'
     WHEN user_id IS NULL OR trim(CAST(user_id AS VARCHAR)) = '' THEN 'empty user_id'
     WHEN item_id IS NULL OR trim(CAST(item_id AS VARCHAR)) = '' THEN 'empty item_id'
+    WHEN octet_length(CAST(user_id AS VARCHAR)) > 256 THEN 'user_id longer than 256 bytes'
+    WHEN octet_length(CAST(item_id AS VARCHAR)) > 256 THEN 'item_id longer than 256 bytes'
     WHEN behavior IS NULL OR CAST(behavior AS VARCHAR) NOT IN ('click', 'cart', 'purchase') THEN 'unknown behavior'
   END AS reason
 FROM raw.behaviors

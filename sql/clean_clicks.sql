@@ -15,6 +15,9 @@ SELECT
     WHEN c.request_id IS NULL OR trim(CAST(c.request_id AS VARCHAR)) = '' THEN 'empty request_id'
     WHEN c.user_id IS NULL OR trim(CAST(c.user_id AS VARCHAR)) = '' THEN 'empty user_id'
     WHEN c.item_id IS NULL OR trim(CAST(c.item_id AS VARCHAR)) = '' THEN 'empty item_id'
+    WHEN octet_length(CAST(c.request_id AS VARCHAR)) > 256 THEN 'request_id longer than 256 bytes'
+    WHEN octet_length(CAST(c.user_id AS VARCHAR)) > 256 THEN 'user_id longer than 256 bytes'
+    WHEN octet_length(CAST(c.item_id AS VARCHAR)) > 256 THEN 'item_id longer than 256 bytes'
     WHEN e.request_id IS NULL THEN 'click with no matching exposure'
   END AS reason
 FROM raw.clicks c

@@ -3,6 +3,8 @@
 -- inputs:  raw.exposures (partition dt = $1)
 -- outputs: event_time timestamp(ms, UTC), request_id, user_id, item_id, position int32, raw_event_time, reason
 -- params:  $1 = the day (YYYY-MM-DD)
+-- An id is at most 256 bytes (the contract's bound: a longer one would swell every dictionary,
+-- history and sample it reaches).
 SELECT
   arrow_cast(try_cast(event_time AS TIMESTAMP), 'Timestamp(ms, "UTC")') AS event_time,
   CAST(request_id AS VARCHAR) AS request_id,
@@ -16,6 +18,9 @@ SELECT
     WHEN request_id IS NULL OR trim(CAST(request_id AS VARCHAR)) = '' THEN 'empty request_id'
     WHEN user_id IS NULL OR trim(CAST(user_id AS VARCHAR)) = '' THEN 'empty user_id'
     WHEN item_id IS NULL OR trim(CAST(item_id AS VARCHAR)) = '' THEN 'empty item_id'
+    WHEN octet_length(CAST(request_id AS VARCHAR)) > 256 THEN 'request_id longer than 256 bytes'
+    WHEN octet_length(CAST(user_id AS VARCHAR)) > 256 THEN 'user_id longer than 256 bytes'
+    WHEN octet_length(CAST(item_id AS VARCHAR)) > 256 THEN 'item_id longer than 256 bytes'
     WHEN position IS NOT NULL AND try_cast(position AS INT) IS NULL THEN 'unparsable position'
   END AS reason
 FROM raw.exposures

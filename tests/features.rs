@@ -316,6 +316,14 @@ fn broken_lake() -> tempfile::TempDir {
          2026-01-01T11:00:00Z,r4,,i0000001,1\n\
          2026-01-01T11:00:00Z,r5,u0000003,,1\n",
     );
+    // Ids over the contract's 256 bytes.
+    let long = "x".repeat(300);
+    let append = |t: &str, row: String| {
+        let path = lake.path().join(format!("raw/{t}/dt=2026-01-01/part-0.csv"));
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&row);
+        std::fs::write(path, text).unwrap();
+    };
     write(
         "clicks",
         "event_time,request_id,user_id,item_id\n\
@@ -330,6 +338,8 @@ fn broken_lake() -> tempfile::TempDir {
          2026-01-01T10:00:06Z,u0000001,i0000001,wishlist\n\
          2026-01-01T10:00:07Z,u0000001,,cart\n",
     );
+    append("exposures", format!("2026-01-01T12:00:00Z,r6,u0000001,{long},1\n"));
+    append("behaviors", format!("2026-01-01T10:00:08Z,{long},i0000001,click\n"));
     lake
 }
 
@@ -340,13 +350,13 @@ fn broken_rows_are_quarantined_counted_and_never_dropped() {
 
     // Past the default share the run fails, naming the table, the share and the first rows.
     let err = fails(&["--lake", l, "features", "--date", "2026-01-01"], 2);
-    assert!(err.contains("raw/exposures/dt=2026-01-01: 4 of 6 rows"), "{err}");
+    assert!(err.contains("raw/exposures/dt=2026-01-01: 5 of 7 rows"), "{err}");
     assert!(err.contains("missing or unparsable event_time") && err.contains("not-a-time"), "{err}");
 
     let out = ok(&["--lake", l, "features", "--date", "2026-01-01", "--max-bad-share", "1", "--json"]);
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let day = &report[0];
-    for (table, input, accepted, quarantined) in [("exposures", 6, 2, 4), ("clicks", 3, 1, 2), ("behaviors", 3, 1, 2)] {
+    for (table, input, accepted, quarantined) in [("exposures", 7, 2, 5), ("clicks", 3, 1, 2), ("behaviors", 4, 1, 3)] {
         assert_eq!(day[table]["input"], input, "{table}: {day}");
         assert_eq!(day[table]["accepted"], accepted, "{table}: {day}");
         assert_eq!(day[table]["quarantined"], quarantined, "{table}: {day}");
@@ -366,11 +376,13 @@ fn broken_rows_are_quarantined_counted_and_never_dropped() {
         "t,reason\n\
          behaviors,empty item_id\n\
          behaviors,unknown behavior\n\
+         behaviors,user_id longer than 256 bytes\n\
          clicks,click with no matching exposure\n\
          clicks,click with no matching exposure\n\
          exposures,empty item_id\n\
          exposures,empty user_id\n\
          exposures,event_time outside its dt partition\n\
+         exposures,item_id longer than 256 bytes\n\
          exposures,missing or unparsable event_time\n"
     );
     let samples =
