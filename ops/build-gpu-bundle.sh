@@ -52,7 +52,7 @@ echo "build-gpu-bundle: the demo world's lake, with features" >&2
 "$stage/bin/marnflow" --lake "$stage/lake" --config configs/demo.toml features --from 2026-01-01 --to 2026-01-07 >&2
 
 cat >"$stage/MANIFEST" <<MAN
-commit $(git rev-parse HEAD)$(git diff --quiet HEAD -- . ':!gpu-bundle' || echo "+changes")
+commit $(git rev-parse HEAD)$(git diff --quiet HEAD || echo "+changes")
 built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m)
 torch $(python3 -c 'import torch; print(torch.__version__)')
 lake demo world (configs/demo.toml, seed 7): features 2026-01-01..2026-01-07

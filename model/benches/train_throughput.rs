@@ -222,15 +222,19 @@ fn flag(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
 }
 
-/// A numeric flag; a value that does not parse stops the benchmark with its name.
-fn number<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    match flag(args, name) {
-        None => default,
-        Some(v) => v.parse().unwrap_or_else(|_| {
+/// A numeric flag, if given; a value that does not parse stops the benchmark with its name.
+fn parsed<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    flag(args, name).map(|v| {
+        v.parse().unwrap_or_else(|_| {
             eprintln!("train_throughput: {name} {v:?} is not a number");
             std::process::exit(2)
-        }),
-    }
+        })
+    })
+}
+
+/// A numeric flag, or `default`.
+fn number<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    parsed(args, name).unwrap_or(default)
 }
 
 fn main() {
@@ -240,7 +244,7 @@ fn main() {
     let widths =
         Widths { image_dim: number(&args, "--image-dim", 512usize), word_dim: number(&args, "--word-dim", 64usize) };
     let matmul_n: usize = number(&args, "--matmul-n", 1024);
-    let reference_peak: Option<f64> = flag(&args, "--peak-gflops").map(|_| number(&args, "--peak-gflops", 0.0));
+    let reference_peak: Option<f64> = parsed(&args, "--peak-gflops");
     let json_path = flag(&args, "--json");
     let mut records: Vec<serde_json::Value> = Vec::new();
     let plain = parse_device(&device_name).expect("device");

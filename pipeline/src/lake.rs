@@ -171,9 +171,7 @@ impl Lake {
 
     /// The URL of a folder in the lake (ending in `/`), for DataFusion listing tables.
     pub fn folder_url(&self, rel: &str) -> String {
-        let host = self.base_url.host_str().unwrap_or("");
-        let path = self.path(rel);
-        let mut s = format!("{}://{host}/{}", self.base_url.scheme(), path.as_ref());
+        let mut s = self.file_url(rel);
         if !s.ends_with('/') {
             s.push('/');
         }

@@ -19,7 +19,6 @@
 //! Names starting with `_` or `.` (`_SUCCESS` markers, hidden files) are not data, as in the
 //! table discovery of [`crate::query`].
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::{new_null_array, ArrayRef, RecordBatch, StringArray};
@@ -168,16 +167,16 @@ pub async fn read_day(
 /// One schema for every file's columns: the contract's types where every file agrees on a
 /// column, text where they do not; with the `dt` column.
 fn unify(contract: &Schema, read: Vec<Vec<Vec<ArrayRef>>>, dt: &str) -> Result<Vec<RecordBatch>> {
-    let types: Vec<BTreeSet<String>> = (0..contract.fields().len())
-        .map(|i| read.iter().flatten().map(|cols| format!("{:?}", cols[i].data_type())).collect())
-        .collect();
+    let first = read.iter().flatten().next();
     let mut fields: Vec<Field> = contract
         .fields()
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let data_type = match read.iter().flatten().next() {
-                Some(cols) if types[i].len() == 1 => cols[i].data_type().clone(),
+            let data_type = match first {
+                Some(cols) if read.iter().flatten().all(|c| c[i].data_type() == cols[i].data_type()) => {
+                    cols[i].data_type().clone()
+                }
                 Some(_) => DataType::Utf8,
                 None => f.data_type().clone(),
             };

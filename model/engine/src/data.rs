@@ -801,10 +801,8 @@ impl Producer<'_> {
         } else {
             let refs: Vec<&Row> = rows.iter().collect();
             let batch = BatchBuilder { inputs: &self.spec.inputs, stores: &self.stores }.build(&refs, None)?;
-            let tensors = match self.upload {
-                Some(u) => Some(Box::new(BatchTensors::new(&batch, &u.inputs, &u.device)?)),
-                None => None,
-            };
+            let tensors =
+                self.upload.map(|u| BatchTensors::new(&batch, &u.inputs, &u.device).map(Box::new)).transpose()?;
             Msg::Batch { epoch, index, batch: Box::new(batch), tensors }
         };
         for r in &rows {

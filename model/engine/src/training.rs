@@ -516,12 +516,11 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
             seed: settings.seed,
             start_epoch: state.epoch,
             skip: state.batches_done,
-            upload: match settings.upload_ahead {
-                true => {
-                    let model = trainer.model()?;
-                    Some(data::Upload { inputs: model.inputs().clone(), device: model.device() })
-                }
-                false => None,
+            upload: if settings.upload_ahead {
+                let model = trainer.model()?;
+                Some(data::Upload { inputs: model.inputs().clone(), device: model.device() })
+            } else {
+                None
             },
         },
     )?;
