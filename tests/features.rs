@@ -390,6 +390,76 @@ fn broken_rows_are_quarantined_counted_and_never_dropped() {
     assert_eq!(samples, "item_id,label\ni0000001,1\ni0000002,0\n");
 }
 
+/// CSV rows of the wrong width or encoding and JSON lines of the wrong shape or type cost
+/// themselves, not their file or day: each is quarantined with its file, line and bytes.
+#[test]
+fn records_that_are_no_rows_are_quarantined_with_their_file_and_line() {
+    let lake = broken_lake();
+    let l = lake.path().to_str().unwrap();
+    let day = |t: &str| lake.path().join(format!("raw/{t}/dt=2026-01-01"));
+    let mut csv = b"event_time,request_id,user_id,item_id,position\n\
+        2026-01-01T10:20:00Z,r7,u0000002,i0000002,1\n\
+        2026-01-01T10:20:00Z,r7,u0000002\n\
+        2026-01-01T10:20:00Z,r7,u0000002,i0000003,2,9\n"
+        .to_vec();
+    csv.extend_from_slice(b"2026-01-01T10:20:00Z,r7,u\xff2,i0000004,3\n");
+    std::fs::write(day("exposures").join("more.csv"), csv).unwrap();
+    std::fs::write(
+        day("behaviors").join("events.json"),
+        "{\"event_time\":\"2026-01-01T10:30:00Z\",\"user_id\":\"u0000002\",\"item_id\":\"i0000002\",\"behavior\":\"cart\"}\n\
+         {\"event_time\":\"2026-01-01T10:31:00Z\",\"user_id\":2,\"item_id\":\"i0000002\",\"behavior\":\"cart\"}\n\
+         \n\
+         {\"event_time\":\"2026-01-01T10:32:00Z\",\n\
+         [\"u0000002\"]\n",
+    )
+    .unwrap();
+
+    // Past the share the error names each file and line.
+    let err = fails(&["--lake", l, "features", "--date", "2026-01-01"], 2);
+    assert!(err.contains("raw/exposures/dt=2026-01-01: 8 of 11 rows"), "{err}");
+    assert!(err.contains("raw/exposures/dt=2026-01-01/more.csv:3: 3 fields where the header has 5"), "{err}");
+
+    let out = ok(&["--lake", l, "features", "--date", "2026-01-01", "--max-bad-share", "1", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let d = &report[0];
+    for (table, input, accepted, lines) in [("exposures", 11, 3, 3), ("behaviors", 8, 2, 3)] {
+        let n = |k: &str| d[table][k].as_u64().unwrap();
+        assert_eq!((n("input"), n("accepted"), n("lines_quarantined")), (input, accepted, lines), "{table}: {d}");
+        assert_eq!(n("input"), n("accepted") + n("quarantined"), "{table}: {d}");
+        assert_eq!(n("files_quarantined"), 0, "no file is lost for a bad record: {d}");
+    }
+    let lines = ok(&[
+        "--lake",
+        l,
+        "sql",
+        "--format",
+        "csv",
+        "SELECT path, line, reason, text FROM quarantine.raw_exposures_lines UNION ALL \
+         SELECT path, line, reason, text FROM quarantine.raw_behaviors_lines ORDER BY path, line",
+    ]);
+    assert_eq!(
+        lines,
+        r#"path,line,reason,text
+raw/behaviors/dt=2026-01-01/events.json,2,user_id is a number where the contract wants text,"{""event_time"":""2026-01-01T10:31:00Z"",""user_id"":2,""item_id"":""i0000002"",""behavior"":""cart""}"
+raw/behaviors/dt=2026-01-01/events.json,4,not JSON: EOF while parsing a value at line 1 column 37,"{""event_time"":""2026-01-01T10:32:00Z"","
+raw/behaviors/dt=2026-01-01/events.json,5,an array where a JSON object was expected,"[""u0000002""]"
+raw/exposures/dt=2026-01-01/more.csv,3,3 fields where the header has 5,"2026-01-01T10:20:00Z,r7,u0000002"
+raw/exposures/dt=2026-01-01/more.csv,4,6 fields where the header has 5,"2026-01-01T10:20:00Z,r7,u0000002,i0000003,2,9"
+raw/exposures/dt=2026-01-01/more.csv,5,user_id is not UTF-8 (invalid byte at 1 of the field),"2026-01-01T10:20:00Z,r7,u�2,i0000004,3"
+"#
+    );
+    // The good rows of both files arrive, the JSON behavior in the user history too.
+    let history = ok(&[
+        "--lake",
+        l,
+        "sql",
+        "--format",
+        "csv",
+        "SELECT user_id, item_id, behavior FROM features.user_history WHERE user_id = 'u0000002'",
+    ]);
+    assert_eq!(history, "user_id,item_id,behavior\nu0000002,i0000002,cart\n");
+}
+
 /// Rewrites one raw Parquet partition through `edit`.
 fn rewrite(path: &Path, edit: impl Fn(RecordBatch) -> RecordBatch) {
     let file = std::fs::File::open(path).unwrap();

@@ -415,6 +415,8 @@ fn other_properties(batch: &Batch) -> Batch {
     Batch::new(items, s).unwrap()
 }
 
+/// The behavior property changes `marn` (and `dupn`) but not the base models; with
+/// `behavior_property = false` (the ablation) `marn` and `dupn` are blind to it too.
 #[test]
 fn the_behavior_property_changes_marn_but_not_the_base_models() {
     let _serial = serial();
@@ -423,11 +425,17 @@ fn the_behavior_property_changes_marn_but_not_the_base_models() {
     let changed = other_properties(&batch);
     let base = [Variant::Ids, Variant::Image, Variant::Conc, Variant::Maf, Variant::MafAdv, Variant::MafDdma];
     assert_same_predictions(&spec, &base, &batch, &changed);
-    let model = tiny(Variant::Marn).init(&spec.inputs(), &Device::flex()).unwrap();
-    let (a, b) = (model.predict(&batch).unwrap(), model.predict(&changed).unwrap());
-    let moved = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-    eprintln!("marn: largest change of a prediction {moved}");
-    assert!(moved > 1e-6, "marn ignores the behavior property: largest change {moved}");
+    for v in [Variant::Marn, Variant::Dupn] {
+        let largest_change = |behavior_property: bool| {
+            let config = MarnConfig { behavior_property, ..tiny(v) };
+            let model = config.init(&spec.inputs(), &Device::flex()).unwrap();
+            let (a, b) = (model.predict(&batch).unwrap(), model.predict(&changed).unwrap());
+            a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
+        };
+        let (on, off) = (largest_change(true), largest_change(false));
+        assert!(on > 1e-6, "{v} ignores the behavior property: largest change {on}");
+        assert_eq!(off, 0.0, "{v} with behavior_property = false still reads it");
+    }
 }
 
 #[test]

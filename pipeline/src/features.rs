@@ -23,7 +23,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, Float64Array, Float64Builder, Int32Builder, Int64Array, ListArray, StringArray, StringBuilder,
+    ArrayRef, AsArray, BinaryArray, Float64Array, Float64Builder, Int32Builder, Int64Array, ListArray, StringArray,
+    StringBuilder,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -271,6 +272,9 @@ pub struct Accounting {
     /// The bytes of the partition, and of the files quarantined whole.
     pub bytes: u64,
     pub bytes_quarantined: u64,
+    /// Of the quarantined rows, the CSV and JSON records that could not become rows at all
+    /// (`quarantine/raw_<table>_lines/dt=D/` has each with its file, line number and reason).
+    pub lines_quarantined: u64,
 }
 
 /// What one day of the job did.
@@ -449,16 +453,19 @@ async fn ingest(
 ) -> Result<Accounting> {
     let day = register_raw_day(lake, ctx, cfg, raw, dt).await?;
     quarantine_files(lake, raw, dt, &day.faults).await?;
+    quarantine_lines(lake, raw, dt, &day.lines).await?;
     let (checked, good, bad) = validate(ctx, registry, raw, dt).await?;
     let file_rows: u64 = day.faults.iter().filter_map(|f| f.rows).sum();
+    let lines = day.lines.len() as u64;
     let acc = Accounting {
-        input: total_rows(&checked) + file_rows,
+        input: total_rows(&checked) + file_rows + lines,
         accepted: total_rows(&good),
-        quarantined: total_rows(&bad) + file_rows,
+        quarantined: total_rows(&bad) + file_rows + lines,
         files: day.files,
         files_quarantined: day.faults.len() as u64,
         bytes: day.bytes,
         bytes_quarantined: day.faults.iter().map(|f| f.bytes).sum(),
+        lines_quarantined: lines,
     };
     debug_assert_eq!(acc.input, acc.accepted + acc.quarantined);
     publish(lake, &format!("quarantine/raw_{raw}"), dt, &bad).await?;
@@ -487,6 +494,12 @@ async fn ingest(
                 "\n{file_rows} of them in files quarantined whole (copied to quarantine/_files/raw_{raw}/dt={dt}/):\n{}",
                 list_faults(&day.faults)
             );
+        }
+        if lines > 0 {
+            whole.push_str(&format!(
+                "\n{lines} of them records that are no rows (in quarantine/raw_{raw}_lines/dt={dt}/), the first:\n{}",
+                list_lines(&day.lines, 5)
+            ));
         }
         return Err(PipelineError::Config(vec![format!(
             "raw/{raw}/dt={dt}: {} of {} rows ({:.2}%) break the contract, more than features.max_bad_share = {}; \
@@ -521,6 +534,38 @@ fn list_faults(faults: &[raw_files::FileFault]) -> String {
         format!("  {} ({} bytes{rows}): {}", f.path, f.bytes, f.reason)
     };
     faults.iter().map(line).collect::<Vec<_>>().join("\n")
+}
+
+fn list_lines(lines: &[raw_files::LineFault], n: usize) -> String {
+    let line = |f: &raw_files::LineFault| format!("  {}:{}: {}", f.path, f.line, f.reason);
+    lines.iter().take(n).map(line).collect::<Vec<_>>().join("\n")
+}
+
+/// Quarantines the records of raw CSV and JSON files that could not become rows, as the table
+/// `quarantine.raw_<table>_lines` (path, line, the record as text with invalid UTF-8 replaced,
+/// its exact bytes, reason; written, empty, on a clean day too, so a rerun after a fix replaces it).
+async fn quarantine_lines(lake: &Lake, raw: &str, dt: &str, lines: &[raw_files::LineFault]) -> Result<()> {
+    if let Some(first) = lines.first() {
+        warn!(file = %first.path, line = first.line, reason = %first.reason, records = lines.len(),
+              "raw records that are no rows quarantined");
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("line", DataType::Int64, false),
+        Field::new("text", DataType::Utf8, false),
+        Field::new("raw", DataType::Binary, false),
+        Field::new("reason", DataType::Utf8, false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(lines.iter().map(|f| f.path.as_str()))),
+        Arc::new(Int64Array::from_iter_values(lines.iter().map(|f| i64::try_from(f.line).unwrap_or(i64::MAX)))),
+        Arc::new(StringArray::from_iter_values(lines.iter().map(|f| String::from_utf8_lossy(&f.raw)))),
+        Arc::new(BinaryArray::from_iter_values(lines.iter().map(|f| f.raw.as_slice()))),
+        Arc::new(StringArray::from_iter_values(lines.iter().map(|f| f.reason.as_str()))),
+    ];
+    let batch = RecordBatch::try_new(schema, columns).map_err(|e| PipelineError::arrow("quarantined records", e))?;
+    publish(lake, &format!("quarantine/raw_{raw}_lines"), dt, &[batch]).await?;
+    Ok(())
 }
 
 /// Quarantines the files of a raw partition that could not be used: a copy of each under

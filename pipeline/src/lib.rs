@@ -20,6 +20,7 @@ pub mod import;
 pub mod lake;
 pub mod query;
 pub mod raw_files;
+pub mod raw_rows;
 pub mod windows;
 pub mod world;
 

@@ -6,9 +6,11 @@
 //! skipped without a word) and failed the whole day, without naming a file, on one unreadable
 //! file or one file whose schema disagreed with the others. Here:
 //!
-//! * each file is read on its own by DataFusion, in the format its extension names (`.parquet`,
-//!   `.csv`, `.json`/`.ndjson`/`.jsonl`), or in `features.raw_format` when the extension names
-//!   none;
+//! * each file is read on its own in the format its extension names (`.parquet`, `.csv`,
+//!   `.json`/`.ndjson`/`.jsonl`), or in `features.raw_format` when the extension names none:
+//!   Parquet by DataFusion, CSV and JSON record by record ([`crate::raw_rows`]), so a record that
+//!   cannot become a row (a short CSV row, a JSON line with a number for an id) is a
+//!   [`LineFault`] with its line number, and costs itself, not the file;
 //! * a file that cannot be read, has no usable format, or lacks a required column of the
 //!   contract is a [`FileFault`]: it is quarantined whole with its path, size and reason (the
 //!   caller copies it and counts it against `max_bad_share`);
@@ -23,12 +25,14 @@ use std::sync::Arc;
 
 use arrow::array::{new_null_array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use serde::Serialize;
 
 use crate::contract;
 use crate::error::{PipelineError, Result};
 use crate::lake::Lake;
+pub use crate::raw_rows::LineFault;
+use crate::raw_rows::{screen_csv, screen_json};
 
 /// A raw file quarantined whole.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -54,6 +58,8 @@ pub struct RawDay {
     pub bytes: u64,
     /// Files quarantined whole.
     pub faults: Vec<FileFault>,
+    /// Records of the readable CSV and JSON files that could not become rows.
+    pub lines: Vec<LineFault>,
 }
 
 /// The contract schema of raw log table `table` (`exposures`, `clicks` or `behaviors`).
@@ -71,25 +77,38 @@ fn format_of(name: &str, forced: Option<&'static str>) -> Option<&'static str> {
     crate::query::format_of(name).or(forced)
 }
 
-/// Reads one file with DataFusion in `format`. CSV columns are all text, as in the lake's
-/// tables: typing is the clean jobs' work.
-async fn read_file(
-    ctx: &SessionContext,
-    url: &str,
-    name: &str,
-    format: &str,
-) -> datafusion::error::Result<Vec<RecordBatch>> {
+/// Reads one Parquet file with DataFusion.
+async fn read_parquet(ctx: &SessionContext, url: &str, name: &str) -> datafusion::error::Result<Vec<RecordBatch>> {
     // The file's own suffix, so a forced format reads a file of any name.
     let ext = name.rsplit_once('.').map_or(String::new(), |(_, e)| format!(".{e}"));
-    let df = match format {
-        "csv" => {
-            ctx.read_csv(url, CsvReadOptions::new().has_header(true).schema_infer_max_records(0).file_extension(&ext))
-                .await?
+    ctx.read_parquet(url, ParquetReadOptions::default().file_extension(&ext)).await?.collect().await
+}
+
+/// Reads one file in `format`: its rows, and the records that could not become rows (text
+/// formats only); `Err` with the reason when the file cannot be read at all. CSV and JSON
+/// columns are all text, as in the lake's tables: typing is the clean jobs' work.
+async fn read_file(
+    lake: &Lake,
+    ctx: &SessionContext,
+    rel: &str,
+    name: &str,
+    format: &str,
+    contract: &Schema,
+) -> Result<std::result::Result<(Vec<RecordBatch>, Vec<LineFault>), String>> {
+    let screened = match format {
+        "csv" => match screen_csv(&lake.get(rel).await?, contract, rel) {
+            Ok(s) => s,
+            Err(reason) => return Ok(Err(reason)),
+        },
+        "json" => screen_json(&lake.get(rel).await?, contract, rel),
+        _ => {
+            return Ok(read_parquet(ctx, &lake.file_url(rel), name)
+                .await
+                .map(|batches| (batches, Vec::new()))
+                .map_err(|e| first_line(&e.to_string()).to_string()))
         }
-        "json" => ctx.read_json(url, JsonReadOptions::default().file_extension(&ext)).await?,
-        _ => ctx.read_parquet(url, ParquetReadOptions::default().file_extension(&ext)).await?,
     };
-    df.collect().await
+    Ok(Ok((screened.batch.into_iter().collect(), screened.faults)))
 }
 
 /// `batches` projected onto `contract`'s columns, or the required columns it lacks.
@@ -130,7 +149,7 @@ pub async fn read_day(
 ) -> Result<RawDay> {
     let contract = contract_schema(table)?;
     let folder = format!("raw/{table}/dt={dt}");
-    let mut day = RawDay { batches: Vec::new(), files: 0, bytes: 0, faults: Vec::new() };
+    let mut day = RawDay { batches: Vec::new(), files: 0, bytes: 0, faults: Vec::new(), lines: Vec::new() };
     // Per readable file: its columns, batch by batch.
     let mut read: Vec<Vec<Vec<ArrayRef>>> = Vec::new();
     for meta in lake.list(&folder).await? {
@@ -149,13 +168,17 @@ pub async fn read_day(
             ));
             continue;
         };
-        match read_file(ctx, &lake.file_url(&rel), &name, format).await {
-            Err(e) => day.faults.push(fault(None, format!("unreadable as {format}: {}", first_line(&e.to_string())))),
-            Ok(batches) => {
-                let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+        match read_file(lake, ctx, &rel, &name, format, &contract).await? {
+            Err(reason) => day.faults.push(fault(None, format!("unreadable as {format}: {reason}"))),
+            Ok((batches, lines)) => {
+                let rows = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
                 match project(&batches, &contract) {
-                    Ok(columns) => read.push(columns),
-                    Err(reason) => day.faults.push(fault(Some(rows), reason)),
+                    Ok(columns) => {
+                        read.push(columns);
+                        day.lines.extend(lines);
+                    }
+                    // Quarantined whole: its faulty records go with it.
+                    Err(reason) => day.faults.push(fault(Some(rows + lines.len() as u64), reason)),
                 }
             }
         }

@@ -255,6 +255,9 @@ pub struct MarnConfig {
     pub next_behavior_weight: f64,
     /// What MAF's attention sees: `own` (Eq. 3, the paper) or `category` (an experiment).
     pub attention_context: AttentionContext,
+    /// Whether the user layers that read the behavior property `p_t` (`marn`'s APGRU gate,
+    /// `dupn`'s LSTM and attention) see it. `false` feeds them zeros in its place: an ablation.
+    pub behavior_property: bool,
     /// Gradient reversal weight.
     pub grl_weight: f64,
     /// λ0 of the auxiliary-loss schedule.
@@ -276,6 +279,7 @@ impl Default for MarnConfig {
             cin_layers: vec![16, 16],
             next_behavior_weight: 1.0,
             attention_context: AttentionContext::Own,
+            behavior_property: true,
             grl_weight: 1.0,
             lambda0: 0.05,
             gamma: 10.0,
@@ -677,6 +681,17 @@ impl Marn {
         self.config.variant
     }
 
+    /// The behavior property `p_t` the user layer reads: the embeddings, or zeros of the same
+    /// shape where `behavior_property` is off (the ablation keeps every width and parameter).
+    fn property(&self, embedding: &ModalityEmbedding, x: &BatchTensors) -> Tensor<3> {
+        let p = embedding.property(x);
+        if self.config.behavior_property {
+            p
+        } else {
+            p.zeros_like()
+        }
+    }
+
     /// The device of its parameters (autodiff when built on an autodiff device).
     pub fn device(&self) -> Device {
         if let Some(e) = &self.embedding {
@@ -867,7 +882,7 @@ impl Marn {
             Variant::Dupn => {
                 let dupn = self.dupn.as_ref().ok_or_else(|| missing("DUPN"))?;
                 let embedding = self.embedding.as_ref().ok_or_else(|| missing("embedding"))?;
-                dupn.user(slots(rep.clone(), x), embedding.property(x), candidate.clone(), padding, mask)
+                dupn.user(slots(rep.clone(), x), self.property(embedding, x), candidate.clone(), padding, mask)
             }
             Variant::Dien => {
                 let out = self.dien.as_ref().ok_or_else(|| missing("DIEN"))?.user(rep.clone(), candidate.clone(), x);
@@ -879,7 +894,7 @@ impl Marn {
                 // W rep once per distinct item, gathered per slot.
                 let projected = slots(gru.input_projection(rep.clone()), x);
                 let property = match (&gru.property, &self.embedding) {
-                    (Some(_), Some(embedding)) => Some(embedding.property(x)),
+                    (Some(_), Some(embedding)) => Some(self.property(embedding, x)),
                     _ => None,
                 };
                 let states = gru.forward(projected, property);
