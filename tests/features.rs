@@ -796,3 +796,84 @@ fn every_raw_file_is_read_or_quarantined_whole_and_named() {
         clicks["accepted"].as_u64().unwrap() + clicks["quarantined"].as_u64().unwrap()
     );
 }
+
+/// The catalogue is read file by file and checked item by item: images as plain float64 lists
+/// (as pandas writes them) are read exactly; an image of another width or with a NaN is
+/// quarantined and its item kept without it; an empty or repeated id is quarantined; a
+/// 10,000-word title is cut to the model's length and counted; an unreadable file is
+/// quarantined whole and named.
+#[test]
+fn the_catalogue_is_checked_item_by_item_and_file_by_file() {
+    use arrow::array::{Float64Builder, ListBuilder, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    let lake = tempfile::tempdir().unwrap();
+    let l = lake.path().to_str().unwrap();
+    generate_world(lake.path(), 30, 60, 1, 4, 200, 7);
+    let long_title = (0..10_000).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
+    let rows: [(&str, Option<Vec<f64>>, &str); 6] = [
+        ("p1", Some(vec![1.0, 2.0, 3.0, 0.25]), "a lamp"),
+        ("p2", Some(vec![1.0, 2.0, 3.0]), "a desk"),
+        ("p3", Some(vec![1.0, f64::NAN, 3.0, 4.0]), "a chair"),
+        ("p4", None, &long_title),
+        ("", Some(vec![1.0, 2.0, 3.0, 4.0]), "no id"),
+        ("p1", None, "p1 again"),
+    ];
+    let mut builder = ListBuilder::new(Float64Builder::new());
+    for (_, image, _) in &rows {
+        builder.append_option(image.as_ref().map(|v| v.iter().map(|x| Some(*x))));
+    }
+    let images: Arc<dyn Array> = Arc::new(builder.finish());
+    let text = |k: usize| -> Arc<dyn Array> {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| match k {
+            0 => r.0,
+            1 => r.2,
+            _ => "c000",
+        })))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("item_id", DataType::Utf8, false),
+        Field::new("category_id", DataType::Utf8, false),
+        Field::new("title", DataType::Utf8, false),
+        Field::new("image_embedding", images.data_type().clone(), true),
+    ]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![text(0), text(2), text(1), images]).unwrap();
+    let file = std::fs::File::create(lake.path().join("raw/items/pandas.parquet")).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    std::fs::write(lake.path().join("raw/items/broken.parquet"), b"PAR1 nope").unwrap();
+
+    // Past the share, the error names the file and the first items.
+    let err = fails(&["--lake", l, "features", "--date", "2026-01-01"], 2);
+    assert!(err.contains("raw/items: 2 of 66 item rows"), "{err}");
+    assert!(err.contains("raw/items/broken.parquet (9 bytes): unreadable as parquet"), "{err}");
+    assert!(err.contains("raw/items/pandas.parquet row 4: empty item_id"), "{err}");
+
+    let out = ok(&["--lake", l, "features", "--date", "2026-01-01", "--max-bad-share", "0.5", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let items = &report[0]["items"];
+    let n = |k: &str| items[k].as_u64().unwrap();
+    assert_eq!(
+        [n("input"), n("accepted"), n("quarantined"), n("images_quarantined"), n("titles_cut")],
+        [66, 64, 2, 2, 1],
+        "{items}"
+    );
+    assert_eq!([n("files"), n("files_quarantined"), n("image_width")], [3, 1, 4], "{items}");
+    let sql = |q: &str| ok(&["--lake", l, "sql", "--format", "csv", q]);
+    assert_eq!(
+        sql("SELECT path, row, item_id, kept, reason FROM quarantine.raw_items ORDER BY path, row"),
+        "path,row,item_id,kept,reason\n\
+         raw/items/pandas.parquet,1,p2,true,image has 3 values; the catalogue's images have 4\n\
+         raw/items/pandas.parquet,2,p3,true,\"image has a missing, NaN or infinite value (in float32)\"\n\
+         raw/items/pandas.parquet,4,,false,empty item_id\n\
+         raw/items/pandas.parquet,5,p1,false,duplicate item_id: first in raw/items/pandas.parquet\n"
+    );
+    assert_eq!(
+        sql("SELECT item_id, image_embedding IS NULL AS no_image, array_length(title_tokens) AS words, \
+             image_embedding[4] AS last FROM features.items WHERE item_id LIKE 'p%' ORDER BY item_id"),
+        "item_id,no_image,words,last\np1,false,2,0.25\np2,true,2,\np3,true,2,\np4,true,32,\n"
+    );
+    assert_eq!(sql("SELECT count(*) FROM features.items"), "count(*)\n64\n");
+}

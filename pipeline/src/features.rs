@@ -36,6 +36,7 @@ use datafusion::scalar::ScalarValue;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, instrument, warn};
 
+use crate::catalogue::{read_catalogue, Catalogue, CatalogueAccounting, ItemFault};
 use crate::error::{PipelineError, Result};
 use crate::lake::{data_file, partition, write_parquet, Lake};
 use crate::query::LakeSession;
@@ -284,6 +285,8 @@ pub struct DayReport {
     pub exposures: Accounting,
     pub clicks: Accounting,
     pub behaviors: Accounting,
+    /// The item catalogue as this day's item table read it.
+    pub items: CatalogueAccounting,
     pub samples: u64,
     pub items_with_stats: u64,
     pub positive_rate: f64,
@@ -536,6 +539,72 @@ fn list_faults(faults: &[raw_files::FileFault]) -> String {
     faults.iter().map(line).collect::<Vec<_>>().join("\n")
 }
 
+/// Fails when more than `max_bad_share` of the catalogue's rows are quarantined; warns about
+/// what was quarantined or cut otherwise.
+fn check_catalogue(cfg: &FeaturesConfig, catalogue: &Catalogue) -> Result<()> {
+    let acc = &catalogue.accounting;
+    debug_assert_eq!(acc.input, acc.accepted + acc.quarantined);
+    if acc.quarantined > 0 || acc.images_quarantined > 0 || acc.titles_cut > 0 {
+        warn!(
+            input = acc.input,
+            quarantined = acc.quarantined,
+            images_quarantined = acc.images_quarantined,
+            titles_cut = acc.titles_cut,
+            "raw/items: items quarantined, images dropped or titles cut"
+        );
+    }
+    for f in &catalogue.files {
+        warn!(file = %f.path, bytes = f.bytes, reason = %f.reason, "raw catalogue file quarantined whole");
+    }
+    if acc.input > 0 && acc.quarantined as f64 > cfg.max_bad_share * acc.input as f64 {
+        let shown: Vec<String> = catalogue
+            .items
+            .iter()
+            .filter(|f| !f.kept)
+            .take(5)
+            .map(|f| format!("  {} row {}: {}", f.path, f.row, f.reason))
+            .collect();
+        return Err(PipelineError::Config(vec![format!(
+            "raw/items: {} of {} item rows ({:.2}%) break the contract, more than features.max_bad_share = {}; \
+             they are listed in quarantine/raw_items/ and quarantine/raw_items_files/ of the day built.{}{}\n{}",
+            acc.quarantined,
+            acc.input,
+            100.0 * acc.quarantined as f64 / acc.input as f64,
+            cfg.max_bad_share,
+            if catalogue.files.is_empty() {
+                String::new()
+            } else {
+                format!("\nFiles quarantined whole:\n{}", list_faults(&catalogue.files))
+            },
+            if shown.is_empty() { "" } else { "\nThe first items:" },
+            shown.join("\n")
+        )]));
+    }
+    Ok(())
+}
+
+/// The catalogue's quarantined items, and the items kept without their image, as the table
+/// `quarantine.raw_items` (path, row, item_id, kept, reason) in the partition of the day built.
+async fn quarantine_items(lake: &Lake, dt: &str, items: &[ItemFault]) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("row", DataType::Int64, false),
+        Field::new("item_id", DataType::Utf8, true),
+        Field::new("kept", DataType::Boolean, false),
+        Field::new("reason", DataType::Utf8, false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(items.iter().map(|f| f.path.as_str()))),
+        Arc::new(Int64Array::from_iter_values(items.iter().map(|f| i64::try_from(f.row).unwrap_or(i64::MAX)))),
+        Arc::new(StringArray::from_iter(items.iter().map(|f| f.item_id.as_deref()))),
+        Arc::new(arrow::array::BooleanArray::from_iter(items.iter().map(|f| Some(f.kept)))),
+        Arc::new(StringArray::from_iter_values(items.iter().map(|f| f.reason.as_str()))),
+    ];
+    let batch = RecordBatch::try_new(schema, columns).map_err(|e| PipelineError::arrow("quarantined items", e))?;
+    publish(lake, "quarantine/raw_items", dt, &[batch]).await?;
+    Ok(())
+}
+
 fn list_lines(lines: &[raw_files::LineFault], n: usize) -> String {
     let line = |f: &raw_files::LineFault| format!("  {}:{}: {}", f.path, f.line, f.reason);
     lines.iter().take(n).map(line).collect::<Vec<_>>().join("\n")
@@ -628,11 +697,15 @@ pub async fn run_features(
     let registry = SqlRegistry::load(Path::new(&cfg.sql_dir))?;
     info!(sql = registry.origin(), "feature job starts");
     let days: Vec<NaiveDate> = (0..=(to - from).num_days()).map(|i| from + Duration::days(i)).collect();
+    // The catalogue, read and checked once for every day of the range (first: a catalogue past
+    // the share stops the job before any day is written).
+    let catalogue = read_catalogue(lake, &crate::query::new_context(lake), cfg.raw_format()).await?;
+    check_catalogue(cfg, &catalogue)?;
 
     // Pass 1: validate, quarantine, daily aggregates and labels, day by day.
     let mut reports = Vec::new();
     for day in &days {
-        reports.push(ingest_day(lake, cfg, &registry, *day).await?);
+        reports.push(ingest_day(lake, cfg, &registry, &catalogue, *day).await?);
     }
 
     // Pass 2: one dataflow for the whole range, fed with the daily aggregates.
@@ -649,18 +722,25 @@ pub async fn run_features(
     // Pass 3: statistics, buckets, samples, user state, item side and dictionaries, day by day.
     for (day, report) in days.iter().zip(reports.iter_mut()) {
         let stats = windows.get(&epoch_day(*day)).map(Vec::as_slice).unwrap_or(&[]);
-        publish_day(lake, cfg, &registry, *day, stats, report).await?;
+        publish_day(lake, cfg, &registry, &catalogue, *day, stats, report).await?;
     }
     Ok(reports)
 }
 
 /// Pass 1 for one day: the raw logs validated (rows that break the contract quarantined), the
 /// daily item counts and the labels published.
-async fn ingest_day(lake: &Lake, cfg: &FeaturesConfig, registry: &SqlRegistry, day: NaiveDate) -> Result<DayReport> {
+async fn ingest_day(
+    lake: &Lake,
+    cfg: &FeaturesConfig,
+    registry: &SqlRegistry,
+    catalogue: &Catalogue,
+    day: NaiveDate,
+) -> Result<DayReport> {
     let dt = day_string(day);
     let session = LakeSession::open_without_raw_logs(lake, cfg.raw_format()).await?;
     require_raw(&session)?;
     let ctx = session.context();
+    replace_table(ctx, "raw.items", vec![catalogue.batch.clone()])?;
     let exposures = ingest(lake, ctx, registry, cfg, "exposures", &dt).await?;
     let clicks = ingest(lake, ctx, registry, cfg, "clicks", &dt).await?;
     let behaviors = ingest(lake, ctx, registry, cfg, "behaviors", &dt).await?;
@@ -676,6 +756,7 @@ async fn ingest_day(lake: &Lake, cfg: &FeaturesConfig, registry: &SqlRegistry, d
         exposures,
         clicks,
         behaviors,
+        items: CatalogueAccounting::default(),
         samples: 0,
         items_with_stats: 0,
         positive_rate: if n > 0 { positives as f64 / n as f64 } else { 0.0 },
@@ -708,6 +789,7 @@ async fn publish_day(
     lake: &Lake,
     cfg: &FeaturesConfig,
     registry: &SqlRegistry,
+    catalogue: &Catalogue,
     day: NaiveDate,
     stats: &[ItemWindows],
     report: &mut DayReport,
@@ -719,6 +801,7 @@ async fn publish_day(
 
     let session = LakeSession::open_without_raw_logs(lake, cfg.raw_format()).await?;
     let ctx = session.context();
+    replace_table(ctx, "raw.items", vec![catalogue.batch.clone()])?;
     let long = long_stats(cfg, &stats_batch)?;
     replace_table(ctx, "item_stats_long", vec![long])?;
     replace_table(ctx, "stat_names", vec![stat_names_batch(cfg)?])?;
@@ -746,6 +829,9 @@ async fn publish_day(
     report.samples = publish(lake, SAMPLES, &dt, &samples).await?;
     let history = run_sql(ctx, registry, "user_history", vec![t]).await?;
     publish(lake, USER_HISTORY, &dt, &history).await?;
+    quarantine_files(lake, "items", &dt, &catalogue.files).await?;
+    quarantine_items(lake, &dt, &catalogue.items).await?;
+    report.items = catalogue.accounting.clone();
     let items = run_sql(ctx, registry, "items", vec![]).await?;
     publish(lake, ITEMS, &dt, &items).await?;
     update_dictionaries(lake, &samples, &items).await?;

@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod catalogue;
 pub mod contract;
 pub mod error;
 pub mod features;

@@ -151,9 +151,10 @@ impl LakeSession {
     }
 
     /// [`LakeSession::open_with`] without registering the raw log tables (`raw.exposures`,
-    /// `raw.clicks`, `raw.behaviors`), which are still listed in [`LakeSession::tables`]: the
-    /// feature job reads one day of them file by file ([`crate::raw_files`]), so inferring their
-    /// schema from every day's files would be work thrown away.
+    /// `raw.clicks`, `raw.behaviors`) and the catalogue (`raw.items`), which are still listed in
+    /// [`LakeSession::tables`]: the feature job reads one day of the logs, and the catalogue, file
+    /// by file ([`crate::raw_files`], [`crate::catalogue`]), so inferring their schema from every
+    /// file would be work thrown away (and one bad file would fail it).
     pub async fn open_without_raw_logs(lake: &Lake, raw_format: Option<&str>) -> Result<Self> {
         Self::open_tables(lake, raw_format, false).await
     }
@@ -165,7 +166,8 @@ impl LakeSession {
             PipelineError::Sql(datafusion::error::DataFusionError::Internal("default catalog missing".into()))
         })?;
         let state = ctx.state();
-        let logs = [crate::contract::EXPOSURES, crate::contract::CLICKS, crate::contract::BEHAVIORS];
+        let logs =
+            [crate::contract::EXPOSURES, crate::contract::CLICKS, crate::contract::BEHAVIORS, crate::contract::ITEMS];
         for t in &tables {
             let schema = match catalog.schema(&t.schema) {
                 Some(s) => s,

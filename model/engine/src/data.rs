@@ -36,7 +36,7 @@ pub const BEHAVIORS: [&str; 3] = ["click", "cart", "purchase"];
 /// the minutes, the last open-ended (≥ 2^14 minutes ≈ 11 days).
 pub const TIME_BUCKETS: usize = 16;
 /// Title words kept per item.
-pub const TITLE_MAX_LEN: usize = 32;
+pub const TITLE_MAX_LEN: usize = marnflow_pipeline::contract::TITLE_TOKENS;
 /// Rows per Arrow batch when reading Parquet.
 const READ_ROWS: usize = 8192;
 
