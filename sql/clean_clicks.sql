@@ -2,7 +2,7 @@
 --   must match an exposure of the same day on (request_id, user_id, item_id).
 -- inputs:  raw.clicks (dt = $1), clean_exposures (this day's accepted exposures)
 -- outputs: event_time, request_id, user_id, item_id, raw_event_time, reason
--- params:  $1 = the day (YYYY-MM-DD)
+-- params:  $1 = the day (YYYY-MM-DD), $2 = the longest id in bytes (features.max_id_bytes)
 SELECT
   arrow_cast(try_cast(c.event_time AS TIMESTAMP), 'Timestamp(ms, "UTC")') AS event_time,
   CAST(c.request_id AS VARCHAR) AS request_id,
@@ -15,9 +15,9 @@ SELECT
     WHEN c.request_id IS NULL OR trim(CAST(c.request_id AS VARCHAR)) = '' THEN 'empty request_id'
     WHEN c.user_id IS NULL OR trim(CAST(c.user_id AS VARCHAR)) = '' THEN 'empty user_id'
     WHEN c.item_id IS NULL OR trim(CAST(c.item_id AS VARCHAR)) = '' THEN 'empty item_id'
-    WHEN octet_length(CAST(c.request_id AS VARCHAR)) > 256 THEN 'request_id longer than 256 bytes'
-    WHEN octet_length(CAST(c.user_id AS VARCHAR)) > 256 THEN 'user_id longer than 256 bytes'
-    WHEN octet_length(CAST(c.item_id AS VARCHAR)) > 256 THEN 'item_id longer than 256 bytes'
+    WHEN octet_length(CAST(c.request_id AS VARCHAR)) > $2 THEN 'request_id longer than ' || CAST($2 AS VARCHAR) || ' bytes'
+    WHEN octet_length(CAST(c.user_id AS VARCHAR)) > $2 THEN 'user_id longer than ' || CAST($2 AS VARCHAR) || ' bytes'
+    WHEN octet_length(CAST(c.item_id AS VARCHAR)) > $2 THEN 'item_id longer than ' || CAST($2 AS VARCHAR) || ' bytes'
     WHEN e.request_id IS NULL THEN 'click with no matching exposure'
   END AS reason
 FROM raw.clicks c

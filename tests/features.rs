@@ -388,6 +388,16 @@ fn broken_rows_are_quarantined_counted_and_never_dropped() {
     let samples =
         ok(&["--lake", l, "sql", "--format", "csv", "SELECT item_id, label FROM features.samples ORDER BY item_id"]);
     assert_eq!(samples, "item_id,label\ni0000001,1\ni0000002,0\n");
+
+    // The id bound is configurable: at 300 bytes the two 300-byte ids pass.
+    let out = marnflow()
+        .args(["--lake", l, "features", "--date", "2026-01-01", "--max-bad-share", "1", "--json"])
+        .env("MARNFLOW_FEATURES_MAX_ID_BYTES", "300")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!([&report[0]["exposures"]["quarantined"], &report[0]["behaviors"]["quarantined"]], [4, 2]);
 }
 
 /// CSV rows of the wrong width or encoding and JSON lines of the wrong shape or type cost

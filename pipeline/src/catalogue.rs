@@ -12,8 +12,8 @@
 //!   (float64 values are narrowed to the model's float32); an image of another width, with a
 //!   missing, NaN or infinite value, is quarantined and its item kept *without* an image (the
 //!   model treats it as an item with no photo), so no item is lost for its image;
-//! * an item without an id, with an id over 256 bytes, or whose id an earlier row already had, is
-//!   quarantined;
+//! * an item without an id, with an id over `features.max_id_bytes` (256), or whose id an earlier
+//!   row already had, is quarantined;
 //! * a title of more than [`TITLE_TOKENS`] words is cut to that many (the model reads no more)
 //!   and counted.
 //!
@@ -30,14 +30,14 @@ use arrow::datatypes::{DataType, Field, Float32Type, Schema};
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 use serde::Serialize;
 
-use crate::contract::{ITEMS, MAX_ID_BYTES, TITLE_TOKENS};
+use crate::contract::{ITEMS, TITLE_TOKENS};
 use crate::error::{PipelineError, Result};
 use crate::lake::Lake;
 use crate::raw_files::FileFault;
 
 /// The catalogue's text columns, in contract order.
 const TEXT_COLUMNS: [&str; 5] = ["item_id", "shop_id", "brand_id", "category_id", "title"];
-/// Of them, the ids bounded by [`MAX_ID_BYTES`].
+/// Of them, the ids bounded by `features.max_id_bytes`.
 const ID_COLUMNS: [&str; 4] = ["item_id", "shop_id", "brand_id", "category_id"];
 
 /// An item quarantined, or kept without its image.
@@ -204,8 +204,14 @@ pub fn cut_title(title: &str) -> Option<String> {
 }
 
 /// Reads and checks the catalogue (see the module docs). `forced`: the format of files whose
-/// extension names none.
-pub async fn read_catalogue(lake: &Lake, ctx: &SessionContext, forced: Option<&'static str>) -> Result<Catalogue> {
+/// extension names none; `max_id_bytes`: the longest id.
+pub async fn read_catalogue(
+    lake: &Lake,
+    ctx: &SessionContext,
+    forced: Option<&'static str>,
+    max_id_bytes: u32,
+) -> Result<Catalogue> {
+    let max_id_bytes = max_id_bytes as usize;
     let mut acc = CatalogueAccounting::default();
     let mut files = Vec::new();
     let mut read = Vec::new();
@@ -281,8 +287,8 @@ pub async fn read_catalogue(lake: &Lake, ctx: &SessionContext, forced: Option<&'
                     Some(s) if s.trim().is_empty() => Some("empty item_id".to_string()),
                     _ => ID_COLUMNS.iter().enumerate().find_map(|(k, name)| {
                         text(k)
-                            .filter(|s| s.len() > MAX_ID_BYTES)
-                            .map(|_| format!("{name} longer than {MAX_ID_BYTES} bytes"))
+                            .filter(|s| s.len() > max_id_bytes)
+                            .map(|_| format!("{name} longer than {max_id_bytes} bytes"))
                     }),
                 };
                 let duplicate =

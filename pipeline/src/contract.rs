@@ -28,8 +28,9 @@ pub const TRUTH_CATEGORIES: &str = "truth/categories";
 /// `truth/world.json`: the resolved generator parameters and the summary of the run.
 pub const TRUTH_WORLD: &str = "truth/world.json";
 
-/// Longest id the contract accepts, in bytes (the clean SQL jobs and the catalogue check it).
-pub const MAX_ID_BYTES: usize = 256;
+/// Longest id the contract accepts by default, in bytes (`features.max_id_bytes`; the clean SQL
+/// jobs and the catalogue check it).
+pub const DEFAULT_MAX_ID_BYTES: u32 = 256;
 /// Title words the model reads; the feature job cuts a longer title to this many.
 pub const TITLE_TOKENS: usize = 32;
 

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, instrument, warn};
 
 use crate::catalogue::{read_catalogue, Catalogue, CatalogueAccounting, ItemFault};
+use crate::contract::DEFAULT_MAX_ID_BYTES;
 use crate::error::{PipelineError, Result};
 use crate::lake::{data_file, partition, write_parquet, Lake};
 use crate::query::LakeSession;
@@ -96,6 +97,9 @@ pub struct FeaturesConfig {
     pub ctr_prior_exposures: f64,
     /// Largest share of quarantined rows per table and day before the run fails.
     pub max_bad_share: f64,
+    /// Longest id (request, user, item, shop, brand, category) in bytes; a row with a longer one
+    /// is quarantined.
+    pub max_id_bytes: u32,
     /// Timely worker threads for the windows.
     pub workers: usize,
     /// Folder with the SQL jobs; the embedded copies are used when it does not exist.
@@ -158,6 +162,7 @@ impl Default for FeaturesConfig {
             ctr_prior_clicks: 1.0,
             ctr_prior_exposures: 20.0,
             max_bad_share: 0.01,
+            max_id_bytes: DEFAULT_MAX_ID_BYTES,
             workers: 1,
             sql_dir: "sql".into(),
             raw_format: RawFormat::Auto,
@@ -186,6 +191,9 @@ impl FeaturesConfig {
         }
         if !(0.0..=1.0).contains(&self.max_bad_share) {
             p.push(format!("features.max_bad_share = {} is out of range: allowed 0 to 1", self.max_bad_share));
+        }
+        if !(1..=1 << 20).contains(&self.max_id_bytes) {
+            p.push(format!("features.max_id_bytes = {} is out of range: allowed 1 to 1048576", self.max_id_bytes));
         }
         if !(1..=1024).contains(&self.workers) {
             p.push(format!("features.workers = {} is out of range: allowed 1 to 1024", self.workers));
@@ -433,11 +441,13 @@ fn epoch_day(d: NaiveDate) -> u32 {
 async fn validate(
     ctx: &SessionContext,
     registry: &SqlRegistry,
+    cfg: &FeaturesConfig,
     raw: &str,
     dt: &str,
 ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>, Vec<RecordBatch>)> {
     let job = format!("clean_{raw}");
-    let checked = run_sql(ctx, registry, &job, vec![ScalarValue::Utf8(Some(dt.to_string()))]).await?;
+    let params = vec![ScalarValue::Utf8(Some(dt.to_string())), ScalarValue::Int64(Some(i64::from(cfg.max_id_bytes)))];
+    let checked = run_sql(ctx, registry, &job, params).await?;
     replace_table(ctx, &job, checked.clone())?;
     let (good, bad) = split_by_reason(&checked, &job)?;
     replace_table(ctx, raw, good.clone())?;
@@ -457,7 +467,7 @@ async fn ingest(
     let day = register_raw_day(lake, ctx, cfg, raw, dt).await?;
     quarantine_files(lake, raw, dt, &day.faults).await?;
     quarantine_lines(lake, raw, dt, &day.lines).await?;
-    let (checked, good, bad) = validate(ctx, registry, raw, dt).await?;
+    let (checked, good, bad) = validate(ctx, registry, cfg, raw, dt).await?;
     let file_rows: u64 = day.faults.iter().filter_map(|f| f.rows).sum();
     let lines = day.lines.len() as u64;
     let acc = Accounting {
@@ -699,7 +709,7 @@ pub async fn run_features(
     let days: Vec<NaiveDate> = (0..=(to - from).num_days()).map(|i| from + Duration::days(i)).collect();
     // The catalogue, read and checked once for every day of the range (first: a catalogue past
     // the share stops the job before any day is written).
-    let catalogue = read_catalogue(lake, &crate::query::new_context(lake), cfg.raw_format()).await?;
+    let catalogue = read_catalogue(lake, &crate::query::new_context(lake), cfg.raw_format(), cfg.max_id_bytes).await?;
     check_catalogue(cfg, &catalogue)?;
 
     // Pass 1: validate, quarantine, daily aggregates and labels, day by day.
@@ -813,7 +823,7 @@ async fn publish_day(
     // This day's accepted behaviors, from the same files as pass 1 (read and validated again:
     // cheap, and no state kept in memory; the file faults were quarantined then).
     register_raw_day(lake, ctx, cfg, "behaviors", &dt).await?;
-    validate(ctx, registry, "behaviors", &dt).await?;
+    validate(ctx, registry, cfg, "behaviors", &dt).await?;
     let previous = previous_history(lake, &session, day).await?;
     replace_table(ctx, "previous_history", previous)?;
     let labels_df = ctx
