@@ -23,17 +23,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray, StringBuilder,
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, GenericListArray, OffsetSizeTrait, RecordBatch,
+    StringArray, StringBuilder,
 };
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, Float32Type, Schema};
-use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
+use datafusion::prelude::SessionContext;
 use serde::Serialize;
 
 use crate::contract::{ITEMS, TITLE_TOKENS};
 use crate::error::{PipelineError, Result};
 use crate::lake::Lake;
-use crate::raw_files::FileFault;
+use crate::raw_files::{data_files, read_with_datafusion, FileFault};
 
 /// The catalogue's text columns, in contract order.
 const TEXT_COLUMNS: [&str; 5] = ["item_id", "shop_id", "brand_id", "category_id", "title"];
@@ -80,38 +81,20 @@ pub struct Catalogue {
     pub accounting: CatalogueAccounting,
 }
 
-/// One readable file: its rows as batches.
-struct ReadFile {
-    path: String,
-    bytes: u64,
-    batches: Vec<RecordBatch>,
-}
-
-/// Reads one catalogue file with DataFusion in `format`.
-async fn read_file(
-    ctx: &SessionContext,
-    url: &str,
-    name: &str,
-    format: &str,
-) -> datafusion::error::Result<Vec<RecordBatch>> {
-    let ext = name.rsplit_once('.').map_or(String::new(), |(_, e)| format!(".{e}"));
-    let df = match format {
-        "csv" => {
-            ctx.read_csv(url, CsvReadOptions::new().has_header(true).schema_infer_max_records(0).file_extension(&ext))
-                .await?
-        }
-        "json" => ctx.read_json(url, JsonReadOptions::default().file_extension(&ext)).await?,
-        _ => ctx.read_parquet(url, ParquetReadOptions::default().file_extension(&ext)).await?,
-    };
-    df.collect().await
-}
-
 /// A float view of an image column: per row, its values (`None`: no image).
 #[derive(Debug)]
 struct Images {
     values: Float32Array,
     /// Per row: `(start, len)` into `values`, `None` where the row has no image.
     rows: Vec<Option<(usize, usize)>>,
+    /// The width a fixed-size list column declares.
+    declared: Option<usize>,
+}
+
+/// Per row of a list column: `(start, len)` of its values, `None` where it is null.
+fn list_rows<O: OffsetSizeTrait>(list: &GenericListArray<O>) -> Vec<Option<(usize, usize)>> {
+    let o = list.value_offsets();
+    (0..list.len()).map(|r| list.is_valid(r).then(|| (o[r].as_usize(), (o[r + 1] - o[r]).as_usize()))).collect()
 }
 
 /// The images of column `c`, or why the column cannot hold images.
@@ -124,26 +107,23 @@ fn images_of(c: &ArrayRef) -> std::result::Result<Images, String> {
             .map(|v| v.as_primitive::<Float32Type>().clone())
             .map_err(|e| format!("image_embedding: {e}"))
     };
-    let valid = |r: usize| !c.is_null(r);
     match c.data_type() {
-        DataType::Null => Ok(Images { values: Float32Array::from(Vec::<f32>::new()), rows: vec![None; c.len()] }),
+        DataType::Null => {
+            Ok(Images { values: Float32Array::from(Vec::<f32>::new()), rows: vec![None; c.len()], declared: None })
+        }
         DataType::FixedSizeList(_, w) => {
             let list = c.as_fixed_size_list();
             let w = usize::try_from(*w).unwrap_or(0);
-            let rows = (0..c.len()).map(|r| valid(r).then_some((r * w, w))).collect();
-            Ok(Images { values: float(list.values())?, rows })
+            let rows = (0..c.len()).map(|r| c.is_valid(r).then_some((r * w, w))).collect();
+            Ok(Images { values: float(list.values())?, rows, declared: Some(w) })
         }
         DataType::List(_) => {
             let list = c.as_list::<i32>();
-            let o = list.value_offsets();
-            let rows = (0..c.len()).map(|r| valid(r).then(|| (o[r] as usize, (o[r + 1] - o[r]) as usize))).collect();
-            Ok(Images { values: float(list.values())?, rows })
+            Ok(Images { values: float(list.values())?, rows: list_rows(list), declared: None })
         }
         DataType::LargeList(_) => {
             let list = c.as_list::<i64>();
-            let o = list.value_offsets();
-            let rows = (0..c.len()).map(|r| valid(r).then(|| (o[r] as usize, (o[r + 1] - o[r]) as usize))).collect();
-            Ok(Images { values: float(list.values())?, rows })
+            Ok(Images { values: float(list.values())?, rows: list_rows(list), declared: None })
         }
         other => Err(format!("image_embedding is {other}, not a list of numbers")),
     }
@@ -175,15 +155,18 @@ fn columns_of(b: &RecordBatch) -> std::result::Result<Columns, String> {
         Ok(i) => Some(images_of(b.column(i))?),
         Err(_) => None,
     };
-    let price = match schema.index_of("price") {
-        Ok(i) if b.column(i).data_type().is_numeric() || b.column(i).data_type() == &DataType::Null => {
-            arrow::compute::cast(b.column(i), &DataType::Float64).map_err(|e| format!("price: {e}"))?
+    let price = match schema.index_of("price").map(|i| b.column(i)) {
+        // Numbers, or text (CSV), where what does not parse is no price, as a missing one.
+        Ok(p)
+            if p.data_type().is_numeric()
+                || matches!(
+                    p.data_type(),
+                    DataType::Null | DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                ) =>
+        {
+            arrow::compute::cast(p, &DataType::Float64).map_err(|e| format!("price: {e}"))?
         }
-        Ok(i) if matches!(b.column(i).data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
-            // Text prices (CSV): what does not parse is no price, as a missing one.
-            arrow::compute::cast(b.column(i), &DataType::Float64).map_err(|e| format!("price: {e}"))?
-        }
-        Ok(i) => return Err(format!("price is {}, not a number", b.column(i).data_type())),
+        Ok(p) => return Err(format!("price is {}, not a number", p.data_type())),
         Err(_) => arrow::array::new_null_array(&DataType::Float64, b.num_rows()),
     };
     Ok(Columns { text, images, price })
@@ -214,49 +197,40 @@ pub async fn read_catalogue(
     let max_id_bytes = max_id_bytes as usize;
     let mut acc = CatalogueAccounting::default();
     let mut files = Vec::new();
-    let mut read = Vec::new();
-    for meta in lake.list(ITEMS).await? {
-        let Some(rel) = lake.relative(&meta.location) else { continue };
-        if rel.split('/').any(|s| s.starts_with('_') || s.starts_with('.')) {
-            continue;
-        }
-        let name = rel.rsplit('/').next().unwrap_or(&rel).to_string();
-        acc.files += 1;
-        let fault = |rows: Option<u64>, reason: String| FileFault { path: rel.clone(), bytes: meta.size, rows, reason };
-        let Some(format) = crate::query::format_of(&name).or(forced) else {
-            files.push(fault(None, "no known format: name it .parquet, .csv or .json, or give --format".into()));
-            continue;
-        };
-        match read_file(ctx, &lake.file_url(&rel), &name, format).await {
-            Ok(batches) => read.push(ReadFile { path: rel, bytes: meta.size, batches }),
-            Err(e) => files
-                .push(fault(None, format!("unreadable as {format}: {}", e.to_string().lines().next().unwrap_or("")))),
-        }
-    }
-
-    // Each file's columns, and the lengths of its images (for the catalogue's width).
+    // Each usable file's columns, and the lengths of its images (for the catalogue's width).
     let mut lengths: BTreeMap<usize, u64> = BTreeMap::new();
     let mut declared = None;
     let mut usable: Vec<(String, Vec<Columns>)> = Vec::new();
-    for f in read {
-        let rows: u64 = f.batches.iter().map(|b| b.num_rows() as u64).sum();
-        match f.batches.iter().map(columns_of).collect::<std::result::Result<Vec<_>, _>>() {
+    for file in data_files(lake, ITEMS).await? {
+        acc.files += 1;
+        let read = match file.format(forced) {
+            Ok(format) => read_with_datafusion(lake, ctx, &file, format).await.map_err(|e| (format, e)),
+            Err(fault) => {
+                files.push(fault);
+                continue;
+            }
+        };
+        let batches = match read {
+            Ok(batches) => batches,
+            Err((format, reason)) => {
+                files.push(file.fault(None, format!("unreadable as {format}: {reason}")));
+                continue;
+            }
+        };
+        match batches.iter().map(columns_of).collect::<std::result::Result<Vec<_>, _>>() {
             Ok(columns) => {
-                for b in &f.batches {
-                    if let Ok(i) = b.schema().index_of("image_embedding") {
-                        if let DataType::FixedSizeList(_, w) = b.column(i).data_type() {
-                            declared = declared.or(usize::try_from(*w).ok());
-                        }
-                    }
-                }
                 for images in columns.iter().filter_map(|c| c.images.as_ref()) {
+                    declared = declared.or(images.declared);
                     for (_, len) in images.rows.iter().flatten() {
                         *lengths.entry(*len).or_default() += 1;
                     }
                 }
-                usable.push((f.path, columns));
+                usable.push((file.rel, columns));
             }
-            Err(reason) => files.push(FileFault { path: f.path, bytes: f.bytes, rows: Some(rows), reason }),
+            Err(reason) => {
+                let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+                files.push(file.fault(Some(rows), reason));
+            }
         }
     }
     let width = image_width(&lengths, declared);
@@ -266,9 +240,10 @@ pub async fn read_catalogue(
     let mut out_images: Vec<f32> = Vec::new();
     let mut out_valid: Vec<bool> = Vec::new();
     let mut out_price: Vec<Option<f64>> = Vec::new();
-    let mut seen: HashMap<String, String> = HashMap::new();
+    // Each accepted id, and the index in `usable` of the file it came from.
+    let mut seen: HashMap<String, usize> = HashMap::new();
     let mut items = Vec::new();
-    for (path, batches) in &usable {
+    for (f, (path, batches)) in usable.iter().enumerate() {
         let mut row_in_file = 0u64;
         for c in batches {
             let price = c.price.as_primitive::<arrow::datatypes::Float64Type>();
@@ -291,15 +266,17 @@ pub async fn read_catalogue(
                             .map(|_| format!("{name} longer than {max_id_bytes} bytes"))
                     }),
                 };
-                let duplicate =
-                    id.as_ref().and_then(|i| seen.get(i)).map(|first| format!("duplicate item_id: first in {first}"));
+                let duplicate = id
+                    .as_ref()
+                    .and_then(|i| seen.get(i))
+                    .map(|&first| format!("duplicate item_id: first in {}", usable[first].0));
                 if let Some(reason) = bad_id.or(duplicate) {
                     fault(false, reason);
                     acc.quarantined += 1;
                     continue;
                 }
                 if let Some(i) = &id {
-                    seen.insert(i.clone(), path.clone());
+                    seen.insert(i.clone(), f);
                 }
                 // Accepted: title cut, image checked.
                 for (k, b) in out_text.iter_mut().enumerate() {

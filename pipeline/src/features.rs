@@ -550,7 +550,8 @@ fn list_faults(faults: &[raw_files::FileFault]) -> String {
 }
 
 /// Fails when more than `max_bad_share` of the catalogue's rows are quarantined; warns about
-/// what was quarantined or cut otherwise.
+/// what was quarantined or cut otherwise (each file quarantined whole is named when the day's
+/// quarantine is written).
 fn check_catalogue(cfg: &FeaturesConfig, catalogue: &Catalogue) -> Result<()> {
     let acc = &catalogue.accounting;
     debug_assert_eq!(acc.input, acc.accepted + acc.quarantined);
@@ -562,9 +563,6 @@ fn check_catalogue(cfg: &FeaturesConfig, catalogue: &Catalogue) -> Result<()> {
             titles_cut = acc.titles_cut,
             "raw/items: items quarantined, images dropped or titles cut"
         );
-    }
-    for f in &catalogue.files {
-        warn!(file = %f.path, bytes = f.bytes, reason = %f.reason, "raw catalogue file quarantined whole");
     }
     if acc.input > 0 && acc.quarantined as f64 > cfg.max_bad_share * acc.input as f64 {
         let shown: Vec<String> = catalogue
@@ -596,22 +594,28 @@ fn check_catalogue(cfg: &FeaturesConfig, catalogue: &Catalogue) -> Result<()> {
 /// The catalogue's quarantined items, and the items kept without their image, as the table
 /// `quarantine.raw_items` (path, row, item_id, kept, reason) in the partition of the day built.
 async fn quarantine_items(lake: &Lake, dt: &str, items: &[ItemFault]) -> Result<()> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("path", DataType::Utf8, false),
-        Field::new("row", DataType::Int64, false),
-        Field::new("item_id", DataType::Utf8, true),
-        Field::new("kept", DataType::Boolean, false),
-        Field::new("reason", DataType::Utf8, false),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(items.iter().map(|f| f.path.as_str()))),
-        Arc::new(Int64Array::from_iter_values(items.iter().map(|f| i64::try_from(f.row).unwrap_or(i64::MAX)))),
-        Arc::new(StringArray::from_iter(items.iter().map(|f| f.item_id.as_deref()))),
-        Arc::new(arrow::array::BooleanArray::from_iter(items.iter().map(|f| Some(f.kept)))),
-        Arc::new(StringArray::from_iter_values(items.iter().map(|f| f.reason.as_str()))),
+    let columns: Vec<(&str, bool, ArrayRef)> = vec![
+        ("path", false, Arc::new(StringArray::from_iter_values(items.iter().map(|f| f.path.as_str())))),
+        ("row", false, Arc::new(Int64Array::from_iter_values(items.iter().map(|f| saturating_i64(f.row))))),
+        ("item_id", true, Arc::new(StringArray::from_iter(items.iter().map(|f| f.item_id.as_deref())))),
+        ("kept", false, Arc::new(arrow::array::BooleanArray::from_iter(items.iter().map(|f| Some(f.kept))))),
+        ("reason", false, Arc::new(StringArray::from_iter_values(items.iter().map(|f| f.reason.as_str())))),
     ];
-    let batch = RecordBatch::try_new(schema, columns).map_err(|e| PipelineError::arrow("quarantined items", e))?;
-    publish(lake, "quarantine/raw_items", dt, &[batch]).await?;
+    publish_listing(lake, "quarantine/raw_items", dt, columns).await
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Publishes a quarantine listing (files, records or items) from its `(name, nullable, column)`s.
+async fn publish_listing(lake: &Lake, table: &str, dt: &str, columns: Vec<(&str, bool, ArrayRef)>) -> Result<()> {
+    let fields: Vec<Field> =
+        columns.iter().map(|(name, nullable, c)| Field::new(*name, c.data_type().clone(), *nullable)).collect();
+    let arrays = columns.into_iter().map(|(_, _, c)| c).collect();
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        .map_err(|e| PipelineError::arrow(format!("the listing {table}"), e))?;
+    publish(lake, table, dt, &[batch]).await?;
     Ok(())
 }
 
@@ -628,23 +632,14 @@ async fn quarantine_lines(lake: &Lake, raw: &str, dt: &str, lines: &[raw_files::
         warn!(file = %first.path, line = first.line, reason = %first.reason, records = lines.len(),
               "raw records that are no rows quarantined");
     }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("path", DataType::Utf8, false),
-        Field::new("line", DataType::Int64, false),
-        Field::new("text", DataType::Utf8, false),
-        Field::new("raw", DataType::Binary, false),
-        Field::new("reason", DataType::Utf8, false),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(lines.iter().map(|f| f.path.as_str()))),
-        Arc::new(Int64Array::from_iter_values(lines.iter().map(|f| i64::try_from(f.line).unwrap_or(i64::MAX)))),
-        Arc::new(StringArray::from_iter_values(lines.iter().map(|f| String::from_utf8_lossy(&f.raw)))),
-        Arc::new(BinaryArray::from_iter_values(lines.iter().map(|f| f.raw.as_slice()))),
-        Arc::new(StringArray::from_iter_values(lines.iter().map(|f| f.reason.as_str()))),
+    let columns: Vec<(&str, bool, ArrayRef)> = vec![
+        ("path", false, Arc::new(StringArray::from_iter_values(lines.iter().map(|f| f.path.as_str())))),
+        ("line", false, Arc::new(Int64Array::from_iter_values(lines.iter().map(|f| saturating_i64(f.line))))),
+        ("text", false, Arc::new(StringArray::from_iter_values(lines.iter().map(|f| String::from_utf8_lossy(&f.raw))))),
+        ("raw", false, Arc::new(BinaryArray::from_iter_values(lines.iter().map(|f| f.raw.as_slice())))),
+        ("reason", false, Arc::new(StringArray::from_iter_values(lines.iter().map(|f| f.reason.as_str())))),
     ];
-    let batch = RecordBatch::try_new(schema, columns).map_err(|e| PipelineError::arrow("quarantined records", e))?;
-    publish(lake, &format!("quarantine/raw_{raw}_lines"), dt, &[batch]).await?;
-    Ok(())
+    publish_listing(lake, &format!("quarantine/raw_{raw}_lines"), dt, columns).await
 }
 
 /// Quarantines the files of a raw partition that could not be used: a copy of each under
@@ -658,21 +653,17 @@ async fn quarantine_files(lake: &Lake, raw: &str, dt: &str, faults: &[raw_files:
         let bytes = lake.get(&f.path).await?;
         lake.put_atomic(&format!("quarantine/_files/raw_{raw}/dt={dt}/{name}"), bytes.to_vec()).await?;
     }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("path", DataType::Utf8, false),
-        Field::new("bytes", DataType::Int64, false),
-        Field::new("rows", DataType::Int64, true),
-        Field::new("reason", DataType::Utf8, false),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(faults.iter().map(|f| f.path.as_str()))),
-        Arc::new(Int64Array::from_iter_values(faults.iter().map(|f| i64::try_from(f.bytes).unwrap_or(i64::MAX)))),
-        Arc::new(Int64Array::from_iter(faults.iter().map(|f| f.rows.and_then(|r| i64::try_from(r).ok())))),
-        Arc::new(StringArray::from_iter_values(faults.iter().map(|f| f.reason.as_str()))),
+    let columns: Vec<(&str, bool, ArrayRef)> = vec![
+        ("path", false, Arc::new(StringArray::from_iter_values(faults.iter().map(|f| f.path.as_str())))),
+        ("bytes", false, Arc::new(Int64Array::from_iter_values(faults.iter().map(|f| saturating_i64(f.bytes))))),
+        (
+            "rows",
+            true,
+            Arc::new(Int64Array::from_iter(faults.iter().map(|f| f.rows.and_then(|r| i64::try_from(r).ok())))),
+        ),
+        ("reason", false, Arc::new(StringArray::from_iter_values(faults.iter().map(|f| f.reason.as_str())))),
     ];
-    let batch = RecordBatch::try_new(schema, columns).map_err(|e| PipelineError::arrow("quarantined files", e))?;
-    publish(lake, &format!("quarantine/raw_{raw}_files"), dt, &[batch]).await?;
-    Ok(())
+    publish_listing(lake, &format!("quarantine/raw_{raw}_files"), dt, columns).await
 }
 
 fn history_schema() -> SchemaRef {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use arrow::array::{new_null_array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 use serde::Serialize;
 
 use crate::contract;
@@ -72,16 +72,75 @@ fn contract_schema(table: &str) -> Result<SchemaRef> {
     }
 }
 
-/// The format a file is read in: its extension's (as the table discovery reads it), else `forced`.
-fn format_of(name: &str, forced: Option<&'static str>) -> Option<&'static str> {
-    crate::query::format_of(name).or(forced)
+/// A data file of a raw folder.
+#[derive(Debug, Clone)]
+pub(crate) struct DataFile {
+    /// Relative to the lake root.
+    pub rel: String,
+    /// The file name.
+    pub name: String,
+    pub bytes: u64,
 }
 
-/// Reads one Parquet file with DataFusion.
-async fn read_parquet(ctx: &SessionContext, url: &str, name: &str) -> datafusion::error::Result<Vec<RecordBatch>> {
+impl DataFile {
+    /// The file quarantined whole.
+    pub fn fault(&self, rows: Option<u64>, reason: String) -> FileFault {
+        FileFault { path: self.rel.clone(), bytes: self.bytes, rows, reason }
+    }
+
+    /// The format it is read in: its extension's (as the table discovery reads it), else
+    /// `forced`; without either, the fault that says so.
+    pub fn format(&self, forced: Option<&'static str>) -> std::result::Result<&'static str, FileFault> {
+        crate::query::format_of(&self.name).or(forced).ok_or_else(|| {
+            self.fault(
+                None,
+                "no known format: name it .parquet, .csv or .json, or give --format / features.raw_format".into(),
+            )
+        })
+    }
+}
+
+/// The data files under `folder`: names starting with `_` or `.` (`_SUCCESS` markers, hidden
+/// files) are not data.
+pub(crate) async fn data_files(lake: &Lake, folder: &str) -> Result<Vec<DataFile>> {
+    Ok(lake
+        .list(folder)
+        .await?
+        .into_iter()
+        .filter_map(|meta| {
+            let rel = lake.relative(&meta.location)?;
+            if rel.split('/').any(|s| s.starts_with('_') || s.starts_with('.')) {
+                return None;
+            }
+            let name = rel.rsplit('/').next().unwrap_or(&rel).to_string();
+            Some(DataFile { rel, name, bytes: meta.size })
+        })
+        .collect())
+}
+
+/// Reads one file with DataFusion in `format`; CSV columns are all text. The reason, on its
+/// first line, when it cannot be read.
+pub(crate) async fn read_with_datafusion(
+    lake: &Lake,
+    ctx: &SessionContext,
+    file: &DataFile,
+    format: &str,
+) -> std::result::Result<Vec<RecordBatch>, String> {
     // The file's own suffix, so a forced format reads a file of any name.
-    let ext = name.rsplit_once('.').map_or(String::new(), |(_, e)| format!(".{e}"));
-    ctx.read_parquet(url, ParquetReadOptions::default().file_extension(&ext)).await?.collect().await
+    let ext = file.name.rsplit_once('.').map_or(String::new(), |(_, e)| format!(".{e}"));
+    let url = lake.file_url(&file.rel);
+    let read = async {
+        let df = match format {
+            "csv" => {
+                let options = CsvReadOptions::new().has_header(true).schema_infer_max_records(0).file_extension(&ext);
+                ctx.read_csv(url, options).await?
+            }
+            "json" => ctx.read_json(url, JsonReadOptions::default().file_extension(&ext)).await?,
+            _ => ctx.read_parquet(url, ParquetReadOptions::default().file_extension(&ext)).await?,
+        };
+        df.collect().await
+    };
+    read.await.map_err(|e| first_line(&e.to_string()).to_string())
 }
 
 /// Reads one file in `format`: its rows, and the records that could not become rows (text
@@ -90,23 +149,17 @@ async fn read_parquet(ctx: &SessionContext, url: &str, name: &str) -> datafusion
 async fn read_file(
     lake: &Lake,
     ctx: &SessionContext,
-    rel: &str,
-    name: &str,
+    file: &DataFile,
     format: &str,
     contract: &Schema,
 ) -> Result<std::result::Result<(Vec<RecordBatch>, Vec<LineFault>), String>> {
     let screened = match format {
-        "csv" => match screen_csv(&lake.get(rel).await?, contract, rel) {
+        "csv" => match screen_csv(&lake.get(&file.rel).await?, contract, &file.rel) {
             Ok(s) => s,
             Err(reason) => return Ok(Err(reason)),
         },
-        "json" => screen_json(&lake.get(rel).await?, contract, rel),
-        _ => {
-            return Ok(read_parquet(ctx, &lake.file_url(rel), name)
-                .await
-                .map(|batches| (batches, Vec::new()))
-                .map_err(|e| first_line(&e.to_string()).to_string()))
-        }
+        "json" => screen_json(&lake.get(&file.rel).await?, contract, &file.rel),
+        _ => return Ok(read_with_datafusion(lake, ctx, file, format).await.map(|batches| (batches, Vec::new()))),
     };
     Ok(Ok((screened.batch.into_iter().collect(), screened.faults)))
 }
@@ -152,24 +205,18 @@ pub async fn read_day(
     let mut day = RawDay { batches: Vec::new(), files: 0, bytes: 0, faults: Vec::new(), lines: Vec::new() };
     // Per readable file: its columns, batch by batch.
     let mut read: Vec<Vec<Vec<ArrayRef>>> = Vec::new();
-    for meta in lake.list(&folder).await? {
-        let Some(rel) = lake.relative(&meta.location) else { continue };
-        let name = rel.rsplit('/').next().unwrap_or(&rel).to_string();
-        if rel.split('/').any(|s| s.starts_with('_') || s.starts_with('.')) {
-            continue;
-        }
+    for file in data_files(lake, &folder).await? {
         day.files += 1;
-        day.bytes += meta.size;
-        let fault = |rows: Option<u64>, reason: String| FileFault { path: rel.clone(), bytes: meta.size, rows, reason };
-        let Some(format) = format_of(&name, forced) else {
-            day.faults.push(fault(
-                None,
-                "no known format: name it .parquet, .csv or .json, or give --format / features.raw_format".into(),
-            ));
-            continue;
+        day.bytes += file.bytes;
+        let format = match file.format(forced) {
+            Ok(format) => format,
+            Err(fault) => {
+                day.faults.push(fault);
+                continue;
+            }
         };
-        match read_file(lake, ctx, &rel, &name, format, &contract).await? {
-            Err(reason) => day.faults.push(fault(None, format!("unreadable as {format}: {reason}"))),
+        match read_file(lake, ctx, &file, format, &contract).await? {
+            Err(reason) => day.faults.push(file.fault(None, format!("unreadable as {format}: {reason}"))),
             Ok((batches, lines)) => {
                 let rows = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
                 match project(&batches, &contract) {
@@ -178,7 +225,7 @@ pub async fn read_day(
                         day.lines.extend(lines);
                     }
                     // Quarantined whole: its faulty records go with it.
-                    Err(reason) => day.faults.push(fault(Some(rows + lines.len() as u64), reason)),
+                    Err(reason) => day.faults.push(file.fault(Some(rows + lines.len() as u64), reason)),
                 }
             }
         }
@@ -236,6 +283,11 @@ fn first_line(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn format_of(name: &str, forced: Option<&'static str>) -> Option<&'static str> {
+        let file = DataFile { rel: format!("raw/x/{name}"), name: name.to_string(), bytes: 0 };
+        file.format(forced).ok()
+    }
 
     #[test]
     fn extensions_win_and_the_forced_format_reads_the_rest() {

@@ -136,21 +136,21 @@ pub fn screen_csv(bytes: &[u8], contract: &Schema, path: &str) -> Result<Screene
             faults.push(LineFault { path: path.to_string(), line, raw: raw(), reason });
             continue;
         }
-        let mut values = Vec::with_capacity(at.len());
-        let mut bad = None;
-        for (&k, name) in at.iter().zip(&columns.names) {
-            match std::str::from_utf8(record.get(k).unwrap_or_default()) {
-                Ok(v) => values.push(v),
-                Err(e) => {
-                    bad = Some(format!("{name} is not UTF-8 (invalid byte at {} of the field)", e.valid_up_to()));
-                    break;
-                }
+        let values: Result<Vec<&str>, String> = at
+            .iter()
+            .zip(&columns.names)
+            .map(|(&k, name)| {
+                std::str::from_utf8(record.get(k).unwrap_or_default())
+                    .map_err(|e| format!("{name} is not UTF-8 (invalid byte at {} of the field)", e.valid_up_to()))
+            })
+            .collect();
+        let values = match values {
+            Ok(values) => values,
+            Err(reason) => {
+                faults.push(LineFault { path: path.to_string(), line, raw: raw(), reason });
+                continue;
             }
-        }
-        if let Some(reason) = bad {
-            faults.push(LineFault { path: path.to_string(), line, raw: raw(), reason });
-            continue;
-        }
+        };
         for (b, v) in columns.builders.iter_mut().zip(values) {
             // An empty field is null, as Arrow's CSV reader reads it.
             b.append_option((!v.is_empty()).then_some(v));

@@ -222,35 +222,19 @@ fn rating_line() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(200), ..ProptestConfig::default() })]
-
-    /// The MovieLens importer on fuzzed ratings: no panic; every non-blank rating line is an
-    /// interaction or a quarantined line of `u.data`, or the import fails naming the file.
-    #[test]
-    fn movielens_ratings_are_imported_or_quarantined(lines in prop::collection::vec(rating_line(), 0..30)) {
-        let data = lines.join(&b"\n"[..]);
-        let dir = movielens_dir(&data);
-        imported_or_quarantined(marnflow_pipeline::import::movielens::read(dir.path(), 4.0), "u.data", &data)?;
-    }
-}
-
-/// Every non-blank line of `data` (the importer's input file `file`) is a clicked exposure or a
-/// quarantined line of that file; or the import failed, naming the file.
+/// Every non-blank line of `data` (the importer's input file `file`) is imported (`imported`
+/// counts the records made of its lines) or a quarantined line of that file; or the import
+/// failed, naming the file.
 fn imported_or_quarantined(
     read: marnflow_pipeline::error::Result<marnflow_pipeline::import::Dataset>,
     file: &str,
     data: &[u8],
+    imported: impl Fn(&marnflow_pipeline::import::Dataset) -> usize,
 ) -> Result<(), TestCaseError> {
     match read {
         Ok(d) => {
-            let clicked = d.interactions.iter().filter(|i| i.clicked).count();
-            let unclicked = d.interactions.len() - clicked;
             let rejected = d.lines.rejects.iter().filter(|r| r.file.ends_with(file)).count();
-            // MovieLens: a rating is one exposure, clicked or not; Amazon: a review is a click,
-            // and its sampled negative an unclicked exposure.
-            let imported = if file == "u.data" { clicked + unclicked } else { clicked };
-            prop_assert_eq!(imported + rejected, non_blank_lines(data));
+            prop_assert_eq!(imported(&d) + rejected, non_blank_lines(data));
         }
         Err(e) => prop_assert!(e.to_string().contains(file), "{}", e),
     }
@@ -282,6 +266,17 @@ fn review_line() -> impl Strategy<Value = Vec<u8>> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(200), ..ProptestConfig::default() })]
 
+    /// The MovieLens importer on fuzzed ratings: no panic; every non-blank rating line is an
+    /// interaction or a quarantined line of `u.data`, or the import fails naming the file.
+    #[test]
+    fn movielens_ratings_are_imported_or_quarantined(lines in prop::collection::vec(rating_line(), 0..30)) {
+        let data = lines.join(&b"\n"[..]);
+        let dir = movielens_dir(&data);
+        let read = marnflow_pipeline::import::movielens::read(dir.path(), 4.0);
+        // A rating is one exposure, clicked or not.
+        imported_or_quarantined(read, "u.data", &data, |d| d.interactions.len())?;
+    }
+
     /// The Amazon importer on fuzzed reviews (JSON and Python literals): no panic; every
     /// non-blank review line is a clicked exposure or a quarantined line of the reviews file.
     #[test]
@@ -300,7 +295,9 @@ proptest! {
             image_dim: 4,
             seed: 1,
         };
-        imported_or_quarantined(marnflow_pipeline::import::amazon::read(&input), "reviews.json", &data)?;
+        let read = marnflow_pipeline::import::amazon::read(&input);
+        // A review is a click (its sampled negative an exposure more).
+        imported_or_quarantined(read, "reviews.json", &data, |d| d.interactions.iter().filter(|i| i.clicked).count())?;
     }
 
     /// The Python-literal parser of the Amazon files on arbitrary text: an answer, never a panic.
