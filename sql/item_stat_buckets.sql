@@ -4,7 +4,8 @@
 --   for smoothed CTRs); equal values share a bucket (percent_rank).
 -- inputs:  item_stats_long (item_id, stat, value: the day's window statistics, one row each),
 --          stat_names (stat, empty_value: every statistic of the config), raw.items (the catalogue)
--- outputs: item_id, stat, b10 (int32), b100 (int32)
+-- outputs: item_id, stat, b10 (int32), b100 (int32), in any order (the job pivots them to one
+--          row per item, sorted by id)
 -- params:  none
 WITH catalogue AS (SELECT DISTINCT item_id FROM raw.items),
 stats AS (SELECT stat, empty_value FROM stat_names),
@@ -20,4 +21,3 @@ SELECT
   CAST(least(9, floor(percent_rank() OVER (PARTITION BY stat ORDER BY value) * 10)) AS INT) AS b10,
   CAST(least(99, floor(percent_rank() OVER (PARTITION BY stat ORDER BY value) * 100)) AS INT) AS b100
 FROM filled
-ORDER BY stat, item_id

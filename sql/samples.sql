@@ -25,14 +25,15 @@ history AS (
   FROM (SELECT DISTINCT user_id, event_time FROM labels) l
   JOIN candidate_events b ON b.user_id = l.user_id AND b.event_time < l.event_time
 ),
+-- Oldest first: the reverse of recency. ordered_list(value, key) is marnflow's
+-- array_agg(value ORDER BY key), faster on long lists (pipeline/src/sql_functions.rs).
 sequences AS (
   SELECT user_id, exposure_time,
-         array_agg(item_id ORDER BY event_time, item_id, behavior) AS hist_item_ids,
-         array_agg(behavior ORDER BY event_time, item_id, behavior) AS hist_behaviors,
-         array_agg(CAST((CAST(exposure_time AS BIGINT) - CAST(event_time AS BIGINT)) / 1000 AS BIGINT)
-                   ORDER BY event_time, item_id, behavior) AS hist_seconds_before
-  FROM history
-  WHERE recency <= $1
+         ordered_list(item_id, age) AS hist_item_ids,
+         ordered_list(behavior, age) AS hist_behaviors,
+         ordered_list(CAST((CAST(exposure_time AS BIGINT) - CAST(event_time AS BIGINT)) / 1000 AS BIGINT), age)
+           AS hist_seconds_before
+  FROM (SELECT *, -CAST(recency AS BIGINT) AS age FROM history WHERE recency <= $1)
   GROUP BY user_id, exposure_time
 )
 SELECT

@@ -2,7 +2,8 @@
 --   that behavior sequences are built from, so a daily run never rescans raw history.
 -- inputs:  previous_history (the state at the end of the previous day; empty on the first day),
 --          behaviors (this day's accepted rows)
--- outputs: user_id, event_time, item_id, behavior (at most T rows per user)
+-- outputs: user_id, event_time, item_id, behavior (at most T rows per user, each user's newest
+--          first: the order the window already produced, so nothing is sorted twice)
 -- params:  $1 = T (the sequence length)
 WITH all_events AS (
   SELECT user_id, event_time, item_id, behavior FROM previous_history
@@ -16,4 +17,4 @@ ranked AS (
 SELECT user_id, event_time, item_id, behavior
 FROM ranked
 WHERE recency <= $1
-ORDER BY user_id, event_time, item_id, behavior
+ORDER BY user_id, event_time DESC, item_id DESC, behavior DESC

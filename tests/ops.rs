@@ -676,3 +676,56 @@ fn the_ablation_script_prints_table_3_as_mean_and_spread_over_seeds() {
     assert!(again.lines().any(|l| l == table.lines().find(|l| l.starts_with("| ids |")).unwrap()), "{again}");
     assert_eq!(std::fs::read_to_string(lake.join("ablation/table2.md")).unwrap(), again);
 }
+
+#[test]
+fn the_duckdb_peer_builds_the_same_feature_tables_and_the_benchmark_prints_the_ratio() {
+    if !Path::new("/usr/bin/time").exists() {
+        return skip("GNU time (ops/bench-peers.sh)", "the Debian package time: apt-get install -y time");
+    }
+    let setup = Command::new("bash").arg(repo().join("ops/setup-peers.sh")).arg("--python").output().unwrap();
+    if !setup.status.success() {
+        return skip("DuckDB (ops/bench-peers.sh features)", "the peers' venv: bash ops/setup-peers.sh");
+    }
+    let python = String::from_utf8_lossy(&setup.stdout).trim().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(repo().join("ops/bench-peers.sh"))
+        .args(["features", "--runs", "1", "--days", "4", "--users", "150", "--items", "300"])
+        .args(["--exposures-per-day", "1500", "--lake", tmp.path().to_str().unwrap(), "--bin", bin()])
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    for table in ["labels", "samples", "item_stat_buckets", "user_history", "dictionary item", "dictionary token"] {
+        assert!(all.lines().any(|l| l.starts_with(&format!("{table}: ")) && l.ends_with(": equal")), "{table}: {all}");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ratio = stdout.lines().find(|l| l.contains("speed ÷ DuckDB's")).unwrap_or_else(|| panic!("{stdout}"));
+    let value: f64 = ratio.split("**").nth(3).and_then(|v| v.trim_end_matches('×').parse().ok()).unwrap();
+    assert!(value > 0.0, "{ratio}");
+
+    // The check fails on a single changed history.
+    let runs = tmp.path().join("u150-i300-e1500-d4/runs");
+    let peer = runs.join("duckdb");
+    let part = peer.join("features/samples/dt=2026-01-03/part-00000.parquet");
+    let script = format!(
+        "import duckdb; db = duckdb.connect(); db.execute(\"COPY (SELECT * REPLACE (CASE WHEN row_number() OVER () = 7 \
+         THEN list_reverse(hist_item_ids) || ['elsewhere'] ELSE hist_item_ids END AS hist_item_ids) FROM read_parquet('{p}', hive_partitioning = false)) \
+         TO '{p}.new' (FORMAT parquet)\")",
+        p = part.display()
+    );
+    let edit = Command::new(&python).args(["-c", &script]).output().unwrap();
+    assert!(edit.status.success(), "{}", text(&edit));
+    std::fs::rename(part.with_extension("parquet.new"), &part).unwrap();
+    let check = Command::new(&python)
+        .arg(repo().join("ops/peers/check_features.py"))
+        .args(["--marnflow", runs.join("marnflow").to_str().unwrap(), "--peer", peer.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!check.status.success(), "a changed history must fail the check: {}", text(&check));
+    assert!(
+        text(&check).contains("samples: 6000 rows, 1 only in marnflow's, 1 only in the peer's: DIFFERENT"),
+        "{}",
+        text(&check)
+    );
+}

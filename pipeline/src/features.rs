@@ -18,7 +18,7 @@
 //! Every output is a Parquet file published atomically; rerunning a day rewrites that day's files
 //! with the same bytes and touches no other day.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -386,9 +386,83 @@ fn plain_batch(b: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
 
 /// Writes `batches` as the single file of `table/dt=D`, strings normalised to `Utf8`.
 async fn publish(lake: &Lake, table: &str, dt: &str, batches: &[RecordBatch]) -> Result<u64> {
+    let (schema, plain) = plain_batches(batches)?;
+    write_parquet(lake, data_file(&partition(table, dt)), schema, &plain, 65_536).await
+}
+
+/// `batches` with their strings normalised to `Utf8`, as they are written (and read back).
+fn plain_batches(batches: &[RecordBatch]) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let schema = plain_schema(&schema_of(batches));
     let plain = batches.iter().map(|b| plain_batch(b, &schema)).collect::<Result<Vec<_>>>()?;
-    write_parquet(lake, data_file(&partition(table, dt)), schema, &plain, 65_536).await
+    Ok((schema, plain))
+}
+
+/// The tables of one day that pass 3 writes, in their order. They are written in the background
+/// while the next day computes (its user state is handed over in memory), one day after another.
+struct DayWrites {
+    dt: String,
+    tables: Vec<(&'static str, SchemaRef, Vec<RecordBatch>)>,
+    /// The day's samples and item side, for the dictionaries (written last).
+    samples: Vec<RecordBatch>,
+    items: Vec<RecordBatch>,
+}
+
+impl DayWrites {
+    fn new(dt: &str) -> Self {
+        Self { dt: dt.to_string(), tables: Vec::new(), samples: Vec::new(), items: Vec::new() }
+    }
+
+    /// Queues `table`; returns the batches as written.
+    fn add(&mut self, table: &'static str, batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
+        let (schema, plain) = plain_batches(batches)?;
+        self.tables.push((table, schema, plain.clone()));
+        Ok(plain)
+    }
+
+    async fn write(self, lake: Lake) -> Result<()> {
+        let t = std::time::Instant::now();
+        for (table, schema, batches) in &self.tables {
+            write_parquet(&lake, data_file(&partition(table, &self.dt)), Arc::clone(schema), batches, 65_536).await?;
+        }
+        update_dictionaries(&lake, &self.samples, &self.items).await?;
+        debug!(dt = self.dt, ms = format!("{:.0}", t.elapsed().as_secs_f64() * 1e3), "day written");
+        Ok(())
+    }
+}
+
+/// The background writes of the days so far: each day's task waits for the previous day's, so
+/// tables and dictionaries are written in day order.
+#[derive(Default)]
+struct Writer {
+    last: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl Writer {
+    fn push(&mut self, lake: &Lake, writes: DayWrites) {
+        let before = self.last.take();
+        let lake = lake.clone();
+        self.last = Some(tokio::spawn(async move {
+            if let Some(before) = before {
+                join_writes(before).await?;
+            }
+            writes.write(lake).await
+        }));
+    }
+
+    /// Waits for every write queued so far.
+    async fn finish(&mut self) -> Result<()> {
+        match self.last.take() {
+            Some(last) => join_writes(last).await,
+            None => Ok(()),
+        }
+    }
+}
+
+async fn join_writes(task: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
+    task.await.map_err(|e| PipelineError::Io {
+        path: "features".into(),
+        source: std::io::Error::other(format!("the background writer stopped: {e}")),
+    })?
 }
 
 /// Splits a validated table into accepted rows and quarantined rows. Accepted rows lose the
@@ -718,13 +792,30 @@ pub async fn run_features(
         Some((process, addresses)) => Topology::Cluster { threads: cfg.workers, process, addresses },
         None => Topology::Threads(cfg.workers),
     };
+    let t = std::time::Instant::now();
     let (windows, _) = item_window_stats_timed(&daily, &cfg.windows, &report_days, &topology)?;
+    info!(days = report_days.len(), ms = format!("{:.0}", t.elapsed().as_secs_f64() * 1e3), "windows computed");
 
-    // Pass 3: statistics, buckets, samples, user state, item side and dictionaries, day by day.
+    // Pass 3: statistics, buckets, samples, user state, item side and dictionaries, day by day;
+    // a day's tables are written while the next day computes.
+    let mut writer = Writer::default();
+    let mut state = None;
     for (day, report) in days.iter().zip(reports.iter_mut()) {
         let stats = windows.get(&epoch_day(*day)).map(Vec::as_slice).unwrap_or(&[]);
-        publish_day(lake, cfg, &registry, &catalogue, *day, stats, report).await?;
+        let input = DayInput { day: *day, stats, previous: state.take() };
+        match publish_day(lake, cfg, &registry, &catalogue, input, report).await {
+            Ok((history, writes)) => {
+                state = Some(history);
+                writer.push(lake, writes);
+            }
+            Err(e) => {
+                // The days before stay written, as they would have been one by one.
+                writer.finish().await?;
+                return Err(e);
+            }
+        }
     }
+    writer.finish().await?;
     Ok(reports)
 }
 
@@ -738,19 +829,26 @@ async fn ingest_day(
     day: NaiveDate,
 ) -> Result<DayReport> {
     let dt = day_string(day);
+    let mut steps = Steps::start();
     let session = LakeSession::open_without_raw_logs(lake, cfg.raw_format()).await?;
     require_raw(&session)?;
     let ctx = session.context();
     replace_table(ctx, "raw.items", vec![catalogue.batch.clone()])?;
+    steps.mark("session");
     let exposures = ingest(lake, ctx, registry, cfg, "exposures", &dt).await?;
+    steps.mark("exposures");
     let clicks = ingest(lake, ctx, registry, cfg, "clicks", &dt).await?;
+    steps.mark("clicks");
     let behaviors = ingest(lake, ctx, registry, cfg, "behaviors", &dt).await?;
+    steps.mark("behaviors");
     let counts = run_sql(ctx, registry, "daily_item_counts", vec![]).await?;
     publish(lake, DAILY_ITEM_COUNTS, &dt, &counts).await?;
+    steps.mark("daily_item_counts");
     let labels = run_sql(ctx, registry, "labels", vec![]).await?;
     let positives = labels_positive(&labels);
     publish(lake, LABELS, &dt, &labels).await?;
-    info!(dt, exposures = exposures.accepted, clicks = clicks.accepted, behaviors = behaviors.accepted, "day ingested");
+    steps.mark("labels");
+    info!(dt, exposures = exposures.accepted, clicks = clicks.accepted, behaviors = behaviors.accepted, %steps, "day ingested");
     let n = total_rows(&labels);
     Ok(DayReport {
         date: dt,
@@ -762,6 +860,35 @@ async fn ingest_day(
         items_with_stats: 0,
         positive_rate: if n > 0 { positives as f64 / n as f64 } else { 0.0 },
     })
+}
+
+/// Wall time of each step of a day's pass, logged with the day (where the feature job's time
+/// goes, per step, without a profiler).
+struct Steps {
+    last: std::time::Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Steps {
+    fn start() -> Self {
+        Self { last: std::time::Instant::now(), done: Vec::new() }
+    }
+
+    /// Closes the step that ran since the previous mark.
+    fn mark(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((step, (now - self.last).as_secs_f64() * 1e3));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (step, ms)) in self.done.iter().enumerate() {
+            write!(f, "{}{step}={ms:.0}ms", if i > 0 { " " } else { "" })?;
+        }
+        Ok(())
+    }
 }
 
 /// The `stat_names` table the bucket query reads: every statistic column and the value an
@@ -784,21 +911,36 @@ fn stat_names_batch(cfg: &FeaturesConfig) -> Result<RecordBatch> {
     .map_err(|e| PipelineError::arrow("building stat_names", e))
 }
 
-/// Pass 3 for one day, given its window statistics: item stats and buckets, samples, user
-/// history, the item side and the dictionaries published; `report` completed.
+/// What pass 3 needs of one day besides the job's settings.
+struct DayInput<'a> {
+    day: NaiveDate,
+    /// The day's window statistics.
+    stats: &'a [ItemWindows],
+    /// The user state at the end of the day before, when the run computed it (else it is read
+    /// from the lake).
+    previous: Option<Vec<RecordBatch>>,
+}
+
+/// Pass 3 for one day, given its window statistics and the user state at the end of the day
+/// before (`None`: read from the lake): item stats and buckets, samples, user history and the item
+/// side computed, `report` completed. Returns the day's user state, for the next day, and the
+/// day's tables to write.
 async fn publish_day(
     lake: &Lake,
     cfg: &FeaturesConfig,
     registry: &SqlRegistry,
     catalogue: &Catalogue,
-    day: NaiveDate,
-    stats: &[ItemWindows],
+    input: DayInput<'_>,
     report: &mut DayReport,
-) -> Result<()> {
+) -> Result<(Vec<RecordBatch>, DayWrites)> {
+    let DayInput { day, stats, previous } = input;
     let dt = day_string(day);
+    let mut steps = Steps::start();
+    let mut writes = DayWrites::new(&dt);
     let stats_batch = item_stats_batch(cfg, stats)?;
-    publish(lake, ITEM_STATS, &dt, std::slice::from_ref(&stats_batch)).await?;
+    writes.add(ITEM_STATS, std::slice::from_ref(&stats_batch))?;
     report.items_with_stats = stats.len() as u64;
+    steps.mark("item_stats");
 
     let session = LakeSession::open_without_raw_logs(lake, cfg.raw_format()).await?;
     let ctx = session.context();
@@ -806,16 +948,22 @@ async fn publish_day(
     let long = long_stats(cfg, &stats_batch)?;
     replace_table(ctx, "item_stats_long", vec![long])?;
     replace_table(ctx, "stat_names", vec![stat_names_batch(cfg)?])?;
+    steps.mark("session");
     let buckets = run_sql(ctx, registry, "item_stat_buckets", vec![]).await?;
     let wide = widen_buckets(cfg, &buckets)?;
-    publish(lake, ITEM_STAT_BUCKETS, &dt, std::slice::from_ref(&wide)).await?;
+    writes.add(ITEM_STAT_BUCKETS, std::slice::from_ref(&wide))?;
     replace_table(ctx, "item_stat_buckets_wide", vec![wide])?;
+    steps.mark("buckets");
 
     // This day's accepted behaviors, from the same files as pass 1 (read and validated again:
     // cheap, and no state kept in memory; the file faults were quarantined then).
     register_raw_day(lake, ctx, cfg, "behaviors", &dt).await?;
     validate(ctx, registry, cfg, "behaviors", &dt).await?;
-    let previous = previous_history(lake, &session, day).await?;
+    steps.mark("behaviors");
+    let previous = match previous {
+        Some(batches) => batches,
+        None => previous_history(lake, &session, day).await?,
+    };
     replace_table(ctx, "previous_history", previous)?;
     let labels_df = ctx
         .sql("SELECT * FROM features.labels WHERE dt = $1")
@@ -823,21 +971,25 @@ async fn publish_day(
         .with_param_values(vec![ScalarValue::Utf8(Some(dt.clone()))])?
         .drop_columns(&["dt"])?;
     replace_table(ctx, "labels", collect(labels_df).await?)?;
+    steps.mark("state");
 
     let t = ScalarValue::Int64(Some(i64::from(cfg.sequence_length)));
     let samples = run_sql(ctx, registry, "samples", vec![t.clone()]).await?;
     check_columns(registry, "samples", &samples, &SAMPLES_REQUIRED)?;
-    report.samples = publish(lake, SAMPLES, &dt, &samples).await?;
+    report.samples = total_rows(&samples);
+    writes.samples = writes.add(SAMPLES, &samples)?;
+    steps.mark("samples");
     let history = run_sql(ctx, registry, "user_history", vec![t]).await?;
-    publish(lake, USER_HISTORY, &dt, &history).await?;
+    let history = writes.add(USER_HISTORY, &history)?;
+    steps.mark("user_history");
     quarantine_files(lake, "items", &dt, &catalogue.files).await?;
     quarantine_items(lake, &dt, &catalogue.items).await?;
     report.items = catalogue.accounting.clone();
     let items = run_sql(ctx, registry, "items", vec![]).await?;
-    publish(lake, ITEMS, &dt, &items).await?;
-    update_dictionaries(lake, &samples, &items).await?;
-    info!(dt, samples = report.samples, items_with_stats = report.items_with_stats, "day published");
-    Ok(())
+    writes.items = writes.add(ITEMS, &items)?;
+    steps.mark("items");
+    info!(dt, samples = report.samples, items_with_stats = report.items_with_stats, %steps, "day computed");
+    Ok((history, writes))
 }
 
 fn require_raw(session: &LakeSession) -> Result<()> {
@@ -977,32 +1129,43 @@ fn long_stats(cfg: &FeaturesConfig, wide: &RecordBatch) -> Result<RecordBatch> {
 /// Pivots (item_id, stat, b10, b100) into one row per item with `<stat>_b10`, `<stat>_b100`.
 fn widen_buckets(cfg: &FeaturesConfig, long: &[RecordBatch]) -> Result<RecordBatch> {
     let names = cfg.stat_columns();
-    let index: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
-    let mut items: BTreeMap<String, Vec<(i32, i32)>> = BTreeMap::new();
-    for b in long {
-        let item =
-            arrow::compute::cast(b.column(0), &DataType::Utf8).map_err(|e| PipelineError::arrow("buckets", e))?;
-        let stat =
-            arrow::compute::cast(b.column(1), &DataType::Utf8).map_err(|e| PipelineError::arrow("buckets", e))?;
-        let b10 =
-            arrow::compute::cast(b.column(2), &DataType::Int32).map_err(|e| PipelineError::arrow("buckets", e))?;
-        let b100 =
-            arrow::compute::cast(b.column(3), &DataType::Int32).map_err(|e| PipelineError::arrow("buckets", e))?;
+    let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+    let cast = |c: &ArrayRef, t: &DataType| arrow::compute::cast(c, t).map_err(|e| PipelineError::arrow("buckets", e));
+    let columns = long
+        .iter()
+        .map(|b| {
+            Ok([
+                cast(b.column(0), &DataType::Utf8)?,
+                cast(b.column(1), &DataType::Utf8)?,
+                cast(b.column(2), &DataType::Int32)?,
+                cast(b.column(3), &DataType::Int32)?,
+            ])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Items borrowed from the columns, in first-seen order, then sorted by id.
+    let mut row_of: HashMap<&str, usize> = HashMap::new();
+    let mut items: Vec<(&str, Vec<(i32, i32)>)> = Vec::new();
+    for [item, stat, b10, b100] in &columns {
         let (item, stat) = (item.as_string::<i32>(), stat.as_string::<i32>());
         let (b10, b100) = (b10.as_primitive::<Int32Type>(), b100.as_primitive::<Int32Type>());
-        for r in 0..b.num_rows() {
+        for r in 0..arrow::array::Array::len(item) {
             let Some(&k) = index.get(stat.value(r)) else { continue };
-            let e = items.entry(item.value(r).to_string()).or_insert_with(|| vec![(0, 0); names.len()]);
-            e[k] = (b10.value(r), b100.value(r));
+            let id = item.value(r);
+            let row = *row_of.entry(id).or_insert_with(|| {
+                items.push((id, vec![(0, 0); names.len()]));
+                items.len() - 1
+            });
+            items[row].1[k] = (b10.value(r), b100.value(r));
         }
     }
+    items.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let mut fields = vec![Field::new("item_id", DataType::Utf8, false)];
-    let mut cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(items.keys().map(String::as_str)))];
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(items.iter().map(|(id, _)| *id)))];
     for (k, name) in names.iter().enumerate() {
         for (suffix, pick) in [("b10", 0usize), ("b100", 1)] {
             fields.push(Field::new(format!("{name}_{suffix}"), DataType::Int32, false));
             let mut col = Int32Builder::with_capacity(items.len());
-            for v in items.values() {
+            for (_, v) in &items {
                 col.append_value(if pick == 0 { v[k].0 } else { v[k].1 });
             }
             cols.push(Arc::new(col.finish()));
@@ -1047,16 +1210,19 @@ fn dictionary_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, false), Field::new("index", DataType::Int64, false)]))
 }
 
-fn strings_of(col: &ArrayRef, out: &mut BTreeSet<String>) {
+/// The string arrays behind `col` (a list column's values, flattened), cast to Utf8 where they
+/// are of another type.
+fn string_arrays(col: &ArrayRef, out: &mut Vec<ArrayRef>) {
     match col.data_type() {
         DataType::List(_) => {
             if let Some(list) = col.as_any().downcast_ref::<ListArray>() {
-                strings_of(list.values(), out);
+                string_arrays(list.values(), out);
             }
         }
+        DataType::Utf8 => out.push(Arc::clone(col)),
         _ => {
             if let Ok(c) = arrow::compute::cast(col, &DataType::Utf8) {
-                out.extend(c.as_string::<i32>().iter().flatten().map(str::to_string));
+                out.push(c);
             }
         }
     }
@@ -1073,18 +1239,21 @@ async fn update_dictionaries(lake: &Lake, samples: &[RecordBatch], items: &[Reco
         ("token", &["title_tokens"]),
     ];
     for (name, columns) in sources {
-        let mut seen = BTreeSet::new();
+        let mut arrays = Vec::new();
         for b in samples.iter().chain(items) {
             for c in columns {
                 if let Some(col) = b.column_by_name(c) {
-                    strings_of(col, &mut seen);
+                    string_arrays(col, &mut arrays);
                 }
             }
         }
+        // Borrowed and hashed: the histories repeat each id many times a day.
+        let seen: HashSet<&str> = arrays.iter().flat_map(|a| a.as_string::<i32>().iter().flatten()).collect();
         let rel = format!("{DICTIONARIES}/{name}.parquet");
         let mut existing = read_dictionary(lake, &rel).await?;
         let next = existing.values().copied().max().map_or(UNKNOWN + 1, |m| m + 1);
-        let new: Vec<String> = seen.into_iter().filter(|v| !existing.contains_key(v)).collect();
+        let new: BTreeSet<String> =
+            seen.into_iter().filter(|v| !existing.contains_key(*v)).map(str::to_string).collect();
         if new.is_empty() && !existing.is_empty() {
             continue;
         }

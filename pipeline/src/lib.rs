@@ -22,6 +22,7 @@ pub mod lake;
 pub mod query;
 pub mod raw_files;
 pub mod raw_rows;
+pub mod sql_functions;
 pub mod windows;
 pub mod world;
 

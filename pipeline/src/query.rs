@@ -136,6 +136,7 @@ pub fn new_context(lake: &Lake) -> SessionContext {
     config.options_mut().sql_parser.map_string_types_to_utf8view = false;
     let ctx = SessionContext::new_with_config(config);
     ctx.register_object_store(lake.base_url(), Arc::clone(lake.store()));
+    crate::sql_functions::register(&ctx);
     ctx
 }
 

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# marnflow against the peer a user would pick instead, on the same work and the same machine,
+# run in turn (A B A B ...), with the ratio of the medians:
+#   features  `marnflow features --from --to` against the same daily job written plainly in
+#             DuckDB (ops/peers/features_duckdb.py, 2 threads), over one generated lake; after the
+#             runs, their labels, histories, buckets, user state and dictionaries are checked
+#             equal (ops/peers/check_features.py) and the table is printed only if they are.
+#
+#   bash ops/bench-peers.sh features [--runs 3] [--scale 1] [--days 14] [--lake DIR] [--bin PATH]
+#
+# --scale N multiplies the lake's users, items and exposures per day (scale 1: 20k users, 20k
+# items, 100k exposures a day, 32-d images; 14 days). The lake is generated once per shape under
+# --lake (default ~/.cache/marnflow/bench-peers) and reused. Needs the release binary (--bin, else
+# the one of .ci/run's target directory, built if missing) and the peers' venv (bash
+# ops/setup-peers.sh). Wall time and peak resident memory come from /usr/bin/time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+what="${1:-}"
+[ "$what" = "features" ] || { echo "usage: bash ops/bench-peers.sh features [--runs N] [--scale N] [--days N] [--lake DIR] [--bin PATH]" >&2; exit 2; }
+shift
+runs=3 scale=1 days=14 root="$HOME/.cache/marnflow/bench-peers" bin=""
+users=20000 items=20000 per_day=100000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) runs="$2"; shift 2 ;;
+    --scale) scale="$2"; shift 2 ;;
+    --days) days="$2"; shift 2 ;;
+    --lake) root="$2"; shift 2 ;;
+    --bin) bin="$2"; shift 2 ;;
+    # A smaller shape, for the test of this script.
+    --users) users="$2"; shift 2 ;;
+    --items) items="$2"; shift 2 ;;
+    --exposures-per-day) per_day="$2"; shift 2 ;;
+    *) echo "bench-peers: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[ -x /usr/bin/time ] || { echo "bench-peers: needs /usr/bin/time (apt-get install time)" >&2; exit 2; }
+python="$(bash ops/setup-peers.sh --python)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/marnflow/target}"
+bin="${bin:-$CARGO_TARGET_DIR/release/marnflow}"
+[ -x "$bin" ] || cargo build --release --bin marnflow
+
+users=$((users * scale)) items=$((items * scale)) per_day=$((per_day * scale))
+shape="u${users}-i${items}-e${per_day}-d${days}"
+pristine="$root/$shape/pristine"
+first="2026-01-01"
+last=$(date -d "$first + $((days - 1)) days" +%F)
+if [ ! -d "$pristine/raw/exposures" ]; then
+  rm -rf "$pristine"
+  mkdir -p "$pristine"
+  MARNFLOW_GENERATE_USERS=$users MARNFLOW_GENERATE_ITEMS=$items MARNFLOW_GENERATE_DAYS=$days \
+    MARNFLOW_GENERATE_EXPOSURES_PER_DAY=$per_day MARNFLOW_GENERATE_IMAGE_DIM=32 \
+    MARNFLOW_GENERATE_CATEGORIES=50 MARNFLOW_GENERATE_SHOPS=1000 MARNFLOW_GENERATE_BRANDS=2000 \
+    MARNFLOW_GENERATE_START_DATE=$first MARNFLOW_GENERATE_SEED=42 \
+    "$bin" --lake "$pristine" generate >&2
+fi
+events=$("$bin" --lake "$pristine" sql --format csv \
+  "SELECT (SELECT count(*) FROM raw.exposures) + (SELECT count(*) FROM raw.clicks) + (SELECT count(*) FROM raw.behaviors)" |
+  tail -n1)
+
+work="$root/$shape/runs"
+ours="$work/marnflow" peer="$work/duckdb"
+mkdir -p "$work"
+# A fresh lake of raw logs only for marnflow; an empty folder for the peer.
+fresh_ours() { rm -rf "$ours" && mkdir -p "$ours" && cp -r "$pristine/raw" "$ours/raw"; }
+fresh_peer() { rm -rf "$peer" && mkdir -p "$peer"; }
+timed() { # label, command...: appends "wall_s peak_kib" to $work/<label>.times
+  local label="$1"; shift
+  /usr/bin/time -f "%e %M" -o "$work/$label.last" "$@" >"$work/$label.log" 2>&1 ||
+    { echo "bench-peers: $label failed; see $work/$label.log" >&2; exit 1; }
+  cat "$work/$label.last" >>"$work/$label.times"
+}
+rm -f "$work"/*.times
+for run in $(seq 1 "$runs"); do
+  fresh_ours
+  timed marnflow "$bin" --lake "$ours" features --from "$first" --to "$last"
+  fresh_peer
+  timed duckdb "$python" ops/peers/features_duckdb.py --lake "$pristine" --out "$peer" --from "$first" --to "$last" --threads 2
+  echo "bench-peers: run $run of $runs: marnflow $(cut -d' ' -f1 "$work/marnflow.last") s, duckdb $(cut -d' ' -f1 "$work/duckdb.last") s" >&2
+done
+"$python" ops/peers/check_features.py --marnflow "$ours" --peer "$peer" >&2
+
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+ours_s=$(cut -d' ' -f1 "$work/marnflow.times" | median)
+peer_s=$(cut -d' ' -f1 "$work/duckdb.times" | median)
+ours_mib=$(cut -d' ' -f2 "$work/marnflow.times" | median | awk '{ printf "%.0f", $1 / 1024 }')
+peer_mib=$(cut -d' ' -f2 "$work/duckdb.times" | median | awk '{ printf "%.0f", $1 / 1024 }')
+echo "| feature job, $days days, $users users, $items items, $per_day exposures/day ($events raw events) | wall, median of $runs | raw events/s | peak RSS |"
+echo "|---|---:|---:|---:|"
+echo "| marnflow features | $ours_s s | $(awk -v e="$events" -v s="$ours_s" 'BEGIN { printf "%.0f", e / s }') | $ours_mib MiB |"
+echo "| DuckDB (Python), 2 threads | $peer_s s | $(awk -v e="$events" -v s="$peer_s" 'BEGIN { printf "%.0f", e / s }') | $peer_mib MiB |"
+echo "| **marnflow's speed ÷ DuckDB's** | **$(awk -v a="$peer_s" -v b="$ours_s" 'BEGIN { printf "%.2f", a / b }')×** | | |"
