@@ -387,7 +387,18 @@ fn plain_batch(b: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
 /// Writes `batches` as the single file of `table/dt=D`, strings normalised to `Utf8`.
 async fn publish(lake: &Lake, table: &str, dt: &str, batches: &[RecordBatch]) -> Result<u64> {
     let (schema, plain) = plain_batches(batches)?;
-    write_parquet(lake, data_file(&partition(table, dt)), schema, &plain, 65_536).await
+    write_partition(lake, table, dt, schema, &plain).await
+}
+
+/// Writes already normalised `batches` as the single file of `table/dt=D`.
+async fn write_partition(
+    lake: &Lake,
+    table: &str,
+    dt: &str,
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<u64> {
+    write_parquet(lake, data_file(&partition(table, dt)), schema, batches, 65_536).await
 }
 
 /// `batches` with their strings normalised to `Utf8`, as they are written (and read back).
@@ -402,14 +413,16 @@ fn plain_batches(batches: &[RecordBatch]) -> Result<(SchemaRef, Vec<RecordBatch>
 struct DayWrites {
     dt: String,
     tables: Vec<(&'static str, SchemaRef, Vec<RecordBatch>)>,
-    /// The day's samples and item side, for the dictionaries (written last).
-    samples: Vec<RecordBatch>,
-    items: Vec<RecordBatch>,
 }
 
 impl DayWrites {
     fn new(dt: &str) -> Self {
-        Self { dt: dt.to_string(), tables: Vec::new(), samples: Vec::new(), items: Vec::new() }
+        Self { dt: dt.to_string(), tables: Vec::new() }
+    }
+
+    /// The queued batches of `table` (none when it was not queued).
+    fn batches(&self, table: &str) -> &[RecordBatch] {
+        self.tables.iter().find(|(t, _, _)| *t == table).map_or(&[], |(_, _, b)| b.as_slice())
     }
 
     /// Queues `table`; returns the batches as written.
@@ -422,9 +435,10 @@ impl DayWrites {
     async fn write(self, lake: Lake) -> Result<()> {
         let t = std::time::Instant::now();
         for (table, schema, batches) in &self.tables {
-            write_parquet(&lake, data_file(&partition(table, &self.dt)), Arc::clone(schema), batches, 65_536).await?;
+            write_partition(&lake, table, &self.dt, Arc::clone(schema), batches).await?;
         }
-        update_dictionaries(&lake, &self.samples, &self.items).await?;
+        // The dictionaries last, from the day's samples and item side.
+        update_dictionaries(&lake, self.batches(SAMPLES), self.batches(ITEMS)).await?;
         debug!(dt = self.dt, ms = format!("{:.0}", t.elapsed().as_secs_f64() * 1e3), "day written");
         Ok(())
     }
@@ -977,7 +991,7 @@ async fn publish_day(
     let samples = run_sql(ctx, registry, "samples", vec![t.clone()]).await?;
     check_columns(registry, "samples", &samples, &SAMPLES_REQUIRED)?;
     report.samples = total_rows(&samples);
-    writes.samples = writes.add(SAMPLES, &samples)?;
+    writes.add(SAMPLES, &samples)?;
     steps.mark("samples");
     let history = run_sql(ctx, registry, "user_history", vec![t]).await?;
     let history = writes.add(USER_HISTORY, &history)?;
@@ -986,7 +1000,7 @@ async fn publish_day(
     quarantine_items(lake, &dt, &catalogue.items).await?;
     report.items = catalogue.accounting.clone();
     let items = run_sql(ctx, registry, "items", vec![]).await?;
-    writes.items = writes.add(ITEMS, &items)?;
+    writes.add(ITEMS, &items)?;
     steps.mark("items");
     info!(dt, samples = report.samples, items_with_stats = report.items_with_stats, %steps, "day computed");
     Ok((history, writes))
