@@ -881,9 +881,68 @@ fn the_catalogue_is_checked_item_by_item_and_file_by_file() {
          raw/items/pandas.parquet,5,p1,false,duplicate item_id: first in raw/items/pandas.parquet\n"
     );
     assert_eq!(
-        sql("SELECT item_id, image_embedding IS NULL AS no_image, array_length(title_tokens) AS words, \
-             image_embedding[4] AS last FROM features.items WHERE item_id LIKE 'p%' ORDER BY item_id"),
+        sql("SELECT i.item_id, c.image_embedding IS NULL AS no_image, array_length(c.title_tokens) AS words, \
+             c.image_embedding[4] AS last FROM features.items i \
+             JOIN features.item_content c ON c.item_id = i.item_id AND c.dt = i.content_dt \
+             WHERE i.item_id LIKE 'p%' ORDER BY i.item_id"),
         "item_id,no_image,words,last\np1,false,2,0.25\np2,true,2,\np3,true,2,\np4,true,32,\n"
     );
     assert_eq!(sql("SELECT count(*) FROM features.items"), "count(*)\n64\n");
+}
+
+/// Item content is stored once per change: the first day holds the whole catalogue, a day without
+/// changes an empty partition, a changed title only that item; every day's item table points each
+/// item at its content, SQL can join the two, and the new words reach the token dictionary.
+#[test]
+fn item_content_is_stored_once_per_change_and_each_day_points_to_it() {
+    use arrow::array::{ArrayRef, StringArray};
+    let lake = tempfile::tempdir().unwrap();
+    let l = lake.path().to_str().unwrap();
+    generate_world(lake.path(), 40, 50, 3, 4, 300, 5);
+    ok(&["--lake", l, "features", "--from", DAYS[0], "--to", DAYS[1]]);
+    let sql = |q: &str| ok(&["--lake", l, "sql", "--format", "csv", q]);
+    assert_eq!(
+        sql("SELECT dt, count(*) AS n FROM features.item_content GROUP BY dt ORDER BY dt"),
+        "dt,n\n2026-01-01,50\n",
+        "the first day stores every item's content, the second (no change) none"
+    );
+    assert!(read_table(lake.path(), "features/item_content/dt=2026-01-02").iter().all(|b| b.num_rows() == 0));
+    assert_eq!(sql("SELECT count(*) AS n FROM features.items WHERE content_dt <> '2026-01-01'"), "n\n0\n");
+
+    // One item's title changes in the catalogue; day 3 stores that item alone and points it there.
+    let items = visible_parquet(lake.path()).into_iter().find(|p| p.starts_with("raw/items")).unwrap();
+    let changed = std::sync::Mutex::new(String::new());
+    rewrite(&lake.path().join(items), |b| {
+        let ids = b.column_by_name("item_id").unwrap().as_string::<i32>().clone();
+        *changed.lock().unwrap() = ids.value(7).to_string();
+        let titles = b.column_by_name("title").unwrap().as_string::<i32>();
+        let edited: StringArray =
+            (0..b.num_rows()).map(|r| Some(if r == 7 { "Brand New Words" } else { titles.value(r) })).collect();
+        let (i, _) = b.schema().column_with_name("title").unwrap();
+        let mut cols: Vec<ArrayRef> = b.columns().to_vec();
+        cols[i] = std::sync::Arc::new(edited);
+        RecordBatch::try_new(b.schema(), cols).unwrap()
+    });
+    let changed = changed.into_inner().unwrap();
+    let out = ok(&["--lake", l, "features", "--date", DAYS[2], "--json"]);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report[0]["items_changed"], 1, "{report}");
+    assert_eq!(
+        sql("SELECT item_id, array_to_string(title_tokens, ' ') AS words FROM features.item_content WHERE dt = '2026-01-03'"),
+        format!("item_id,words\n{changed},brand new words\n")
+    );
+    assert_eq!(
+        sql("SELECT content_dt, count(*) AS n FROM features.items WHERE dt = '2026-01-03' GROUP BY content_dt ORDER BY content_dt"),
+        "content_dt,n\n2026-01-01,49\n2026-01-03,1\n"
+    );
+    // The item side as a user would join it: every item of the day finds exactly one content row.
+    assert_eq!(
+        sql("SELECT count(*) AS n, count(c.item_id) AS joined FROM features.items i \
+             LEFT JOIN features.item_content c ON c.item_id = i.item_id AND c.dt = i.content_dt \
+             WHERE i.dt = '2026-01-03'"),
+        "n,joined\n50,50\n"
+    );
+    // The new words reached the token dictionary.
+    let tokens = read_table(lake.path(), "features/dictionaries/token.parquet");
+    assert!(tokens.iter().any(|b| strings(b, "value").iter().any(|v| v == "brand")), "no token 'brand'");
 }

@@ -1,6 +1,7 @@
 """Checks the DuckDB peer's feature tables equal to marnflow's on the same lake: every day's
-labels, behavior histories (item ids, behavior types and seconds before, per sample) and stat
-buckets. Prints one line per table and exits 1 on any difference.
+labels, behavior histories (item ids, behavior types and seconds before, per sample), stat
+buckets, user state, the item content stored on each day and the item tables' pointers to it,
+and the dictionaries. Prints one line per table and exits 1 on any difference.
 
     python ops/peers/check_features.py --marnflow LAKE --peer OUT
 """
@@ -16,7 +17,12 @@ TABLES = {
     "samples": (["request_id", "item_id"], ["label", "hist_item_ids", "hist_behaviors", "hist_seconds_before"]),
     "item_stat_buckets": (["item_id"], None),
     "user_history": (["user_id", "event_time", "item_id", "behavior"], []),
+    # The content stored once per change, and where each day's item table points for it (the
+    # content digest is each side's own hash, so it is not compared).
+    "item_content": (["item_id"], None),
+    "items": (["item_id"], None),
 }
+NOT_COMPARED = {"dt", "content_digest"}
 
 
 def main():
@@ -36,7 +42,7 @@ def main():
             )
             views[side] = [r[0] for r in db.execute(f"DESCRIBE {side}").fetchall()]
         if columns is None:
-            columns = [c for c in views["m"] if c not in keys and c != "dt"]
+            columns = [c for c in views["m"] if c not in keys and c not in NOT_COMPARED]
         missing = [c for c in keys + columns if c not in views["p"]]
         if missing:
             print(f"{table}: the peer lacks {missing}")

@@ -4,8 +4,9 @@ engineer would pick instead, for `ops/bench-peers.sh features`.
 It does the same work over the same lake, day by day: the raw logs validated by the same
 contract (rows that break it are written to quarantine/), labels, per-item daily counts, the
 1/7/30-day windows as of the day before, their 10- and 100-bucket discretisation over the
-catalogue, point-in-time behavior histories of length T, the samples join, the item side table,
-the user state and the id dictionaries, each written as Parquet. `ops/peers/check_features.py`
+catalogue, point-in-time behavior histories of length T, the samples join, the item content
+(stored once per change), the item side table, the user state and the id dictionaries, each
+written as Parquet. `ops/peers/check_features.py`
 checks its labels, histories and buckets equal to marnflow's.
 
     python ops/peers/features_duckdb.py --lake LAKE --out OUT --from 2026-01-01 --to 2026-01-14
@@ -81,7 +82,12 @@ class Job:
               END AS reason
             FROM read_parquet('{raw}/items/*.parquet')"""
         )
-        self.db.execute("CREATE TABLE catalogue AS SELECT * EXCLUDE (reason) FROM catalogue_all WHERE reason IS NULL")
+        self.db.execute(
+            "CREATE TABLE catalogue AS SELECT * EXCLUDE (reason), "
+            "hash(shop_id, brand_id, category_id, title, price, image_embedding) AS digest "
+            "FROM catalogue_all WHERE reason IS NULL"
+        )
+        self.db.execute("CREATE TABLE content_state (item_id VARCHAR, content_dt VARCHAR, content_digest VARCHAR)")
         self.quarantine("items", args.first, "catalogue_all")
         self.db.execute(
             "CREATE TABLE item_ids AS SELECT item_id, shop_id, brand_id, category_id, price FROM catalogue"
@@ -284,14 +290,33 @@ class Job:
                                        ORDER BY event_time DESC, item_id DESC, behavior DESC) <= {t}"""
         )
         self.write("user_history", day, "SELECT * FROM history ORDER BY user_id, event_time, item_id, behavior")
+        # The item content (ids, title tokens, image, price) stored once per change: the day's
+        # partition holds the items that are new or whose content digest changed; the day's item
+        # table holds every item's buckets and the day its content was stored (content_dt).
         self.db.execute(
             """CREATE OR REPLACE TEMP TABLE items AS
             SELECT c.item_id, c.shop_id, c.brand_id, c.category_id,
                    string_split(lower(trim(c.title)), ' ') AS title_tokens, c.image_embedding, c.price,
-                   k.* EXCLUDE (item_id)
-            FROM catalogue c LEFT JOIN buckets k USING (item_id)"""
+                   CAST(c.digest AS VARCHAR) AS content_digest,
+                   CASE WHEN p.content_digest = CAST(c.digest AS VARCHAR) THEN p.content_dt
+                        ELSE $day END AS content_dt
+            FROM catalogue c LEFT JOIN content_state p USING (item_id)""".replace("$day", f"'{day}'")
         )
-        self.write("items", day, "SELECT * FROM items ORDER BY item_id")
+        self.write(
+            "item_content",
+            day,
+            "SELECT item_id, shop_id, brand_id, category_id, title_tokens, image_embedding, price FROM items "
+            f"WHERE content_dt = '{day}' ORDER BY item_id",
+        )
+        self.write(
+            "items",
+            day,
+            "SELECT i.item_id, i.content_dt, i.content_digest, k.* EXCLUDE (item_id) "
+            "FROM items i LEFT JOIN buckets k USING (item_id) ORDER BY i.item_id",
+        )
+        self.db.execute(
+            "CREATE OR REPLACE TABLE content_state AS SELECT item_id, content_dt, content_digest FROM items"
+        )
 
     def dictionaries(self):
         # The ids the day's samples and item table hold (the histories' items are those of the
@@ -303,7 +328,7 @@ class Job:
             "brand": "SELECT brand_id AS value FROM catalogue",
             "category": "SELECT category_id AS value FROM catalogue",
             "user": "SELECT user_id AS value FROM labels",
-            "token": "SELECT unnest(title_tokens) AS value FROM items",
+            "token": f"SELECT unnest(title_tokens) AS value FROM items WHERE content_dt = '{self.day}'",
         }
         for name, values in sources.items():
             new = self.db.execute(
@@ -324,6 +349,7 @@ class Job:
         day = self.args.first
         while day <= self.args.last:
             self.steps = []
+            self.day = day
             t = time.monotonic()
             self.validate(day)
             self.counts_and_labels(day)

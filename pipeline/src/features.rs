@@ -23,10 +23,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, BinaryArray, Float64Array, Float64Builder, Int32Builder, Int64Array, ListArray, StringArray,
-    StringBuilder,
+    ArrayRef, AsArray, BinaryArray, Float64Array, Int32Array, Int64Array, ListArray, StringArray, UInt32Array,
 };
-use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use chrono::{Duration, NaiveDate};
 use datafusion::catalog::MemTable;
@@ -52,11 +51,12 @@ pub const ITEM_STAT_BUCKETS: &str = "features/item_stat_buckets";
 pub const SAMPLES: &str = "features/samples";
 pub const USER_HISTORY: &str = "features/user_history";
 pub const ITEMS: &str = "features/items";
+pub const ITEM_CONTENT: &str = "features/item_content";
 pub const DICTIONARIES: &str = "features/dictionaries";
 
 /// The SQL jobs, one file each under `sql/`, embedded so the binary runs anywhere; a `sql_dir`
 /// that exists overrides them, so a data engineer changes a feature without touching Rust.
-pub const SQL_JOBS: [(&str, &str); 9] = [
+pub const SQL_JOBS: [(&str, &str); 10] = [
     ("clean_exposures", include_str!("../../sql/clean_exposures.sql")),
     ("clean_clicks", include_str!("../../sql/clean_clicks.sql")),
     ("clean_behaviors", include_str!("../../sql/clean_behaviors.sql")),
@@ -65,6 +65,7 @@ pub const SQL_JOBS: [(&str, &str); 9] = [
     ("item_stat_buckets", include_str!("../../sql/item_stat_buckets.sql")),
     ("user_history", include_str!("../../sql/user_history.sql")),
     ("samples", include_str!("../../sql/samples.sql")),
+    ("item_content", include_str!("../../sql/item_content.sql")),
     ("items", include_str!("../../sql/items.sql")),
 ];
 
@@ -297,6 +298,9 @@ pub struct DayReport {
     pub items: CatalogueAccounting,
     pub samples: u64,
     pub items_with_stats: u64,
+    /// Catalogue items whose content (ids, title, image, price) was new or changed that day: the
+    /// rows of its `features/item_content` partition.
+    pub items_changed: u64,
     pub positive_rate: f64,
 }
 
@@ -437,8 +441,9 @@ impl DayWrites {
         for (table, schema, batches) in &self.tables {
             write_partition(&lake, table, &self.dt, Arc::clone(schema), batches).await?;
         }
-        // The dictionaries last, from the day's samples and item side.
-        update_dictionaries(&lake, self.batches(SAMPLES), self.batches(ITEMS)).await?;
+        // The dictionaries last, from the day's samples and the item content that changed (the
+        // rest is in them already: they only grow).
+        update_dictionaries(&lake, self.batches(SAMPLES), self.batches(ITEM_CONTENT)).await?;
         debug!(dt = self.dt, ms = format!("{:.0}", t.elapsed().as_secs_f64() * 1e3), "day written");
         Ok(())
     }
@@ -790,6 +795,7 @@ pub async fn run_features(
     // the share stops the job before any day is written).
     let catalogue = read_catalogue(lake, &crate::query::new_context(lake), cfg.raw_format(), cfg.max_id_bytes).await?;
     check_catalogue(cfg, &catalogue)?;
+    let digests = content_digests(&catalogue.batch)?;
 
     // Pass 1: validate, quarantine, daily aggregates and labels, day by day.
     let mut reports = Vec::new();
@@ -816,10 +822,10 @@ pub async fn run_features(
     let mut state = None;
     for (day, report) in days.iter().zip(reports.iter_mut()) {
         let stats = windows.get(&epoch_day(*day)).map(Vec::as_slice).unwrap_or(&[]);
-        let input = DayInput { day: *day, stats, previous: state.take() };
+        let input = DayInput { day: *day, stats, digests: &digests, previous: state.take() };
         match publish_day(lake, cfg, &registry, &catalogue, input, report).await {
-            Ok((history, writes)) => {
-                state = Some(history);
+            Ok((next, writes)) => {
+                state = Some(next);
                 writer.push(lake, writes);
             }
             Err(e) => {
@@ -872,6 +878,7 @@ async fn ingest_day(
         items: CatalogueAccounting::default(),
         samples: 0,
         items_with_stats: 0,
+        items_changed: 0,
         positive_rate: if n > 0 { positives as f64 / n as f64 } else { 0.0 },
     })
 }
@@ -905,40 +912,30 @@ impl std::fmt::Display for Steps {
     }
 }
 
-/// The `stat_names` table the bucket query reads: every statistic column and the value an
-/// item without data gets (the CTR prior for rates, 0 for counts).
-fn stat_names_batch(cfg: &FeaturesConfig) -> Result<RecordBatch> {
-    let names = cfg.stat_columns();
-    let prior = cfg.ctr_prior_clicks / cfg.ctr_prior_exposures;
-    RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("stat", DataType::Utf8, false),
-            Field::new("empty_value", DataType::Float64, false),
-        ])),
-        vec![
-            Arc::new(StringArray::from_iter_values(names.iter().map(String::as_str))),
-            Arc::new(Float64Array::from_iter_values(
-                names.iter().map(|n| if n.starts_with("ctr_") { prior } else { 0.0 }),
-            )),
-        ],
-    )
-    .map_err(|e| PipelineError::arrow("building stat_names", e))
-}
-
 /// What pass 3 needs of one day besides the job's settings.
 struct DayInput<'a> {
     day: NaiveDate,
     /// The day's window statistics.
     stats: &'a [ItemWindows],
-    /// The user state at the end of the day before, when the run computed it (else it is read
-    /// from the lake).
-    previous: Option<Vec<RecordBatch>>,
+    /// The catalogue's content digests ([`content_digests`]).
+    digests: &'a RecordBatch,
+    /// The state at the end of the day before, when the run computed it (else it is read from
+    /// the lake).
+    previous: Option<DayState>,
 }
 
-/// Pass 3 for one day, given its window statistics and the user state at the end of the day
-/// before (`None`: read from the lake): item stats and buckets, samples, user history and the item
-/// side computed, `report` completed. Returns the day's user state, for the next day, and the
-/// day's tables to write.
+/// What a day hands to the next: the user state and where each item's content is.
+struct DayState {
+    /// `user_id, event_time, item_id, behavior`: each user's latest T behaviors.
+    history: Vec<RecordBatch>,
+    /// `item_id, content_dt, content_digest` of the day's item table.
+    items: RecordBatch,
+}
+
+/// Pass 3 for one day, given its window statistics and the state at the end of the day before
+/// (`None`: read from the lake): item stats and buckets, samples, user history, the item content
+/// that changed and the item side computed, `report` completed. Returns the day's state, for the
+/// next day, and the day's tables to write.
 async fn publish_day(
     lake: &Lake,
     cfg: &FeaturesConfig,
@@ -946,8 +943,8 @@ async fn publish_day(
     catalogue: &Catalogue,
     input: DayInput<'_>,
     report: &mut DayReport,
-) -> Result<(Vec<RecordBatch>, DayWrites)> {
-    let DayInput { day, stats, previous } = input;
+) -> Result<(DayState, DayWrites)> {
+    let DayInput { day, stats, digests, previous } = input;
     let dt = day_string(day);
     let mut steps = Steps::start();
     let mut writes = DayWrites::new(&dt);
@@ -959,12 +956,11 @@ async fn publish_day(
     let session = LakeSession::open_without_raw_logs(lake, cfg.raw_format()).await?;
     let ctx = session.context();
     replace_table(ctx, "raw.items", vec![catalogue.batch.clone()])?;
-    let long = long_stats(cfg, &stats_batch)?;
-    replace_table(ctx, "item_stats_long", vec![long])?;
-    replace_table(ctx, "stat_names", vec![stat_names_batch(cfg)?])?;
+    let filled = FilledStats::new(cfg, &catalogue.batch, &stats_batch)?;
+    replace_table(ctx, "item_stats_long", vec![filled.long.clone()])?;
     steps.mark("session");
     let buckets = run_sql(ctx, registry, "item_stat_buckets", vec![]).await?;
-    let wide = widen_buckets(cfg, &buckets)?;
+    let wide = filled.widen(cfg, &buckets)?;
     writes.add(ITEM_STAT_BUCKETS, std::slice::from_ref(&wide))?;
     replace_table(ctx, "item_stat_buckets_wide", vec![wide])?;
     steps.mark("buckets");
@@ -974,9 +970,9 @@ async fn publish_day(
     register_raw_day(lake, ctx, cfg, "behaviors", &dt).await?;
     validate(ctx, registry, cfg, "behaviors", &dt).await?;
     steps.mark("behaviors");
-    let previous = match previous {
-        Some(batches) => batches,
-        None => previous_history(lake, &session, day).await?,
+    let (previous, previous_items) = match previous {
+        Some(DayState { history, items }) => (history, items),
+        None => (previous_history(lake, &session, day).await?, previous_items(lake, day).await?),
     };
     replace_table(ctx, "previous_history", previous)?;
     let labels_df = ctx
@@ -999,11 +995,22 @@ async fn publish_day(
     quarantine_files(lake, "items", &dt, &catalogue.files).await?;
     quarantine_items(lake, &dt, &catalogue.items).await?;
     report.items = catalogue.accounting.clone();
-    let items = run_sql(ctx, registry, "items", vec![]).await?;
-    writes.add(ITEMS, &items)?;
+    replace_table(ctx, "item_digests", vec![digests.clone()])?;
+    replace_table(ctx, "previous_items", vec![previous_items])?;
+    let content = run_sql(ctx, registry, "item_content", vec![]).await?;
+    report.items_changed = total_rows(&content);
+    writes.add(ITEM_CONTENT, &content)?;
+    let items = run_sql(ctx, registry, "items", vec![ScalarValue::Utf8(Some(dt.clone()))]).await?;
+    let items = writes.add(ITEMS, &items)?;
+    let items = item_pointers(&items).ok_or_else(|| {
+        PipelineError::Config(vec![format!(
+            "{}items.sql does not produce columns item_id, content_dt and content_digest, which the next day and the trainer need",
+            registry.origin()
+        )])
+    })??;
     steps.mark("items");
-    info!(dt, samples = report.samples, items_with_stats = report.items_with_stats, %steps, "day computed");
-    Ok((history, writes))
+    info!(dt, samples = report.samples, items_with_stats = report.items_with_stats, items_changed = report.items_changed, %steps, "day computed");
+    Ok((DayState { history, items }, writes))
 }
 
 fn require_raw(session: &LakeSession) -> Result<()> {
@@ -1115,78 +1122,222 @@ pub fn item_stats_batch(cfg: &FeaturesConfig, stats: &[ItemWindows]) -> Result<R
         .map_err(|e| PipelineError::arrow("building item_stats", e))
 }
 
-/// `item_stats` in long form (item_id, stat, value) for the bucket job.
-fn long_stats(cfg: &FeaturesConfig, wide: &RecordBatch) -> Result<RecordBatch> {
-    let (mut item, mut stat, mut value) = (StringBuilder::new(), StringBuilder::new(), Float64Builder::new());
-    let ids = wide.column(0).as_string::<i32>();
-    for name in cfg.stat_columns() {
-        let col = wide
-            .column_by_name(&name)
-            .ok_or_else(|| PipelineError::Config(vec![format!("item_stats lacks {name}")]))?;
-        let col = arrow::compute::cast(col, &DataType::Float64).map_err(|e| PipelineError::arrow("long stats", e))?;
-        let col = col.as_primitive::<arrow::datatypes::Float64Type>();
-        for r in 0..wide.num_rows() {
-            item.append_value(ids.value(r));
-            stat.append_value(&name);
-            value.append_value(col.value(r));
-        }
-    }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("item_id", DataType::Utf8, false),
-        Field::new("stat", DataType::Utf8, false),
-        Field::new("value", DataType::Float64, false),
-    ]));
-    RecordBatch::try_new(schema, vec![Arc::new(item.finish()), Arc::new(stat.finish()), Arc::new(value.finish())])
-        .map_err(|e| PipelineError::arrow("building item_stats_long", e))
+/// Every catalogue item's window statistics in long form for the bucket job: one row
+/// `(item, stat, value)` per item and statistic, `item` the item's place in the catalogue sorted
+/// by id and `stat` the statistic's place in [`FeaturesConfig::stat_columns`]. Items without
+/// activity in the windows take the statistic's empty value (0 for counts, the CTR prior for
+/// rates: what [`item_stats_batch`] gives an item whose sums are all 0). Items with statistics but
+/// not in the catalogue are not ranked.
+struct FilledStats<'a> {
+    /// The catalogue's item ids, sorted.
+    ids: Vec<&'a str>,
+    long: RecordBatch,
 }
 
-/// Pivots (item_id, stat, b10, b100) into one row per item with `<stat>_b10`, `<stat>_b100`.
-fn widen_buckets(cfg: &FeaturesConfig, long: &[RecordBatch]) -> Result<RecordBatch> {
-    let names = cfg.stat_columns();
-    let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
-    let cast = |c: &ArrayRef, t: &DataType| arrow::compute::cast(c, t).map_err(|e| PipelineError::arrow("buckets", e));
-    let columns = long
-        .iter()
-        .map(|b| {
-            Ok([
-                cast(b.column(0), &DataType::Utf8)?,
-                cast(b.column(1), &DataType::Utf8)?,
-                cast(b.column(2), &DataType::Int32)?,
-                cast(b.column(3), &DataType::Int32)?,
-            ])
-        })
-        .collect::<Result<Vec<_>>>()?;
-    // Items borrowed from the columns, in first-seen order, then sorted by id.
-    let mut row_of: HashMap<&str, usize> = HashMap::new();
-    let mut items: Vec<(&str, Vec<(i32, i32)>)> = Vec::new();
-    for [item, stat, b10, b100] in &columns {
-        let (item, stat) = (item.as_string::<i32>(), stat.as_string::<i32>());
-        let (b10, b100) = (b10.as_primitive::<Int32Type>(), b100.as_primitive::<Int32Type>());
-        for r in 0..arrow::array::Array::len(item) {
-            let Some(&k) = index.get(stat.value(r)) else { continue };
-            let id = item.value(r);
-            let row = *row_of.entry(id).or_insert_with(|| {
-                items.push((id, vec![(0, 0); names.len()]));
-                items.len() - 1
-            });
-            items[row].1[k] = (b10.value(r), b100.value(r));
-        }
-    }
-    items.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let mut fields = vec![Field::new("item_id", DataType::Utf8, false)];
-    let mut cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(items.iter().map(|(id, _)| *id)))];
-    for (k, name) in names.iter().enumerate() {
-        for (suffix, pick) in [("b10", 0usize), ("b100", 1)] {
-            fields.push(Field::new(format!("{name}_{suffix}"), DataType::Int32, false));
-            let mut col = Int32Builder::with_capacity(items.len());
-            for (_, v) in &items {
-                col.append_value(if pick == 0 { v[k].0 } else { v[k].1 });
+impl<'a> FilledStats<'a> {
+    fn new(cfg: &FeaturesConfig, catalogue: &'a RecordBatch, stats: &RecordBatch) -> Result<Self> {
+        let catalogue_ids = catalogue.column(0).as_string::<i32>();
+        let mut ids: Vec<&'a str> = catalogue_ids.iter().flatten().collect();
+        ids.sort_unstable();
+        let stat_ids = stats.column(0).as_string::<i32>();
+        let row_of: HashMap<&str, usize> = stat_ids.iter().enumerate().filter_map(|(r, id)| Some((id?, r))).collect();
+        let rows: Vec<Option<usize>> = ids.iter().map(|id| row_of.get(id).copied()).collect();
+        let prior = cfg.ctr_prior_clicks / cfg.ctr_prior_exposures;
+        let names = cfg.stat_columns();
+        let n = ids.len();
+        let (mut item, mut stat) = (Vec::with_capacity(n * names.len()), Vec::with_capacity(n * names.len()));
+        let mut value = Vec::with_capacity(n * names.len());
+        for (k, name) in names.iter().enumerate() {
+            let col = stats
+                .column_by_name(name)
+                .ok_or_else(|| PipelineError::Config(vec![format!("item_stats lacks {name}")]))?;
+            let col =
+                arrow::compute::cast(col, &DataType::Float64).map_err(|e| PipelineError::arrow("long stats", e))?;
+            let col = col.as_primitive::<arrow::datatypes::Float64Type>();
+            let empty = if name.starts_with("ctr_") { prior } else { 0.0 };
+            for (i, row) in rows.iter().enumerate() {
+                item.push(i as u32);
+                stat.push(k as u32);
+                value.push(row.map_or(empty, |r| col.value(r)));
             }
-            cols.push(Arc::new(col.finish()));
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("item", DataType::UInt32, false),
+            Field::new("stat", DataType::UInt32, false),
+            Field::new("value", DataType::Float64, false),
+        ]));
+        let long = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(UInt32Array::from(item)),
+                Arc::new(UInt32Array::from(stat)),
+                Arc::new(Float64Array::from(value)),
+            ],
+        )
+        .map_err(|e| PipelineError::arrow("building item_stats_long", e))?;
+        Ok(Self { ids, long })
+    }
+
+    /// Pivots the bucket job's `(item, stat, b10, b100)` rows into one row per catalogue item,
+    /// sorted by id, with `<stat>_b10`, `<stat>_b100`. A pair the job did not return is an error.
+    fn widen(&self, cfg: &FeaturesConfig, long: &[RecordBatch]) -> Result<RecordBatch> {
+        let names = cfg.stat_columns();
+        let n = self.ids.len();
+        // buckets[stat][item] = (b10, b100); -1: not returned.
+        let mut buckets = vec![vec![(-1i32, -1i32); n]; names.len()];
+        let cast =
+            |c: &ArrayRef, t: &DataType| arrow::compute::cast(c, t).map_err(|e| PipelineError::arrow("buckets", e));
+        let problem = |what: String| PipelineError::Config(vec![format!("item_stat_buckets.sql: {what}")]);
+        for b in long {
+            for c in ["item", "stat", "b10", "b100"] {
+                if b.column_by_name(c).is_none() {
+                    return Err(problem(format!("no column `{c}` in its output")));
+                }
+            }
+            let column = |c: &str, t: &DataType| cast(b.column_by_name(c).expect("checked above"), t);
+            let (item, stat) = (column("item", &DataType::UInt32)?, column("stat", &DataType::UInt32)?);
+            let (b10, b100) = (column("b10", &DataType::Int32)?, column("b100", &DataType::Int32)?);
+            let (item, stat) = (item.as_primitive::<UInt32Type>(), stat.as_primitive::<UInt32Type>());
+            let (b10, b100) = (b10.as_primitive::<Int32Type>(), b100.as_primitive::<Int32Type>());
+            for r in 0..b.num_rows() {
+                let (i, k) = (item.value(r) as usize, stat.value(r) as usize);
+                let slot = buckets
+                    .get_mut(k)
+                    .and_then(|s| s.get_mut(i))
+                    .ok_or_else(|| problem(format!("row (item {i}, stat {k}) is not one of its input's")))?;
+                *slot = (b10.value(r), b100.value(r));
+            }
+        }
+        let mut fields = vec![Field::new("item_id", DataType::Utf8, false)];
+        let mut cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(self.ids.iter().copied()))];
+        for (k, name) in names.iter().enumerate() {
+            if let Some(i) = buckets[k].iter().position(|b| b.0 < 0 || b.1 < 0) {
+                return Err(problem(format!("no buckets (or negative ones) for item {} and {name}", self.ids[i])));
+            }
+            fields.push(Field::new(format!("{name}_b10"), DataType::Int32, false));
+            cols.push(Arc::new(Int32Array::from_iter_values(buckets[k].iter().map(|b| b.0))));
+            fields.push(Field::new(format!("{name}_b100"), DataType::Int32, false));
+            cols.push(Arc::new(Int32Array::from_iter_values(buckets[k].iter().map(|b| b.1))));
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+            .map_err(|e| PipelineError::arrow("building item_stat_buckets", e))
+    }
+}
+
+/// Per catalogue row, `item_id` and `content_digest`: the xxHash64 (hex) of its content columns
+/// (shop, brand, category, title, image, price), each length-prefixed with its nulls marked, so
+/// a change to any of them changes the digest. Stable across runs and builds: the next run
+/// compares it with the digest the item table stored. Digests are only compared item by item
+/// (an item's old content against its new), so 64 bits leave a change unseen with probability
+/// 2^-64 per change.
+pub fn content_digests(catalogue: &RecordBatch) -> Result<RecordBatch> {
+    use arrow::array::Array;
+    let text = |name: &str| -> Result<ArrayRef> {
+        let c = catalogue
+            .column_by_name(name)
+            .ok_or_else(|| PipelineError::Config(vec![format!("the catalogue lacks {name}")]))?;
+        arrow::compute::cast(c, &DataType::Utf8).map_err(|e| PipelineError::arrow("content digests", e))
+    };
+    let ids = text("item_id")?;
+    let texts = ["shop_id", "brand_id", "category_id", "title"].map(text);
+    let texts: Vec<ArrayRef> = texts.into_iter().collect::<Result<_>>()?;
+    let price = catalogue
+        .column_by_name("price")
+        .map(|c| arrow::compute::cast(c, &DataType::Float64))
+        .transpose()
+        .map_err(|e| PipelineError::arrow("content digests", e))?;
+    let image = catalogue.column_by_name("image_embedding").and_then(|c| c.as_fixed_size_list_opt().cloned());
+    let image_values = image
+        .as_ref()
+        .map(|a| arrow::compute::cast(a.values(), &DataType::Float32))
+        .transpose()
+        .map_err(|e| PipelineError::arrow("content digests", e))?;
+    let mut digests = Vec::with_capacity(catalogue.num_rows());
+    // One buffer per row, hashed once: marker byte, then length and bytes, per column.
+    let mut row = Vec::new();
+    for r in 0..catalogue.num_rows() {
+        row.clear();
+        for t in &texts {
+            let t = t.as_string::<i32>();
+            if t.is_null(r) {
+                row.push(0);
+            } else {
+                row.push(1);
+                row.extend_from_slice(&(t.value(r).len() as u64).to_le_bytes());
+                row.extend_from_slice(t.value(r).as_bytes());
+            }
+        }
+        match &price {
+            Some(p) if p.is_valid(r) => {
+                row.push(1);
+                row.extend_from_slice(
+                    &p.as_primitive::<arrow::datatypes::Float64Type>().value(r).to_bits().to_le_bytes(),
+                );
+            }
+            _ => row.push(0),
+        }
+        match (&image, &image_values) {
+            (Some(a), Some(v)) if a.is_valid(r) => {
+                let w = a.value_length() as usize;
+                let v = &v.as_primitive::<arrow::datatypes::Float32Type>().values()[r * w..(r + 1) * w];
+                row.push(1);
+                row.extend_from_slice(&(w as u64).to_le_bytes());
+                for x in v {
+                    row.extend_from_slice(&x.to_bits().to_le_bytes());
+                }
+            }
+            _ => row.push(0),
+        }
+        digests.push(format!("{:016x}", twox_hash::XxHash64::oneshot(0, &row)));
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("item_id", DataType::Utf8, true),
+        Field::new("content_digest", DataType::Utf8, false),
+    ]));
+    RecordBatch::try_new(schema, vec![ids, Arc::new(StringArray::from(digests))])
+        .map_err(|e| PipelineError::arrow("content digests", e))
+}
+
+/// `item_id, content_dt, content_digest` of an item table as written (`None`: it lacks one of
+/// them, as tables written before the content was split out do).
+fn item_pointers(batches: &[RecordBatch]) -> Option<Result<RecordBatch>> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("item_id", DataType::Utf8, true),
+        Field::new("content_dt", DataType::Utf8, true),
+        Field::new("content_digest", DataType::Utf8, true),
+    ]));
+    let mut parts = Vec::with_capacity(batches.len());
+    for b in batches {
+        let mut cols = Vec::with_capacity(3);
+        for f in schema.fields() {
+            let c = b.column_by_name(f.name())?;
+            match arrow::compute::cast(c, &DataType::Utf8) {
+                Ok(c) => cols.push(c),
+                Err(e) => return Some(Err(PipelineError::arrow("item table pointers", e))),
+            }
+        }
+        match RecordBatch::try_new(Arc::clone(&schema), cols) {
+            Ok(p) => parts.push(p),
+            Err(e) => return Some(Err(PipelineError::arrow("item table pointers", e))),
         }
     }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
-        .map_err(|e| PipelineError::arrow("building item_stat_buckets", e))
+    Some(arrow::compute::concat_batches(&schema, &parts).map_err(|e| PipelineError::arrow("item table pointers", e)))
+}
+
+/// Where each item's content was at the end of the day before `day`, from its item table: empty
+/// when there is none, or when it predates `content_dt` (every item's content is then written
+/// again, once).
+async fn previous_items(lake: &Lake, day: NaiveDate) -> Result<RecordBatch> {
+    let rel = data_file(&partition(ITEMS, &day_string(day - Duration::days(1))));
+    let empty = || item_pointers(&[]).expect("no batch lacks a column");
+    let Some(bytes) = lake.get_opt(&rel).await? else { return empty() };
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| PipelineError::parquet("read", &rel, e))?;
+    let batches = reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| PipelineError::arrow(format!("reading {rel}"), e))?;
+    item_pointers(&batches).unwrap_or_else(empty)
 }
 
 /// The user state at the end of the day before `day` (empty before the data starts).
@@ -1348,5 +1499,69 @@ mod tests {
         };
         assert_eq!(cfg.validate().len(), 4);
         assert_eq!(FeaturesConfig::default().stat_columns().len(), 18);
+    }
+
+    fn strings(name: &str, values: &[&str]) -> (Field, ArrayRef) {
+        (Field::new(name, DataType::Utf8, false), Arc::new(StringArray::from_iter_values(values.iter().copied())))
+    }
+
+    /// The bucket job's input covers the catalogue, in id order, items without activity at the
+    /// statistic's empty value; its output pivots back by position, and a missing pair is an error.
+    #[test]
+    fn filled_stats_cover_the_catalogue_and_widen_by_position() {
+        let cfg = FeaturesConfig { windows: vec![1], ..Default::default() };
+        let (f, c) = strings("item_id", &["b", "c", "a"]);
+        let catalogue = RecordBatch::try_new(Arc::new(Schema::new(vec![f])), vec![c]).unwrap();
+        // "z" has statistics but is not in the catalogue; "a" and "c" have none.
+        let days = [
+            ItemWindows { item_id: "b".into(), sums: vec![[10, 2, 0, 0, 150]] },
+            ItemWindows { item_id: "z".into(), sums: vec![[5, 5, 0, 0, 0]] },
+        ];
+        let stats = item_stats_batch(&cfg, &days).unwrap();
+        let filled = FilledStats::new(&cfg, &catalogue, &stats).unwrap();
+        assert_eq!(filled.ids, ["a", "b", "c"]);
+        let names = cfg.stat_columns();
+        assert_eq!(filled.long.num_rows(), 3 * names.len());
+        let (item, stat) =
+            (filled.long.column(0).as_primitive::<UInt32Type>(), filled.long.column(1).as_primitive::<UInt32Type>());
+        let value = filled.long.column(2).as_primitive::<arrow::datatypes::Float64Type>();
+        let prior = cfg.ctr_prior_clicks / cfg.ctr_prior_exposures;
+        let at = |i: u32, name: &str| {
+            let k = names.iter().position(|n| n == name).unwrap() as u32;
+            (0..filled.long.num_rows())
+                .find(|&r| item.value(r) == i && stat.value(r) == k)
+                .map(|r| value.value(r))
+                .unwrap()
+        };
+        assert_eq!(at(1, "exposures_1d"), 10.0);
+        assert_eq!(at(1, "amount_1d"), 1.5);
+        assert_eq!(at(0, "exposures_1d"), 0.0);
+        assert!((at(2, "ctr_1d") - prior).abs() < 1e-12);
+        assert!((at(1, "ctr_1d") - (2.0 + cfg.ctr_prior_clicks) / (10.0 + cfg.ctr_prior_exposures)).abs() < 1e-12);
+
+        // The job's answer, one row per input row: bucket = item position, b100 = 10 × that.
+        let answer = |rows: usize| {
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![
+                    Field::new("item", DataType::UInt32, false),
+                    Field::new("stat", DataType::UInt32, false),
+                    Field::new("b10", DataType::Int32, false),
+                    Field::new("b100", DataType::Int32, false),
+                ])),
+                vec![
+                    Arc::new(UInt32Array::from_iter_values((0..rows).map(|r| item.value(r)))),
+                    Arc::new(UInt32Array::from_iter_values((0..rows).map(|r| stat.value(r)))),
+                    Arc::new(Int32Array::from_iter_values((0..rows).map(|r| item.value(r) as i32))),
+                    Arc::new(Int32Array::from_iter_values((0..rows).map(|r| 10 * item.value(r) as i32))),
+                ],
+            )
+            .unwrap()
+        };
+        let wide = filled.widen(&cfg, &[answer(filled.long.num_rows())]).unwrap();
+        assert_eq!(wide.column(0).as_string::<i32>().iter().flatten().collect::<Vec<_>>(), ["a", "b", "c"]);
+        let clicks_b100 = wide.column_by_name("clicks_1d_b100").unwrap().as_primitive::<Int32Type>();
+        assert_eq!(clicks_b100.values().to_vec(), [0, 10, 20]);
+        let err = filled.widen(&cfg, &[answer(filled.long.num_rows() - 1)]).unwrap_err().to_string();
+        assert!(err.contains("no buckets") && err.contains("item c"), "{err}");
     }
 }

@@ -3,9 +3,10 @@
 //! Input: per item and day, the counts of that day ([`DailyCounts`]: exposures, clicks, carts,
 //! purchases and purchase amount in cents). Day `d`'s counts enter the dataflow as an insertion at
 //! time `d` and, for each window `W`, leave as a retraction at time `d + W`
-//! (`negate().delay(t + W)`); `count_total` then keeps, per (item, statistic, window), the sum over
-//! the last `W` days. Advancing one day costs work proportional to that day's changes, not to the
-//! window.
+//! (`negate().delay(t + W)`); `count_total` then keeps, per (item, window), the sums over the last
+//! `W` days. The five statistics travel together as one difference ([`Sums`]), so a day adds one
+//! update per item and window, not five. Advancing one day costs work proportional to that day's
+//! changes, not to the window.
 //!
 //! The statistics attached to day `D` are those known at the end of day `D − 1` (no leakage from
 //! the day being predicted): [`item_window_stats`] reports, for each requested day `D`, the window
@@ -101,8 +102,20 @@ pub fn item_window_stats(
 pub type StepSeconds = Vec<(u32, f64)>;
 /// One day's counts by item index: `(day, [(item, [exposures, clicks, carts, purchases, amount])])`.
 type DayCounts = (u32, Vec<(u32, [i64; 5])>);
-/// One change of a window total: `((item, stat, window), total, time, diff)`.
-type Change = ((u32, u8, u8), i64, u32, isize);
+/// The five statistics of one item as a differential difference: a tuple, whose sum, zero and
+/// negation differential defines element-wise (`((exposures, clicks), (carts, purchases), amount)`).
+type Sums = ((i64, i64), (i64, i64), i64);
+/// One change of a window total: `((item, window), totals, time, diff)`.
+type Change = ((u32, u8), Sums, u32, isize);
+
+fn to_sums(c: &[i64; 5]) -> Sums {
+    ((c[0], c[1]), (c[2], c[3]), c[4])
+}
+
+fn from_sums(s: &Sums) -> [i64; 5] {
+    let ((e, c), (k, p), a) = *s;
+    [e, c, k, p, a]
+}
 
 /// [`item_window_stats`] on any [`Topology`], also returning the first worker's seconds per
 /// dataflow step `(time, seconds)`: feeding one day, advancing the input and running until the
@@ -143,15 +156,15 @@ pub fn item_window_stats_timed(
         let recorder = index % threads == 0;
         let windows = Arc::clone(&windows);
         let names = Arc::clone(&names);
-        // Changes to (item, stat, window) → total, as seen by this worker.
+        // Changes to (item, window) → totals, as seen by this worker.
         let changes: Arc<Mutex<Vec<Change>>> = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&changes);
         let probe = Handle::new();
         let mut input = worker.dataflow::<u32, _, _>(|scope| {
-            let (input, counts) = scope.new_collection::<(u32, u8), isize>();
+            let (input, counts) = scope.new_collection::<u32, Sums>();
             let mut per_window = Vec::with_capacity(windows.len());
             for (w, &width) in windows.iter().enumerate() {
-                let tagged = counts.clone().map(move |(item, stat)| (item, stat, w as u8));
+                let tagged = counts.clone().map(move |item| (item, w as u8));
                 per_window.push(tagged.clone().concat(tagged.negate().delay(move |t: &u32| t + width)));
             }
             let mut all = per_window.pop().expect("at least one window");
@@ -167,7 +180,7 @@ pub fn item_window_stats_timed(
                 .inspect(move |((key, total), time, diff)| {
                     if recorder {
                         if let Ok(mut v) = sink.lock() {
-                            v.push((*key, *total as i64, *time, *diff));
+                            v.push((*key, *total, *time, *diff));
                         }
                     }
                 })
@@ -175,7 +188,7 @@ pub fn item_window_stats_timed(
             input
         });
 
-        let mut state: HashMap<(u32, u8, u8), i64> = HashMap::new();
+        let mut state: HashMap<(u32, u8), [i64; 5]> = HashMap::new();
         let mut fed = 0usize;
         let last_time = last_report.saturating_sub(1);
         let mut t = first_time;
@@ -247,7 +260,7 @@ fn dense_ids(days: &[DailyCounts], first_time: u32) -> (Vec<String>, Vec<DayCoun
 
 /// Feeds worker `index` of `peers` its share of one day's counts (every `peers`-th item).
 fn feed_share(
-    input: &mut differential_dataflow::input::InputSession<u32, (u32, u8), isize>,
+    input: &mut differential_dataflow::input::InputSession<u32, u32, Sums>,
     counts: &[(u32, [i64; 5])],
     index: usize,
     peers: usize,
@@ -256,18 +269,17 @@ fn feed_share(
         if i % peers != index {
             continue;
         }
-        for (s, &c) in counts.iter().enumerate() {
-            if c != 0 {
-                input.update((*item, s as u8), c as isize);
-            }
+        if counts.iter().any(|&c| c != 0) {
+            input.update(*item, to_sums(counts));
         }
     }
 }
 
 /// Applies final changes of window totals to a worker's state: an insertion sets the total, a
 /// retraction of the current total removes it.
-fn apply_changes(state: &mut HashMap<(u32, u8, u8), i64>, changes: impl Iterator<Item = Change>) {
+fn apply_changes(state: &mut HashMap<(u32, u8), [i64; 5]>, changes: impl Iterator<Item = Change>) {
     for (key, total, _time, diff) in changes {
+        let total = from_sums(&total);
         if diff > 0 {
             state.insert(key, total);
         } else if state.get(&key) == Some(&total) {
@@ -277,16 +289,15 @@ fn apply_changes(state: &mut HashMap<(u32, u8, u8), i64>, changes: impl Iterator
 }
 
 /// A worker's window totals as per-item rows (the worker's share of the keys).
-fn snapshot(state: &HashMap<(u32, u8, u8), i64>, names: &[String], n_windows: usize) -> Vec<ItemWindows> {
+fn snapshot(state: &HashMap<(u32, u8), [i64; 5]>, names: &[String], n_windows: usize) -> Vec<ItemWindows> {
     let mut items: BTreeMap<String, Vec<[i64; 5]>> = BTreeMap::new();
-    for ((item, stat, w), total) in state {
-        items.entry(names[*item as usize].clone()).or_insert_with(|| vec![[0; 5]; n_windows])[*w as usize]
-            [*stat as usize] = *total;
+    for ((item, w), total) in state {
+        items.entry(names[*item as usize].clone()).or_insert_with(|| vec![[0; 5]; n_windows])[*w as usize] = *total;
     }
     items.into_iter().map(|(item_id, sums)| ItemWindows { item_id, sums }).collect()
 }
 
-/// Keys (item, statistic, window) are spread over workers by hash: merges each item's parts
+/// Keys (item, window) are spread over workers by hash: merges each item's parts
 /// into one row per item and report day.
 fn merge_parts(
     results: &mut BTreeMap<u32, Vec<ItemWindows>>,

@@ -5,8 +5,11 @@
 //!   as unknown.
 //! - [`DataSpec`]: what the data provides ([`ModelInputs`]): vocabulary sizes from the
 //!   dictionaries, statistics from the `<stat>_b10` / `<stat>_b100` columns of `features/items`,
-//!   the image width from its `image_embedding` column, word vectors from `raw/word_vectors`.
-//! - [`ItemStore`]: the day's item side table (`features/items/dt=D`), looked up by item index.
+//!   the image width from the `image_embedding` column of its content, word vectors from
+//!   `raw/word_vectors`.
+//! - [`item_side`]: the day's item table (`features/items/dt=D`: ids, buckets, `content_dt`)
+//!   joined with each item's content where it was stored (`features/item_content/dt=<content_dt>`).
+//! - [`ItemStore`]: the day's item side, looked up by item index.
 //! - [`Row`]: one sample row of `features/samples/dt=D`, ids already mapped.
 //! - [`spawn_stream`]: a producer thread that reads the days in order, shuffles rows within a
 //!   bounded buffer, builds [`Batch`]es (distinct items once per batch) and hands them over a
@@ -18,12 +21,12 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, ListArray, RecordBatch};
-use arrow::datatypes::{DataType, Float32Type, Int32Type, Int64Type};
+use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, ListArray, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, FieldRef, Float32Type, Int32Type, Int64Type, Schema};
 use burn::tensor::Device;
 use chrono::NaiveDate;
 use marnflow_model::{Batch, BatchTensors, ItemTable, ModelInputs, Samples, Titles};
-use marnflow_pipeline::features::{DICTIONARIES, ITEMS, SAMPLES, UNKNOWN};
+use marnflow_pipeline::features::{DICTIONARIES, ITEMS, ITEM_CONTENT, SAMPLES, UNKNOWN};
 use marnflow_pipeline::lake::{partition, Lake};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::{Rng, SeedableRng};
@@ -115,6 +118,89 @@ fn text_at(a: &arrow::array::StringArray, r: usize) -> &str {
     }
 }
 
+/// The day's item side: the rows of `features/items/dt=day` joined, by `(item_id, content_dt)`,
+/// with their content in `features/item_content/dt=<content_dt>`; one batch per content file,
+/// its columns then the item table's other columns (the buckets). An item table without
+/// `content_dt` (written before the content was stored once per change) holds its content
+/// itself and is returned as it is. Also returns the item table's first file, for messages.
+pub async fn item_side(lake: &Lake, day: NaiveDate) -> Result<(Vec<RecordBatch>, String)> {
+    let files = partition_files(lake, ITEMS, day).await?;
+    let first = files.first().ok_or_else(|| missing_partition(lake, ITEMS, day))?.clone();
+    let mut tables = Vec::new();
+    for f in &files {
+        tables.extend(parquet_batches(lake.get(f).await?, f)?);
+    }
+    let Some(schema) = tables.first().map(RecordBatch::schema) else { return Ok((tables, first)) };
+    if schema.column_with_name("content_dt").is_none() {
+        return Ok((tables, first));
+    }
+    let items = arrow::compute::concat_batches(&schema, &tables)?;
+    let (ids, dts) =
+        (column(&items, "item_id", &DataType::Utf8, &first)?, column(&items, "content_dt", &DataType::Utf8, &first)?);
+    let (ids, dts) = (ids.as_string::<i32>(), dts.as_string::<i32>());
+    // content_dt → item_id → row of the item table.
+    let mut wanted: BTreeMap<&str, HashMap<&str, u32>> = BTreeMap::new();
+    for r in 0..items.num_rows() {
+        if ids.is_null(r) || dts.is_null(r) {
+            bail!("{first} row {r}: item_id or content_dt is missing");
+        }
+        wanted.entry(dts.value(r)).or_default().insert(ids.value(r), r as u32);
+    }
+    let own: Vec<usize> = (0..schema.fields().len())
+        .filter(|&i| !["item_id", "content_dt", "content_digest"].contains(&schema.field(i).name().as_str()))
+        .collect();
+    let mut joined = vec![false; items.num_rows()];
+    let mut out = Vec::new();
+    for (dt, rows) in &wanted {
+        for f in parquet_files(lake, &partition(ITEM_CONTENT, dt)).await? {
+            for b in parquet_batches(lake.get(&f).await?, &f)? {
+                let content_ids = column(&b, "item_id", &DataType::Utf8, &f)?;
+                let content_ids = content_ids.as_string::<i32>();
+                let (mut at_content, mut at_items) = (Vec::new(), Vec::new());
+                for r in 0..b.num_rows() {
+                    if content_ids.is_null(r) {
+                        continue;
+                    }
+                    if let Some(&i) = rows.get(content_ids.value(r)) {
+                        if !joined[i as usize] {
+                            joined[i as usize] = true;
+                            at_content.push(r as u32);
+                            at_items.push(i);
+                        }
+                    }
+                }
+                if at_content.is_empty() {
+                    continue;
+                }
+                let (at_content, at_items) = (UInt32Array::from(at_content), UInt32Array::from(at_items));
+                let mut fields: Vec<FieldRef> = b.schema().fields().iter().cloned().collect();
+                let mut cols = b
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::compute::take(c, &at_content, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                for &i in &own {
+                    fields.push(Arc::clone(&schema.fields()[i]));
+                    cols.push(arrow::compute::take(items.column(i), &at_items, None)?);
+                }
+                out.push(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?);
+            }
+        }
+    }
+    if let Some(r) = joined.iter().position(|j| !j) {
+        let missing = joined.iter().filter(|j| !**j).count();
+        bail!(
+            "{first}: {missing} of its {} items have no content where they point (first: item {} in {}): \
+             the content of that day was rewritten since; rerun `marnflow features` from {} on",
+            items.num_rows(),
+            ids.value(r),
+            lake.folder_url(&partition(ITEM_CONTENT, dts.value(r))),
+            dts.value(r)
+        );
+    }
+    Ok((out, first))
+}
+
 /// The error for a day partition that `marnflow features` has not built yet.
 fn missing_partition(lake: &Lake, table: &str, day: NaiveDate) -> anyhow::Error {
     anyhow!(
@@ -194,9 +280,7 @@ pub struct DataSpec {
 impl DataSpec {
     /// Describes the data of `day` (its `features/items` partition) with the dictionaries `vocab`.
     pub async fn discover(lake: &Lake, vocab: &Vocab, day: NaiveDate) -> Result<Self> {
-        let files = partition_files(lake, ITEMS, day).await?;
-        let first = files.first().ok_or_else(|| missing_partition(lake, ITEMS, day))?;
-        let batches = parquet_batches(lake.get(first).await?, first)?;
+        let (batches, first) = item_side(lake, day).await?;
         let schema = batches.first().map(|b| b.schema()).ok_or_else(|| anyhow!("{first} is empty"))?;
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         let stat_columns: Vec<String> = names
@@ -293,101 +377,96 @@ pub struct ItemStore {
 }
 
 impl ItemStore {
-    /// Reads `features/items/dt=day`.
+    /// Reads the item side of `day` ([`item_side`]).
     pub async fn load(lake: &Lake, day: NaiveDate, spec: &DataSpec, vocab: &Vocab) -> Result<Self> {
         let inputs = &spec.inputs;
         let s = spec.stat_columns.len();
         let mut out = Self::default();
-        let files = partition_files(lake, ITEMS, day).await?;
-        if files.is_empty() {
-            return Err(missing_partition(lake, ITEMS, day));
-        }
-        for file in files {
-            for b in parquet_batches(lake.get(&file).await?, &file)? {
-                let text = |name: &str| column(&b, name, &DataType::Utf8, &file);
-                let (item, shop, brand, category) =
-                    (text("item_id")?, text("shop_id")?, text("brand_id")?, text("category_id")?);
-                let (item, shop, brand, category) = (
-                    item.as_string::<i32>(),
-                    shop.as_string::<i32>(),
-                    brand.as_string::<i32>(),
-                    category.as_string::<i32>(),
-                );
-                let mut stat_cols = Vec::with_capacity(2 * s);
-                for suffix in ["_b10", "_b100"] {
-                    for stat in &spec.stat_columns {
-                        stat_cols.push(column(&b, &format!("{stat}{suffix}"), &DataType::Int32, &file)?);
-                    }
+        let (batches, file) = item_side(lake, day).await?;
+        for b in batches {
+            let text = |name: &str| column(&b, name, &DataType::Utf8, &file);
+            let (item, shop, brand, category) =
+                (text("item_id")?, text("shop_id")?, text("brand_id")?, text("category_id")?);
+            let (item, shop, brand, category) = (
+                item.as_string::<i32>(),
+                shop.as_string::<i32>(),
+                brand.as_string::<i32>(),
+                category.as_string::<i32>(),
+            );
+            let mut stat_cols = Vec::with_capacity(2 * s);
+            for suffix in ["_b10", "_b100"] {
+                for stat in &spec.stat_columns {
+                    stat_cols.push(column(&b, &format!("{stat}{suffix}"), &DataType::Int32, &file)?);
                 }
-                let titles = match b.column_by_name("title_tokens") {
-                    Some(_) => Some(column(&b, "title_tokens", &utf8_list(), &file)?),
-                    None => None,
-                };
-                let images = match (inputs.image_dim, b.column_by_name("image_embedding")) {
-                    (0, _) | (_, None) => None,
-                    (_, Some(c)) => Some(
-                        c.as_any()
-                            .downcast_ref::<FixedSizeListArray>()
-                            .ok_or_else(|| anyhow!("{file}: image_embedding is not a fixed-size list"))?
-                            .clone(),
-                    ),
-                };
-                let image_values = match &images {
-                    Some(a) => Some(arrow::compute::cast(a.values(), &DataType::Float32)?),
-                    None => None,
-                };
-                for r in 0..b.num_rows() {
-                    if item.is_null(r) {
-                        continue;
-                    }
-                    let index = lookup(&vocab.item, item.value(r), inputs.n_items);
-                    let row = out.item_ids.len();
-                    out.rows.insert(index, row);
-                    out.item_index.push(index);
-                    out.item_ids.push(item.value(r).to_string());
-                    out.category_ids.push(text_at(category, r).to_string());
-                    out.shop.push(lookup(&vocab.shop, text_at(shop, r), inputs.n_shops));
-                    out.brand.push(lookup(&vocab.brand, text_at(brand, r), inputs.n_brands));
-                    out.category.push(lookup(&vocab.category, text_at(category, r), inputs.n_categories));
-                    for (k, c) in stat_cols.iter().enumerate() {
-                        let c = c.as_primitive::<Int32Type>();
-                        let bound = if k < s { inputs.stat_coarse_buckets } else { inputs.stat_fine_buckets };
-                        let v = if c.is_null(r) { 0 } else { c.value(r).clamp(0, bound as i32 - 1) as u32 };
-                        out.stats.push(v);
-                    }
-                    let d = inputs.image_dim;
-                    if d > 0 {
-                        match (&images, &image_values) {
-                            (Some(a), Some(v)) if !a.is_null(r) => {
-                                let v = v.as_primitive::<Float32Type>().values();
-                                let row_values = &v[r * d..(r + 1) * d];
-                                if row_values.iter().all(|x| x.is_finite()) {
-                                    out.images.extend_from_slice(row_values);
-                                    out.image_present.push(true);
-                                } else {
-                                    out.images.extend(std::iter::repeat_n(0.0, d));
-                                    out.image_present.push(false);
-                                }
-                            }
-                            _ => {
+            }
+            let titles = match b.column_by_name("title_tokens") {
+                Some(_) => Some(column(&b, "title_tokens", &utf8_list(), &file)?),
+                None => None,
+            };
+            let images = match (inputs.image_dim, b.column_by_name("image_embedding")) {
+                (0, _) | (_, None) => None,
+                (_, Some(c)) => Some(
+                    c.as_any()
+                        .downcast_ref::<FixedSizeListArray>()
+                        .ok_or_else(|| anyhow!("{file}: image_embedding is not a fixed-size list"))?
+                        .clone(),
+                ),
+            };
+            let image_values = match &images {
+                Some(a) => Some(arrow::compute::cast(a.values(), &DataType::Float32)?),
+                None => None,
+            };
+            for r in 0..b.num_rows() {
+                if item.is_null(r) {
+                    continue;
+                }
+                let index = lookup(&vocab.item, item.value(r), inputs.n_items);
+                let row = out.item_ids.len();
+                out.rows.insert(index, row);
+                out.item_index.push(index);
+                out.item_ids.push(item.value(r).to_string());
+                out.category_ids.push(text_at(category, r).to_string());
+                out.shop.push(lookup(&vocab.shop, text_at(shop, r), inputs.n_shops));
+                out.brand.push(lookup(&vocab.brand, text_at(brand, r), inputs.n_brands));
+                out.category.push(lookup(&vocab.category, text_at(category, r), inputs.n_categories));
+                for (k, c) in stat_cols.iter().enumerate() {
+                    let c = c.as_primitive::<Int32Type>();
+                    let bound = if k < s { inputs.stat_coarse_buckets } else { inputs.stat_fine_buckets };
+                    let v = if c.is_null(r) { 0 } else { c.value(r).clamp(0, bound as i32 - 1) as u32 };
+                    out.stats.push(v);
+                }
+                let d = inputs.image_dim;
+                if d > 0 {
+                    match (&images, &image_values) {
+                        (Some(a), Some(v)) if !a.is_null(r) => {
+                            let v = v.as_primitive::<Float32Type>().values();
+                            let row_values = &v[r * d..(r + 1) * d];
+                            if row_values.iter().all(|x| x.is_finite()) {
+                                out.images.extend_from_slice(row_values);
+                                out.image_present.push(true);
+                            } else {
                                 out.images.extend(std::iter::repeat_n(0.0, d));
                                 out.image_present.push(false);
                             }
                         }
-                    }
-                    let mut words = Vec::new();
-                    if let (Some(t), true) = (&titles, inputs.has_titles()) {
-                        let list = t.as_list::<i32>();
-                        if !list.is_null(r) {
-                            let tokens = list.value(r);
-                            let tokens = tokens.as_string::<i32>();
-                            for w in tokens.iter().flatten().filter(|w| !w.is_empty()).take(TITLE_MAX_LEN) {
-                                words.push(lookup(&vocab.token, w, inputs.title_vocab));
-                            }
+                        _ => {
+                            out.images.extend(std::iter::repeat_n(0.0, d));
+                            out.image_present.push(false);
                         }
                     }
-                    out.titles.push(words);
                 }
+                let mut words = Vec::new();
+                if let (Some(t), true) = (&titles, inputs.has_titles()) {
+                    let list = t.as_list::<i32>();
+                    if !list.is_null(r) {
+                        let tokens = list.value(r);
+                        let tokens = tokens.as_string::<i32>();
+                        for w in tokens.iter().flatten().filter(|w| !w.is_empty()).take(TITLE_MAX_LEN) {
+                            words.push(lookup(&vocab.token, w, inputs.title_vocab));
+                        }
+                    }
+                }
+                out.titles.push(words);
             }
         }
         Ok(out)
