@@ -294,13 +294,13 @@ class Job:
         # partition holds the items that are new or whose content digest changed; the day's item
         # table holds every item's buckets and the day its content was stored (content_dt).
         self.db.execute(
-            """CREATE OR REPLACE TEMP TABLE items AS
+            f"""CREATE OR REPLACE TEMP TABLE items AS
             SELECT c.item_id, c.shop_id, c.brand_id, c.category_id,
                    string_split(lower(trim(c.title)), ' ') AS title_tokens, c.image_embedding, c.price,
                    CAST(c.digest AS VARCHAR) AS content_digest,
                    CASE WHEN p.content_digest = CAST(c.digest AS VARCHAR) THEN p.content_dt
-                        ELSE $day END AS content_dt
-            FROM catalogue c LEFT JOIN content_state p USING (item_id)""".replace("$day", f"'{day}'")
+                        ELSE '{day}' END AS content_dt
+            FROM catalogue c LEFT JOIN content_state p USING (item_id)"""
         )
         self.write(
             "item_content",

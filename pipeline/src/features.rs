@@ -1002,12 +1002,12 @@ async fn publish_day(
     writes.add(ITEM_CONTENT, &content)?;
     let items = run_sql(ctx, registry, "items", vec![ScalarValue::Utf8(Some(dt.clone()))]).await?;
     let items = writes.add(ITEMS, &items)?;
-    let items = item_pointers(&items).ok_or_else(|| {
+    let items = item_pointers(&items)?.ok_or_else(|| {
         PipelineError::Config(vec![format!(
             "{}items.sql does not produce columns item_id, content_dt and content_digest, which the next day and the trainer need",
             registry.origin()
         )])
-    })??;
+    })?;
     steps.mark("items");
     info!(dt, samples = report.samples, items_with_stats = report.items_with_stats, items_changed = report.items_changed, %steps, "day computed");
     Ok((DayState { history, items }, writes))
@@ -1189,12 +1189,9 @@ impl<'a> FilledStats<'a> {
             |c: &ArrayRef, t: &DataType| arrow::compute::cast(c, t).map_err(|e| PipelineError::arrow("buckets", e));
         let problem = |what: String| PipelineError::Config(vec![format!("item_stat_buckets.sql: {what}")]);
         for b in long {
-            for c in ["item", "stat", "b10", "b100"] {
-                if b.column_by_name(c).is_none() {
-                    return Err(problem(format!("no column `{c}` in its output")));
-                }
-            }
-            let column = |c: &str, t: &DataType| cast(b.column_by_name(c).expect("checked above"), t);
+            let column = |c: &str, t: &DataType| {
+                cast(b.column_by_name(c).ok_or_else(|| problem(format!("no column `{c}` in its output")))?, t)
+            };
             let (item, stat) = (column("item", &DataType::UInt32)?, column("stat", &DataType::UInt32)?);
             let (b10, b100) = (column("b10", &DataType::Int32)?, column("b100", &DataType::Int32)?);
             let (item, stat) = (item.as_primitive::<UInt32Type>(), stat.as_primitive::<UInt32Type>());
@@ -1300,28 +1297,25 @@ pub fn content_digests(catalogue: &RecordBatch) -> Result<RecordBatch> {
 
 /// `item_id, content_dt, content_digest` of an item table as written (`None`: it lacks one of
 /// them, as tables written before the content was split out do).
-fn item_pointers(batches: &[RecordBatch]) -> Option<Result<RecordBatch>> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("item_id", DataType::Utf8, true),
-        Field::new("content_dt", DataType::Utf8, true),
-        Field::new("content_digest", DataType::Utf8, true),
-    ]));
+fn item_pointers(batches: &[RecordBatch]) -> Result<Option<RecordBatch>> {
+    let schema = pointer_schema();
+    let fail = |e| PipelineError::arrow("item table pointers", e);
     let mut parts = Vec::with_capacity(batches.len());
     for b in batches {
         let mut cols = Vec::with_capacity(3);
         for f in schema.fields() {
-            let c = b.column_by_name(f.name())?;
-            match arrow::compute::cast(c, &DataType::Utf8) {
-                Ok(c) => cols.push(c),
-                Err(e) => return Some(Err(PipelineError::arrow("item table pointers", e))),
-            }
+            let Some(c) = b.column_by_name(f.name()) else { return Ok(None) };
+            cols.push(arrow::compute::cast(c, &DataType::Utf8).map_err(fail)?);
         }
-        match RecordBatch::try_new(Arc::clone(&schema), cols) {
-            Ok(p) => parts.push(p),
-            Err(e) => return Some(Err(PipelineError::arrow("item table pointers", e))),
-        }
+        parts.push(RecordBatch::try_new(Arc::clone(&schema), cols).map_err(fail)?);
     }
-    Some(arrow::compute::concat_batches(&schema, &parts).map_err(|e| PipelineError::arrow("item table pointers", e)))
+    arrow::compute::concat_batches(&schema, &parts).map(Some).map_err(fail)
+}
+
+fn pointer_schema() -> SchemaRef {
+    Arc::new(Schema::new(
+        ["item_id", "content_dt", "content_digest"].map(|n| Field::new(n, DataType::Utf8, true)).to_vec(),
+    ))
 }
 
 /// Where each item's content was at the end of the day before `day`, from its item table: empty
@@ -1329,15 +1323,8 @@ fn item_pointers(batches: &[RecordBatch]) -> Option<Result<RecordBatch>> {
 /// again, once).
 async fn previous_items(lake: &Lake, day: NaiveDate) -> Result<RecordBatch> {
     let rel = data_file(&partition(ITEMS, &day_string(day - Duration::days(1))));
-    let empty = || item_pointers(&[]).expect("no batch lacks a column");
-    let Some(bytes) = lake.get_opt(&rel).await? else { return empty() };
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.build())
-        .map_err(|e| PipelineError::parquet("read", &rel, e))?;
-    let batches = reader
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| PipelineError::arrow(format!("reading {rel}"), e))?;
-    item_pointers(&batches).unwrap_or_else(empty)
+    let batches = read_parquet_file(lake, &rel).await?.unwrap_or_default();
+    Ok(item_pointers(&batches)?.unwrap_or_else(|| RecordBatch::new_empty(pointer_schema())))
 }
 
 /// The user state at the end of the day before `day` (empty before the data starts).
@@ -1440,15 +1427,22 @@ async fn update_dictionaries(lake: &Lake, samples: &[RecordBatch], items: &[Reco
     Ok(())
 }
 
-/// A dictionary as value → index (empty when it does not exist yet).
-pub async fn read_dictionary(lake: &Lake, rel: &str) -> Result<BTreeMap<String, i64>> {
-    let Some(bytes) = lake.get_opt(rel).await? else { return Ok(BTreeMap::new()) };
+/// Every batch of the Parquet file `rel` (`None`: there is no such file).
+async fn read_parquet_file(lake: &Lake, rel: &str) -> Result<Option<Vec<RecordBatch>>> {
+    let Some(bytes) = lake.get_opt(rel).await? else { return Ok(None) };
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| b.build())
         .map_err(|e| PipelineError::parquet("read", rel, e))?;
+    let batches = reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| PipelineError::arrow(format!("reading {rel}"), e))?;
+    Ok(Some(batches))
+}
+
+/// A dictionary as value → index (empty when it does not exist yet).
+pub async fn read_dictionary(lake: &Lake, rel: &str) -> Result<BTreeMap<String, i64>> {
     let mut out = BTreeMap::new();
-    for b in reader {
-        let b = b.map_err(|e| PipelineError::arrow(format!("reading {rel}"), e))?;
+    for b in read_parquet_file(lake, rel).await?.unwrap_or_default() {
         if b.num_columns() < 2 {
             return Err(PipelineError::Config(vec![format!("{rel}: a dictionary needs columns value and index")]));
         }
