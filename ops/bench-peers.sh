@@ -5,20 +5,101 @@
 #             DuckDB (ops/peers/features_duckdb.py, 2 threads), over one generated lake; after the
 #             runs, their labels, histories, buckets, user state and dictionaries are checked
 #             equal (ops/peers/check_features.py) and the table is printed only if they are.
+#   train     MARN's training step (forward + backward + AdaGrad) in the model benchmark
+#             (model/benches/train_throughput.rs, variant marn) against the same model written
+#             plainly in PyTorch (ops/peers/train_torch.py, 2 threads, dense and sparse
+#             embeddings), at the benchmark's widths, on batches drawn alike; the ratio is taken
+#             against PyTorch's faster setting.
 #
 #   bash ops/bench-peers.sh features [--runs 3] [--scale 1] [--days 14] [--lake DIR] [--bin PATH]
+#   bash ops/bench-peers.sh train [--runs 3] [--seconds 3] [--batches 32,1024] [--device cpu|tch:cpu]
 #
-# --scale N multiplies the lake's users, items and exposures per day (scale 1: 20k users, 20k
-# items, 100k exposures a day, 32-d images; 14 days). The lake is generated once per shape under
-# --lake (default ~/.cache/marnflow/bench-peers) and reused. Needs the release binary (--bin, else
-# the one of .ci/run's target directory, built if missing) and the peers' venv (bash
+# features: --scale N multiplies the lake's users, items and exposures per day (scale 1: 20k
+# users, 20k items, 100k exposures a day, 32-d images; 14 days). The lake is generated once per
+# shape under --lake (default ~/.cache/marnflow/bench-peers) and reused. Needs the release binary
+# (--bin, else the one of .ci/run's target directory, built if missing) and the peers' venv (bash
 # ops/setup-peers.sh). Wall time and peak resident memory come from /usr/bin/time.
+# train: needs the torch of `bash ops/setup-tch.sh` (its venv, $TORCH_VENV or
+# ~/.cache/marnflow/torch-2.9.0); --device tch:cpu builds the benchmark with LibTorch from it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 what="${1:-}"
-[ "$what" = "features" ] || { echo "usage: bash ops/bench-peers.sh features [--runs N] [--scale N] [--days N] [--lake DIR] [--bin PATH]" >&2; exit 2; }
-shift
+case "$what" in
+  features | train) shift ;;
+  *)
+    echo "usage: bash ops/bench-peers.sh features [--runs N] [--scale N] [--days N] [--lake DIR] [--bin PATH]" >&2
+    echo "       bash ops/bench-peers.sh train [--runs N] [--seconds S] [--batches 32,1024] [--device cpu|tch:cpu]" >&2
+    exit 2
+    ;;
+esac
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/marnflow/target}"
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+if [ "$what" = "train" ]; then
+  runs=3 seconds=3 batches="32,1024" device="cpu"
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --runs) runs="$2"; shift 2 ;;
+      --seconds) seconds="$2"; shift 2 ;;
+      --batches) batches="$2"; shift 2 ;;
+      --device) device="$2"; shift 2 ;;
+      *) echo "bench-peers: unknown argument $1" >&2; exit 2 ;;
+    esac
+  done
+  torch_venv="${TORCH_VENV:-$HOME/.cache/marnflow/torch-2.9.0}"
+  torch_python="$torch_venv/bin/python"
+  "$torch_python" -c 'import torch' 2>/dev/null ||
+    { echo "bench-peers: no torch in $torch_venv; run bash ops/setup-tch.sh (or set TORCH_VENV)" >&2; exit 2; }
+  features=()
+  case "$device" in
+    cpu) ;;
+    tch:cpu)
+      eval "$(TORCH_VENV="$torch_venv" bash ops/setup-tch.sh --env)"
+      features=(--features marnflow-model/tch)
+      ;;
+    *) echo "bench-peers: --device is cpu or tch:cpu (a GPU is measured by ops/gpu-check.sh)" >&2; exit 2 ;;
+  esac
+  work="$HOME/.cache/marnflow/bench-peers/train-${device//:/-}"
+  mkdir -p "$work"
+  rm -f "$work"/*.json
+  cargo bench --workspace "${features[@]}" --bench train_throughput --no-run >&2
+  for run in $(seq 1 "$runs"); do
+    BENCH_VARIANTS=marn BENCH_BATCHES="$batches" BENCH_SECONDS="$seconds" \
+      cargo bench --workspace "${features[@]}" --bench train_throughput -- \
+      --device "$device" --no-dedup --json "$work/marnflow.$run.json" >"$work/marnflow.log" 2>&1 ||
+      { echo "bench-peers: the model benchmark failed; see $work/marnflow.log" >&2; exit 1; }
+    "$torch_python" ops/peers/train_torch.py --batch "$batches" --seconds "$seconds" --threads 2 \
+      --embeddings both --json "$work/torch.$run.json" >"$work/torch.log" 2>&1 ||
+      { echo "bench-peers: the PyTorch peer failed; see $work/torch.log" >&2; exit 1; }
+    echo "bench-peers: run $run of $runs done" >&2
+  done
+  python3 - "$work" "$runs" "$device" <<'PY'
+import json, statistics, sys
+
+work, runs, device = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ours, peer = {}, {}
+for run in range(1, runs + 1):
+    for case in json.load(open(f"{work}/marnflow.{run}.json"))["cases"]:
+        ours.setdefault(case["batch"], []).append(case)
+    doc = json.load(open(f"{work}/torch.{run}.json"))
+    for case in doc["cases"]:
+        peer.setdefault((case["batch"], case["embeddings"]), []).append(case)
+med = lambda cases: statistics.median(c["samples_per_s"] for c in cases)
+first = ours[min(ours)][0]
+print(f"MARN training step on {device}, samples/s, median of {runs} runs; parameters: marnflow "
+      f"{first['params']:,}, PyTorch {peer[(min(ours), 'sparse')][0]['params']:,}; "
+      f"PyTorch {doc['torch']} on {doc['threads']} threads\n")
+print("| batch | distinct items (marnflow / PyTorch) | PyTorch dense | PyTorch sparse | marnflow | marnflow ÷ PyTorch's faster |")
+print("|---:|---:|---:|---:|---:|---:|")
+for batch in sorted(ours):
+    dense, sparse = med(peer[(batch, "dense")]), med(peer[(batch, "sparse")])
+    mine = med(ours[batch])
+    distinct = f"{ours[batch][0]['distinct_items']:,} / {peer[(batch, 'sparse')][0]['distinct_items']:,}"
+    print(f"| {batch} | {distinct} | {dense:,.0f} | {sparse:,.0f} | {mine:,.0f} | **{mine / max(dense, sparse):.2f}×** |")
+PY
+  exit 0
+fi
 runs=3 scale=1 days=14 root="$HOME/.cache/marnflow/bench-peers" bin=""
 users=20000 items=20000 per_day=100000
 while [ $# -gt 0 ]; do
@@ -37,7 +118,6 @@ while [ $# -gt 0 ]; do
 done
 [ -x /usr/bin/time ] || { echo "bench-peers: needs /usr/bin/time (apt-get install time)" >&2; exit 2; }
 python="$(bash ops/setup-peers.sh --python)"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/marnflow/target}"
 bin="${bin:-$CARGO_TARGET_DIR/release/marnflow}"
 [ -x "$bin" ] || cargo build --release --bin marnflow
 
@@ -81,7 +161,6 @@ for run in $(seq 1 "$runs"); do
 done
 "$python" ops/peers/check_features.py --marnflow "$ours" --peer "$peer" >&2
 
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ours_s=$(cut -d' ' -f1 "$work/marnflow.times" | median)
 peer_s=$(cut -d' ' -f1 "$work/duckdb.times" | median)
 ours_mib=$(cut -d' ' -f2 "$work/marnflow.times" | median | awk '{ printf "%.0f", $1 / 1024 }')

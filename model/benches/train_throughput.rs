@@ -1,11 +1,13 @@
-//! Training throughput (forward + backward + AdaGrad step) of every variant on synthetic
+//! Training throughput (forward + backward + AdaGrad step, the batch's tensors built ahead as
+//! the trainer's reader thread builds them) of every variant on synthetic
 //! Zipf-popular batches, the backend's large-matmul GFLOP/s, the model's achieved GFLOP/s, the
 //! speed-up of computing each distinct item once, and peak memory. Prints Markdown tables.
 //!
 //! `cargo bench --workspace --bench train_throughput [-- --quick] [-- --device cpu|tch:cpu|cuda:0]`
 //! (`--workspace`, not `-p`: with `-p` cargo unifies features differently and rebuilds burn.)
 //! Environment: `BENCH_SECONDS` (per case, default 3), `BENCH_BATCHES` (default `32,1024`),
-//! `BENCH_VARIANTS` (comma-separated, default all).
+//! `BENCH_VARIANTS` (comma-separated, default all), `BENCH_DENSE_EMBEDDINGS=1` (AdaGrad over every
+//! row of the embedding tables instead of the rows a batch read).
 //!
 //! Options: `--image-dim N` and `--word-dim N` (default 512 and 64; the paper's widths are 4096
 //! and 300), `--matmul-n N` (default 1024), `--peak-gflops X` (a reference peak, such as a GPU's
@@ -17,6 +19,7 @@
 
 use std::time::{Duration, Instant};
 
+use burn::module::Module;
 use burn::tensor::{Device, Distribution, FloatDType, Tensor};
 use marnflow_model::device::parse_device;
 use marnflow_model::synthetic::SyntheticSpec;
@@ -131,18 +134,28 @@ struct Case {
     gflops: Option<f64>,
     distinct: usize,
     peak_mib: Option<f64>,
+    params: usize,
 }
 
 fn run_case(variant: Variant, batch: &Batch, inputs: &ModelInputs, device: &Device, budget: Duration) -> Case {
     let config = MarnConfig { variant, ..MarnConfig::default() };
     let model = config.init(inputs, device).expect("model builds");
-    let mut trainer = Trainer::new(model, TrainConfig::default()).expect("trainer");
+    let params = model.num_params();
+    // `BENCH_DENSE_EMBEDDINGS=1`: AdaGrad over every row of every table, as before row-wise
+    // updates (for the before/after comparison).
+    let dense = std::env::var("BENCH_DENSE_EMBEDDINGS").is_ok_and(|v| v == "1");
+    let train = TrainConfig { sparse_embeddings: !dense, ..TrainConfig::default() };
+    let mut trainer = Trainer::new(model, train).expect("trainer");
     let _ = peak_rss_mib();
-    trainer.step(batch, 0.5).expect("warm-up step"); // warm-up (lazy init, allocations)
+    // The batch's tensors are built once, ahead of the steps, as `marnflow train`'s reader
+    // thread builds each batch's while the trainer steps on the one before.
+    let x = trainer.model().expect("model").tensors(batch).expect("tensors");
+    let mut step = || trainer.step_scored_with(batch, Some(x.clone()), 0.5).expect("step");
+    step(); // warm-up (lazy init, allocations)
     let start = Instant::now();
     let mut steps = 0usize;
     while steps < 2 || start.elapsed() < budget {
-        trainer.step(batch, 0.5).expect("step");
+        step();
         steps += 1;
     }
     let secs = start.elapsed().as_secs_f64();
@@ -153,6 +166,7 @@ fn run_case(variant: Variant, batch: &Batch, inputs: &ModelInputs, device: &Devi
         gflops: train_flops(&config, inputs, batch).map(|f| f / step_s / 1e9),
         distinct: batch.n_items(),
         peak_mib: peak_rss_mib(),
+        params,
     }
 }
 
@@ -183,8 +197,9 @@ fn matmul_gflops(device: &Device, n: usize, dtype: FloatDType, budget: Duration)
 }
 
 /// Where a training step's time goes, each phase run alone and read back before the clock
-/// stops: moving the batch to the device, the forward pass without autodiff (what scoring
-/// costs), and the whole step (forward + backward + AdaGrad, as in [`run_case`]).
+/// stops: moving the batch to the device (done ahead of the step, on `marnflow train`'s reader
+/// thread), the forward pass without autodiff (what scoring costs), and the whole step (forward
+/// + backward + AdaGrad on tensors already on the device, as in [`run_case`]).
 struct Phases {
     tensors_ms: f64,
     forward_ms: f64,
@@ -306,6 +321,7 @@ fn main() {
                 "image_dim": image_dim,
                 "word_dim": word_dim,
                 "distinct_items": c.distinct,
+                "params": c.params,
                 "slots": slots,
                 "step_ms": c.step_ms,
                 "samples_per_s": c.samples_per_s,
@@ -339,7 +355,7 @@ fn main() {
     write_json(&records, &[]);
     if args.iter().any(|a| a == "--phases") {
         println!("\n## Where the step time goes\n");
-        println!("| variant | batch | batch to device ms | forward ms (no autodiff) | step ms | rest of the step (backward + AdaGrad) ms |");
+        println!("| variant | batch | batch to device ms (ahead of the step) | forward ms (no autodiff) | step ms | rest of the step (backward + AdaGrad) ms |");
         println!("|---|---:|---:|---:|---:|---:|");
         let mut rows = Vec::new();
         for &bsz in &batches {
@@ -348,7 +364,7 @@ fn main() {
             let inputs = spec.inputs();
             for &v in &variants {
                 let p = phases(v, &batch, &inputs, &plain, budget);
-                let rest = p.step_ms - p.tensors_ms - p.forward_ms;
+                let rest = p.step_ms - p.forward_ms;
                 println!("| {v} | {bsz} | {:.1} | {:.1} | {:.1} | {rest:.1} |", p.tensors_ms, p.forward_ms, p.step_ms);
                 rows.push(serde_json::json!({
                     "variant": v.to_string(), "batch": bsz, "tensors_ms": p.tensors_ms,

@@ -1,4 +1,10 @@
 //! A validated [`Batch`] moved onto a device as tensors, in the layout the modules consume.
+//!
+//! Everything a step derives from the batch alone (masks, the rows each embedding table is read
+//! at) is built here, where the trainer's reader thread builds it ahead of the step, and not in
+//! the step's hot path.
+
+use std::sync::Arc;
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
@@ -36,10 +42,8 @@ pub struct BatchTensors {
     /// `[n * L]` title word indices (L = padded title length, at least 4), when the model uses
     /// titles.
     pub title_tokens: Option<Tensor<1, Int>>,
-    /// Padded title length `L`.
-    pub title_len: usize,
-    /// `[n]` title lengths, when the model uses titles.
-    pub title_lengths: Vec<u32>,
+    /// `[n, L, 1]` 1.0 at a title's real words, 0.0 at its padding, when the model uses titles.
+    pub title_word_mask: Option<Tensor<3>>,
     /// `[n, 1]` 1.0 where the item has a title (at least one word), 0.0 where it has none (when
     /// the model uses titles).
     pub title_present: Option<Tensor<2>>,
@@ -62,6 +66,65 @@ pub struct BatchTensors {
     pub lengths: Vec<u32>,
     /// `[B]` labels.
     pub labels: Tensor<1>,
+    /// The rows of each embedding table this batch reads, sorted and distinct: the only rows
+    /// whose gradient can be non-zero (the row-wise AdaGrad updates those alone).
+    pub rows: TableRows,
+}
+
+/// An embedding table of the modality embedding layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// Item ids.
+    Item,
+    /// Shop ids.
+    Shop,
+    /// Brand ids.
+    Brand,
+    /// Category ids.
+    Category,
+    /// The flat statistic bucket table.
+    Statistic,
+    /// Title word vectors.
+    Word,
+    /// Behavior types.
+    BehaviorType,
+    /// Time buckets.
+    Time,
+}
+
+impl Table {
+    /// Every table.
+    pub const ALL: [Table; 8] = [
+        Table::Item,
+        Table::Shop,
+        Table::Brand,
+        Table::Category,
+        Table::Statistic,
+        Table::Word,
+        Table::BehaviorType,
+        Table::Time,
+    ];
+}
+
+/// The sorted, distinct rows a batch reads of each embedding table (host memory; shared, so a
+/// clone is free).
+#[derive(Debug, Clone, Default)]
+pub struct TableRows {
+    rows: [Option<Arc<[i64]>>; 8],
+}
+
+impl TableRows {
+    /// The rows of `table` this batch reads (`None`: the batch does not read that table).
+    pub fn get(&self, table: Table) -> Option<Arc<[i64]>> {
+        self.rows[table as usize].clone()
+    }
+
+    fn set(&mut self, table: Table, ids: impl IntoIterator<Item = u32>) {
+        let mut v: Vec<i64> = ids.into_iter().map(i64::from).collect();
+        v.sort_unstable();
+        v.dedup();
+        self.rows[table as usize] = Some(v.into());
+    }
 }
 
 fn column(values: impl IntoIterator<Item = f32>, device: &Device) -> Tensor<2> {
@@ -86,6 +149,7 @@ impl BatchTensors {
         let b = batch.len();
         let t = batch.seq_len();
 
+        let mut stat_table_rows = None;
         let opt_ids = |vocab: usize, field: &Vec<u32>| (vocab > 0).then(|| ints(field.iter().copied(), device));
         let stat_rows = inputs.has_stats().then(|| {
             let k = inputs.n_stats;
@@ -99,6 +163,8 @@ impl BatchTensors {
                     k as u32 * coarse + (col - k as u32) * fine + v
                 }
             });
+            let rows: Vec<u32> = rows.collect();
+            stat_table_rows = Some(rows.clone());
             ints(rows, device)
         });
         let (images, image_present) = match (&items.images, inputs.has_images()) {
@@ -116,19 +182,40 @@ impl BatchTensors {
             let lengths = items.titles.as_ref().map(|t| t.lengths.as_slice()).unwrap_or(&[]);
             column(lengths.iter().map(|&l| if l > 0 { 1.0 } else { 0.0 }), device)
         });
-        let (title_tokens, title_len, title_lengths) = match (&items.titles, inputs.has_titles()) {
+        let mut rows = TableRows::default();
+        let (title_tokens, title_word_mask) = match (&items.titles, inputs.has_titles()) {
             (Some(titles), true) => {
                 let l = titles.max_len.max(MIN_TITLE_LEN);
                 let mut tokens = vec![0u32; n * l];
+                let mut word_mask = vec![0.0f32; n * l];
                 for i in 0..n {
                     let len = titles.lengths[i] as usize;
                     tokens[i * l..i * l + len]
                         .copy_from_slice(&titles.tokens[i * titles.max_len..i * titles.max_len + len]);
+                    word_mask[i * l..i * l + len].fill(1.0);
                 }
-                (Some(ints(tokens, device)), l, titles.lengths.clone())
+                rows.set(Table::Word, tokens.iter().copied());
+                let word_mask = Tensor::<3>::from_data(TensorData::new(word_mask, [n, l, 1]), device);
+                (Some(ints(tokens, device)), Some(word_mask))
             }
-            _ => (None, 0, Vec::new()),
+            _ => (None, None),
         };
+
+        rows.set(Table::Item, items.item.iter().copied());
+        for (table, vocab, ids) in [
+            (Table::Shop, inputs.n_shops, &items.shop),
+            (Table::Brand, inputs.n_brands, &items.brand),
+            (Table::Category, inputs.n_categories, &items.category),
+        ] {
+            if vocab > 0 {
+                rows.set(table, ids.iter().copied());
+            }
+        }
+        if let Some(stat) = stat_table_rows {
+            rows.set(Table::Statistic, stat);
+        }
+        rows.set(Table::BehaviorType, s.behavior_type.iter().copied());
+        rows.set(Table::Time, s.time_bucket.iter().copied());
 
         let mut padding = Vec::with_capacity(b * t);
         let mut mask = Vec::with_capacity(b * t);
@@ -152,8 +239,7 @@ impl BatchTensors {
             images,
             image_present,
             title_tokens,
-            title_len,
-            title_lengths,
+            title_word_mask,
             title_present,
             candidate: ints(s.candidate.iter().copied(), device),
             history: ints(s.history.iter().copied(), device),
@@ -164,6 +250,7 @@ impl BatchTensors {
             last: Tensor::from_data(TensorData::new(last, [b, t]), device),
             lengths: s.lengths.clone(),
             labels: Tensor::from_data(TensorData::new(s.label.clone(), [b]), device),
+            rows,
         })
     }
 }

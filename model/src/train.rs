@@ -18,13 +18,15 @@
 //! let model = trainer.into_model();
 //! ```
 
-use burn::module::Module;
+use std::sync::{Arc, Mutex};
+
+use burn::module::{Module, ParamGroup};
 use burn::optim::{GradientsParams, LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
-use crate::batch_tensors::BatchTensors;
+use crate::batch_tensors::{BatchTensors, Table};
 use crate::error::{Error, Result};
 use crate::modules::marn::Marn;
 
@@ -53,6 +55,15 @@ pub struct TrainConfig {
     /// gradient reversal game needs a discriminator that keeps pace with `I`.
     #[serde(default = "default_importance_accumulator")]
     pub importance_initial_accumulator: f64,
+    /// Update only the rows of the embedding tables a batch read (row-wise AdaGrad, exactly the
+    /// dense update: an unread row has a zero gradient, which leaves its accumulator and its
+    /// weights as they are). `false` runs AdaGrad over every row of every table each step.
+    #[serde(default = "default_sparse_embeddings")]
+    pub sparse_embeddings: bool,
+}
+
+fn default_sparse_embeddings() -> bool {
+    true
 }
 
 fn default_importance_accumulator() -> f64 {
@@ -66,6 +77,7 @@ impl Default for TrainConfig {
             epsilon: 1e-7,
             initial_accumulator: 1e-5,
             importance_initial_accumulator: default_importance_accumulator(),
+            sparse_embeddings: default_sparse_embeddings(),
         }
     }
 }
@@ -143,11 +155,31 @@ pub struct Trainer {
     model: Option<Marn>,
     optimizer: ModuleOptimizer,
     importance: ModuleOptimizer,
+    /// The row slot of each embedding table the main optimizer updates row-wise.
+    row_slots: Vec<(Table, RowSlot)>,
     config: TrainConfig,
 }
 
 fn adagrad(initial_accumulator: f64, config: &TrainConfig) -> ModuleOptimizer {
     ModuleOptimizer::from(AdaGrad { initial_accumulator, epsilon: config.epsilon as f64 })
+}
+
+/// The main optimizer: AdaGrad, with a [`RowAdaGrad`] group for each embedding table of the
+/// model's modality embedding layer when `sparse_embeddings` is on. The accumulators keep one
+/// format either way (a checkpoint of one setting resumes under the other).
+fn main_optimizer(model: &Marn, config: &TrainConfig) -> (ModuleOptimizer, Vec<(Table, RowSlot)>) {
+    let adagrad = AdaGrad { initial_accumulator: config.initial_accumulator, epsilon: config.epsilon as f64 };
+    let mut optimizer = ModuleOptimizer::from(adagrad);
+    let mut slots = Vec::new();
+    if config.sparse_embeddings {
+        for (table, id) in model.embedding.as_ref().map(|e| e.tables()).unwrap_or_default() {
+            let rows = RowSlot::default();
+            optimizer =
+                optimizer.with_group(ParamGroup::from_ids(vec![id]), RowAdaGrad { adagrad, rows: rows.clone() }, None);
+            slots.push((table, rows));
+        }
+    }
+    (optimizer, slots)
 }
 
 impl std::fmt::Debug for Trainer {
@@ -165,9 +197,9 @@ impl Trainer {
                 "training needs an autodiff device: build the model on `device.autodiff()`".into(),
             ));
         }
-        let optimizer = adagrad(config.initial_accumulator, &config);
+        let (optimizer, row_slots) = main_optimizer(&model, &config);
         let importance = adagrad(config.importance_initial_accumulator, &config);
-        Ok(Self { model: Some(model), optimizer, importance, config })
+        Ok(Self { model: Some(model), optimizer, importance, row_slots, config })
     }
 
     fn model_ref(&self) -> Result<&Marn> {
@@ -270,7 +302,14 @@ impl Trainer {
             .and_then(|a| a.importance.as_ref())
             .map(|d0| GradientsParams::from_module(&mut grads, d0));
         let grads = GradientsParams::from_grads(grads, &model);
+        // Each table's row-wise AdaGrad reads the rows this batch read of it, then forgets them.
+        for (table, slot) in &self.row_slots {
+            set_rows(slot, x.rows.get(*table));
+        }
         let mut model = self.optimizer.step(self.config.learning_rate, model, grads);
+        for (_, slot) in &self.row_slots {
+            set_rows(slot, None);
+        }
         if let Some(g) = importance_grads {
             model = self.importance.step(self.config.learning_rate, model, g);
         }
@@ -381,11 +420,65 @@ impl Optimizer for AdaGrad {
     }
 }
 
+/// The rows of one embedding table the current batch read, shared by the trainer (which sets
+/// them around each step) and that table's [`RowAdaGrad`].
+type RowSlot = Arc<Mutex<Option<Arc<[i64]>>>>;
+
+fn set_rows(slot: &RowSlot, rows: Option<Arc<[i64]>>) {
+    if let Ok(mut guard) = slot.lock() {
+        *guard = rows;
+    }
+}
+
+/// [`AdaGrad`] for an embedding table that updates only the rows the batch read: their
+/// gradient rows are gathered, their accumulator rows and weights are updated in place
+/// (`select_assign`), and every other row is left alone, which is exactly what the dense update
+/// does to a row whose gradient is zero (`acc + 0`, `θ − 0`). Without rows (no batch set them)
+/// it is the dense update. Its state is [`AdaGrad`]'s: the whole table's accumulator.
+#[derive(Debug, Clone)]
+pub struct RowAdaGrad {
+    adagrad: AdaGrad,
+    rows: RowSlot,
+}
+
+impl Optimizer for RowAdaGrad {
+    type State<const D: usize> = AdaGradAccumulator<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let rows = self.rows.lock().ok().and_then(|r| r.clone());
+        let Some(rows) = rows else {
+            return self.adagrad.step(lr, tensor, grad, state);
+        };
+        let device = tensor.device();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(rows.to_vec(), [rows.len()]), &device);
+        let sum = match state {
+            Some(state) => state.sum,
+            None => tensor.zeros_like().add_scalar(self.adagrad.initial_accumulator),
+        };
+        let grad = grad.select(0, index.clone());
+        let squared = grad.clone().square();
+        let sum_rows = sum.clone().select(0, index.clone()) + squared.clone();
+        let sum = sum.select_assign(0, index.clone(), squared, IndexingUpdateOp::Add);
+        let update = grad.div(sum_rows.sqrt().add_scalar(self.adagrad.epsilon)).mul_scalar(lr);
+        (tensor.select_assign(0, index, update.neg(), IndexingUpdateOp::Add), Some(AdaGradAccumulator { sum }))
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        <AdaGrad as Optimizer>::to_device(state, device)
+    }
+}
+
 /// Losses of `model` on `batch` without a step (evaluation on an autodiff or plain model).
 pub fn evaluate_loss(model: &Marn, batch: &Batch, progress: f64) -> Result<f32> {
     let model = model.valid();
     let x = model.tensors(batch)?;
-    let output = model.forward(&x)?;
+    let output = model.forward_pass(&x, crate::Pass::Score)?;
     let loss = model.loss(output, x.labels.clone(), progress);
     loss.ctr
         .into_data()
@@ -401,6 +494,46 @@ mod tests {
     use super::*;
     use burn::nn::{Linear, LinearConfig};
     use burn::tensor::{TensorData, Tolerance};
+
+    fn table(values: Vec<f32>, device: &Device) -> Tensor<2> {
+        let rows = values.len() / 2;
+        Tensor::from_data(TensorData::new(values, [rows, 2]), device)
+    }
+
+    #[test]
+    fn row_wise_adagrad_updates_the_given_rows_exactly_as_the_dense_update() {
+        let device = Device::flex();
+        let dense = AdaGrad { initial_accumulator: 0.1, epsilon: 1e-7 };
+        let rows = RowSlot::default();
+        let sparse = RowAdaGrad { adagrad: dense, rows: rows.clone() };
+        let weights = table((0..12).map(|v| v as f32 * 0.1).collect(), &device);
+        // Two steps; the gradient is non-zero on rows 1 and 4 only.
+        let grads = [
+            table(vec![0.0, 0.0, 0.5, -1.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.25, 0.0, 0.0], &device),
+            table(vec![0.0, 0.0, -0.3, 0.7, 0.0, 0.0, 0.0, 0.0, 1.5, -2.0, 0.0, 0.0], &device),
+        ];
+        set_rows(&rows, Some(vec![1i64, 4].into()));
+        let (mut a, mut b) = (weights.clone(), weights.clone());
+        let (mut sa, mut sb) = (None, None);
+        for g in &grads {
+            (a, sa) = dense.step(0.05, a, g.clone(), sa);
+            (b, sb) = sparse.step(0.05, b, g.clone(), sb);
+        }
+        let tol = Tolerance::absolute(1e-7);
+        b.into_data().assert_approx_eq::<f32>(&a.into_data(), tol);
+        let sum = |s: Option<AdaGradAccumulator<2>>| s.map(|s| s.sum.into_data());
+        sum(sb).unwrap().assert_approx_eq::<f32>(&sum(sa).unwrap(), tol);
+        // Only the given rows are touched: a gradient on row 2 is not applied.
+        let stray = table(vec![0.0, 0.0, 0.0, 0.0, 9.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], &device);
+        let (after, _) = sparse.step(0.05, weights.clone(), stray, None);
+        after.into_data().assert_approx_eq::<f32>(&weights.clone().into_data(), tol);
+        // Without rows it is the dense update.
+        set_rows(&rows, None);
+        let stray = table(vec![0.0, 0.0, 0.0, 0.0, 9.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], &device);
+        let (after, _) = sparse.step(0.05, weights.clone(), stray.clone(), None);
+        let (expected, _) = dense.step(0.05, weights, stray, None);
+        after.into_data().assert_approx_eq::<f32>(&expected.into_data(), tol);
+    }
 
     #[test]
     fn adagrad_matches_hand_computed_updates() {

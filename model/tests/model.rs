@@ -9,7 +9,9 @@ use std::sync::{Mutex, MutexGuard};
 use burn::module::Module;
 use burn::tensor::Device;
 use marnflow_model::synthetic::SyntheticSpec;
-use marnflow_model::{checkpoint, Batch, MarnConfig, ModalityEmbeddingConfig, Samples, TrainConfig, Trainer, Variant};
+use marnflow_model::{
+    checkpoint, Batch, MarnConfig, ModalityEmbeddingConfig, Pass, Samples, TrainConfig, Trainer, Variant,
+};
 
 fn tiny(variant: Variant) -> MarnConfig {
     MarnConfig {
@@ -479,7 +481,7 @@ fn removing_one_items_image_changes_only_that_items_image_path() {
         let model = tiny(v).init(&spec.inputs(), &device).unwrap();
         let rep = |b: &Batch| {
             let x = model.tensors(b).unwrap();
-            model.item_representations(&x).unwrap().0.into_data().try_to_vec::<f32>().unwrap()
+            model.item_representations(&x, Pass::Train).unwrap().0.into_data().try_to_vec::<f32>().unwrap()
         };
         let (full, gone, gone2) = (rep(&batch), rep(&removed), rep(&removed_other_values));
         let d = full.len() / batch.n_items();
@@ -607,7 +609,7 @@ fn dien_attention_gate_follows_the_candidate() {
     let device = Device::flex();
     let model = dien(&spec, &device);
     let x = model.tensors(&batch).unwrap();
-    let (rep, _) = model.item_representations(&x).unwrap();
+    let (rep, _) = model.item_representations(&x, Pass::Train).unwrap();
     let d = model.dien.as_ref().unwrap();
     let user = |candidate: burn::tensor::Tensor<2>| d.user(rep.clone(), candidate, &x).user;
     let a = rep.clone().select(0, x.candidate.clone());
@@ -623,4 +625,66 @@ fn dien_attention_gate_follows_the_candidate() {
     // The interest extractor below it does not see the candidate.
     let states = d.interests(rep.clone(), &x);
     assert_eq!(states.dims(), [x.batch_size, x.seq_len, 8]);
+}
+
+/// Every float parameter's values, in the module's visiting order.
+fn weights(model: &marnflow_model::Marn) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl burn::module::ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
+            self.0.extend(param.val().into_data().try_to_vec::<f32>().unwrap());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    model.visit(&mut c);
+    c.0
+}
+
+#[test]
+fn row_wise_adagrad_equals_the_dense_update() {
+    let _serial = serial();
+    // 400 items, 8 samples of 6 behaviors: most rows of every table go unread in a step.
+    let spec = SyntheticSpec { n_items: 400, n_shops: 60, n_brands: 50, title_vocab: 90, ..SyntheticSpec::default() };
+    let device = Device::flex().autodiff();
+    for v in [Variant::Marn, Variant::Conc, Variant::Dupn] {
+        let model = tiny(v).init(&spec.inputs(), &device).unwrap();
+        let before = weights(&model);
+        let config = |sparse_embeddings| TrainConfig { sparse_embeddings, ..TrainConfig::default() };
+        let mut dense = Trainer::new(model.clone(), config(false)).unwrap();
+        let mut rows = Trainer::new(model, config(true)).unwrap();
+        for step in 0..4u64 {
+            let batch = SyntheticSpec { seed: 100 + step, ..spec.clone() }.batch().unwrap();
+            let a = dense.step(&batch, step as f64 / 4.0).unwrap();
+            let b = rows.step(&batch, step as f64 / 4.0).unwrap();
+            assert!((a.total - b.total).abs() <= 1e-6, "{v} step {step}: {} vs {}", a.total, b.total);
+        }
+        let (a, b) = (weights(dense.model().unwrap()), weights(rows.model().unwrap()));
+        assert_close(&a, &b, 1e-6);
+        // Training moved the weights: the comparison is not between two untouched models.
+        let moved = before.iter().zip(&a).filter(|(x, y)| (*x - *y).abs() > 1e-4).count();
+        assert!(moved > 100, "{v}: only {moved} weights moved");
+    }
+}
+
+#[test]
+fn scoring_skips_the_adversarial_heads_and_gives_the_same_logits() {
+    let _serial = serial();
+    let spec = SyntheticSpec::default();
+    let batch = spec.batch().unwrap();
+    let device = Device::flex().autodiff();
+    for v in [Variant::MafAdv, Variant::Marn] {
+        let model = tiny(v).init(&spec.inputs(), &device).unwrap();
+        let mut trainer = Trainer::new(model, TrainConfig::default()).unwrap();
+        trainer.step(&batch, 0.5).unwrap();
+        let model = trainer.into_model().unwrap();
+        // Training (autodiff): the heads run and give their losses.
+        let train = model.forward(&model.tensors(&batch).unwrap()).unwrap();
+        assert!(train.aux.adversarial.is_some(), "{v}");
+        // Scoring: no losses, the same logits.
+        let plain = model.valid();
+        let score = plain.forward_pass(&plain.tensors(&batch).unwrap(), Pass::Score).unwrap();
+        assert!(score.aux.adversarial.is_none() && score.aux.importance.is_none(), "{v}");
+        let read = |t: burn::tensor::Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+        assert_close(&read(train.logits), &read(score.logits), 1e-6);
+    }
 }

@@ -74,7 +74,7 @@ pub async fn export_item_embeddings(
         let batch = builder.items(index, &items)?;
         let x = model.tensors(&batch)?;
         let (rep, _) = model
-            .item_representations(&x)
+            .item_representations(&x, marnflow_model::Pass::Score)
             .with_context(|| format!("{}@v{} has no item representation", manifest.model, manifest.version))?;
         width = rep.dims()[1];
         let rep: Vec<f32> =

@@ -152,7 +152,46 @@ pub struct AdversarialOutput {
     pub diagnostics: AdversarialDiagnostics,
 }
 
+/// `w_m = 1 − D0_m(c_m)` from `D0`'s logits on modality `m`, a constant (detached), zero where
+/// the item lacks the modality.
+fn importance_weight(logits: &Tensor<2>, m: usize, present: &Tensor<2>) -> Tensor<2> {
+    let d0_m = softmax(logits.clone().detach(), 1).narrow(1, m, 1);
+    d0_m.neg().add_scalar(1.0) * present.clone()
+}
+
+/// `c = max_m(w_m ⊙ c_m)`; a modality the item lacks enters as −∞ (−1e9).
+fn pool(invariant: &[Tensor<2>], weights: &[Tensor<2>], present: &[Tensor<2>]) -> Tensor<2> {
+    let [n, d] = invariant[0].dims();
+    let pooled: Vec<Tensor<2>> = invariant
+        .iter()
+        .zip(weights)
+        .zip(present)
+        .map(|((c, w), p)| c.clone() * w.clone() + p.clone().sub_scalar(1.0).mul_scalar(1e9))
+        .collect();
+    Tensor::stack::<3>(pooled, 0).max_dim(0).reshape([n, d])
+}
+
 impl Adversarial {
+    /// The pooled invariant representation `c = max_m(w_m ⊙ c_m)` alone, what scoring needs:
+    /// `D0` gives the weights; `D1`, the losses and the diagnostics are not computed.
+    ///
+    /// # Shapes
+    /// - `invariant`, `presence`: as [`Adversarial::forward`]
+    /// - output: `[n, d]`
+    pub fn pooled(&self, invariant: &[Tensor<2>], presence: &[Option<Tensor<2>>]) -> Tensor<2> {
+        let present = presence_of_all(invariant, presence);
+        let weights: Vec<Tensor<2>> = match &self.importance {
+            Some(d0) => invariant
+                .iter()
+                .zip(&present)
+                .enumerate()
+                .map(|(m, (c, p))| importance_weight(&d0.forward(c.clone().detach()), m, p))
+                .collect(),
+            None => present.clone(),
+        };
+        pool(invariant, &weights, &present)
+    }
+
     /// Weights, `D0` and `D1` losses and the pooled invariant representation.
     ///
     /// # Shapes
@@ -181,15 +220,8 @@ impl Adversarial {
             Some(d0) => {
                 // D0 sees c_m without its history: no gradient into I.
                 let logits: Vec<Tensor<2>> = invariant.iter().map(|c| d0.forward(c.clone().detach())).collect();
-                let weights: Vec<Tensor<2>> = logits
-                    .iter()
-                    .zip(&present)
-                    .enumerate()
-                    .map(|(m, (l, p))| {
-                        let d0_m = softmax(l.clone().detach(), 1).narrow(1, m, 1);
-                        d0_m.neg().add_scalar(1.0) * p.clone() // w_m = 1 − D0_m(c_m), a constant
-                    })
-                    .collect();
+                let weights: Vec<Tensor<2>> =
+                    logits.iter().zip(&present).enumerate().map(|(m, (l, p))| importance_weight(l, m, p)).collect();
                 (Some(weighted_modality_nll(&logits, &present)), Some(accuracy(&logits, &present)), weights)
             }
             None => (None, None, present.clone()),
@@ -205,17 +237,8 @@ impl Adversarial {
             weights.iter().zip(&present).map(|(w, p)| w.clone().sum() / p.clone().sum().clamp_min(1.0)).collect(),
             0,
         );
-        // c = max_m(w_m ⊙ c_m); a modality the item lacks enters as −∞ (−1e9).
-        let [n, d] = invariant[0].dims();
-        let pooled: Vec<Tensor<2>> = invariant
-            .iter()
-            .zip(&weights)
-            .zip(&present)
-            .map(|((c, w), p)| c.clone() * w.clone() + p.clone().sub_scalar(1.0).mul_scalar(1e9))
-            .collect();
-        let pooled = Tensor::stack::<3>(pooled, 0).max_dim(0).reshape([n, d]);
         AdversarialOutput {
-            invariant: pooled,
+            invariant: pool(invariant, &weights, &present),
             importance_loss,
             adversarial_loss,
             weights,

@@ -8,6 +8,7 @@
 //! item's category embedding, `atten_m = tanh(W_m s_m + V_m e_category + b_m)`. It isolates how
 //! far Eq. 3 is held back by `s_m` alone not revealing the category (README, Figure 4).
 
+use super::tanh;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
@@ -80,8 +81,8 @@ impl AttentionFusion {
             .map(|(k, (s, w))| {
                 let z = w.forward(s.clone()); // Eq. 3
                 match (self.context.get(k), context) {
-                    (Some(v), Some(c)) => (z + v.forward(c.clone())).tanh(),
-                    _ => z.tanh(),
+                    (Some(v), Some(c)) => tanh(z + v.forward(c.clone())),
+                    _ => tanh(z),
                 }
             })
             .collect()

@@ -565,6 +565,17 @@ pub struct Marn {
     modalities: Vec<Modality>,
 }
 
+/// What a forward pass is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Training or loss evaluation: the auxiliary heads (`D1`, `D_s`, `D0`'s loss) run and give
+    /// their losses and diagnostics.
+    Train,
+    /// Scoring: only what the logits depend on (`D0`'s weights for the pooled `c`, not `D1`,
+    /// `D_s` or any loss).
+    Score,
+}
+
 /// Auxiliary losses of one forward pass (`None` where the variant has no such term).
 #[derive(Debug, Clone, Default)]
 pub struct AuxLosses {
@@ -722,11 +733,12 @@ impl Marn {
         BatchTensors::new(batch, &self.inputs, &self.device())
     }
 
-    /// Item representations `rep` of the distinct items, with the auxiliary losses.
+    /// Item representations `rep` of the distinct items, with the auxiliary losses
+    /// ([`Pass::Train`]; none for [`Pass::Score`]).
     ///
     /// # Shapes
     /// - output: `[n, representation_dim]`
-    pub fn item_representations(&self, x: &BatchTensors) -> Result<(Tensor<2>, AuxLosses)> {
+    pub fn item_representations(&self, x: &BatchTensors, pass: Pass) -> Result<(Tensor<2>, AuxLosses)> {
         if self.xdeepfm.is_some() {
             return Err(Error::Config(
                 "xdeepfm keeps every modality a separate field: it has no single item representation".into(),
@@ -753,6 +765,8 @@ impl Marn {
         let c = projection.invariant(&e);
         let rep = match (&self.adversarial, c.len()) {
             (_, 0) => s,
+            // Scoring: the pooled `c` alone, without D1, D_s and their losses.
+            (Some(adv), _) if pass == Pass::Score => s + adv.pooled(&c, &presence),
             (Some(adv), _) => {
                 // D1 sees I(e.detach()): the reversed gradient updates I, not the embedding layer.
                 let detached: Vec<Tensor<2>> = e.iter().map(|e| e.clone().detach()).collect();
@@ -799,7 +813,7 @@ impl Marn {
         let specific = projection.specific(&e);
         let invariant = projection.invariant(&e);
         let pooled = match (&self.adversarial, invariant.is_empty()) {
-            (Some(adv), false) => read(adv.forward(&invariant, &presence).invariant, "pooled invariant")?,
+            (Some(adv), false) => read(adv.pooled(&invariant, &presence), "pooled invariant")?,
             _ => Vec::new(),
         };
         let attention = match &self.fusion {
@@ -847,6 +861,12 @@ impl Marn {
     /// # Shapes
     /// - output logits: `[B]`
     pub fn forward(&self, x: &BatchTensors) -> Result<MarnOutput> {
+        self.forward_pass(x, Pass::Train)
+    }
+
+    /// [`Marn::forward`] for `pass`: [`Pass::Score`] gives the same logits without the
+    /// auxiliary heads and losses.
+    pub fn forward_pass(&self, x: &BatchTensors, pass: Pass) -> Result<MarnOutput> {
         if let Some(lr) = &self.lr {
             return Ok(MarnOutput { logits: lr.forward(x), item_representations: None, aux: AuxLosses::default() });
         }
@@ -860,7 +880,7 @@ impl Marn {
                 aux: AuxLosses::default(),
             });
         }
-        let (rep, mut aux) = self.item_representations(x)?;
+        let (rep, mut aux) = self.item_representations(x, pass)?;
         let (b, t) = (x.batch_size, x.seq_len);
         let candidate = rep.clone().select(0, x.candidate.clone());
         let device = rep.device();
@@ -932,7 +952,7 @@ impl Marn {
     pub fn predict(&self, batch: &Batch) -> Result<Vec<f32>> {
         let model = self.valid();
         let x = model.tensors(batch)?;
-        let out = model.forward(&x)?;
+        let out = model.forward_pass(&x, Pass::Score)?;
         sigmoid(out.logits)
             .into_data()
             .try_to_vec::<f32>()

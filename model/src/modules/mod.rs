@@ -9,3 +9,14 @@ pub mod baselines;
 pub mod ctr_head;
 pub mod marn;
 pub mod modality_embedding;
+
+use burn::tensor::activation::sigmoid;
+use burn::tensor::Tensor;
+
+/// `tanh(x) = 2 σ(2x) − 1`, the form every layer here uses. The same function (to within
+/// 1e-7, the rounding of the subtraction near 0), computed through the backend's sigmoid: burn's
+/// CPU backend evaluates `Tensor::tanh` with the C library's scalar `tanhf` per element, which
+/// took 16% of MARN's training step, against about a third of that for this form.
+pub(crate) fn tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    sigmoid(x.mul_scalar(2.0)).mul_scalar(2.0).sub_scalar(1.0)
+}

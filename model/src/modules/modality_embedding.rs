@@ -22,15 +22,16 @@
 //!
 //! Everything here works on the batch's **distinct** items (`n` rows), never per sequence slot.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::tanh;
 use crate::batch::ModelInputs;
-use crate::batch_tensors::BatchTensors;
+use crate::batch_tensors::{BatchTensors, Table};
 use crate::error::{Error, Result};
 
 /// One item modality.
@@ -239,6 +240,25 @@ pub struct ModalityEmbedding {
 }
 
 impl ModalityEmbedding {
+    /// The parameter id of every embedding table this layer has, with the [`Table`] whose
+    /// batch rows ([`BatchTensors::rows`]) are the only ones it reads.
+    pub fn tables(&self) -> Vec<(Table, ParamId)> {
+        let words = self.title.as_ref().map(|t| &t.words);
+        [
+            (Table::Item, Some(&self.item)),
+            (Table::Shop, self.shop.as_ref()),
+            (Table::Brand, self.brand.as_ref()),
+            (Table::Category, self.category.as_ref()),
+            (Table::Statistic, self.stat.as_ref()),
+            (Table::Word, words),
+            (Table::BehaviorType, Some(&self.behavior_type)),
+            (Table::Time, Some(&self.time)),
+        ]
+        .into_iter()
+        .filter_map(|(table, e)| e.map(|e| (table, e.weight.id)))
+        .collect()
+    }
+
     /// Concatenated (unprojected) id embeddings of the distinct items.
     ///
     /// # Shapes
@@ -285,7 +305,8 @@ impl ModalityEmbedding {
                     Modality::Title => {
                         let cnn = self.title.as_ref().ok_or_else(|| missing("title layer"))?;
                         let tokens = x.title_tokens.clone().ok_or_else(|| missing("titles"))?;
-                        cnn.forward(tokens, x.title_len, &x.title_lengths)
+                        let mask = x.title_word_mask.clone().ok_or_else(|| missing("titles"))?;
+                        cnn.forward(tokens, mask)
                     }
                     Modality::Statistic => {
                         let (table, proj) = match (&self.stat, &self.stat_projection) {
@@ -400,34 +421,33 @@ impl TitleCnn {
     ///
     /// # Shapes
     /// - `tokens`: `[n * len]` word indices, `len >= max(windows)`
-    /// - `lengths`: `n` real title lengths
+    /// - `word_mask`: `[n, len, 1]`, 1.0 at real words and 0.0 at padding
     /// - output: `[n, output_dim]`
-    pub fn forward(&self, tokens: Tensor<1, Int>, len: usize, lengths: &[u32]) -> Tensor<2> {
-        let n = lengths.len();
-        let device = tokens.device();
+    pub fn forward(&self, tokens: Tensor<1, Int>, word_mask: Tensor<3>) -> Tensor<2> {
+        let [n, len, _] = word_mask.dims();
         let mut words = self.words.weight.val();
         if !self.fine_tune {
             words = words.detach();
         }
         let d = words.dims()[1];
-        let word_mask: Vec<f32> =
-            lengths.iter().flat_map(|&l| (0..len).map(move |p| if p < l as usize { 1.0 } else { 0.0 })).collect();
-        let word_mask = Tensor::<3>::from_data(TensorData::new(word_mask, [n, len, 1]), &device);
         // Padding words are zero vectors, so a window overlapping them sees only real words.
-        let x = (words.select(0, tokens).reshape([n, len, d]) * word_mask).swap_dims(1, 2);
+        let x = (words.select(0, tokens).reshape([n, len, d]) * word_mask.clone()).swap_dims(1, 2);
         let pooled: Vec<Tensor<2>> = self
             .convs
             .iter()
             .zip(&self.windows)
             .map(|(conv, &w)| {
                 let positions = len + 1 - w;
-                // A window is real when it ends within the title; window 0 always counts, so a
-                // title shorter than the window still yields one (zero-padded) window.
-                let additive: Vec<f32> = lengths
-                    .iter()
-                    .flat_map(|&l| (0..positions).map(move |p| if p == 0 || p + w <= l as usize { 0.0 } else { -1e9 }))
-                    .collect();
-                let additive = Tensor::<3>::from_data(TensorData::new(additive, [n, 1, positions]), &device);
+                // A window is real when it ends within the title (its last word is real); window
+                // 0 always counts, so a title shorter than the window still yields one
+                // (zero-padded) window. Built on the device from the batch's word mask.
+                let ends = word_mask.clone().narrow(1, w - 1, positions).swap_dims(1, 2);
+                let real = if positions > 1 {
+                    Tensor::cat(vec![ends.clone().narrow(2, 0, 1).ones_like(), ends.narrow(2, 1, positions - 1)], 2)
+                } else {
+                    ends.ones_like()
+                };
+                let additive = real.sub_scalar(1.0).mul_scalar(1e9);
                 let features = relu(conv.forward(x.clone())) + additive;
                 let filters = features.dims()[1];
                 features.max_dim(2).reshape([n, filters])
@@ -477,7 +497,7 @@ impl ModalityProjection {
     /// # Shapes
     /// - `e`: M tensors `[n, input_dim]`; output: M tensors `[n, output_dim]`
     pub fn specific(&self, e: &[Tensor<2>]) -> Vec<Tensor<2>> {
-        e.iter().zip(&self.specific).map(|(e, s)| s.forward(e.clone()).tanh()).collect()
+        e.iter().zip(&self.specific).map(|(e, s)| tanh(s.forward(e.clone()))).collect()
     }
 
     /// Modality-invariant features (empty when `I` was not built).
@@ -486,7 +506,7 @@ impl ModalityProjection {
     /// - `e`: M tensors `[n, input_dim]`; output: M tensors `[n, output_dim]`
     pub fn invariant(&self, e: &[Tensor<2>]) -> Vec<Tensor<2>> {
         match &self.invariant {
-            Some(i) => e.iter().map(|e| i.forward(e.clone()).tanh()).collect(),
+            Some(i) => e.iter().map(|e| tanh(i.forward(e.clone()))).collect(),
             None => Vec::new(),
         }
     }

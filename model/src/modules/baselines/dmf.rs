@@ -23,6 +23,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
 use super::present;
+use crate::modules::tanh;
 
 /// Levels of shared layers.
 pub const DMF_DEPTH: usize = 2;
@@ -78,7 +79,7 @@ impl Dmf {
                 h = h
                     .iter()
                     .enumerate()
-                    .map(|(k, x)| self.modality[(level - 1) * m + k].forward(x.clone()).tanh())
+                    .map(|(k, x)| tanh(self.modality[(level - 1) * m + k].forward(x.clone())))
                     .collect();
             }
             let mut sum = h
@@ -90,7 +91,7 @@ impl Dmf {
             if let Some(below) = shared {
                 sum = sum + self.shared_below[level - 1].forward(below);
             }
-            shared = Some(sum.tanh());
+            shared = Some(tanh(sum));
         }
         shared.expect("DMF_DEPTH > 0")
     }

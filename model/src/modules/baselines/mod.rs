@@ -31,6 +31,7 @@ use burn::tensor::Tensor;
 
 use crate::batch_tensors::BatchTensors;
 pub use crate::modules::attention_fusion::present;
+use crate::modules::tanh;
 
 /// Rows of a per-distinct-item table gathered for every behavior slot.
 ///
@@ -100,7 +101,7 @@ impl ViewAttention {
     /// - `features`: M tensors `[n, d]`; `presence`: M entries, `[n, 1]` or `None`
     /// - output: `[n, M]`
     pub fn weights(&self, features: &[Tensor<2>], presence: &[Option<Tensor<2>>]) -> Tensor<2> {
-        let scores = features.iter().map(|f| self.query.forward(self.projection.forward(f.clone()).tanh())).collect();
+        let scores = features.iter().map(|f| self.query.forward(tanh(self.projection.forward(f.clone())))).collect();
         modality_softmax(scores, presence)
     }
 

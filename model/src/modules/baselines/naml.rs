@@ -19,6 +19,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Device, Tensor};
 
 use super::ViewAttention;
+use crate::modules::tanh;
 
 /// Config of [`Naml`].
 #[derive(Debug, Clone, PartialEq)]
@@ -70,7 +71,7 @@ impl Naml {
         let [b, t, d] = slots.dims();
         let scores = self
             .user_query
-            .forward(self.user_projection.forward(slots.clone()).tanh())
+            .forward(tanh(self.user_projection.forward(slots.clone())))
             .reshape([b, t])
             .mask_fill(padding, -1e9);
         let any = mask.sum_dim(1).clamp_max(1.0);
