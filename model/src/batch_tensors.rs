@@ -92,20 +92,6 @@ pub enum Table {
     Time,
 }
 
-impl Table {
-    /// Every table.
-    pub const ALL: [Table; 8] = [
-        Table::Item,
-        Table::Shop,
-        Table::Brand,
-        Table::Category,
-        Table::Statistic,
-        Table::Word,
-        Table::BehaviorType,
-        Table::Time,
-    ];
-}
-
 /// The sorted, distinct rows a batch reads of each embedding table (host memory; shared, so a
 /// clone is free).
 #[derive(Debug, Clone, Default)]
@@ -149,24 +135,27 @@ impl BatchTensors {
         let b = batch.len();
         let t = batch.seq_len();
 
-        let mut stat_table_rows = None;
         let opt_ids = |vocab: usize, field: &Vec<u32>| (vocab > 0).then(|| ints(field.iter().copied(), device));
-        let stat_rows = inputs.has_stats().then(|| {
+        // Rows of one flat statistic table: coarse then fine buckets, per statistic.
+        let stat_table_rows: Option<Vec<u32>> = inputs.has_stats().then(|| {
             let k = inputs.n_stats;
             let coarse = inputs.stat_coarse_buckets as u32;
             let fine = inputs.stat_fine_buckets as u32;
-            let rows = items.stat_buckets.iter().enumerate().map(|(i, &v)| {
-                let col = (i % (2 * k)) as u32;
-                if (col as usize) < k {
-                    col * coarse + v
-                } else {
-                    k as u32 * coarse + (col - k as u32) * fine + v
-                }
-            });
-            let rows: Vec<u32> = rows.collect();
-            stat_table_rows = Some(rows.clone());
-            ints(rows, device)
+            items
+                .stat_buckets
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let col = (i % (2 * k)) as u32;
+                    if (col as usize) < k {
+                        col * coarse + v
+                    } else {
+                        k as u32 * coarse + (col - k as u32) * fine + v
+                    }
+                })
+                .collect()
         });
+        let stat_rows = stat_table_rows.as_ref().map(|rows| ints(rows.iter().copied(), device));
         let (images, image_present) = match (&items.images, inputs.has_images()) {
             (Some(images), true) => {
                 let present =

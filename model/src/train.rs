@@ -525,11 +525,10 @@ mod tests {
         sum(sb).unwrap().assert_approx_eq::<f32>(&sum(sa).unwrap(), tol);
         // Only the given rows are touched: a gradient on row 2 is not applied.
         let stray = table(vec![0.0, 0.0, 0.0, 0.0, 9.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], &device);
-        let (after, _) = sparse.step(0.05, weights.clone(), stray, None);
+        let (after, _) = sparse.step(0.05, weights.clone(), stray.clone(), None);
         after.into_data().assert_approx_eq::<f32>(&weights.clone().into_data(), tol);
         // Without rows it is the dense update.
         set_rows(&rows, None);
-        let stray = table(vec![0.0, 0.0, 0.0, 0.0, 9.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], &device);
         let (after, _) = sparse.step(0.05, weights.clone(), stray.clone(), None);
         let (expected, _) = dense.step(0.05, weights, stray, None);
         after.into_data().assert_approx_eq::<f32>(&expected.into_data(), tol);

@@ -442,11 +442,7 @@ impl TitleCnn {
                 // 0 always counts, so a title shorter than the window still yields one
                 // (zero-padded) window. Built on the device from the batch's word mask.
                 let ends = word_mask.clone().narrow(1, w - 1, positions).swap_dims(1, 2);
-                let real = if positions > 1 {
-                    Tensor::cat(vec![ends.clone().narrow(2, 0, 1).ones_like(), ends.narrow(2, 1, positions - 1)], 2)
-                } else {
-                    ends.ones_like()
-                };
+                let real = ends.slice_fill([0..n, 0..1, 0..1], 1.0f32);
                 let additive = real.sub_scalar(1.0).mul_scalar(1e9);
                 let features = relu(conv.forward(x.clone())) + additive;
                 let filters = features.dims()[1];
