@@ -17,6 +17,7 @@ use marnflow_pipeline::windows::{item_window_stats_timed, Topology};
 use marnflow_pipeline::world::{generate, WorldConfig};
 
 fn main() {
+    marnflow_model::device::restart_with_retaining_malloc();
     let per_day: u64 =
         std::env::var("MARNFLOW_BENCH_EXPOSURES_PER_DAY").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let days = 31u32;

@@ -27,6 +27,7 @@ fn marnflow(lake: &str, args: &[&str]) -> String {
 }
 
 fn main() {
+    marnflow_model::device::restart_with_retaining_malloc();
     let per_day = env_or("MARNFLOW_BENCH_TRAIN_EXPOSURES", 10_000).to_string();
     let batch = env_or("MARNFLOW_BENCH_TRAIN_BATCH", 1024).to_string();
     let dir = tempfile::tempdir().expect("a temporary directory");

@@ -34,6 +34,17 @@ case "$what" in
     ;;
 esac
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/marnflow/target}"
+# Both sides run under the same C library allocator setting. marnflow restarts itself with glibc
+# keeping freed memory (RETAINING_MALLOC in model/src/device.rs: no mmap for large blocks, no heap
+# trimming, so the kernel does not zero the pages of every step's tensors again); exported here,
+# the peers get the same. MARNFLOW_MALLOC=system runs both sides with glibc's defaults instead.
+if [ "${MARNFLOW_MALLOC:-}" = "system" ]; then
+  allocator="glibc's defaults (MARNFLOW_MALLOC=system)"
+else
+  export GLIBC_TUNABLES="glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+  allocator="GLIBC_TUNABLES=$GLIBC_TUNABLES"
+fi
+echo "bench-peers: allocator on both sides: $allocator" >&2
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 if [ "$what" = "train" ]; then
@@ -74,10 +85,10 @@ if [ "$what" = "train" ]; then
       { echo "bench-peers: the PyTorch peer failed; see $work/torch.log" >&2; exit 1; }
     echo "bench-peers: run $run of $runs done" >&2
   done
-  python3 - "$work" "$runs" "$device" <<'PY'
+  python3 - "$work" "$runs" "$device" "$allocator" <<'PY'
 import json, statistics, sys
 
-work, runs, device = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+work, runs, device, allocator = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 ours, peer = {}, {}
 for run in range(1, runs + 1):
     for case in json.load(open(f"{work}/marnflow.{run}.json"))["cases"]:
@@ -89,7 +100,7 @@ med = lambda cases: statistics.median(c["samples_per_s"] for c in cases)
 first = ours[min(ours)][0]
 print(f"MARN training step on {device}, samples/s, median of {runs} runs; parameters: marnflow "
       f"{first['params']:,}, PyTorch {peer[(min(ours), 'sparse')][0]['params']:,}; "
-      f"PyTorch {doc['torch']} on {doc['threads']} threads\n")
+      f"PyTorch {doc['torch']} on {doc['threads']} threads; allocator on both sides: {allocator}\n")
 print("| batch | distinct items (marnflow / PyTorch) | PyTorch dense | PyTorch sparse | marnflow | marnflow ÷ PyTorch's faster |")
 print("|---:|---:|---:|---:|---:|---:|")
 for batch in sorted(ours):
@@ -170,3 +181,5 @@ echo "|---|---:|---:|---:|"
 echo "| marnflow features | $ours_s s | $(awk -v e="$events" -v s="$ours_s" 'BEGIN { printf "%.0f", e / s }') | $ours_mib MiB |"
 echo "| DuckDB (Python), 2 threads | $peer_s s | $(awk -v e="$events" -v s="$peer_s" 'BEGIN { printf "%.0f", e / s }') | $peer_mib MiB |"
 echo "| **marnflow's speed ÷ DuckDB's** | **$(awk -v a="$peer_s" -v b="$ours_s" 'BEGIN { printf "%.2f", a / b }')×** | | |"
+echo
+echo "Allocator on both sides: $allocator."

@@ -21,6 +21,7 @@ use marnflow_engine::demo::{generate_with_progress, print_summary, DemoOptions, 
 use marnflow_engine::{daily, data, evaluate, serving, training};
 
 fn main() -> ExitCode {
+    marnflow_model::device::restart_with_retaining_malloc();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -253,6 +253,7 @@ fn number<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
 }
 
 fn main() {
+    marnflow_model::device::restart_with_retaining_malloc();
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let device_name = flag(&args, "--device").unwrap_or_else(|| "cpu".into());

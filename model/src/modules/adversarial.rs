@@ -34,6 +34,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Device, Tensor};
 
+use super::shared_linear;
+
 /// Gradient reversal layer: the identity forward, `−weight ×` the upstream gradient backward.
 ///
 /// Built as `x.detach() + (x − x.detach()) × (−weight)`: the second term is exactly zero
@@ -43,51 +45,57 @@ pub fn gradient_reversal<const D: usize>(x: Tensor<D>, weight: f64) -> Tensor<D>
     constant.clone() + (x - constant).mul_scalar(-weight)
 }
 
-/// `[n, 1]` ones where `presence` is `None` (every item has the modality).
-fn present_or_ones(presence: Option<&Tensor<2>>, like: &Tensor<2>) -> Tensor<2> {
+/// The presence of every modality stacked: `[M, n, 1]`, 1.0 where the item has modality `m`;
+/// `None` when every item has every modality.
+///
+/// # Shapes
+/// - `presence`: M entries, `[n, 1]` or `None` (every item has it); output: `[M, n, 1]`
+pub fn stack_presence(presence: &[Option<Tensor<2>>], n: usize, device: &Device) -> Option<Tensor<3>> {
+    if presence.iter().all(Option::is_none) {
+        return None;
+    }
+    let rows = presence.iter().map(|p| p.clone().unwrap_or_else(|| Tensor::ones([n, 1], device))).collect();
+    Some(Tensor::stack::<3>(rows, 0))
+}
+
+/// `presence`, or ones `[M, n, 1]` where it is `None`.
+fn present_or_ones(presence: Option<&Tensor<3>>, like: &Tensor<3>) -> Tensor<3> {
+    let [m, n, _] = like.dims();
     match presence {
         Some(p) => p.clone(),
-        None => Tensor::ones([like.dims()[0], 1], &like.device()),
+        None => Tensor::ones([m, n, 1], &like.device()),
     }
 }
 
-/// Weighted mean cross-entropy of M-class logits: `Σ w · (−log p_true) / Σ w` over every row of
-/// every modality, where `logits[m]` holds rows whose true class is `m` and `weights[m]` is
-/// `[n, 1]` (0 for a row that does not exist). Returns 0 when every weight is 0.
+/// The one-hot of each row's own modality, `[M, 1, M]`: row block `m` is class `m`.
+fn own_modality(m: usize, device: &Device) -> Tensor<3> {
+    Tensor::<2>::eye(m, device).reshape([m, 1, m])
+}
+
+/// The probability (or log-probability) each row gives its own modality, `[M, n, 1]`.
+fn own_class(values: Tensor<3>) -> Tensor<3> {
+    let m = values.dims()[0];
+    let device = values.device();
+    (values * own_modality(m, &device)).sum_dim(2)
+}
+
+/// Weighted mean cross-entropy of M-class logits: `Σ w · (−log p_true) / Σ w` over every row,
+/// where the rows of block `m` have true class `m` and `w` is 0 for a row that does not exist.
+/// Returns 0 when every weight is 0.
 ///
 /// # Shapes
-/// - `logits`: M tensors `[n, M]`; `weights`: M tensors `[n, 1]`; output: `[1]`
-pub fn weighted_modality_nll(logits: &[Tensor<2>], weights: &[Tensor<2>]) -> Tensor<1> {
-    let parts = logits.iter().zip(weights).enumerate().map(|(class, (l, w))| {
-        let nll = log_softmax(l.clone(), 1).narrow(1, class, 1).neg();
-        ((nll * w.clone()).sum(), w.clone().sum())
-    });
-    match sum_pairs(parts) {
-        Some((n, d)) => n / d.add_scalar(1e-6),
-        None => Tensor::zeros([1], &Device::default()),
-    }
+/// - `logits`: `[M, n, M]`; `weights`: `[M, n, 1]`; output: `[1]`
+pub fn weighted_modality_nll(logits: Tensor<3>, weights: &Tensor<3>) -> Tensor<1> {
+    let nll = own_class(log_softmax(logits, 2)).neg();
+    (nll * weights.clone()).sum() / weights.clone().sum().add_scalar(1e-6)
 }
 
 /// Share of the existing rows that a classifier assigns to their true modality, `[1]`.
-fn accuracy(logits: &[Tensor<2>], presence: &[Tensor<2>]) -> Tensor<1> {
-    let parts = logits.iter().zip(presence).enumerate().map(|(class, (l, p))| {
-        let right = l.clone().detach().argmax(1).equal_elem(class as i64).float() * p.clone();
-        (right.sum(), p.clone().sum())
-    });
-    match sum_pairs(parts) {
-        Some((hits, total)) => hits / total.clamp_min(1.0),
-        None => Tensor::zeros([1], &Device::default()),
-    }
-}
-
-/// The sums over the modalities of a (numerator, denominator) pair; `None` without modalities.
-fn sum_pairs(parts: impl Iterator<Item = (Tensor<1>, Tensor<1>)>) -> Option<(Tensor<1>, Tensor<1>)> {
-    parts.reduce(|(a, b), (c, d)| (a + c, b + d))
-}
-
-/// `[n, 1]` presence of every modality, ones where `presence` has `None` (every item has it).
-fn presence_of_all(features: &[Tensor<2>], presence: &[Option<Tensor<2>>]) -> Vec<Tensor<2>> {
-    features.iter().enumerate().map(|(m, x)| present_or_ones(presence.get(m).and_then(Option::as_ref), x)).collect()
+fn accuracy(logits: &Tensor<3>, present: &Tensor<3>) -> Tensor<1> {
+    let logits = logits.clone().detach();
+    let best = logits.clone().max_dim(2);
+    let right = own_class(logits).greater_equal(best).float() * present.clone();
+    right.sum() / present.clone().sum().clamp_min(1.0)
 }
 
 /// Config of [`Adversarial`].
@@ -152,23 +160,27 @@ pub struct AdversarialOutput {
     pub diagnostics: AdversarialDiagnostics,
 }
 
-/// `w_m = 1 − D0_m(c_m)` from `D0`'s logits on modality `m`, a constant (detached), zero where
-/// the item lacks the modality.
-fn importance_weight(logits: &Tensor<2>, m: usize, present: &Tensor<2>) -> Tensor<2> {
-    let d0_m = softmax(logits.clone().detach(), 1).narrow(1, m, 1);
-    d0_m.neg().add_scalar(1.0) * present.clone()
+/// `w_m = 1 − D0_m(c_m)` from `D0`'s logits, a constant (detached), zero where the item lacks
+/// the modality.
+///
+/// # Shapes
+/// - `logits`: `[M, n, M]`; `present`: `[M, n, 1]`; output: `[M, n, 1]`
+fn importance_weights(logits: &Tensor<3>, present: &Tensor<3>) -> Tensor<3> {
+    own_class(softmax(logits.clone().detach(), 2)).neg().add_scalar(1.0) * present.clone()
 }
 
 /// `c = max_m(w_m ⊙ c_m)`; a modality the item lacks enters as −∞ (−1e9).
-fn pool(invariant: &[Tensor<2>], weights: &[Tensor<2>], present: &[Tensor<2>]) -> Tensor<2> {
-    let [n, d] = invariant[0].dims();
-    let pooled: Vec<Tensor<2>> = invariant
-        .iter()
-        .zip(weights)
-        .zip(present)
-        .map(|((c, w), p)| c.clone() * w.clone() + p.clone().sub_scalar(1.0).mul_scalar(1e9))
-        .collect();
-    Tensor::stack::<3>(pooled, 0).max_dim(0).reshape([n, d])
+///
+/// # Shapes
+/// - `invariant`: `[M, n, d]`; `weights`, `present`: `[M, n, 1]`; output: `[n, d]`
+fn pool(invariant: Tensor<3>, weights: Tensor<3>, present: &Tensor<3>) -> Tensor<2> {
+    let [_, n, d] = invariant.dims();
+    (invariant * weights + present.clone().sub_scalar(1.0).mul_scalar(1e9)).max_dim(0).reshape([n, d])
+}
+
+/// The modalities stacked along a first axis, `[M, n, d]`.
+fn stack(features: &[Tensor<2>]) -> Tensor<3> {
+    Tensor::stack::<3>(features.to_vec(), 0)
 }
 
 impl Adversarial {
@@ -179,17 +191,22 @@ impl Adversarial {
     /// - `invariant`, `presence`: as [`Adversarial::forward`]
     /// - output: `[n, d]`
     pub fn pooled(&self, invariant: &[Tensor<2>], presence: &[Option<Tensor<2>>]) -> Tensor<2> {
-        let present = presence_of_all(invariant, presence);
-        let weights: Vec<Tensor<2>> = match &self.importance {
-            Some(d0) => invariant
-                .iter()
-                .zip(&present)
-                .enumerate()
-                .map(|(m, (c, p))| importance_weight(&d0.forward(c.clone().detach()), m, p))
-                .collect(),
+        let c = stack(invariant);
+        let present = stack_presence(presence, c.dims()[1], &c.device());
+        self.pooled_stacked(c, present.as_ref())
+    }
+
+    /// [`Adversarial::pooled`] of the modalities stacked along the first axis.
+    ///
+    /// # Shapes
+    /// - `invariant`: `[M, n, d]`; `presence`: `[M, n, 1]` or `None` (all present); output: `[n, d]`
+    pub fn pooled_stacked(&self, invariant: Tensor<3>, presence: Option<&Tensor<3>>) -> Tensor<2> {
+        let present = present_or_ones(presence, &invariant);
+        let weights = match &self.importance {
+            Some(d0) => importance_weights(&shared_linear(d0, invariant.clone().detach()), &present),
             None => present.clone(),
         };
-        pool(invariant, &weights, &present)
+        pool(invariant, weights, &present)
     }
 
     /// Weights, `D0` and `D1` losses and the pooled invariant representation.
@@ -199,49 +216,48 @@ impl Adversarial {
     /// - `presence`: M entries, `[n, 1]` (1.0 where the item has modality `m`) or `None`
     /// - output: see [`AdversarialOutput`]
     pub fn forward(&self, invariant: &[Tensor<2>], presence: &[Option<Tensor<2>>]) -> AdversarialOutput {
-        self.forward_with(invariant, invariant, presence)
+        let c = stack(invariant);
+        let present = stack_presence(presence, c.dims()[1], &c.device());
+        self.forward_stacked(c.clone(), c, present.as_ref())
     }
 
-    /// [`Adversarial::forward`] with `D1` (behind the GRL) fed `adversary_input` instead of
-    /// `invariant`: the model passes `I(e_m.detach())`, so the reversed gradient updates `I`
-    /// alone (§3.4.2: "`D1` plays the minimax game with the modality-invariant feature for
-    /// updating `I`") and never reaches the embedding layer that `S_m` shares.
+    /// [`Adversarial::forward`] of the modalities stacked along the first axis, with `D1`
+    /// (behind the GRL) fed `adversary_input` instead of `invariant`: the model passes
+    /// `I(e_m.detach())`, so the reversed gradient updates `I` alone (§3.4.2: "`D1` plays the
+    /// minimax game with the modality-invariant feature for updating `I`") and never reaches the
+    /// embedding layer that `S_m` shares. Each discriminator runs once on all the modalities.
     ///
     /// # Shapes
-    /// - `invariant`, `adversary_input`: M tensors `[n, d]`; `presence` as in `forward`
-    pub fn forward_with(
+    /// - `invariant`, `adversary_input`: `[M, n, d]`; `presence`: `[M, n, 1]` or `None` (all
+    ///   present)
+    pub fn forward_stacked(
         &self,
-        invariant: &[Tensor<2>],
-        adversary_input: &[Tensor<2>],
-        presence: &[Option<Tensor<2>>],
+        invariant: Tensor<3>,
+        adversary_input: Tensor<3>,
+        presence: Option<&Tensor<3>>,
     ) -> AdversarialOutput {
-        let present = presence_of_all(invariant, presence);
+        let present = present_or_ones(presence, &invariant);
+        let m = invariant.dims()[0];
         let (importance_loss, importance_accuracy, weights) = match &self.importance {
             Some(d0) => {
                 // D0 sees c_m without its history: no gradient into I.
-                let logits: Vec<Tensor<2>> = invariant.iter().map(|c| d0.forward(c.clone().detach())).collect();
-                let weights: Vec<Tensor<2>> =
-                    logits.iter().zip(&present).enumerate().map(|(m, (l, p))| importance_weight(l, m, p)).collect();
-                (Some(weighted_modality_nll(&logits, &present)), Some(accuracy(&logits, &present)), weights)
+                let logits = shared_linear(d0, invariant.clone().detach());
+                let weights = importance_weights(&logits, &present);
+                let accuracy = accuracy(&logits, &present);
+                (Some(weighted_modality_nll(logits, &present)), Some(accuracy), weights)
             }
             None => (None, None, present.clone()),
         };
         // Eq. 7: D1 on I(e) itself, behind the GRL; w_m weights the log-likelihood.
-        let d1_logits: Vec<Tensor<2>> = adversary_input
-            .iter()
-            .map(|c| self.modality.forward(gradient_reversal(c.clone(), self.grl_weight)))
-            .collect();
-        let adversarial_loss = weighted_modality_nll(&d1_logits, &weights);
+        let d1_logits = shared_linear(&self.modality, gradient_reversal(adversary_input, self.grl_weight));
         let modality_accuracy = accuracy(&d1_logits, &present);
-        let mean_weights = Tensor::cat(
-            weights.iter().zip(&present).map(|(w, p)| w.clone().sum() / p.clone().sum().clamp_min(1.0)).collect(),
-            0,
-        );
+        let adversarial_loss = weighted_modality_nll(d1_logits, &weights);
+        let mean_weights = (weights.clone().sum_dim(1) / present.clone().sum_dim(1).clamp_min(1.0)).reshape([m]);
         AdversarialOutput {
-            invariant: pool(invariant, &weights, &present),
+            invariant: pool(invariant, weights.clone(), &present),
             importance_loss,
             adversarial_loss,
-            weights,
+            weights: weights.chunk(m, 0).into_iter().map(|w| w.squeeze_dim::<2>(0)).collect(),
             diagnostics: AdversarialDiagnostics { importance_accuracy, modality_accuracy, mean_weights },
         }
     }
@@ -250,11 +266,10 @@ impl Adversarial {
     /// that exist. Pass `S_m(e_m.detach())` so nothing reaches the embedding layer.
     ///
     /// # Shapes
-    /// - `specific`: M tensors `[n, d]`; `presence` as in [`Adversarial::forward`]; output: `[1]`
-    pub fn specific_loss(&self, specific: &[Tensor<2>], presence: &[Option<Tensor<2>>]) -> Tensor<1> {
-        let logits: Vec<Tensor<2>> = specific.iter().map(|s| self.modality.forward(s.clone())).collect();
-        let present = presence_of_all(specific, presence);
-        weighted_modality_nll(&logits, &present)
+    /// - `specific`: `[M, n, d]`; `presence`: `[M, n, 1]` or `None` (all present); output: `[1]`
+    pub fn specific_loss(&self, specific: Tensor<3>, presence: Option<&Tensor<3>>) -> Tensor<1> {
+        let present = present_or_ones(presence, &specific);
+        weighted_modality_nll(shared_linear(&self.modality, specific), &present)
     }
 }
 

@@ -8,7 +8,7 @@
 //! item's category embedding, `atten_m = tanh(W_m s_m + V_m e_category + b_m)`. It isolates how
 //! far Eq. 3 is held back by `s_m` alone not revealing the category (README, Figure 4).
 
-use super::tanh;
+use super::{per_modality_linear, tanh};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
@@ -107,6 +107,39 @@ impl AttentionFusion {
     }
 }
 
+impl AttentionFusion {
+    /// [`AttentionFusion::forward`] on the modalities stacked along the first axis: the M
+    /// attentions as one batched product, the sum over modalities as one reduction.
+    ///
+    /// # Shapes
+    /// - `specific`: `[M, n, d]`; `presence`: `[M, n, 1]` (`None`: every item has every
+    ///   modality); `context`: `[n, context_dim]`
+    /// - output: `[n, d]`
+    pub fn forward_stacked(
+        &self,
+        specific: Tensor<3>,
+        presence: Option<&Tensor<3>>,
+        context: Option<&Tensor<2>>,
+    ) -> Tensor<2> {
+        let [m, n, d] = specific.dims();
+        let z = per_modality_linear(&self.modality_attention, specific.clone()); // Eq. 3
+        let attention = match context {
+            Some(c) if self.needs_context() => {
+                let contexts: Vec<Tensor<2>> = self.context.iter().map(|v| v.forward(c.clone())).collect();
+                tanh(z + Tensor::stack::<3>(contexts, 0))
+            }
+            _ => tanh(z),
+        };
+        let terms = attention * specific; // Eq. 2
+        let terms = match presence {
+            Some(p) => terms * p.clone(),
+            None => terms,
+        };
+        debug_assert_eq!(m, self.modality_attention.len());
+        terms.sum_dim(0).reshape([n, d])
+    }
+}
+
 /// `Σ_m present_m · x_m`: the element-wise sum over the modalities an item has.
 ///
 /// # Shapes
@@ -154,6 +187,31 @@ mod tests {
         let masked = maf.forward(&[s1.clone(), s2.clone()], &[None, Some(present.clone())], None);
         let expected = a[0].clone() * s1 + a[1].clone() * s2 * present;
         masked.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-6));
+    }
+
+    #[test]
+    fn the_stacked_fusion_equals_the_per_modality_fusion() {
+        let device = Device::flex();
+        let (m, n, d) = (3, 4, 5);
+        let specific: Vec<Tensor<2>> =
+            (0..m).map(|_| Tensor::<2>::random([n, d], burn::tensor::Distribution::Default, &device)).collect();
+        let present = Tensor::<2>::from_data(burn::tensor::TensorData::from([[1.0f32], [0.0], [1.0], [0.0]]), &device);
+        let presence = vec![None, Some(present.clone()), None];
+        let stacked_presence =
+            Tensor::stack::<3>(vec![Tensor::ones([n, 1], &device), present, Tensor::ones([n, 1], &device)], 0);
+        let context = Tensor::<2>::random([n, 2], burn::tensor::Distribution::Default, &device);
+        for context_dim in [None, Some(2)] {
+            let maf = AttentionFusionConfig { dim: d, n_modalities: m, context_dim }.init(&device);
+            let c = context_dim.map(|_| &context);
+            let stacked = Tensor::stack::<3>(specific.clone(), 0);
+            maf.forward_stacked(stacked.clone(), Some(&stacked_presence), c)
+                .into_data()
+                .assert_approx_eq::<f32>(&maf.forward(&specific, &presence, c).into_data(), Tolerance::absolute(1e-6));
+            maf.forward_stacked(stacked, None, c).into_data().assert_approx_eq::<f32>(
+                &maf.forward(&specific, &[None, None, None], c).into_data(),
+                Tolerance::absolute(1e-6),
+            );
+        }
     }
 
     #[test]

@@ -62,7 +62,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::adversarial::{Adversarial, AdversarialConfig};
+use super::adversarial::{stack_presence, Adversarial, AdversarialConfig};
 use super::apgru::{ApGru, ApGruConfig, CandidateAttention, CandidateAttentionConfig};
 use super::attention_fusion::{masked_sum, AttentionContext, AttentionFusion, AttentionFusionConfig};
 use super::baselines::dien::{Dien, DienConfig};
@@ -748,9 +748,9 @@ impl Marn {
         let projection = self.projection.as_ref().ok_or_else(|| missing("projection"))?;
         let e = embedding.forward(x)?;
         let presence = embedding.presence(x);
-        let specific = projection.specific(&e);
         let mut aux = AuxLosses::default();
         let Some(fusion) = &self.fusion else {
+            let specific = projection.specific(&e);
             let rep = match (&self.dmf, &self.mmss, &self.naml) {
                 (Some(dmf), _, _) => dmf.forward(specific, &presence),
                 (_, Some(mmss), _) => mmss.forward(specific, &presence),
@@ -761,21 +761,29 @@ impl Marn {
             };
             return Ok((rep, aux));
         };
-        let s = fusion.forward(&specific, &presence, maf_context(fusion, embedding, x).as_ref());
-        let c = projection.invariant(&e);
-        let rep = match (&self.adversarial, c.len()) {
-            (_, 0) => s,
+        // MAF, I and the discriminators run on the modalities stacked along a first axis: one
+        // batched product per layer instead of one per modality.
+        let n = x.n_items;
+        let e = Tensor::stack::<3>(e, 0);
+        let present = stack_presence(&presence, n, &e.device());
+        let specific = projection.specific_stacked(e.clone());
+        let s = fusion.forward_stacked(specific, present.as_ref(), maf_context(fusion, embedding, x).as_ref());
+        let Some(c) = projection.invariant_stacked(e.clone()) else {
+            return Ok((s, aux));
+        };
+        let rep = match &self.adversarial {
             // Scoring: the pooled `c` alone, without D1, D_s and their losses.
-            (Some(adv), _) if pass == Pass::Score => s + adv.pooled(&c, &presence),
-            (Some(adv), _) => {
+            Some(adv) if pass == Pass::Score => s + adv.pooled_stacked(c, present.as_ref()),
+            Some(adv) => {
                 // D1 sees I(e.detach()): the reversed gradient updates I, not the embedding layer.
-                let detached: Vec<Tensor<2>> = e.iter().map(|e| e.clone().detach()).collect();
-                let out = adv.forward_with(&c, &projection.invariant(&detached), &presence);
+                let detached = e.detach();
+                let adversary_input = projection.invariant_stacked(detached.clone()).ok_or_else(|| missing("I"))?;
+                let out = adv.forward_stacked(c, adversary_input, present.as_ref());
                 aux.adversarial = Some(out.adversarial_loss);
                 aux.importance = out.importance_loss;
                 if adv.importance.is_some() {
                     // D_s on S_m(e_m.detach()): no gradient into the embedding layer.
-                    aux.specific = Some(adv.specific_loss(&projection.specific(&detached), &presence));
+                    aux.specific = Some(adv.specific_loss(projection.specific_stacked(detached), present.as_ref()));
                 }
                 let norm = |t: &Tensor<2>| t.clone().detach().square().sum_dim(1).sqrt();
                 let (ns, nc) = (norm(&s), norm(&out.invariant));
@@ -789,13 +797,10 @@ impl Marn {
                 });
                 s + out.invariant
             }
-            (None, _) => {
-                // One modality: nothing to discriminate; c = c_1.
-                let mut it = c.into_iter();
-                match it.next() {
-                    Some(c1) => s + c1,
-                    None => s,
-                }
+            // One modality: nothing to discriminate; c = c_1.
+            None => {
+                let [_, n, h] = c.dims();
+                s + c.narrow(0, 0, 1).reshape([n, h])
             }
         };
         Ok((rep, aux))

@@ -13,10 +13,93 @@ pub mod modality_embedding;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::Tensor;
 
-/// `tanh(x) = 2 σ(2x) − 1`, the form every layer here uses. The same function (to within
-/// 1e-7, the rounding of the subtraction near 0), computed through the backend's sigmoid: burn's
-/// CPU backend evaluates `Tensor::tanh` with the C library's scalar `tanhf` per element, which
-/// took 16% of MARN's training step, against about a third of that for this form.
+/// `tanh`, computed as `2 σ(2x) − 1` on burn's CPU backend (flex) and natively elsewhere. The
+/// same function (to within 1e-7, the rounding of the subtraction near 0): flex evaluates
+/// `Tensor::tanh` with the C library's scalar `tanhf` per element, which took 16% of MARN's
+/// training step, against about a third of that for the sigmoid form; LibTorch and the GPU
+/// backends have a vectorised `tanh` whose one kernel (and one backward) beats the form's four.
 pub(crate) fn tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    sigmoid(x.mul_scalar(2.0)).mul_scalar(2.0).sub_scalar(1.0)
+    if is_flex(&x.device()) {
+        sigmoid(x.mul_scalar(2.0)).mul_scalar(2.0).sub_scalar(1.0)
+    } else {
+        x.tanh()
+    }
+}
+
+/// Whether `device` is burn's CPU backend, flex (with or without autodiff).
+fn is_flex(device: &burn::tensor::Device) -> bool {
+    let flex = burn::tensor::Device::flex();
+    *device == flex || *device == flex.autodiff()
+}
+
+/// One [`burn::nn::Linear`] per modality, each applied to its own modality of a stacked input,
+/// as one batched product: `y[m] = x[m] · W_m + b_m`. The same values as calling each layer on
+/// its modality; one matrix product and one bias add instead of M of each.
+///
+/// # Shapes
+/// - `layers`: M layers `d_in → d_out`, all with a bias or all without; `x`: `[M, n, d_in]`
+/// - output: `[M, n, d_out]`
+pub(crate) fn per_modality_linear(layers: &[burn::nn::Linear], x: Tensor<3>) -> Tensor<3> {
+    let weights = Tensor::stack::<3>(layers.iter().map(|l| l.weight.val()).collect(), 0);
+    let y = x.matmul(weights);
+    let biases: Option<Vec<Tensor<1>>> = layers.iter().map(|l| l.bias.as_ref().map(|b| b.val())).collect();
+    match biases {
+        Some(b) => y + Tensor::stack::<2>(b, 0).unsqueeze_dim::<3>(1),
+        None => y,
+    }
+}
+
+/// A linear layer shared by every modality, applied to a stacked input as one product.
+///
+/// # Shapes
+/// - `x`: `[M, n, d_in]`; output: `[M, n, d_out]`
+pub(crate) fn shared_linear(layer: &burn::nn::Linear, x: Tensor<3>) -> Tensor<3> {
+    let [m, n, d] = x.dims();
+    let y = layer.forward(x.reshape([m * n, d]));
+    let out = y.dims()[1];
+    y.reshape([m, n, out])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::LinearConfig;
+    use burn::tensor::{Device, Distribution, Tolerance};
+
+    #[test]
+    fn tanh_is_the_sigmoid_form_on_flex_and_equals_the_native_tanh() {
+        let flex = Device::flex();
+        assert!(is_flex(&flex) && is_flex(&flex.clone().autodiff()));
+        let x = Tensor::<2>::random([7, 33], Distribution::Normal(0.0, 3.0), &flex);
+        tanh(x.clone()).into_data().assert_approx_eq::<f32>(&x.tanh().into_data(), Tolerance::absolute(1e-6));
+    }
+
+    #[test]
+    fn per_modality_and_shared_linear_equal_each_layer_on_its_modality() {
+        let device = Device::flex();
+        let (m, n, d_in, d_out) = (3, 5, 4, 6);
+        let x = Tensor::<3>::random([m, n, d_in], Distribution::Default, &device);
+        let layers: Vec<burn::nn::Linear> = (0..m).map(|_| LinearConfig::new(d_in, d_out).init(&device)).collect();
+        let stacked = per_modality_linear(&layers, x.clone());
+        let shared = shared_linear(&layers[1], x.clone());
+        assert_eq!(stacked.dims(), [m, n, d_out]);
+        for (k, layer) in layers.iter().enumerate() {
+            let x_k = x.clone().narrow(0, k, 1).reshape([n, d_in]);
+            let own = stacked.clone().narrow(0, k, 1).reshape([n, d_out]);
+            own.into_data().assert_approx_eq::<f32>(&layer.forward(x_k.clone()).into_data(), Tolerance::absolute(1e-6));
+            let by_shared = shared.clone().narrow(0, k, 1).reshape([n, d_out]);
+            by_shared
+                .into_data()
+                .assert_approx_eq::<f32>(&layers[1].forward(x_k).into_data(), Tolerance::absolute(1e-6));
+        }
+        // Without biases, the product alone.
+        let plain: Vec<burn::nn::Linear> =
+            (0..m).map(|_| LinearConfig::new(d_in, d_out).with_bias(false).init(&device)).collect();
+        let x_0 = x.clone().narrow(0, 0, 1).reshape([n, d_in]);
+        per_modality_linear(&plain, x)
+            .narrow(0, 0, 1)
+            .reshape([n, d_out])
+            .into_data()
+            .assert_approx_eq::<f32>(&plain[0].forward(x_0).into_data(), Tolerance::absolute(1e-6));
+    }
 }
