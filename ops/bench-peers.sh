@@ -36,13 +36,16 @@ esac
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/marnflow/target}"
 # Both sides run under the same C library allocator setting. marnflow restarts itself with glibc
 # keeping freed memory (RETAINING_MALLOC in model/src/device.rs: no mmap for large blocks, no heap
-# trimming, so the kernel does not zero the pages of every step's tensors again); exported here,
-# the peers get the same. MARNFLOW_MALLOC=system runs both sides with glibc's defaults instead.
+# trimming, so the kernel does not zero the pages of every step's tensors again); the peers' timed
+# commands get the same through `env`. MARNFLOW_MALLOC=system runs both sides with glibc's defaults instead.
+# Only the timed commands get it: the check of the tables afterwards runs on the defaults.
 if [ "${MARNFLOW_MALLOC:-}" = "system" ]; then
+  peer_env=(env)
   allocator="glibc's defaults (MARNFLOW_MALLOC=system)"
 else
-  export GLIBC_TUNABLES="glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
-  allocator="GLIBC_TUNABLES=$GLIBC_TUNABLES"
+  tunables="glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+  peer_env=(env "GLIBC_TUNABLES=$tunables")
+  allocator="GLIBC_TUNABLES=$tunables"
 fi
 echo "bench-peers: allocator on both sides: $allocator" >&2
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -80,7 +83,7 @@ if [ "$what" = "train" ]; then
       cargo bench --workspace "${features[@]}" --bench train_throughput -- \
       --device "$device" --no-dedup --json "$work/marnflow.$run.json" >"$work/marnflow.log" 2>&1 ||
       { echo "bench-peers: the model benchmark failed; see $work/marnflow.log" >&2; exit 1; }
-    "$torch_python" ops/peers/train_torch.py --batch "$batches" --seconds "$seconds" --threads 2 \
+    "${peer_env[@]}" "$torch_python" ops/peers/train_torch.py --batch "$batches" --seconds "$seconds" --threads 2 \
       --embeddings both --json "$work/torch.$run.json" >"$work/torch.log" 2>&1 ||
       { echo "bench-peers: the PyTorch peer failed; see $work/torch.log" >&2; exit 1; }
     echo "bench-peers: run $run of $runs done" >&2
@@ -167,7 +170,7 @@ for run in $(seq 1 "$runs"); do
   fresh_ours
   timed marnflow "$bin" --lake "$ours" features --from "$first" --to "$last"
   fresh_peer
-  timed duckdb "$python" ops/peers/features_duckdb.py --lake "$pristine" --out "$peer" --from "$first" --to "$last" --threads 2
+  timed duckdb "${peer_env[@]}" "$python" ops/peers/features_duckdb.py --lake "$pristine" --out "$peer" --from "$first" --to "$last" --threads 2
   echo "bench-peers: run $run of $runs: marnflow $(cut -d' ' -f1 "$work/marnflow.last") s, duckdb $(cut -d' ' -f1 "$work/duckdb.last") s" >&2
 done
 "$python" ops/peers/check_features.py --marnflow "$ours" --peer "$peer" >&2
