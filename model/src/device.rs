@@ -37,6 +37,10 @@ pub fn peak_rss_mib() -> f64 {
 /// then stays at its peak between steps; the peak itself moves by a few percent.
 pub const RETAINING_MALLOC: &str = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736";
 
+/// The variable that opts out of [`RETAINING_MALLOC`] (`system`); a restarted process carries
+/// it too (`retain`), so it never restarts twice.
+pub const MALLOC_VARIABLE: &str = "MARNFLOW_MALLOC";
+
 /// Where the C library is glibc, restarts this process (`exec`, same arguments and environment)
 /// with [`RETAINING_MALLOC`] added to `GLIBC_TUNABLES`, which glibc reads only at start-up.
 /// Returns without restarting when the setting is already there, when `MARNFLOW_MALLOC=system`
@@ -45,9 +49,8 @@ pub fn restart_with_retaining_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
-        const MARK: &str = "MARNFLOW_MALLOC";
         let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-        if std::env::var_os(MARK).is_some() || tunables.contains("glibc.malloc.mmap_max") {
+        if std::env::var_os(MALLOC_VARIABLE).is_some() || tunables.contains("glibc.malloc.mmap_max") {
             return;
         }
         let Ok(exe) = std::env::current_exe() else { return };
@@ -58,8 +61,8 @@ pub fn restart_with_retaining_malloc() {
         if let Some(name) = args.next() {
             command.arg0(name);
         }
-        // `exec` returns only when it failed; MARK keeps a restarted process from restarting again.
-        let error = command.args(args).env("GLIBC_TUNABLES", tunables).env(MARK, "retain").exec();
+        // `exec` returns only when it failed.
+        let error = command.args(args).env("GLIBC_TUNABLES", tunables).env(MALLOC_VARIABLE, "retain").exec();
         eprintln!("warning: could not restart with {RETAINING_MALLOC} ({error}); the C library's defaults apply");
     }
 }

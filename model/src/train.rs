@@ -397,6 +397,13 @@ impl<const D: usize> RecordState for AdaGradAccumulator<D> {
     }
 }
 
+impl AdaGrad {
+    /// The step `lr · g / (√acc + ε)` for a gradient and its (already updated) accumulator.
+    fn update<const D: usize>(&self, lr: LearningRate, grad: Tensor<D>, sum: Tensor<D>) -> Tensor<D> {
+        grad.div(sum.sqrt().add_scalar(self.epsilon)).mul_scalar(lr)
+    }
+}
+
 impl Optimizer for AdaGrad {
     type State<const D: usize> = AdaGradAccumulator<D>;
 
@@ -411,7 +418,7 @@ impl Optimizer for AdaGrad {
             Some(state) => state.sum + grad.clone().square(),
             None => grad.clone().square().add_scalar(self.initial_accumulator),
         };
-        let update = grad.div(sum.clone().sqrt().add_scalar(self.epsilon)).mul_scalar(lr);
+        let update = self.update(lr, grad, sum.clone());
         (tensor - update, Some(AdaGradAccumulator { sum }))
     }
 
@@ -465,7 +472,7 @@ impl Optimizer for RowAdaGrad {
         let squared = grad.clone().square();
         let sum_rows = sum.clone().select(0, index.clone()) + squared.clone();
         let sum = sum.select_assign(0, index.clone(), squared, IndexingUpdateOp::Add);
-        let update = grad.div(sum_rows.sqrt().add_scalar(self.adagrad.epsilon)).mul_scalar(lr);
+        let update = self.adagrad.update(lr, grad, sum_rows);
         (tensor.select_assign(0, index, update.neg(), IndexingUpdateOp::Add), Some(AdaGradAccumulator { sum }))
     }
 

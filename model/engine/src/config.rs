@@ -207,7 +207,7 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Environment variables that are not config keys but belong to marnflow.
-const ENV_NOT_KEYS: [&str; 3] = ["MARNFLOW_CONFIG", "MARNFLOW_LOG_FORMAT", "MARNFLOW_MALLOC"];
+const ENV_NOT_KEYS: [&str; 3] = ["MARNFLOW_CONFIG", "MARNFLOW_LOG_FORMAT", marnflow_model::device::MALLOC_VARIABLE];
 
 /// Prefix of the variables the test suite reads (`MARNFLOW_TEST_S3_ENDPOINT`, set by
 /// `ops/s3-server.sh`): never config keys, so a shell that exported them still runs marnflow.

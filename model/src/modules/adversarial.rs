@@ -34,7 +34,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Device, Tensor};
 
-use super::shared_linear;
+use super::{stack, stack_presence};
 
 /// Gradient reversal layer: the identity forward, `−weight ×` the upstream gradient backward.
 ///
@@ -43,19 +43,6 @@ use super::shared_linear;
 pub fn gradient_reversal<const D: usize>(x: Tensor<D>, weight: f64) -> Tensor<D> {
     let constant = x.clone().detach();
     constant.clone() + (x - constant).mul_scalar(-weight)
-}
-
-/// The presence of every modality stacked: `[M, n, 1]`, 1.0 where the item has modality `m`;
-/// `None` when every item has every modality.
-///
-/// # Shapes
-/// - `presence`: M entries, `[n, 1]` or `None` (every item has it); output: `[M, n, 1]`
-pub fn stack_presence(presence: &[Option<Tensor<2>>], n: usize, device: &Device) -> Option<Tensor<3>> {
-    if presence.iter().all(Option::is_none) {
-        return None;
-    }
-    let rows = presence.iter().map(|p| p.clone().unwrap_or_else(|| Tensor::ones([n, 1], device))).collect();
-    Some(Tensor::stack::<3>(rows, 0))
 }
 
 /// `presence`, or ones `[M, n, 1]` where it is `None`.
@@ -178,32 +165,16 @@ fn pool(invariant: Tensor<3>, weights: Tensor<3>, present: &Tensor<3>) -> Tensor
     (invariant * weights + present.clone().sub_scalar(1.0).mul_scalar(1e9)).max_dim(0).reshape([n, d])
 }
 
-/// The modalities stacked along a first axis, `[M, n, d]`.
-fn stack(features: &[Tensor<2>]) -> Tensor<3> {
-    Tensor::stack::<3>(features.to_vec(), 0)
-}
-
 impl Adversarial {
     /// The pooled invariant representation `c = max_m(w_m ⊙ c_m)` alone, what scoring needs:
     /// `D0` gives the weights; `D1`, the losses and the diagnostics are not computed.
-    ///
-    /// # Shapes
-    /// - `invariant`, `presence`: as [`Adversarial::forward`]
-    /// - output: `[n, d]`
-    pub fn pooled(&self, invariant: &[Tensor<2>], presence: &[Option<Tensor<2>>]) -> Tensor<2> {
-        let c = stack(invariant);
-        let present = stack_presence(presence, c.dims()[1], &c.device());
-        self.pooled_stacked(c, present.as_ref())
-    }
-
-    /// [`Adversarial::pooled`] of the modalities stacked along the first axis.
     ///
     /// # Shapes
     /// - `invariant`: `[M, n, d]`; `presence`: `[M, n, 1]` or `None` (all present); output: `[n, d]`
     pub fn pooled_stacked(&self, invariant: Tensor<3>, presence: Option<&Tensor<3>>) -> Tensor<2> {
         let present = present_or_ones(presence, &invariant);
         let weights = match &self.importance {
-            Some(d0) => importance_weights(&shared_linear(d0, invariant.clone().detach()), &present),
+            Some(d0) => importance_weights(&d0.forward(invariant.clone().detach()), &present),
             None => present.clone(),
         };
         pool(invariant, weights, &present)
@@ -241,7 +212,7 @@ impl Adversarial {
         let (importance_loss, importance_accuracy, weights) = match &self.importance {
             Some(d0) => {
                 // D0 sees c_m without its history: no gradient into I.
-                let logits = shared_linear(d0, invariant.clone().detach());
+                let logits = d0.forward(invariant.clone().detach());
                 let weights = importance_weights(&logits, &present);
                 let accuracy = accuracy(&logits, &present);
                 (Some(weighted_modality_nll(logits, &present)), Some(accuracy), weights)
@@ -249,7 +220,7 @@ impl Adversarial {
             None => (None, None, present.clone()),
         };
         // Eq. 7: D1 on I(e) itself, behind the GRL; w_m weights the log-likelihood.
-        let d1_logits = shared_linear(&self.modality, gradient_reversal(adversary_input, self.grl_weight));
+        let d1_logits = self.modality.forward(gradient_reversal(adversary_input, self.grl_weight));
         let modality_accuracy = accuracy(&d1_logits, &present);
         let adversarial_loss = weighted_modality_nll(d1_logits, &weights);
         let mean_weights = (weights.clone().sum_dim(1) / present.clone().sum_dim(1).clamp_min(1.0)).reshape([m]);
@@ -269,7 +240,7 @@ impl Adversarial {
     /// - `specific`: `[M, n, d]`; `presence`: `[M, n, 1]` or `None` (all present); output: `[1]`
     pub fn specific_loss(&self, specific: Tensor<3>, presence: Option<&Tensor<3>>) -> Tensor<1> {
         let present = present_or_ones(presence, &specific);
-        weighted_modality_nll(shared_linear(&self.modality, specific), &present)
+        weighted_modality_nll(self.modality.forward(specific), &present)
     }
 }
 

@@ -8,7 +8,7 @@
 //! item's category embedding, `atten_m = tanh(W_m s_m + V_m e_category + b_m)`. It isolates how
 //! far Eq. 3 is held back by `s_m` alone not revealing the category (README, Figure 4).
 
-use super::{per_modality_linear, tanh};
+use super::{per_modality_linear, stack, stack_presence, tanh, unstack};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
@@ -74,18 +74,23 @@ impl AttentionFusion {
     /// # Shapes
     /// - `specific`: M tensors `[n, d]`; `context`: `[n, context_dim]`; output: M tensors `[n, d]`
     pub fn attention(&self, specific: &[Tensor<2>], context: Option<&Tensor<2>>) -> Vec<Tensor<2>> {
-        specific
-            .iter()
-            .zip(&self.modality_attention)
-            .enumerate()
-            .map(|(k, (s, w))| {
-                let z = w.forward(s.clone()); // Eq. 3
-                match (self.context.get(k), context) {
-                    (Some(v), Some(c)) => tanh(z + v.forward(c.clone())),
-                    _ => tanh(z),
-                }
-            })
-            .collect()
+        unstack(self.attention_stacked(stack(specific), context))
+    }
+
+    /// Eq. 3 for the stacked modalities, `atten_m = tanh(W_m s_m + b_m)` (plus `V_m` of the
+    /// context when the fusion was built with one): the M products as one batched product.
+    ///
+    /// # Shapes
+    /// - `specific`: `[M, n, d]`; `context`: `[n, context_dim]`; output: `[M, n, d]`
+    fn attention_stacked(&self, specific: Tensor<3>, context: Option<&Tensor<2>>) -> Tensor<3> {
+        let z = per_modality_linear(&self.modality_attention, specific);
+        match context {
+            Some(c) if self.needs_context() => {
+                let contexts: Vec<Tensor<2>> = self.context.iter().map(|v| v.forward(c.clone())).collect();
+                tanh(z + Tensor::stack::<3>(contexts, 0))
+            }
+            _ => tanh(z),
+        }
     }
 
     /// Fused specific representation `s = Σ_m present_m · atten_m ⊙ s_m`: a modality an item
@@ -101,13 +106,11 @@ impl AttentionFusion {
         presence: &[Option<Tensor<2>>],
         context: Option<&Tensor<2>>,
     ) -> Tensor<2> {
-        let attention = self.attention(specific, context);
-        let terms: Vec<Tensor<2>> = specific.iter().zip(attention).map(|(s, a)| a * s.clone()).collect(); // Eq. 2
-        masked_sum(terms, presence)
+        let stacked = stack(specific);
+        let present = stack_presence(presence, stacked.dims()[1], &stacked.device());
+        self.forward_stacked(stacked, present.as_ref(), context)
     }
-}
 
-impl AttentionFusion {
     /// [`AttentionFusion::forward`] on the modalities stacked along the first axis: the M
     /// attentions as one batched product, the sum over modalities as one reduction.
     ///
@@ -121,21 +124,12 @@ impl AttentionFusion {
         presence: Option<&Tensor<3>>,
         context: Option<&Tensor<2>>,
     ) -> Tensor<2> {
-        let [m, n, d] = specific.dims();
-        let z = per_modality_linear(&self.modality_attention, specific.clone()); // Eq. 3
-        let attention = match context {
-            Some(c) if self.needs_context() => {
-                let contexts: Vec<Tensor<2>> = self.context.iter().map(|v| v.forward(c.clone())).collect();
-                tanh(z + Tensor::stack::<3>(contexts, 0))
-            }
-            _ => tanh(z),
-        };
-        let terms = attention * specific; // Eq. 2
+        let [_, n, d] = specific.dims();
+        let terms = self.attention_stacked(specific.clone(), context) * specific; // Eq. 2
         let terms = match presence {
             Some(p) => terms * p.clone(),
             None => terms,
         };
-        debug_assert_eq!(m, self.modality_attention.len());
         terms.sum_dim(0).reshape([n, d])
     }
 }
@@ -197,20 +191,26 @@ mod tests {
             (0..m).map(|_| Tensor::<2>::random([n, d], burn::tensor::Distribution::Default, &device)).collect();
         let present = Tensor::<2>::from_data(burn::tensor::TensorData::from([[1.0f32], [0.0], [1.0], [0.0]]), &device);
         let presence = vec![None, Some(present.clone()), None];
-        let stacked_presence =
-            Tensor::stack::<3>(vec![Tensor::ones([n, 1], &device), present, Tensor::ones([n, 1], &device)], 0);
         let context = Tensor::<2>::random([n, 2], burn::tensor::Distribution::Default, &device);
         for context_dim in [None, Some(2)] {
             let maf = AttentionFusionConfig { dim: d, n_modalities: m, context_dim }.init(&device);
             let c = context_dim.map(|_| &context);
-            let stacked = Tensor::stack::<3>(specific.clone(), 0);
-            maf.forward_stacked(stacked.clone(), Some(&stacked_presence), c)
+            // Eq. 2–3 modality by modality, from the layers themselves.
+            let term = |k: usize| {
+                let mut z = maf.modality_attention[k].forward(specific[k].clone());
+                if let (Some(v), Some(c)) = (maf.context.get(k), c) {
+                    z = z + v.forward(c.clone());
+                }
+                tanh(z) * specific[k].clone()
+            };
+            let all = term(0) + term(1) + term(2);
+            let masked = term(0) + term(1) * present.clone() + term(2);
+            maf.forward(&specific, &presence, c)
                 .into_data()
-                .assert_approx_eq::<f32>(&maf.forward(&specific, &presence, c).into_data(), Tolerance::absolute(1e-6));
-            maf.forward_stacked(stacked, None, c).into_data().assert_approx_eq::<f32>(
-                &maf.forward(&specific, &[None, None, None], c).into_data(),
-                Tolerance::absolute(1e-6),
-            );
+                .assert_approx_eq::<f32>(&masked.into_data(), Tolerance::absolute(1e-6));
+            maf.forward_stacked(stack(&specific), None, c)
+                .into_data()
+                .assert_approx_eq::<f32>(&all.into_data(), Tolerance::absolute(1e-6));
         }
     }
 

@@ -62,7 +62,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::adversarial::{stack_presence, Adversarial, AdversarialConfig};
+use super::adversarial::{Adversarial, AdversarialConfig};
 use super::apgru::{ApGru, ApGruConfig, CandidateAttention, CandidateAttentionConfig};
 use super::attention_fusion::{masked_sum, AttentionContext, AttentionFusion, AttentionFusionConfig};
 use super::baselines::dien::{Dien, DienConfig};
@@ -80,6 +80,7 @@ use super::ctr_head::{log_loss, CtrHead, CtrHeadConfig};
 use super::modality_embedding::{
     Modality, ModalityEmbedding, ModalityEmbeddingConfig, ModalityProjection, ModalityProjectionConfig,
 };
+use super::{stack, stack_presence, unstack};
 use crate::batch::{Batch, ModelInputs};
 use crate::batch_tensors::BatchTensors;
 use crate::error::{Error, Result};
@@ -764,7 +765,7 @@ impl Marn {
         // MAF, I and the discriminators run on the modalities stacked along a first axis: one
         // batched product per layer instead of one per modality.
         let n = x.n_items;
-        let e = Tensor::stack::<3>(e, 0);
+        let e = stack(&e);
         let present = stack_presence(&presence, n, &e.device());
         let specific = projection.specific_stacked(e.clone());
         let s = fusion.forward_stacked(specific, present.as_ref(), maf_context(fusion, embedding, x).as_ref());
@@ -816,9 +817,12 @@ impl Marn {
         let e = embedding.forward(x)?;
         let presence = embedding.presence(x);
         let specific = projection.specific(&e);
-        let invariant = projection.invariant(&e);
-        let pooled = match (&self.adversarial, invariant.is_empty()) {
-            (Some(adv), false) => read(adv.pooled(&invariant, &presence), "pooled invariant")?,
+        let invariant = projection.invariant_stacked(stack(&e));
+        let pooled = match (&self.adversarial, &invariant) {
+            (Some(adv), Some(c)) => {
+                let present = stack_presence(&presence, x.n_items, &c.device());
+                read(adv.pooled_stacked(c.clone(), present.as_ref()), "pooled invariant")?
+            }
             _ => Vec::new(),
         };
         let attention = match &self.fusion {
@@ -833,7 +837,12 @@ impl Marn {
             modalities: self.modalities.clone(),
             dim: self.config.representation_dim,
             specific: specific.into_iter().map(|t| read(t, "specific features")).collect::<Result<_>>()?,
-            invariant: invariant.into_iter().map(|t| read(t, "invariant features")).collect::<Result<_>>()?,
+            invariant: invariant
+                .map(unstack)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| read(t, "invariant features"))
+                .collect::<Result<_>>()?,
             pooled,
             attention,
             presence: read_presence(&presence, x.n_items)?,

@@ -49,15 +49,34 @@ pub(crate) fn per_modality_linear(layers: &[burn::nn::Linear], x: Tensor<3>) -> 
     }
 }
 
-/// A linear layer shared by every modality, applied to a stacked input as one product.
+/// The modalities stacked along a first axis.
 ///
 /// # Shapes
-/// - `x`: `[M, n, d_in]`; output: `[M, n, d_out]`
-pub(crate) fn shared_linear(layer: &burn::nn::Linear, x: Tensor<3>) -> Tensor<3> {
-    let [m, n, d] = x.dims();
-    let y = layer.forward(x.reshape([m * n, d]));
-    let out = y.dims()[1];
-    y.reshape([m, n, out])
+/// - `features`: M tensors `[n, d]`; output: `[M, n, d]`
+pub(crate) fn stack(features: &[Tensor<2>]) -> Tensor<3> {
+    Tensor::stack::<3>(features.to_vec(), 0)
+}
+
+/// The modalities of a stack, one tensor each (for inspection: no backward runs through it).
+///
+/// # Shapes
+/// - `stacked`: `[M, n, d]`; output: M tensors `[n, d]`
+pub(crate) fn unstack(stacked: Tensor<3>) -> Vec<Tensor<2>> {
+    let m = stacked.dims()[0];
+    stacked.chunk(m, 0).into_iter().map(|t| t.squeeze_dim::<2>(0)).collect()
+}
+
+/// The presence of every modality stacked: `[M, n, 1]`, 1.0 where the item has modality `m`;
+/// `None` when every item has every modality.
+///
+/// # Shapes
+/// - `presence`: M entries, `[n, 1]` or `None` (every item has it); output: `[M, n, 1]`
+pub fn stack_presence(presence: &[Option<Tensor<2>>], n: usize, device: &burn::tensor::Device) -> Option<Tensor<3>> {
+    if presence.iter().all(Option::is_none) {
+        return None;
+    }
+    let rows = presence.iter().map(|p| p.clone().unwrap_or_else(|| Tensor::ones([n, 1], device))).collect();
+    Some(Tensor::stack::<3>(rows, 0))
 }
 
 #[cfg(test)]
@@ -81,7 +100,8 @@ mod tests {
         let x = Tensor::<3>::random([m, n, d_in], Distribution::Default, &device);
         let layers: Vec<burn::nn::Linear> = (0..m).map(|_| LinearConfig::new(d_in, d_out).init(&device)).collect();
         let stacked = per_modality_linear(&layers, x.clone());
-        let shared = shared_linear(&layers[1], x.clone());
+        // A shared layer takes the stack as it is (burn folds the leading axes into the rows).
+        let shared = layers[1].forward(x.clone());
         assert_eq!(stacked.dims(), [m, n, d_out]);
         for (k, layer) in layers.iter().enumerate() {
             let x_k = x.clone().narrow(0, k, 1).reshape([n, d_in]);

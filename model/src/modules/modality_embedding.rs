@@ -29,7 +29,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::{per_modality_linear, shared_linear, tanh};
+use super::{per_modality_linear, tanh};
 use crate::batch::ModelInputs;
 use crate::batch_tensors::{BatchTensors, Table};
 use crate::error::{Error, Result};
@@ -496,17 +496,6 @@ impl ModalityProjection {
         e.iter().zip(&self.specific).map(|(e, s)| tanh(s.forward(e.clone()))).collect()
     }
 
-    /// Modality-invariant features (empty when `I` was not built).
-    ///
-    /// # Shapes
-    /// - `e`: M tensors `[n, input_dim]`; output: M tensors `[n, output_dim]`
-    pub fn invariant(&self, e: &[Tensor<2>]) -> Vec<Tensor<2>> {
-        match &self.invariant {
-            Some(i) => e.iter().map(|e| tanh(i.forward(e.clone()))).collect(),
-            None => Vec::new(),
-        }
-    }
-
     /// [`ModalityProjection::specific`] of the modalities stacked along the first axis: one
     /// batched product for the M matrices `S_m`.
     ///
@@ -516,13 +505,13 @@ impl ModalityProjection {
         tanh(per_modality_linear(&self.specific, e))
     }
 
-    /// [`ModalityProjection::invariant`] of the stacked modalities: one product with `I` for
-    /// all of them (`None` when `I` was not built).
+    /// Modality-invariant features of the stacked modalities: one product with `I` for all of
+    /// them (`None` when `I` was not built).
     ///
     /// # Shapes
     /// - `e`: `[M, n, input_dim]`; output: `[M, n, output_dim]`
     pub fn invariant_stacked(&self, e: Tensor<3>) -> Option<Tensor<3>> {
-        self.invariant.as_ref().map(|i| tanh(shared_linear(i, e)))
+        self.invariant.as_ref().map(|i| tanh(i.forward(e)))
     }
 }
 
