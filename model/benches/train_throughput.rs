@@ -10,9 +10,11 @@
 //! row of the embedding tables instead of the rows a batch read).
 //!
 //! Options: `--image-dim N` and `--word-dim N` (default 512 and 64; the paper's widths are 4096
-//! and 300), `--matmul-n N` (default 1024), `--peak-gflops X` (a reference peak, such as a GPU's
-//! bf16 peak, for an extra "% of peak" column), `--no-dedup` (skip the distinct-vs-per-slot
-//! table), `--json PATH` (every case also written as JSON; `ops/gpu-check.sh` reads it),
+//! and 300), `--matmul-n N` (default 1024; 0 skips the matmul measurement, which otherwise runs
+//! for a case's budget first and fills a profile of the steps with its own products),
+//! `--peak-gflops X` (a reference peak, such as a GPU's bf16 peak, for an extra "% of peak"
+//! column), `--no-dedup` (skip the distinct-vs-per-slot table), `--json PATH` (every case also
+//! written as JSON; `ops/gpu-check.sh` reads it),
 //! `--bf16-matmul` (also time the matmul in bf16, the peak a GPU's tensor cores give), `--phases`
 //! (a table of where each case's step time goes: the batch's move to the device, the forward
 //! pass, the whole step).
@@ -285,9 +287,12 @@ fn main() {
          synthetic Zipf(1.0) items over 200k ids, image {image_dim}-d, titles <= 16 words of {word_dim}-d \
          vectors, 4 statistics; {seconds} s per case after one warm-up step\n"
     );
-    let peak = matmul_gflops(&plain, matmul_n, FloatDType::F32, budget);
-    println!("backend matmul {matmul_n}x{matmul_n}x{matmul_n} (f32): **{peak:.1} GFLOP/s**\n");
-    let bf16_peak = args.iter().any(|a| a == "--bf16-matmul").then(|| {
+    let peak = (matmul_n > 0).then(|| matmul_gflops(&plain, matmul_n, FloatDType::F32, budget));
+    match peak {
+        Some(peak) => println!("backend matmul {matmul_n}x{matmul_n}x{matmul_n} (f32): **{peak:.1} GFLOP/s**\n"),
+        None => println!("backend matmul: not measured (--matmul-n 0)\n"),
+    }
+    let bf16_peak = (matmul_n > 0 && args.iter().any(|a| a == "--bf16-matmul")).then(|| {
         let g = matmul_gflops(&plain, matmul_n, FloatDType::BF16, budget);
         println!("backend matmul {matmul_n}x{matmul_n}x{matmul_n} (bf16): **{g:.1} GFLOP/s**\n");
         g
@@ -313,7 +318,7 @@ fn main() {
                 c.step_ms,
                 c.samples_per_s,
                 c.gflops.map_or("–".into(), |g| format!("{g:.2}")),
-                c.gflops.map_or("–".into(), |g| format!("{:.1}%", 100.0 * g / peak)),
+                c.gflops.zip(peak).map_or("–".into(), |(g, peak)| format!("{:.1}%", 100.0 * g / peak)),
                 c.peak_mib.map_or("?".into(), |m| format!("{m:.0}")),
             );
             records.push(serde_json::json!({
@@ -327,7 +332,7 @@ fn main() {
                 "step_ms": c.step_ms,
                 "samples_per_s": c.samples_per_s,
                 "est_gflops": c.gflops,
-                "share_of_matmul": c.gflops.map(|g| g / peak),
+                "share_of_matmul": c.gflops.zip(peak).map(|(g, peak)| g / peak),
                 "share_of_reference_peak": reference_peak.and_then(|p| c.gflops.map(|g| g / p)),
                 "peak_rss_mib": c.peak_mib,
             }));
