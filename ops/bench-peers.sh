@@ -43,7 +43,9 @@ if [ "${MARNFLOW_MALLOC:-}" = "system" ]; then
   peer_env=(env)
   allocator="glibc's defaults (MARNFLOW_MALLOC=system)"
 else
-  tunables="glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+  # The setting itself is read from where marnflow defines it, so the two cannot drift apart.
+  tunables="$(sed -n 's/^pub const RETAINING_MALLOC: &str = "\(.*\)";$/\1/p' model/src/device.rs)"
+  [ -n "$tunables" ] || { echo "bench-peers: RETAINING_MALLOC not found in model/src/device.rs" >&2; exit 2; }
   peer_env=(env "GLIBC_TUNABLES=$tunables")
   allocator="GLIBC_TUNABLES=$tunables"
 fi

@@ -34,7 +34,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Device, Tensor};
 
-use super::{stack, stack_presence};
+use super::{stack, stack_presence, unstack};
 
 /// Gradient reversal layer: the identity forward, `−weight ×` the upstream gradient backward.
 ///
@@ -228,7 +228,7 @@ impl Adversarial {
             invariant: pool(invariant, weights.clone(), &present),
             importance_loss,
             adversarial_loss,
-            weights: weights.chunk(m, 0).into_iter().map(|w| w.squeeze_dim::<2>(0)).collect(),
+            weights: unstack(weights),
             diagnostics: AdversarialDiagnostics { importance_accuracy, modality_accuracy, mean_weights },
         }
     }
