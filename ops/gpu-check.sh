@@ -3,19 +3,25 @@
 # the bundle of ops/build-gpu-bundle.sh brought along). Well inside 10 minutes on an H100.
 #
 #   bash ops/gpu-check.sh RESULTS_DIR [--device tch:cuda:0] [--bundle gpu-bundle/marnflow-gpu.tar.xz]
-#                         [--seconds S] [--peak-gflops X] [--slow]
+#                         [--seconds S] [--peak-gflops X] [--seeds N] [--slow]
 #
 # 1. unpacks the bundle; 2. points LD_LIBRARY_PATH at this machine's torch lib/; 3. saves
 # nvidia-smi; 4. the model benchmark on DEVICE: marn and ids at batch 1024 and 4096 at the default
 # widths, marn at the paper's widths (4096-d images, 300-d words) at batch 1024, each against
 # the f32 matmul of the backend and a reference peak (default 790 TFLOP/s, the H100/H200 bf16
-# dense peak measured here); 5. trains MARN on the bundle's lake for one epoch on DEVICE and
-# evaluates it; 6. scores the evaluation day with the same weights on DEVICE, on LibTorch's CPU
+# dense peak measured here), then marn with the images resident on the device
+# (train.images_on_device) in f32 and in bf16 (train.model.precision), with where each step's
+# time goes; 5. trains MARN on the bundle's lake for one epoch on DEVICE and evaluates it, then
+# again with the images on the device, and for each of N seeds (default 3) in f32 and in bf16
+# (the AUC difference decides whether bf16 is kept); 6. scores the evaluation day with the same weights on DEVICE, on LibTorch's CPU
 # and on burn-flex, and compares the predictions; 7. writes it all as JSON into RESULTS_DIR
 # (summary.json gathers the numbers). A failing step is recorded and the others still run; the
 # exit status is that of the first failure.
 #
-# Each step has a time limit sized for a GPU; --slow multiplies them by 5 for a CPU run.
+# Each step has a time limit sized for a GPU; --slow multiplies them by 5 for a CPU run. On a
+# device that is not CUDA the bf16 steps are skipped (and logged): LibTorch's CPU bf16 products
+# ran MARN's step 8x slower than f32 on the development machine (13 against 111 samples/s), past
+# any sensible limit; the bf16 AUC check on a CPU is the README's burn-flex one.
 # Run it here end to end with `--device tch:cpu --slow` (after ops/build-gpu-bundle.sh; set
 # TORCH_VENV's bin/ first on PATH so that python3 finds torch and pyarrow).
 set -uo pipefail
@@ -28,12 +34,14 @@ bundle="$root/gpu-bundle/marnflow-gpu.tar.xz"
 seconds="${BENCH_SECONDS:-3}"
 peak="790000"
 scale=1
+seeds=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device="$2"; shift 2 ;;
     --bundle) bundle="$2"; shift 2 ;;
     --seconds) seconds="$2"; shift 2 ;;
     --peak-gflops) peak="$2"; shift 2 ;;
+    --seeds) seeds="$2"; shift 2 ;;
     --slow) scale=5; shift ;;
     *) usage ;;
   esac
@@ -101,10 +109,25 @@ export BENCH_SECONDS="$seconds"
 # 4. the model benchmark
 BENCH_VARIANTS=marn,ids BENCH_BATCHES=1024,4096 \
   step bench_default 150 "$out/bench-default.md" "$bin/train_throughput" --device "$device" --matmul-n 4096 --peak-gflops "$peak" \
-  --no-dedup --json "$out/bench-default.json"
+  --phases --no-dedup --json "$out/bench-default.json"
 BENCH_VARIANTS=marn BENCH_BATCHES=1024 \
   step bench_paper 100 "$out/bench-paper.md" "$bin/train_throughput" --device "$device" --matmul-n 4096 --peak-gflops "$peak" \
   --image-dim 4096 --word-dim 300 --no-dedup --json "$out/bench-paper.json"
+precisions="f32 bf16"
+case "$device" in
+  *cuda*) ;;
+  *) precisions="f32"; echo "== bf16 steps skipped: $device is not a CUDA device" | tee -a "$log" >&2 ;;
+esac
+for precision in $precisions; do
+  BENCH_VARIANTS=marn BENCH_BATCHES=1024,4096 \
+    step "bench_resident_$precision" 150 "$out/bench-resident-$precision.md" "$bin/train_throughput" --device "$device" \
+    --matmul-n 0 --peak-gflops "$peak" --resident-images --precision "$precision" --phases --no-dedup \
+    --json "$out/bench-resident-$precision.json"
+  BENCH_VARIANTS=marn BENCH_BATCHES=1024 \
+    step "bench_paper_resident_$precision" 100 "$out/bench-paper-resident-$precision.md" "$bin/train_throughput" \
+    --device "$device" --matmul-n 0 --peak-gflops "$peak" --image-dim 4096 --word-dim 300 --resident-images \
+    --precision "$precision" --no-dedup --json "$out/bench-paper-resident-$precision.json"
+done
 
 # 5. one epoch of MARN on the lake, then its evaluation
 mf=("$bin/marnflow" --lake "$work/lake" --log-format json)
@@ -116,6 +139,21 @@ version=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["vers
 model="gpucheck@v$version"
 step evaluate 100 "$out/evaluate.json" "${mf[@]}" evaluate --model "$model" --date 2026-01-07 \
   --device "$device" --json
+# The same with the images on the device; then per seed, f32 against bf16 (images on the device).
+step train_resident 200 "$out/train-resident.json" env MARNFLOW_TRAIN_IMAGES_ON_DEVICE=true "${mf[@]}" \
+  train --model gpucheck-resident --from 2026-01-02 --to 2026-01-06 --variant marn --epochs 1 --batch-size 1024 \
+  --device "$device" --json
+for seed in $(seq 1 "$seeds"); do
+  for precision in $precisions; do
+    m="gpucheck-$precision-s$seed"
+    step "train_${precision}_s$seed" 200 "$out/train-$precision-s$seed.json" env MARNFLOW_TRAIN_IMAGES_ON_DEVICE=true \
+      MARNFLOW_TRAIN_MODEL_PRECISION="$precision" MARNFLOW_TRAIN_SEED="$seed" "${mf[@]}" train --model "$m" \
+      --from 2026-01-02 --to 2026-01-06 --variant marn --epochs 1 --batch-size 1024 --device "$device" --json
+    v=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' "$out/train-$precision-s$seed.json" 2>/dev/null || echo 1)
+    step "evaluate_${precision}_s$seed" 100 "$out/evaluate-$precision-s$seed.json" "${mf[@]}" evaluate --model "$m@v$v" \
+      --date 2026-01-07 --device "$device" --json
+  done
+done
 
 # 6. the same weights scored on the device and on the CPU backends
 for d in $(printf '%s\n' "$device" tch:cpu cpu | awk '!seen[$0]++'); do
@@ -160,12 +198,34 @@ def read(name):
         return open(p).read()[-2000:]
 steps = [dict(zip(("step", "exit", "ms"), map(int_or_str, l.rstrip("\n").split("\t"))))
          for l in open(os.path.join(out, "steps.tsv"))]
+# Per precision: each seed's AUC and training speed, their mean and spread, and bf16 - f32 per seed.
+precision = {}
+for p in ("f32", "bf16"):
+    runs = []
+    for name in sorted(os.listdir(out)):
+        if name.startswith(f"evaluate-{p}-s") and name.endswith(".json"):
+            seed = name[len(f"evaluate-{p}-s"):-5]
+            ev, tr = read(name), read(f"train-{p}-s{seed}.json")
+            if isinstance(ev, dict) and isinstance(tr, dict):
+                runs.append({"seed": int(seed), "auc": ev.get("auc"), "samples_per_second": tr.get("samples_per_second")})
+    aucs = [r["auc"] for r in runs if isinstance(r["auc"], (int, float))]
+    mean = sum(aucs) / len(aucs) if aucs else None
+    spread = (sum((a - mean) ** 2 for a in aucs) / (len(aucs) - 1)) ** 0.5 if len(aucs) > 1 else None
+    precision[p] = {"runs": runs, "auc_mean": mean, "auc_sd": spread}
+by_seed = {p: {r["seed"]: r["auc"] for r in precision[p]["runs"]} for p in precision}
+diffs = [by_seed["bf16"][s] - by_seed["f32"][s] for s in by_seed["f32"] if s in by_seed["bf16"]]
+precision["bf16_minus_f32_auc"] = diffs
+precision["bf16_within_0.001"] = bool(diffs) and abs(sum(diffs) / len(diffs)) <= 0.001
 print(json.dumps({
     "manifest": open(os.path.join(out, "MANIFEST")).read(),
     "torch": read("torch.json"),
     "steps": steps,
     "bench_default": read("bench-default.json"),
     "bench_paper": read("bench-paper.json"),
+    "bench_resident": {p: read(f"bench-resident-{p}.json") for p in ("f32", "bf16")},
+    "bench_paper_resident": {p: read(f"bench-paper-resident-{p}.json") for p in ("f32", "bf16")},
+    "train_resident": read("train-resident.json"),
+    "precision": precision,
     "train": read("train.json"),
     "evaluate": read("evaluate.json"),
     "predictions": read("predictions.json"),

@@ -311,6 +311,32 @@ fn a_killed_train_resumes_to_the_same_model_and_a_killed_run_reruns_to_the_same_
     assert_eq!(inline["samples"], straight["samples"]);
     let (la, lb) = (f(&straight, "final_ctr_loss"), f(&inline, "final_ctr_loss"));
     assert!((la - lb).abs() < 1e-7, "final loss {la} (ahead) vs {lb} (inline)");
+    // The days' images kept on the device and gathered there by row (train.images_on_device),
+    // the tensors built ahead and on the trainer's thread: the same training again.
+    for ahead in ["true", "false"] {
+        let out = marnflow()
+            .args(a.args(&[
+                "train",
+                "--model",
+                &format!("resident-{ahead}"),
+                "--from",
+                "2026-01-01",
+                "--to",
+                "2026-01-03",
+            ]))
+            .args(["--variant", "maf_ddma", "--json"])
+            .env("MARNFLOW_TRAIN_IMAGES_ON_DEVICE", "true")
+            .env("MARNFLOW_TRAIN_UPLOAD_AHEAD", ahead)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("the run's images are on the device"), "{stderr}");
+        let resident = summary(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(resident["samples"], straight["samples"]);
+        let lr = f(&resident, "final_ctr_loss");
+        assert!((la - lr).abs() < 1e-7, "final loss {la} (images in batches) vs {lr} (on the device, ahead: {ahead})");
+    }
     let resumed = b.train("m", "maf_ddma", "2026-01-03", &["--resume"]);
     assert_eq!(resumed["version"], 1);
     assert_eq!(resumed["samples"], straight["samples"], "every sample trained exactly once per epoch");

@@ -17,7 +17,9 @@
 //! written as JSON; `ops/gpu-check.sh` reads it),
 //! `--bf16-matmul` (also time the matmul in bf16, the peak a GPU's tensor cores give), `--phases`
 //! (a table of where each case's step time goes: the batch's move to the device, the forward
-//! pass, the whole step).
+//! pass, the whole step), `--resident-images` (the batch's images wait on the device as a table,
+//! and the batch sends row indices: `train.images_on_device`), `--precision bf16` (the linear
+//! layers' products in bfloat16: `train.model.precision`).
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +27,9 @@ use burn::module::Module;
 use burn::tensor::{Device, Distribution, FloatDType, Tensor};
 use marnflow_model::device::parse_device;
 use marnflow_model::synthetic::SyntheticSpec;
-use marnflow_model::{Batch, MarnConfig, ModelInputs, TrainConfig, Trainer, Variant};
+use marnflow_model::{
+    Batch, BatchTensors, MarnConfig, ModelInputs, Precision, ResidentImages, TrainConfig, Trainer, Variant,
+};
 
 const SEQ_LEN: usize = 50;
 
@@ -139,8 +143,29 @@ struct Case {
     params: usize,
 }
 
-fn run_case(variant: Variant, batch: &Batch, inputs: &ModelInputs, device: &Device, budget: Duration) -> Case {
-    let config = MarnConfig { variant, ..MarnConfig::default() };
+/// The batch a case steps on: its images carried in it, or (`--resident-images`) waiting on the
+/// device as a table the batch's rows index; and the model's product precision.
+#[derive(Clone, Copy)]
+struct Input<'a> {
+    batch: &'a Batch,
+    resident: bool,
+    precision: Precision,
+}
+
+impl Input<'_> {
+    /// The batch to step on, and its tensors on `device`.
+    fn tensors(&self, inputs: &ModelInputs, device: &Device) -> (Batch, BatchTensors) {
+        if !self.resident || !inputs.has_images() {
+            return (self.batch.clone(), BatchTensors::new(self.batch, inputs, device).expect("tensors"));
+        }
+        let (by_rows, table) = ResidentImages::from_batch(self.batch, inputs.image_dim, device).expect("images");
+        let x = BatchTensors::with_images(&by_rows, inputs, device, Some(&table)).expect("tensors");
+        (by_rows, x)
+    }
+}
+
+fn run_case(variant: Variant, input: Input<'_>, inputs: &ModelInputs, device: &Device, budget: Duration) -> Case {
+    let config = MarnConfig { variant, precision: input.precision, ..MarnConfig::default() };
     let model = config.init(inputs, device).expect("model builds");
     let params = model.num_params();
     // `BENCH_DENSE_EMBEDDINGS=1`: AdaGrad over every row of every table, as before row-wise
@@ -151,8 +176,8 @@ fn run_case(variant: Variant, batch: &Batch, inputs: &ModelInputs, device: &Devi
     let _ = peak_rss_mib();
     // The batch's tensors are built once, ahead of the steps, as `marnflow train`'s reader
     // thread builds each batch's while the trainer steps on the one before.
-    let x = trainer.model().expect("model").tensors(batch).expect("tensors");
-    let mut step = || trainer.step_scored_with(batch, Some(x.clone()), 0.5).expect("step");
+    let (batch, x) = input.tensors(inputs, device);
+    let mut step = || trainer.step_scored_with(&batch, Some(x.clone()), 0.5).expect("step");
     step(); // warm-up (lazy init, allocations)
     let start = Instant::now();
     let mut steps = 0usize;
@@ -165,7 +190,7 @@ fn run_case(variant: Variant, batch: &Batch, inputs: &ModelInputs, device: &Devi
     Case {
         samples_per_s: batch.len() as f64 / step_s,
         step_ms: step_s * 1e3,
-        gflops: train_flops(&config, inputs, batch).map(|f| f / step_s / 1e9),
+        gflops: train_flops(&config, inputs, &batch).map(|f| f / step_s / 1e9),
         distinct: batch.n_items(),
         peak_mib: peak_rss_mib(),
         params,
@@ -208,8 +233,8 @@ struct Phases {
     step_ms: f64,
 }
 
-fn phases(variant: Variant, batch: &Batch, inputs: &ModelInputs, plain: &Device, budget: Duration) -> Phases {
-    let config = MarnConfig { variant, ..MarnConfig::default() };
+fn phases(variant: Variant, input: Input<'_>, inputs: &ModelInputs, plain: &Device, budget: Duration) -> Phases {
+    let config = MarnConfig { variant, precision: input.precision, ..MarnConfig::default() };
     let model = config.init(inputs, plain).expect("model builds");
     let time = |f: &dyn Fn()| {
         f(); // warm-up
@@ -221,16 +246,27 @@ fn phases(variant: Variant, batch: &Batch, inputs: &ModelInputs, plain: &Device,
         }
         start.elapsed().as_secs_f64() * 1e3 / reps as f64
     };
+    // The image table moves once per run, not per batch: built outside the clock.
+    let (batch, table) = match input.resident && inputs.has_images() {
+        true => {
+            let (b, t) = ResidentImages::from_batch(input.batch, inputs.image_dim, plain).expect("images");
+            (b, Some(t))
+        }
+        false => (input.batch.clone(), None),
+    };
     let tensors_ms = time(&|| {
-        let x = model.tensors(batch).expect("tensors");
+        let x = BatchTensors::with_images(&batch, inputs, plain, table.as_ref()).expect("tensors");
         let _ = x.labels.sum().into_data();
+        if let Some(images) = x.images {
+            let _ = images.sum().into_data();
+        }
     });
-    let x = model.tensors(batch).expect("tensors");
+    let x = BatchTensors::with_images(&batch, inputs, plain, table.as_ref()).expect("tensors");
     let forward_ms = time(&|| {
         let out = model.forward(&x).expect("forward");
         let _ = out.logits.sum().into_data();
     });
-    let step_ms = run_case(variant, batch, inputs, &plain.clone().autodiff(), budget / 3).step_ms;
+    let step_ms = run_case(variant, input, inputs, &plain.clone().autodiff(), budget / 3).step_ms;
     Phases { tensors_ms, forward_ms, step_ms }
 }
 
@@ -264,6 +300,15 @@ fn main() {
     let matmul_n: usize = number(&args, "--matmul-n", 1024);
     let reference_peak: Option<f64> = parsed(&args, "--peak-gflops");
     let json_path = flag(&args, "--json");
+    let resident = args.iter().any(|a| a == "--resident-images");
+    let precision = match flag(&args, "--precision").as_deref() {
+        None | Some("f32") => Precision::F32,
+        Some("bf16") => Precision::Bf16,
+        Some(other) => {
+            eprintln!("train_throughput: --precision {other:?}: expected f32 or bf16");
+            std::process::exit(2)
+        }
+    };
     let mut records: Vec<serde_json::Value> = Vec::new();
     let plain = parse_device(&device_name).expect("device");
     let device = plain.clone().autodiff();
@@ -285,7 +330,9 @@ fn main() {
     println!(
         "device `{device_name}`, T = {SEQ_LEN} (every sequence full), default model widths, \
          synthetic Zipf(1.0) items over 200k ids, image {image_dim}-d, titles <= 16 words of {word_dim}-d \
-         vectors, 4 statistics; {seconds} s per case after one warm-up step\n"
+         vectors, 4 statistics; {seconds} s per case after one warm-up step; products in {}{}\n",
+        format!("{precision:?}").to_lowercase(),
+        if resident { "; images resident on the device" } else { "" }
     );
     let peak = (matmul_n > 0).then(|| matmul_gflops(&plain, matmul_n, FloatDType::F32, budget));
     match peak {
@@ -308,7 +355,7 @@ fn main() {
         let inputs = spec.inputs();
         let slots = bsz * (SEQ_LEN + 1);
         for &v in &variants {
-            let c = run_case(v, &batch, &inputs, &device, budget);
+            let c = run_case(v, Input { batch: &batch, resident, precision }, &inputs, &device, budget);
             let of_peak = reference_peak.map_or(String::new(), |p| {
                 format!(" {} |", c.gflops.map_or("–".into(), |g| format!("{:.2}%", 100.0 * g / p)))
             });
@@ -345,6 +392,8 @@ fn main() {
                 "seq_len": SEQ_LEN,
                 "seconds_per_case": seconds,
                 "matmul_n": matmul_n,
+                "resident_images": resident,
+                "precision": format!("{precision:?}").to_lowercase(),
                 "matmul_gflops": peak,
                 "matmul_bf16_gflops": bf16_peak,
                 "reference_peak_gflops": reference_peak,
@@ -369,7 +418,7 @@ fn main() {
             let batch = spec.batch().expect("batch");
             let inputs = spec.inputs();
             for &v in &variants {
-                let p = phases(v, &batch, &inputs, &plain, budget);
+                let p = phases(v, Input { batch: &batch, resident, precision }, &inputs, &plain, budget);
                 let rest = p.step_ms - p.forward_ms;
                 println!("| {v} | {bsz} | {:.1} | {:.1} | {:.1} | {rest:.1} |", p.tensors_ms, p.forward_ms, p.step_ms);
                 rows.push(serde_json::json!({
@@ -396,8 +445,8 @@ fn main() {
         if !variants.contains(&v) {
             continue;
         }
-        let a = run_case(v, &dedup, &inputs, &device, budget);
-        let b = run_case(v, &per_slot, &inputs, &device, budget);
+        let a = run_case(v, Input { batch: &dedup, resident, precision }, &inputs, &device, budget);
+        let b = run_case(v, Input { batch: &per_slot, resident, precision }, &inputs, &device, budget);
         println!(
             "| {v} | {bsz} | {} / {} | {:.0} | {:.0} | {:.2}x |",
             a.distinct,

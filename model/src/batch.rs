@@ -157,6 +157,11 @@ pub struct ItemTable {
     /// `[n]` whether each item has an image; empty means every item has one. An item without an
     /// image leaves the image modality out of MAF, the discriminators and the max-pool.
     pub image_present: Vec<bool>,
+    /// `[n]` rows of an image table kept on the model's device
+    /// ([`ResidentImages`](crate::ResidentImages)), given instead of `images` and
+    /// `image_present`: the batch then carries indices, and the images are gathered on the
+    /// device. Empty when the batch carries its images itself.
+    pub image_rows: Vec<u32>,
     /// Title words, when the data has titles.
     pub titles: Option<Titles>,
 }
@@ -256,6 +261,12 @@ impl Batch {
         if !items.image_present.is_empty() {
             check_len(&mut problems, "items.image_present", items.image_present.len(), n);
         }
+        if !items.image_rows.is_empty() {
+            check_len(&mut problems, "items.image_rows", items.image_rows.len(), n);
+            if items.images.is_some() || !items.image_present.is_empty() {
+                problems.push("items.image_rows is given together with items.images: give one or the other".into());
+            }
+        }
         if let Some(titles) = &items.titles {
             check_len(&mut problems, "items.titles.lengths", titles.lengths.len(), n);
             check_len(&mut problems, "items.titles.tokens", titles.tokens.len(), n * titles.max_len);
@@ -315,7 +326,10 @@ impl Batch {
         }
         if inputs.has_images() {
             match &items.images {
-                None => problems.push("items.images is missing but the model uses images".into()),
+                None if items.image_rows.is_empty() => {
+                    problems.push("items.images is missing but the model uses images".into())
+                }
+                None => {}
                 Some(images) => check_len(&mut problems, "items.images", images.len(), n * inputs.image_dim),
             }
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::batch::{Batch, ModelInputs};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Smallest padded title length: the widest TextCNN window (4) needs at least 4 positions.
 pub(crate) const MIN_TITLE_LEN: usize = 4;
@@ -125,9 +125,97 @@ pub(crate) fn ints(values: impl IntoIterator<Item = u32>, device: &Device) -> Te
     Tensor::from_data(TensorData::new(v, [n]), device)
 }
 
+/// An image table kept on the model's device for a whole run: each item's image once, so a batch
+/// sends row indices ([`ItemTable::image_rows`](crate::ItemTable::image_rows)) instead of its
+/// items' images, and [`BatchTensors::with_images`] gathers them on the device. Cloning shares
+/// the tensors.
+#[derive(Debug, Clone)]
+pub struct ResidentImages {
+    /// `[rows, dim]`.
+    images: Tensor<2>,
+    /// `[rows, 1]` 1.0 where the row has an image.
+    present: Tensor<2>,
+    rows: usize,
+    dim: usize,
+}
+
+impl ResidentImages {
+    /// The table of `present.len()` rows of `dim` values each (`values` row-major; a row whose
+    /// `present` is false is ignored, any finite values), moved to `device`.
+    pub fn new(values: Vec<f32>, present: &[bool], dim: usize, device: &Device) -> Result<Self> {
+        let rows = present.len();
+        if dim == 0 || rows == 0 || values.len() != rows * dim {
+            return Err(Error::Batch(format!(
+                "a resident image table needs {rows} rows of {dim} values (rows and width above 0), got {} values",
+                values.len()
+            )));
+        }
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Batch("the resident image table holds a non-finite value".into()));
+        }
+        Ok(Self {
+            images: Tensor::from_data(TensorData::new(values, [rows, dim]), device),
+            present: column(present.iter().map(|&p| if p { 1.0 } else { 0.0 }), device),
+            rows,
+            dim,
+        })
+    }
+
+    /// `batch`'s own images as a table on `device`, and the batch giving them as its rows:
+    /// what a benchmark needs to time a batch whose images already wait on the device.
+    pub fn from_batch(batch: &Batch, image_dim: usize, device: &Device) -> Result<(Batch, Self)> {
+        let (mut items, samples) = batch.clone().into_parts();
+        let n = items.len();
+        let values = items.images.take().ok_or_else(|| Error::Batch("the batch has no images to move".into()))?;
+        let present = std::mem::take(&mut items.image_present);
+        let present = if present.is_empty() { vec![true; n] } else { present };
+        items.image_rows = (0..n as u32).collect();
+        let table = Self::new(values, &present, image_dim, device)?;
+        Ok((Batch::new(items, samples)?, table))
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Width of a row.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Bytes the table holds on its device.
+    pub fn bytes(&self) -> usize {
+        self.rows * (self.dim + 1) * std::mem::size_of::<f32>()
+    }
+
+    /// The images and presence column `[n, dim]`, `[n, 1]` of `rows`, gathered on the device.
+    fn gather(&self, rows: &[u32], device: &Device) -> Result<(Tensor<2>, Tensor<2>)> {
+        if let Some(bad) = rows.iter().find(|&&r| r as usize >= self.rows) {
+            return Err(Error::Batch(format!(
+                "items.image_rows holds {bad}, outside the resident image table's 0..{}",
+                self.rows
+            )));
+        }
+        let at = ints(rows.iter().copied(), device);
+        Ok((self.images.clone().select(0, at.clone()), self.present.clone().select(0, at)))
+    }
+}
+
 impl BatchTensors {
     /// Validate `batch` against `inputs` and move it to `device`.
     pub fn new(batch: &Batch, inputs: &ModelInputs, device: &Device) -> Result<Self> {
+        Self::with_images(batch, inputs, device, None)
+    }
+
+    /// [`BatchTensors::new`] for a batch that may give its images as rows of `resident` (on
+    /// `device`), gathered there.
+    pub fn with_images(
+        batch: &Batch,
+        inputs: &ModelInputs,
+        device: &Device,
+        resident: Option<&ResidentImages>,
+    ) -> Result<Self> {
         batch.check_inputs(inputs)?;
         let items = batch.items();
         let s = batch.samples();
@@ -157,6 +245,19 @@ impl BatchTensors {
         });
         let stat_rows = stat_table_rows.as_ref().map(|rows| ints(rows.iter().copied(), device));
         let (images, image_present) = match (&items.images, inputs.has_images()) {
+            (None, true) if !items.image_rows.is_empty() => {
+                let resident = resident.ok_or_else(|| {
+                    Error::Batch("the batch gives its images as resident rows, but no resident table was given".into())
+                })?;
+                if resident.dim != inputs.image_dim {
+                    return Err(Error::Batch(format!(
+                        "the resident image table is {} wide, the model reads {}",
+                        resident.dim, inputs.image_dim
+                    )));
+                }
+                let (images, present) = resident.gather(&items.image_rows, device)?;
+                (Some(images), Some(present))
+            }
             (Some(images), true) => {
                 let present =
                     (0..n).map(|i| if items.image_present.get(i).copied().unwrap_or(true) { 1.0 } else { 0.0 });

@@ -38,11 +38,12 @@ pub mod synthetic;
 pub mod train;
 
 pub use batch::{Batch, ItemTable, ModelInputs, Samples, Titles};
-pub use batch_tensors::{BatchTensors, Table, TableRows};
+pub use batch_tensors::{BatchTensors, ResidentImages, Table, TableRows};
 pub use error::{Error, Result};
 pub use modules::attention_fusion::AttentionContext;
 pub use modules::marn::{
     aux_loss_weight, Diagnostics, Marn, MarnConfig, MarnLoss, MarnOutput, ModalityFeatures, Pass, Variant,
 };
 pub use modules::modality_embedding::{Modality, ModalityEmbeddingConfig};
+pub use modules::Precision;
 pub use train::{evaluate_loss, StepDiagnostics, StepLosses, TrainConfig, Trainer};

@@ -10,7 +10,8 @@ use burn::module::Module;
 use burn::tensor::Device;
 use marnflow_model::synthetic::SyntheticSpec;
 use marnflow_model::{
-    checkpoint, Batch, MarnConfig, ModalityEmbeddingConfig, Pass, Samples, TrainConfig, Trainer, Variant,
+    checkpoint, Batch, BatchTensors, MarnConfig, ModalityEmbeddingConfig, Pass, ResidentImages, Samples, TrainConfig,
+    Trainer, Variant,
 };
 
 fn tiny(variant: Variant) -> MarnConfig {
@@ -687,4 +688,64 @@ fn scoring_skips_the_adversarial_heads_and_gives_the_same_logits() {
         let read = |t: burn::tensor::Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
         assert_close(&read(train.logits), &read(score.logits), 1e-6);
     }
+}
+
+/// `batch` with its images moved into a resident table: rows in reverse order after one unused
+/// row, so the gather has to follow the indices.
+fn with_resident_images(batch: &Batch, dim: usize, device: &Device) -> (Batch, ResidentImages) {
+    let (mut items, samples) = batch.clone().into_parts();
+    let n = items.len();
+    let images = items.images.take().unwrap();
+    let present = std::mem::take(&mut items.image_present);
+    let mut table = vec![7.0f32; dim];
+    let mut table_present = vec![true];
+    for i in (0..n).rev() {
+        table.extend_from_slice(&images[i * dim..(i + 1) * dim]);
+        table_present.push(present.get(i).copied().unwrap_or(true));
+    }
+    items.image_rows = (0..n as u32).map(|i| n as u32 - i).collect();
+    let resident = ResidentImages::new(table, &table_present, dim, device).unwrap();
+    (Batch::new(items, samples).unwrap(), resident)
+}
+
+#[test]
+fn images_gathered_from_a_resident_table_train_exactly_as_images_in_the_batch() {
+    let _serial = serial();
+    let spec = SyntheticSpec { batch_size: 6, ..SyntheticSpec::default() };
+    let device = Device::flex().autodiff();
+    for v in [Variant::Marn, Variant::Conc] {
+        let model = tiny(v).init(&spec.inputs(), &device).unwrap();
+        let mut carried = Trainer::new(model.clone(), TrainConfig::default()).unwrap();
+        let mut gathered = Trainer::new(model, TrainConfig::default()).unwrap();
+        for step in 0..3u64 {
+            let batch = SyntheticSpec { seed: 10 + step, ..spec.clone() }.batch().unwrap();
+            assert!(batch.items().image_present.contains(&false), "the batch has an item without an image");
+            let (by_rows, resident) = with_resident_images(&batch, spec.image_dim, &device);
+            let inputs = spec.inputs();
+            // Without the table, a batch of rows is an error, not zeros.
+            let err = BatchTensors::new(&by_rows, &inputs, &device).unwrap_err().to_string();
+            assert!(err.contains("no resident table"), "{err}");
+            let x = BatchTensors::with_images(&by_rows, &inputs, &device, Some(&resident)).unwrap();
+            let (a, pa) = carried.step_scored(&batch, 0.5).unwrap();
+            let (b, pb) = gathered.step_scored_with(&by_rows, Some(x), 0.5).unwrap();
+            assert_eq!(a.total.to_bits(), b.total.to_bits(), "{v} step {step}");
+            assert_eq!(pa, pb, "{v} step {step}");
+        }
+        assert_eq!(weights(carried.model().unwrap()), weights(gathered.model().unwrap()), "{v}");
+    }
+}
+
+#[test]
+fn resident_rows_outside_the_table_are_errors() {
+    let spec = SyntheticSpec::default();
+    let batch = spec.batch().unwrap();
+    let device = Device::flex();
+    let (by_rows, _) = with_resident_images(&batch, spec.image_dim, &device);
+    let small = ResidentImages::new(vec![0.0; spec.image_dim * 2], &[true, false], spec.image_dim, &device).unwrap();
+    let err = BatchTensors::with_images(&by_rows, &spec.inputs(), &device, Some(&small)).unwrap_err().to_string();
+    assert!(err.contains("outside the resident image table's 0..2"), "{err}");
+    let (items, samples) = batch.into_parts();
+    let both = marnflow_model::ItemTable { image_rows: vec![0; items.len()], ..items };
+    let err = Batch::new(both, samples).unwrap_err().to_string();
+    assert!(err.contains("give one or the other"), "{err}");
 }

@@ -39,6 +39,9 @@ pub struct TrainSection {
     pub prefetch_batches: usize,
     /// Each batch is moved to the model's device on the reader thread, ahead of its step.
     pub upload_ahead: bool,
+    /// The images of the run's days are kept on the model's device, each version once, and a
+    /// batch sends row indices instead of its items' images.
+    pub images_on_device: bool,
     pub checkpoint_every: u64,
     pub window_days: u32,
     pub holdout_share: f64,
@@ -60,6 +63,7 @@ impl Default for TrainSection {
             shuffle_buffer: 65536,
             prefetch_batches: 8,
             upload_ahead: true,
+            images_on_device: false,
             checkpoint_every: 200,
             window_days: 7,
             holdout_share: 0.1,

@@ -10,6 +10,8 @@
 //! - [`item_side`]: the day's item table (`features/items/dt=D`: ids, buckets, `content_dt`)
 //!   joined with each item's content where it was stored (`features/item_content/dt=<content_dt>`).
 //! - [`ItemStore`]: the day's item side, looked up by item index.
+//! - [`ImageTable`]: the images of a run's days, each content version once, for a table kept on
+//!   the model's device (`train.images_on_device`): batches then carry row indices.
 //! - [`Row`]: one sample row of `features/samples/dt=D`, ids already mapped.
 //! - [`spawn_stream`]: a producer thread that reads the days in order, shuffles rows within a
 //!   bounded buffer, builds [`Batch`]es (distinct items once per batch) and hands them over a
@@ -25,7 +27,7 @@ use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, ListArray, Reco
 use arrow::datatypes::{DataType, FieldRef, Float32Type, Int32Type, Int64Type, Schema};
 use burn::tensor::Device;
 use chrono::NaiveDate;
-use marnflow_model::{Batch, BatchTensors, ItemTable, ModelInputs, Samples, Titles};
+use marnflow_model::{Batch, BatchTensors, ItemTable, ModelInputs, ResidentImages, Samples, Titles};
 use marnflow_pipeline::features::{DICTIONARIES, ITEMS, ITEM_CONTENT, SAMPLES, UNKNOWN};
 use marnflow_pipeline::lake::{partition, Lake};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -120,7 +122,7 @@ fn text_at(a: &arrow::array::StringArray, r: usize) -> &str {
 
 /// The day's item side: the rows of `features/items/dt=day` joined, by `(item_id, content_dt)`,
 /// with their content in `features/item_content/dt=<content_dt>`; one batch per content file,
-/// its columns then the item table's other columns (the buckets). An item table without
+/// its columns then the item table's other columns (the buckets, `content_dt`). An item table without
 /// `content_dt` (written before the content was stored once per change) holds its content
 /// itself and is returned as it is. Also returns the item table's first file, for messages.
 pub async fn item_side(lake: &Lake, day: NaiveDate) -> Result<(Vec<RecordBatch>, String)> {
@@ -147,7 +149,7 @@ pub async fn item_side(lake: &Lake, day: NaiveDate) -> Result<(Vec<RecordBatch>,
         wanted.entry(dts.value(r)).or_default().insert(ids.value(r), r as u32);
     }
     let own: Vec<usize> = (0..schema.fields().len())
-        .filter(|&i| !["item_id", "content_dt", "content_digest"].contains(&schema.field(i).name().as_str()))
+        .filter(|&i| !["item_id", "content_digest"].contains(&schema.field(i).name().as_str()))
         .collect();
     let mut joined = vec![false; items.num_rows()];
     let mut out = Vec::new();
@@ -356,6 +358,64 @@ pub async fn word_vector_table(lake: &Lake, vocab: &Vocab, inputs: &ModelInputs)
     Ok(table)
 }
 
+/// Which version of an item's content a row holds: the day it was stored (`content_dt`, days
+/// since 1970; the item table's own day where it holds its content itself) and the item index.
+type ContentKey = (i32, u32);
+
+fn epoch_days(day: NaiveDate) -> i32 {
+    (day - NaiveDate::default()).num_days() as i32
+}
+
+/// The images of a run's days, each version of an item's content once (an item whose image did
+/// not change is stored once for the whole range, however many days read it): the table that
+/// `train.images_on_device` keeps on the model's device. Row 0 is the empty image of an item a
+/// day's item table does not list.
+#[derive(Debug, Default)]
+pub struct ImageTable {
+    /// `[rows, image_dim]`.
+    pub values: Vec<f32>,
+    /// `[rows]`.
+    pub present: Vec<bool>,
+    /// Where each content version is.
+    pub index: Arc<ImageIndex>,
+}
+
+/// The row of each content version in an [`ImageTable`].
+#[derive(Debug, Default)]
+pub struct ImageIndex {
+    rows: HashMap<ContentKey, u32>,
+}
+
+impl ImageTable {
+    /// Reads the item side of every day of `days`.
+    pub async fn load(lake: &Lake, days: &[NaiveDate], spec: &DataSpec, vocab: &Vocab) -> Result<Self> {
+        let d = spec.inputs.image_dim;
+        let mut index = ImageIndex::default();
+        let (mut values, mut present) = (vec![0.0; d], vec![false]);
+        for &day in days {
+            let store = ItemStore::load(lake, day, spec, vocab, None).await?;
+            for (r, key) in store.content.iter().enumerate() {
+                if let std::collections::hash_map::Entry::Vacant(e) = index.rows.entry(*key) {
+                    e.insert(present.len() as u32);
+                    values.extend_from_slice(&store.images[r * d..(r + 1) * d]);
+                    present.push(store.image_present[r]);
+                }
+            }
+        }
+        Ok(Self { values, present, index: Arc::new(index) })
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.present.len()
+    }
+
+    /// Whether the table has no row (never: row 0 is the empty image).
+    pub fn is_empty(&self) -> bool {
+        self.present.is_empty()
+    }
+}
+
 /// The day's item side table, rows looked up by item index.
 #[derive(Debug, Default)]
 pub struct ItemStore {
@@ -365,9 +425,14 @@ pub struct ItemStore {
     category: Vec<u32>,
     /// `[n, 2 * n_stats]`.
     stats: Vec<u32>,
+    /// `[n, image_dim]`; empty where the images are on the device (`image_row`).
     images: Vec<f32>,
-    /// Whether each row has a (valid) image.
+    /// Whether each row has a (valid) image; empty where the images are on the device.
     image_present: Vec<bool>,
+    /// Each row's content version.
+    content: Vec<ContentKey>,
+    /// Each row's row of the run's [`ImageTable`], where the images are on the device.
+    image_row: Vec<u32>,
     titles: Vec<Vec<u32>>,
     /// Item id and category id strings (reports, embeddings export).
     pub item_ids: Vec<String>,
@@ -377,13 +442,26 @@ pub struct ItemStore {
 }
 
 impl ItemStore {
-    /// Reads the item side of `day` ([`item_side`]).
-    pub async fn load(lake: &Lake, day: NaiveDate, spec: &DataSpec, vocab: &Vocab) -> Result<Self> {
+    /// Reads the item side of `day` ([`item_side`]). With `image_index`, each row's image is a row of
+    /// that index's [`ImageTable`] (kept on the device), and the store holds no image itself.
+    pub async fn load(
+        lake: &Lake,
+        day: NaiveDate,
+        spec: &DataSpec,
+        vocab: &Vocab,
+        image_index: Option<&ImageIndex>,
+    ) -> Result<Self> {
         let inputs = &spec.inputs;
         let s = spec.stat_columns.len();
         let mut out = Self::default();
         let (batches, file) = item_side(lake, day).await?;
+        let own_day = epoch_days(day);
         for b in batches {
+            let content_dt = match b.column_by_name("content_dt") {
+                Some(_) => Some(column(&b, "content_dt", &DataType::Utf8, &file)?),
+                None => None,
+            };
+            let content_dt = content_dt.as_ref().map(|c| c.as_string::<i32>());
             let text = |name: &str| column(&b, name, &DataType::Utf8, &file);
             let (item, shop, brand, category) =
                 (text("item_id")?, text("shop_id")?, text("brand_id")?, text("category_id")?);
@@ -405,6 +483,7 @@ impl ItemStore {
             };
             let images = match (inputs.image_dim, b.column_by_name("image_embedding")) {
                 (0, _) | (_, None) => None,
+                _ if image_index.is_some() => None,
                 (_, Some(c)) => Some(
                     c.as_any()
                         .downcast_ref::<FixedSizeListArray>()
@@ -421,6 +500,16 @@ impl ItemStore {
                     continue;
                 }
                 let index = lookup(&vocab.item, item.value(r), inputs.n_items);
+                let content_day = match content_dt {
+                    Some(c) => {
+                        let dt = text_at(c, r);
+                        let parsed = NaiveDate::parse_from_str(dt, "%Y-%m-%d")
+                            .with_context(|| format!("{file} row {r}: content_dt {dt:?} is not a date"))?;
+                        epoch_days(parsed)
+                    }
+                    None => own_day,
+                };
+                out.content.push((content_day, index));
                 let row = out.item_ids.len();
                 out.rows.insert(index, row);
                 out.item_index.push(index);
@@ -436,7 +525,16 @@ impl ItemStore {
                     out.stats.push(v);
                 }
                 let d = inputs.image_dim;
-                if d > 0 {
+                if let (true, Some(table)) = (d > 0, image_index) {
+                    let at = table.rows.get(&(content_day, index)).ok_or_else(|| {
+                        anyhow!(
+                            "{file}: item {} points at content that is not in the run's image table \
+                             (it changed after the run started?)",
+                            item.value(r)
+                        )
+                    })?;
+                    out.image_row.push(*at);
+                } else if d > 0 {
                     match (&images, &image_values) {
                         (Some(a), Some(v)) if !a.is_null(r) => {
                             let v = v.as_primitive::<Float32Type>().values();
@@ -675,7 +773,8 @@ pub async fn digest_days(lake: &Lake, days: &[NaiveDate]) -> Result<Vec<FileDige
     Ok(out)
 }
 
-/// Builds [`Batch`]es from rows: each distinct (day, item) once.
+/// Builds [`Batch`]es from rows: each distinct (day, item) once. Where the stores were loaded
+/// with an [`ImageIndex`], a batch gives its images as rows of that table.
 #[derive(Debug)]
 pub struct BatchBuilder<'a> {
     pub inputs: &'a ModelInputs,
@@ -710,6 +809,7 @@ impl BatchBuilder<'_> {
         let mut images = Vec::new();
         let mut titles: Vec<&[u32]> = Vec::new();
         const NO_TITLE: &[u32] = &[];
+        let resident = d > 0 && self.stores.values().any(|st| !st.image_row.is_empty());
         let mut add = |day: u16, item: u32, items: &mut ItemTable| -> u32 {
             *distinct.entry((day, item)).or_insert_with(|| {
                 let store = self.stores.get(&day);
@@ -721,12 +821,21 @@ impl BatchBuilder<'_> {
                         items.brand.push(st.brand[r]);
                         items.category.push(st.category[r]);
                         items.stat_buckets.extend_from_slice(&st.stats[r * s..(r + 1) * s]);
-                        images.extend_from_slice(st.images.get(r * d..(r + 1) * d).unwrap_or(&[]));
-                        items.image_present.push(st.image_present.get(r).copied().unwrap_or(false));
+                        match st.image_row.get(r) {
+                            Some(&at) => items.image_rows.push(at),
+                            None => {
+                                images.extend_from_slice(st.images.get(r * d..(r + 1) * d).unwrap_or(&[]));
+                                items.image_present.push(st.image_present.get(r).copied().unwrap_or(false));
+                            }
+                        }
                         titles.push(&st.titles[r]);
                     }
                     None => {
-                        items.image_present.push(false);
+                        if resident {
+                            items.image_rows.push(0);
+                        } else {
+                            items.image_present.push(false);
+                        }
                         items.shop.push(UNKNOWN as u32);
                         items.brand.push(UNKNOWN as u32);
                         items.category.push(UNKNOWN as u32);
@@ -734,7 +843,7 @@ impl BatchBuilder<'_> {
                         titles.push(NO_TITLE);
                     }
                 }
-                if images.len() < items.item.len() * d {
+                if !resident && images.len() < items.item.len() * d {
                     images.resize(items.item.len() * d, 0.0);
                 }
                 items.item.len() as u32 - 1
@@ -762,7 +871,7 @@ impl BatchBuilder<'_> {
                 }
             }
         }
-        if d > 0 {
+        if d > 0 && !resident {
             items.images = Some(images);
         }
         if inputs.has_titles() {
@@ -812,13 +921,18 @@ pub struct StreamConfig {
     /// Move each batch to the model's device on the producer thread, ahead of the step
     /// (`train.upload_ahead`): the copy to a GPU overlaps the previous step.
     pub upload: Option<Upload>,
+    /// Where each batch's images are in the run's image table, kept on the model's device
+    /// (`train.images_on_device`): batches then carry row indices instead of images.
+    pub images: Option<Arc<ImageIndex>>,
 }
 
-/// Where the producer thread puts each batch's tensors: the model's inputs and device.
+/// Where the producer thread puts each batch's tensors: the model's inputs and device, and the
+/// image table on it where there is one.
 #[derive(Debug, Clone)]
 pub struct Upload {
     pub inputs: ModelInputs,
     pub device: Device,
+    pub images: Option<ResidentImages>,
 }
 
 /// Starts the producer thread. Batches arrive in a deterministic order for a given config.
@@ -880,8 +994,10 @@ impl Producer<'_> {
         } else {
             let refs: Vec<&Row> = rows.iter().collect();
             let batch = BatchBuilder { inputs: &self.spec.inputs, stores: &self.stores }.build(&refs, None)?;
-            let tensors =
-                self.upload.map(|u| BatchTensors::new(&batch, &u.inputs, &u.device).map(Box::new)).transpose()?;
+            let tensors = self
+                .upload
+                .map(|u| BatchTensors::with_images(&batch, &u.inputs, &u.device, u.images.as_ref()).map(Box::new))
+                .transpose()?;
             Msg::Batch { epoch, index, batch: Box::new(batch), tensors }
         };
         for r in &rows {
@@ -922,7 +1038,7 @@ async fn produce(
         for (d, &day) in cfg.days.iter().enumerate() {
             let d = d as u16;
             let slice = cfg.slices.get(&day).copied().unwrap_or(Slice::All);
-            let store = Arc::new(ItemStore::load(lake, day, spec, vocab).await?);
+            let store = Arc::new(ItemStore::load(lake, day, spec, vocab, cfg.images.as_deref()).await?);
             p.stores.insert(d, store);
             p.reading = Some(d);
             for file in partition_files(lake, SAMPLES, day).await? {

@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use burn::module::Module;
 use chrono::NaiveDate;
 use marnflow_model::device::DeviceSpec;
-use marnflow_model::{checkpoint, metrics, Marn, TrainConfig, Trainer, Variant};
+use marnflow_model::{checkpoint, metrics, BatchTensors, Marn, ResidentImages, TrainConfig, Trainer, Variant};
 use marnflow_pipeline::features::{DICTIONARIES, DICTIONARY_NAMES};
 use marnflow_pipeline::lake::Lake;
 use marnflow_registry::{DataLineage, Manifest, Registry, TrainingSummary, VersionMetadata};
@@ -292,7 +292,7 @@ impl Scorer {
         let data_spec = DataSpec { inputs: model.inputs().clone(), stat_columns };
         let mut stores = std::collections::HashMap::new();
         for (i, &day) in days.iter().enumerate() {
-            stores.insert(i as u16, Arc::new(data::ItemStore::load(lake, day, &data_spec, &vocab).await?));
+            stores.insert(i as u16, Arc::new(data::ItemStore::load(lake, day, &data_spec, &vocab, None).await?));
         }
         Ok(Self { manifest, model, record, vocab, stores, days: days.to_vec() })
     }
@@ -502,6 +502,7 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
     }
     let steps_per_epoch = rows.div_ceil(settings.batch_size as u64);
     let total_steps = (steps_per_epoch * u64::from(settings.epochs)).max(1);
+    let images = resident_images(lake, settings, &days, &spec, &vocab, trainer.model()?).await?;
     let (rx, handle) = data::spawn_stream(
         lake.clone(),
         vocab.clone(),
@@ -518,13 +519,24 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
             skip: state.batches_done,
             upload: if settings.upload_ahead {
                 let model = trainer.model()?;
-                Some(data::Upload { inputs: model.inputs().clone(), device: model.device() })
+                Some(data::Upload {
+                    inputs: model.inputs().clone(),
+                    device: model.device(),
+                    images: images.as_ref().map(|(t, _)| t.clone()),
+                })
             } else {
                 None
             },
+            images: images.as_ref().map(|(_, index)| index.clone()),
         },
     )?;
-    let run = LoopRun { lake, work: &work, total_steps, checkpoint_every: settings.checkpoint_every };
+    let run = LoopRun {
+        lake,
+        work: &work,
+        total_steps,
+        checkpoint_every: settings.checkpoint_every,
+        images: images.map(|(t, _)| t),
+    };
     let stats = train_loop(&run, &rx, &mut trainer, &mut state, req.progress).await?;
     handle.join().map_err(|_| anyhow!("the batch reader thread panicked"))?;
     let final_ctr_loss = state.curve.last().map(|c| c.ctr_loss);
@@ -591,10 +603,41 @@ fn run_key(
         "warm_start": warm,
     });
     // Added only when set, so the keys of runs before it was a setting stay what they were.
+    if model_config.precision.is_f32() {
+        if let Some(m) = key_material["model_config"].as_object_mut() {
+            m.remove("precision");
+        }
+    }
     if settings.optimizer.epsilon != TrainConfig::default().epsilon {
         key_material["epsilon"] = settings.optimizer.epsilon.into();
     }
     Ok(marnflow_registry::sha256_hex(&serde_json::to_vec(&key_material)?))
+}
+
+/// With `train.images_on_device` and a model that reads images: the images of `days`, each
+/// content version once, moved to the model's device, and where each version's row is.
+async fn resident_images(
+    lake: &Lake,
+    settings: &TrainSection,
+    days: &[NaiveDate],
+    spec: &DataSpec,
+    vocab: &Vocab,
+    model: &marnflow_model::Marn,
+) -> Result<Option<(ResidentImages, Arc<data::ImageIndex>)>> {
+    if !settings.images_on_device || !model.inputs().has_images() {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    let table = data::ImageTable::load(lake, days, spec, vocab).await?;
+    let rows = table.len();
+    let images = ResidentImages::new(table.values, &table.present, model.inputs().image_dim, &model.device())?;
+    info!(
+        rows,
+        mib = images.bytes() as f64 / (1 << 20) as f64,
+        seconds = started.elapsed().as_secs_f64(),
+        "the run's images are on the device"
+    );
+    Ok(Some((images, table.index)))
 }
 
 /// Where the training loop checkpoints, and how far it goes.
@@ -603,6 +646,8 @@ struct LoopRun<'a> {
     work: &'a str,
     total_steps: u64,
     checkpoint_every: u64,
+    /// The image table on the model's device, where batches give their images as its rows.
+    images: Option<ResidentImages>,
 }
 
 /// What the training loop measured.
@@ -639,7 +684,15 @@ async fn train_loop(
             data::Msg::Skipped => continue,
             data::Msg::Batch { epoch, index, batch, tensors } => (epoch, index, batch, tensors),
         };
-        let (losses, scores) = trainer.step_scored_with(&b, x.map(|x| *x), state.step as f64 / total_steps as f64)?;
+        let x = match (x, &run.images) {
+            (Some(x), _) => Some(*x),
+            (None, Some(images)) => {
+                let model = trainer.model()?;
+                Some(BatchTensors::with_images(&b, model.inputs(), &model.device(), Some(images))?)
+            }
+            (None, None) => None,
+        };
+        let (losses, scores) = trainer.step_scored_with(&b, x, state.step as f64 / total_steps as f64)?;
         if !losses.total.is_finite() {
             bail!("the loss became {} at step {}: lower train.learning_rate", losses.total, state.step);
         }

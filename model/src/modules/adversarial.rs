@@ -34,7 +34,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Device, Tensor};
 
-use super::{stack, stack_presence, unstack};
+use super::{linear, stack, stack_presence, unstack};
 
 /// Gradient reversal layer: the identity forward, `−weight ×` the upstream gradient backward.
 ///
@@ -174,7 +174,7 @@ impl Adversarial {
     pub fn pooled_stacked(&self, invariant: Tensor<3>, presence: Option<&Tensor<3>>) -> Tensor<2> {
         let present = present_or_ones(presence, &invariant);
         let weights = match &self.importance {
-            Some(d0) => importance_weights(&d0.forward(invariant.clone().detach()), &present),
+            Some(d0) => importance_weights(&linear(d0, invariant.clone().detach()), &present),
             None => present.clone(),
         };
         pool(invariant, weights, &present)
@@ -212,7 +212,7 @@ impl Adversarial {
         let (importance_loss, importance_accuracy, weights) = match &self.importance {
             Some(d0) => {
                 // D0 sees c_m without its history: no gradient into I.
-                let logits = d0.forward(invariant.clone().detach());
+                let logits = linear(d0, invariant.clone().detach());
                 let weights = importance_weights(&logits, &present);
                 let accuracy = accuracy(&logits, &present);
                 (Some(weighted_modality_nll(logits, &present)), Some(accuracy), weights)
@@ -220,7 +220,7 @@ impl Adversarial {
             None => (None, None, present.clone()),
         };
         // Eq. 7: D1 on I(e) itself, behind the GRL; w_m weights the log-likelihood.
-        let d1_logits = self.modality.forward(gradient_reversal(adversary_input, self.grl_weight));
+        let d1_logits = linear(&self.modality, gradient_reversal(adversary_input, self.grl_weight));
         let modality_accuracy = accuracy(&d1_logits, &present);
         let adversarial_loss = weighted_modality_nll(d1_logits, &weights);
         let mean_weights = (weights.clone().sum_dim(1) / present.clone().sum_dim(1).clamp_min(1.0)).reshape([m]);
@@ -240,7 +240,7 @@ impl Adversarial {
     /// - `specific`: `[M, n, d]`; `presence`: `[M, n, 1]` or `None` (all present); output: `[1]`
     pub fn specific_loss(&self, specific: Tensor<3>, presence: Option<&Tensor<3>>) -> Tensor<1> {
         let present = present_or_ones(presence, &specific);
-        weighted_modality_nll(self.modality.forward(specific), &present)
+        weighted_modality_nll(linear(&self.modality, specific), &present)
     }
 }
 

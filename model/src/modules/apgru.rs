@@ -15,7 +15,7 @@
 //! same linear map split in two so the candidate half runs once per sample), a softmax masked to
 //! the real sequence, and the attention-weighted sum of hidden states as the user vector.
 
-use super::tanh;
+use super::{linear, tanh};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{sigmoid, softmax};
@@ -80,7 +80,7 @@ impl ApGru {
     /// # Shapes
     /// - `items`: `[n, input_dim]`; output: `[n, 3 * hidden_dim]`
     pub fn input_projection(&self, items: Tensor<2>) -> Tensor<2> {
-        self.input.forward(items)
+        linear(&self.input, items)
     }
 
     /// Run the recurrence.
@@ -111,7 +111,7 @@ impl ApGru {
         // [u; r; n] inputs of every step, the property added to the update gate's (P^u p_t).
         let inputs = match (&self.property, property) {
             (Some(p_layer), Some(p)) => {
-                let update = projected.clone().narrow(2, 0, g) + p_layer.forward(p);
+                let update = projected.clone().narrow(2, 0, g) + linear(p_layer, p);
                 Tensor::cat(vec![update, projected.narrow(2, g, 2 * g)], 2)
             }
             _ => projected,
@@ -120,7 +120,7 @@ impl ApGru {
         let mut h = Tensor::<2>::zeros([b, g], &device);
         let mut states = Vec::with_capacity(t);
         for (step, x) in steps(inputs).into_iter().enumerate() {
-            let rec = self.recurrent.forward(h.clone());
+            let rec = linear(&self.recurrent, h.clone());
             // u and r in one sigmoid over their 2g columns.
             let ur = sigmoid(x.clone().narrow(1, 0, 2 * g) + rec.clone().narrow(1, 0, 2 * g));
             let mut u = ur.clone().narrow(1, 0, g);
@@ -184,8 +184,8 @@ impl CandidateAttention {
         mask: Tensor<2>,
     ) -> Tensor<2> {
         let [b, t, _] = states.dims();
-        let hidden = tanh(self.state.forward(states) + self.candidate.forward(candidate).unsqueeze_dim::<3>(1));
-        let scores = self.score.forward(hidden).reshape([b, t]).mask_fill(padding, -1e9);
+        let hidden = tanh(linear(&self.state, states) + linear(&self.candidate, candidate).unsqueeze_dim::<3>(1));
+        let scores = linear(&self.score, hidden).reshape([b, t]).mask_fill(padding, -1e9);
         // exp(-1e9 - max) is exactly 0: padding gets no weight. Rows without history are zeroed.
         let any = mask.sum_dim(1).clamp_max(1.0);
         softmax(scores, 1) * any

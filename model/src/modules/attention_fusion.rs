@@ -8,7 +8,7 @@
 //! item's category embedding, `atten_m = tanh(W_m s_m + V_m e_category + b_m)`. It isolates how
 //! far Eq. 3 is held back by `s_m` alone not revealing the category (README, Figure 4).
 
-use super::{per_modality_linear, stack, stack_presence, tanh, unstack};
+use super::{linear, per_modality_linear, stack, stack_presence, tanh, unstack};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
@@ -86,7 +86,7 @@ impl AttentionFusion {
         let z = per_modality_linear(&self.modality_attention, specific);
         match context {
             Some(c) if self.needs_context() => {
-                let contexts: Vec<Tensor<2>> = self.context.iter().map(|v| v.forward(c.clone())).collect();
+                let contexts: Vec<Tensor<2>> = self.context.iter().map(|v| linear(v, c.clone())).collect();
                 tanh(z + Tensor::stack::<3>(contexts, 0))
             }
             _ => tanh(z),

@@ -6,6 +6,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{log_sigmoid, relu};
 use burn::tensor::{Device, Tensor};
 
+use super::linear;
+
 /// Config of [`CtrHead`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct CtrHeadConfig {
@@ -46,9 +48,9 @@ impl CtrHead {
         let b = input.dims()[0];
         let mut x = input;
         for layer in &self.layers {
-            x = relu(layer.forward(x));
+            x = relu(linear(layer, x));
         }
-        self.output.forward(x).reshape([b])
+        linear(&self.output, x).reshape([b])
     }
 }
 

@@ -81,6 +81,7 @@ use super::modality_embedding::{
     Modality, ModalityEmbedding, ModalityEmbeddingConfig, ModalityProjection, ModalityProjectionConfig,
 };
 use super::{stack, stack_presence, unstack};
+use super::{Precision, PrecisionScope};
 use crate::batch::{Batch, ModelInputs};
 use crate::batch_tensors::BatchTensors;
 use crate::error::{Error, Result};
@@ -265,6 +266,8 @@ pub struct MarnConfig {
     pub lambda0: f64,
     /// γ of the auxiliary-loss schedule.
     pub gamma: f64,
+    /// The linear layers' products: `f32`, or `bf16` (mixed precision, [`Precision`]).
+    pub precision: Precision,
 }
 
 impl Default for MarnConfig {
@@ -284,6 +287,7 @@ impl Default for MarnConfig {
             grl_weight: 1.0,
             lambda0: 0.05,
             gamma: 10.0,
+            precision: Precision::F32,
         }
     }
 }
@@ -740,6 +744,7 @@ impl Marn {
     /// # Shapes
     /// - output: `[n, representation_dim]`
     pub fn item_representations(&self, x: &BatchTensors, pass: Pass) -> Result<(Tensor<2>, AuxLosses)> {
+        let _precision = PrecisionScope::enter(self.config.precision);
         if self.xdeepfm.is_some() {
             return Err(Error::Config(
                 "xdeepfm keeps every modality a separate field: it has no single item representation".into(),
@@ -881,6 +886,7 @@ impl Marn {
     /// [`Marn::forward`] for `pass`: [`Pass::Score`] gives the same logits without the
     /// auxiliary heads and losses.
     pub fn forward_pass(&self, x: &BatchTensors, pass: Pass) -> Result<MarnOutput> {
+        let _precision = PrecisionScope::enter(self.config.precision);
         if let Some(lr) = &self.lr {
             return Ok(MarnOutput { logits: lr.forward(x), item_representations: None, aux: AuxLosses::default() });
         }

@@ -10,8 +10,71 @@ pub mod ctr_head;
 pub mod marn;
 pub mod modality_embedding;
 
+use std::cell::Cell;
+
+use burn::nn::Linear;
 use burn::tensor::activation::sigmoid;
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// The precision of the linear layers' matrix products (`[train.model] precision`). `bf16` is
+/// mixed precision: weights, biases, activations and AdaGrad stay f32, and each product rounds
+/// its two operands to bfloat16 and returns f32 (its backward likewise), which is what a GPU's
+/// tensor cores run fast. The title convolutions and the attention's own products stay f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// The linear layers' products in bfloat16.
+    Bf16,
+}
+
+impl Precision {
+    /// Whether this is the default, f32 (left out of a run key, so the keys of f32 runs stay
+    /// what they were before the setting existed).
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+}
+
+thread_local! {
+    /// The precision [`linear`] computes in on this thread: set for one forward pass by
+    /// [`PrecisionScope`], the way an autocast region works (a pass runs on one thread).
+    static PRODUCTS: Cell<Precision> = const { Cell::new(Precision::F32) };
+}
+
+/// Sets this thread's product precision until dropped, then restores the one before.
+pub(crate) struct PrecisionScope(Precision);
+
+impl PrecisionScope {
+    pub(crate) fn enter(precision: Precision) -> Self {
+        Self(PRODUCTS.with(|p| p.replace(precision)))
+    }
+}
+
+impl Drop for PrecisionScope {
+    fn drop(&mut self) {
+        PRODUCTS.with(|p| p.set(self.0));
+    }
+}
+
+/// `layer` applied to `x`, its product in this thread's precision ([`PrecisionScope`]).
+///
+/// # Shapes
+/// - `x`: `[.., d_in]`; output: `[.., d_out]`
+pub(crate) fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    if PRODUCTS.with(Cell::get) == Precision::F32 {
+        return layer.forward(x);
+    }
+    let w = layer.weight.val().cast(FloatDType::BF16);
+    let y = burn::tensor::module::linear(x.cast(FloatDType::BF16), w, None).cast(FloatDType::F32);
+    match &layer.bias {
+        Some(b) => y + b.val().unsqueeze::<D>(),
+        None => y,
+    }
+}
 
 /// `tanh`, computed as `2 σ(2x) − 1` on burn's CPU backend (flex) and natively elsewhere. The
 /// same function (to within 1e-7, the rounding of the subtraction near 0): flex evaluates
@@ -40,7 +103,10 @@ fn is_flex(device: &burn::tensor::Device) -> bool {
 /// - output: `[M, n, d_out]`
 pub(crate) fn per_modality_linear(layers: &[burn::nn::Linear], x: Tensor<3>) -> Tensor<3> {
     let weights = Tensor::stack::<3>(layers.iter().map(|l| l.weight.val()).collect(), 0);
-    let y = x.matmul(weights);
+    let y = match PRODUCTS.with(Cell::get) {
+        Precision::F32 => x.matmul(weights),
+        Precision::Bf16 => x.cast(FloatDType::BF16).matmul(weights.cast(FloatDType::BF16)).cast(FloatDType::F32),
+    };
     let biases: Option<Vec<Tensor<1>>> = layers.iter().map(|l| l.bias.as_ref().map(|b| b.val())).collect();
     match biases {
         Some(b) => y + Tensor::stack::<2>(b, 0).unsqueeze_dim::<3>(1),
@@ -90,6 +156,42 @@ mod tests {
         assert!(is_flex(&flex) && is_flex(&flex.clone().autodiff()));
         let x = Tensor::<2>::random([7, 33], Distribution::Normal(0.0, 3.0), &flex);
         tanh(x.clone()).into_data().assert_approx_eq::<f32>(&x.tanh().into_data(), Tolerance::absolute(1e-6));
+    }
+
+    #[test]
+    fn bf16_products_round_the_operands_and_keep_f32_outside() {
+        let device = Device::flex().autodiff();
+        let layer = LinearConfig::new(64, 8).init(&device);
+        let x = Tensor::<2>::random([16, 64], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let exact = linear(&layer, x.clone());
+        let mixed = {
+            let _bf16 = PrecisionScope::enter(Precision::Bf16);
+            linear(&layer, x.clone())
+        };
+        // The scope ended: f32 again.
+        assert_eq!(PRODUCTS.with(Cell::get), Precision::F32);
+        assert_eq!(mixed.dtype(), exact.dtype());
+        let (a, b) = (
+            exact.clone().into_data().try_to_vec::<f32>().unwrap(),
+            mixed.clone().into_data().try_to_vec::<f32>().unwrap(),
+        );
+        let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        // bfloat16 keeps 8 significant bits: products of unit-scale inputs over 64 terms differ
+        // by about 1e-2, not 0 (the rounding happened) and not 1 (the product is still right).
+        assert!(diff > 1e-5 && diff < 0.1, "largest difference {diff}");
+        // The gradient reaches the f32 weights and input, in f32.
+        let grads = mixed.sum().backward();
+        let gw = layer.weight.grad(&grads).unwrap();
+        assert_eq!(gw.dims(), [64, 8]);
+        let gx = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        assert!(gx.iter().all(|g| g.is_finite()) && gx.iter().any(|g| *g != 0.0));
+        // Per-modality products follow the same scope.
+        let layers: Vec<Linear> = (0..2).map(|_| LinearConfig::new(64, 8).init(&device)).collect();
+        let xs = Tensor::<3>::random([2, 16, 64], Distribution::Normal(0.0, 1.0), &device);
+        let exact = per_modality_linear(&layers, xs.clone());
+        let _bf16 = PrecisionScope::enter(Precision::Bf16);
+        let mixed = per_modality_linear(&layers, xs);
+        exact.into_data().assert_approx_eq::<f32>(&mixed.clone().into_data(), Tolerance::absolute(0.1));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::{per_modality_linear, tanh};
+use super::{linear, per_modality_linear, tanh};
 use crate::batch::ModelInputs;
 use crate::batch_tensors::{BatchTensors, Table};
 use crate::error::{Error, Result};
@@ -296,11 +296,11 @@ impl ModalityEmbedding {
             .iter()
             .map(|m| {
                 Ok(match m {
-                    Modality::Ids => self.ids_projection.forward(self.raw_ids(x)),
+                    Modality::Ids => linear(&self.ids_projection, self.raw_ids(x)),
                     Modality::Image => {
                         let layer = self.image.as_ref().ok_or_else(|| missing("image layer"))?;
                         let images = x.images.clone().ok_or_else(|| missing("images"))?;
-                        layer.forward(standardize(images))
+                        linear(layer, standardize(images))
                     }
                     Modality::Title => {
                         let cnn = self.title.as_ref().ok_or_else(|| missing("title layer"))?;
@@ -316,7 +316,7 @@ impl ModalityEmbedding {
                         let rows = x.stat_rows.clone().ok_or_else(|| missing("statistics"))?;
                         let flat = lookup(table, rows);
                         let width = 2 * self.n_stats * table.weight.val().dims()[1];
-                        proj.forward(flat.reshape([n, width]))
+                        linear(proj, flat.reshape([n, width]))
                     }
                 })
             })
@@ -449,7 +449,7 @@ impl TitleCnn {
                 features.max_dim(2).reshape([n, filters])
             })
             .collect();
-        self.projection.forward(Tensor::cat(pooled, 1))
+        linear(&self.projection, Tensor::cat(pooled, 1))
     }
 }
 
@@ -493,7 +493,7 @@ impl ModalityProjection {
     /// # Shapes
     /// - `e`: M tensors `[n, input_dim]`; output: M tensors `[n, output_dim]`
     pub fn specific(&self, e: &[Tensor<2>]) -> Vec<Tensor<2>> {
-        e.iter().zip(&self.specific).map(|(e, s)| tanh(s.forward(e.clone()))).collect()
+        e.iter().zip(&self.specific).map(|(e, s)| tanh(linear(s, e.clone()))).collect()
     }
 
     /// [`ModalityProjection::specific`] of the modalities stacked along the first axis: one
@@ -511,7 +511,7 @@ impl ModalityProjection {
     /// # Shapes
     /// - `e`: `[M, n, input_dim]`; output: `[M, n, output_dim]`
     pub fn invariant_stacked(&self, e: Tensor<3>) -> Option<Tensor<3>> {
-        self.invariant.as_ref().map(|i| tanh(i.forward(e)))
+        self.invariant.as_ref().map(|i| tanh(linear(i, e)))
     }
 }
 
