@@ -215,7 +215,7 @@ for p in ("f32", "bf16"):
 by_seed = {p: {r["seed"]: r["auc"] for r in precision[p]["runs"]} for p in precision}
 diffs = [by_seed["bf16"][s] - by_seed["f32"][s] for s in by_seed["f32"] if s in by_seed["bf16"]]
 precision["bf16_minus_f32_auc"] = diffs
-precision["bf16_within_0.001"] = bool(diffs) and abs(sum(diffs) / len(diffs)) <= 0.001
+precision["bf16_within_0.001"] = abs(sum(diffs) / len(diffs)) <= 0.001 if diffs else None
 print(json.dumps({
     "manifest": open(os.path.join(out, "MANIFEST")).read(),
     "torch": read("torch.json"),
