@@ -153,14 +153,20 @@ struct Input<'a> {
 }
 
 impl Input<'_> {
-    /// The batch to step on, and its tensors on `device`.
-    fn tensors(&self, inputs: &ModelInputs, device: &Device) -> (Batch, BatchTensors) {
+    /// The batch to step on, and the image table on `device` it indexes (`--resident-images`).
+    fn split(&self, inputs: &ModelInputs, device: &Device) -> (Batch, Option<ResidentImages>) {
         if !self.resident || !inputs.has_images() {
-            return (self.batch.clone(), BatchTensors::new(self.batch, inputs, device).expect("tensors"));
+            return (self.batch.clone(), None);
         }
         let (by_rows, table) = ResidentImages::from_batch(self.batch, inputs.image_dim, device).expect("images");
-        let x = BatchTensors::with_images(&by_rows, inputs, device, Some(&table)).expect("tensors");
-        (by_rows, x)
+        (by_rows, Some(table))
+    }
+
+    /// The batch to step on, and its tensors on `device`.
+    fn tensors(&self, inputs: &ModelInputs, device: &Device) -> (Batch, BatchTensors) {
+        let (batch, table) = self.split(inputs, device);
+        let x = BatchTensors::with_images(&batch, inputs, device, table.as_ref()).expect("tensors");
+        (batch, x)
     }
 }
 
@@ -247,13 +253,7 @@ fn phases(variant: Variant, input: Input<'_>, inputs: &ModelInputs, plain: &Devi
         start.elapsed().as_secs_f64() * 1e3 / reps as f64
     };
     // The image table moves once per run, not per batch: built outside the clock.
-    let (batch, table) = match input.resident && inputs.has_images() {
-        true => {
-            let (b, t) = ResidentImages::from_batch(input.batch, inputs.image_dim, plain).expect("images");
-            (b, Some(t))
-        }
-        false => (input.batch.clone(), None),
-    };
+    let (batch, table) = input.split(inputs, plain);
     let tensors_ms = time(&|| {
         let x = BatchTensors::with_images(&batch, inputs, plain, table.as_ref()).expect("tensors");
         let _ = x.labels.sum().into_data();

@@ -456,6 +456,8 @@ impl ItemStore {
         let mut out = Self::default();
         let (batches, file) = item_side(lake, day).await?;
         let own_day = epoch_days(day);
+        // A day's items point at a handful of content days: each date is parsed once.
+        let mut content_days: HashMap<String, i32> = HashMap::new();
         for b in batches {
             let content_dt = match b.column_by_name("content_dt") {
                 Some(_) => Some(column(&b, "content_dt", &DataType::Utf8, &file)?),
@@ -503,9 +505,15 @@ impl ItemStore {
                 let content_day = match content_dt {
                     Some(c) => {
                         let dt = text_at(c, r);
-                        let parsed = NaiveDate::parse_from_str(dt, "%Y-%m-%d")
-                            .with_context(|| format!("{file} row {r}: content_dt {dt:?} is not a date"))?;
-                        epoch_days(parsed)
+                        match content_days.get(dt) {
+                            Some(&d) => d,
+                            None => {
+                                let parsed = NaiveDate::parse_from_str(dt, "%Y-%m-%d")
+                                    .with_context(|| format!("{file} row {r}: content_dt {dt:?} is not a date"))?;
+                                content_days.insert(dt.to_string(), epoch_days(parsed));
+                                epoch_days(parsed)
+                            }
+                        }
                     }
                     None => own_day,
                 };
