@@ -3,7 +3,8 @@
 # the bundle of ops/build-gpu-bundle.sh brought along). Well inside 10 minutes on an H100.
 #
 #   bash ops/gpu-check.sh RESULTS_DIR [--device tch:cuda:0] [--bundle gpu-bundle/marnflow-gpu.tar.xz]
-#                         [--seconds S] [--peak-gflops X] [--seeds N] [--slow]
+#                         [--seconds S] [--peak-gflops X] [--seeds N] [--epochs E] [--slow]
+#                         [--only bench,train,precision,score]
 #
 # 1. unpacks the bundle; 2. points LD_LIBRARY_PATH at this machine's torch lib/; 3. saves
 # nvidia-smi; 4. the model benchmark on DEVICE: marn and ids at batch 1024 and 4096 at the default
@@ -12,11 +13,14 @@
 # dense peak measured here), then marn with the images resident on the device
 # (train.images_on_device) in f32 and in bf16 (train.model.precision), with where each step's
 # time goes; 5. trains MARN on the bundle's lake for one epoch on DEVICE and evaluates it, then
-# again with the images on the device, and for each of N seeds (default 3) in f32 and in bf16
-# (the AUC difference decides whether bf16 is kept); 6. scores the evaluation day with the same weights on DEVICE, on LibTorch's CPU
+# again with the images on the device, and for each of N seeds (default 3) in f32 and in bf16,
+# each trained for E epochs (default 1), plus a second f32 run of each seed: LibTorch's CUDA
+# training is not bit-repeatable, so that rerun is the card's own noise floor (the AUC
+# difference decides whether bf16 is kept); 6. scores the evaluation day with the same weights on DEVICE, on LibTorch's CPU
 # and on burn-flex, and compares the predictions; 7. writes it all as JSON into RESULTS_DIR
 # (summary.json gathers the numbers). A failing step is recorded and the others still run; the
-# exit status is that of the first failure.
+# exit status is that of the first failure. --only runs some of the groups: bench (4), train (5's
+# first two runs and their evaluation), precision (5's per-seed runs), score (6, which needs train).
 #
 # Each step has a time limit sized for a GPU; --slow multiplies them by 5 for a CPU run. On a
 # device that is not CUDA the bf16 steps are skipped (and logged): LibTorch's CPU bf16 products
@@ -35,6 +39,8 @@ seconds="${BENCH_SECONDS:-3}"
 peak="790000"
 scale=1
 seeds=3
+epochs=1
+only="bench,train,precision,score"
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device="$2"; shift 2 ;;
@@ -42,6 +48,8 @@ while [ $# -gt 0 ]; do
     --seconds) seconds="$2"; shift 2 ;;
     --peak-gflops) peak="$2"; shift 2 ;;
     --seeds) seeds="$2"; shift 2 ;;
+    --epochs) epochs="$2"; shift 2 ;;
+    --only) only="$2"; shift 2 ;;
     --slow) scale=5; shift ;;
     *) usage ;;
   esac
@@ -106,56 +114,67 @@ cat "$out/nvidia-smi.txt" >&2
 
 bin="$work/bin"
 export BENCH_SECONDS="$seconds"
-# 4. the model benchmark
-BENCH_VARIANTS=marn,ids BENCH_BATCHES=1024,4096 \
-  step bench_default 150 "$out/bench-default.md" "$bin/train_throughput" --device "$device" --matmul-n 4096 --peak-gflops "$peak" \
-  --phases --no-dedup --json "$out/bench-default.json"
-BENCH_VARIANTS=marn BENCH_BATCHES=1024 \
-  step bench_paper 100 "$out/bench-paper.md" "$bin/train_throughput" --device "$device" --matmul-n 4096 --peak-gflops "$peak" \
-  --image-dim 4096 --word-dim 300 --no-dedup --json "$out/bench-paper.json"
+# wants GROUP: whether --only names GROUP.
+wants() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 precisions="f32 bf16"
 case "$device" in
   *cuda*) ;;
   *) precisions="f32"; echo "== bf16 steps skipped: $device is not a CUDA device" | tee -a "$log" >&2 ;;
 esac
-for precision in $precisions; do
-  BENCH_VARIANTS=marn BENCH_BATCHES=1024,4096 \
-    step "bench_resident_$precision" 150 "$out/bench-resident-$precision.md" "$bin/train_throughput" --device "$device" \
-    --matmul-n 0 --peak-gflops "$peak" --resident-images --precision "$precision" --phases --no-dedup \
-    --json "$out/bench-resident-$precision.json"
+# 4. the model benchmark
+if wants bench; then
+  BENCH_VARIANTS=marn,ids BENCH_BATCHES=1024,4096 \
+    step bench_default 150 "$out/bench-default.md" "$bin/train_throughput" --device "$device" --matmul-n 4096 \
+    --peak-gflops "$peak" --phases --no-dedup --json "$out/bench-default.json"
   BENCH_VARIANTS=marn BENCH_BATCHES=1024 \
-    step "bench_paper_resident_$precision" 100 "$out/bench-paper-resident-$precision.md" "$bin/train_throughput" \
-    --device "$device" --matmul-n 0 --peak-gflops "$peak" --image-dim 4096 --word-dim 300 --resident-images \
-    --precision "$precision" --no-dedup --json "$out/bench-paper-resident-$precision.json"
-done
+    step bench_paper 100 "$out/bench-paper.md" "$bin/train_throughput" --device "$device" --matmul-n 4096 \
+    --peak-gflops "$peak" --image-dim 4096 --word-dim 300 --phases --no-dedup --json "$out/bench-paper.json"
+  for precision in $precisions; do
+    BENCH_VARIANTS=marn BENCH_BATCHES=1024,4096 \
+      step "bench_resident_$precision" 150 "$out/bench-resident-$precision.md" "$bin/train_throughput" --device "$device" \
+      --matmul-n 0 --peak-gflops "$peak" --resident-images --precision "$precision" --phases --no-dedup \
+      --json "$out/bench-resident-$precision.json"
+    BENCH_VARIANTS=marn BENCH_BATCHES=1024 \
+      step "bench_paper_resident_$precision" 100 "$out/bench-paper-resident-$precision.md" "$bin/train_throughput" \
+      --device "$device" --matmul-n 0 --peak-gflops "$peak" --image-dim 4096 --word-dim 300 --resident-images \
+      --precision "$precision" --phases --no-dedup --json "$out/bench-paper-resident-$precision.json"
+  done
+fi
 
 # 5. one epoch of MARN on the lake, then its evaluation
 mf=("$bin/marnflow" --lake "$work/lake" --log-format json)
 export MARNFLOW_TRAIN_RECALL_USERS="${MARNFLOW_TRAIN_RECALL_USERS:-50}"
-step train 200 "$out/train.json" "${mf[@]}" train --model gpucheck --from 2026-01-02 --to 2026-01-06 \
-  --variant marn --epochs 1 --batch-size 1024 --device "$device" --json
-# The version train registered (1 on the bundle's fresh lake).
-version=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' "$out/train.json" 2>/dev/null || echo 1)
-model="gpucheck@v$version"
-step evaluate 100 "$out/evaluate.json" "${mf[@]}" evaluate --model "$model" --date 2026-01-07 \
-  --device "$device" --json
-# The same with the images on the device; then per seed, f32 against bf16 (images on the device).
-step train_resident 200 "$out/train-resident.json" env MARNFLOW_TRAIN_IMAGES_ON_DEVICE=true "${mf[@]}" \
-  train --model gpucheck-resident --from 2026-01-02 --to 2026-01-06 --variant marn --epochs 1 --batch-size 1024 \
-  --device "$device" --json
-for seed in $(seq 1 "$seeds"); do
-  for precision in $precisions; do
-    m="gpucheck-$precision-s$seed"
-    step "train_${precision}_s$seed" 200 "$out/train-$precision-s$seed.json" env MARNFLOW_TRAIN_IMAGES_ON_DEVICE=true \
-      MARNFLOW_TRAIN_MODEL_PRECISION="$precision" MARNFLOW_TRAIN_SEED="$seed" "${mf[@]}" train --model "$m" \
-      --from 2026-01-02 --to 2026-01-06 --variant marn --epochs 1 --batch-size 1024 --device "$device" --json
-    v=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' "$out/train-$precision-s$seed.json" 2>/dev/null || echo 1)
-    step "evaluate_${precision}_s$seed" 100 "$out/evaluate-$precision-s$seed.json" "${mf[@]}" evaluate --model "$m@v$v" \
-      --date 2026-01-07 --device "$device" --json
+# registered FILE: the version a train run registered (1 on the bundle's fresh lake).
+registered() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' "$1" 2>/dev/null || echo 1; }
+model="gpucheck@v1"
+if wants train; then
+  step train 200 "$out/train.json" "${mf[@]}" train --model gpucheck --from 2026-01-02 --to 2026-01-06 \
+    --variant marn --epochs 1 --batch-size 1024 --device "$device" --json
+  model="gpucheck@v$(registered "$out/train.json")"
+  step evaluate 100 "$out/evaluate.json" "${mf[@]}" evaluate --model "$model" --date 2026-01-07 \
+    --device "$device" --json
+  # The same with the images on the device.
+  step train_resident 200 "$out/train-resident.json" env MARNFLOW_TRAIN_IMAGES_ON_DEVICE=true "${mf[@]}" \
+    train --model gpucheck-resident --from 2026-01-02 --to 2026-01-06 --variant marn --epochs 1 --batch-size 1024 \
+    --device "$device" --json
+fi
+# Per seed, f32 against bf16 (images on the device), and f32 once more: the same seed's rerun.
+if wants precision; then
+  for seed in $(seq 1 "$seeds"); do
+    for run in $precisions f32again; do
+      precision="${run%again}"
+      m="gpucheck-$run-s$seed"
+      step "train_${run}_s$seed" $((200 * epochs)) "$out/train-$run-s$seed.json" env MARNFLOW_TRAIN_IMAGES_ON_DEVICE=true \
+        MARNFLOW_TRAIN_MODEL_PRECISION="$precision" MARNFLOW_TRAIN_SEED="$seed" "${mf[@]}" train --model "$m" \
+        --from 2026-01-02 --to 2026-01-06 --variant marn --epochs "$epochs" --batch-size 1024 --device "$device" --json
+      step "evaluate_${run}_s$seed" 100 "$out/evaluate-$run-s$seed.json" "${mf[@]}" evaluate \
+        --model "$m@v$(registered "$out/train-$run-s$seed.json")" --date 2026-01-07 --device "$device" --json
+    done
   done
-done
+fi
 
 # 6. the same weights scored on the device and on the CPU backends
+if wants score; then
 for d in $(printf '%s\n' "$device" tch:cpu cpu | awk '!seen[$0]++'); do
   name=$(echo "$d" | tr ':' '-')
   step "score_$name" 60 - env MARNFLOW_TRAIN_DEVICE="$d" "${mf[@]}" \
@@ -181,6 +200,7 @@ for other in ("tch-cpu", "cpu"):
 json.dump(report, open(path, "w"), indent=2)
 print(json.dumps(report))
 PY
+fi
 
 # 7. one summary
 python3 - "$out" <<'PY' >"$out/summary.json"
@@ -200,7 +220,7 @@ steps = [dict(zip(("step", "exit", "ms"), map(int_or_str, l.rstrip("\n").split("
          for l in open(os.path.join(out, "steps.tsv"))]
 # Per precision: each seed's AUC and training speed, their mean and spread, and bf16 - f32 per seed.
 precision = {}
-for p in ("f32", "bf16"):
+for p in ("f32", "bf16", "f32again"):
     runs = []
     for name in sorted(os.listdir(out)):
         if name.startswith(f"evaluate-{p}-s") and name.endswith(".json"):
@@ -215,6 +235,9 @@ for p in ("f32", "bf16"):
 by_seed = {p: {r["seed"]: r["auc"] for r in precision[p]["runs"]} for p in precision}
 diffs = [by_seed["bf16"][s] - by_seed["f32"][s] for s in by_seed["f32"] if s in by_seed["bf16"]]
 precision["bf16_minus_f32_auc"] = diffs
+# The same seed trained twice in f32: how far the card's own run-to-run noise moves the AUC.
+precision["f32again_minus_f32_auc"] = [by_seed["f32again"][s] - by_seed["f32"][s]
+                                       for s in by_seed["f32"] if s in by_seed["f32again"]]
 precision["bf16_within_0.001"] = abs(sum(diffs) / len(diffs)) <= 0.001 if diffs else None
 print(json.dumps({
     "manifest": open(os.path.join(out, "MANIFEST")).read(),
