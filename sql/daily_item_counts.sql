@@ -16,7 +16,9 @@ SELECT
   CAST(sum(e.clicks) AS BIGINT) AS clicks,
   CAST(sum(e.carts) AS BIGINT) AS carts,
   CAST(sum(e.purchases) AS BIGINT) AS purchases,
-  CAST(coalesce(sum(e.purchases * i.price), 0) AS DOUBLE) AS amount
+  -- purchases times the one price: an exact count times one float, whatever order the rows are
+  -- summed in (a sum of prices would differ in its last bits between partitionings).
+  CAST(coalesce(CAST(sum(e.purchases) AS DOUBLE) * max(i.price), 0) AS DOUBLE) AS amount
 FROM events e
 LEFT JOIN (SELECT item_id, max(price) AS price FROM raw.items GROUP BY item_id) i ON i.item_id = e.item_id
 GROUP BY e.item_id

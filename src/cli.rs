@@ -50,6 +50,8 @@ pub enum Command {
     Features(FeaturesArgs),
     /// Run SQL over every table of the lake (DataFusion)
     Sql(SqlArgs),
+    /// Run one process of a Ballista cluster for the feature SQL: the scheduler or an executor
+    Cluster(ClusterArgs),
     /// Train a model on the samples of a date range and register it as a new version
     Train(TrainArgs),
     /// Evaluate a registered version on one day: AUC, user AUC, deciles, unseen-item recall
@@ -341,9 +343,57 @@ pub struct FeaturesArgs {
     #[arg(long, value_enum)]
     pub format: Option<RawFormat>,
 
+    /// Where the SQL jobs run: embedded, or ballista://HOST:PORT (a scheduler of `marnflow
+    /// cluster`); overrides features.engine
+    #[arg(long, value_name = "URI", help_heading = "Cluster")]
+    pub engine: Option<String>,
+
     /// Print the per-day report as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+/// `marnflow cluster`: the processes of a Ballista cluster, with marnflow's SQL functions.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub role: ClusterRole,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterRole {
+    /// The scheduler: splits each query into stages and hands their tasks to the executors
+    Scheduler {
+        /// Address to listen on (gRPC)
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50050")]
+        bind: std::net::SocketAddr,
+        /// Seconds without a heartbeat after which an executor counts as lost and its tasks run
+        /// again elsewhere (longer than the executors' --heartbeat)
+        #[arg(long, value_name = "SECONDS", default_value_t = 180, value_parser = clap::value_parser!(u64).range(2..=86_400))]
+        executor_timeout: u64,
+    },
+    /// An executor: runs tasks, reads the lake, and serves its shuffle output on PORT (Arrow
+    /// Flight) and the scheduler's calls on PORT+1 (gRPC)
+    Executor {
+        /// The scheduler's address
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50050")]
+        scheduler: String,
+        /// Address to listen on
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50051")]
+        bind: std::net::SocketAddr,
+        /// Host name the scheduler and the other executors reach this one at [default: the bind address]
+        #[arg(long, value_name = "HOST")]
+        external_host: Option<String>,
+        /// Tasks run at once [default: the machine's cores]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+        concurrent_tasks: Option<u64>,
+        /// Scratch folder for shuffle files
+        #[arg(long, value_name = "DIR")]
+        work_dir: PathBuf,
+        /// Seconds between heartbeats to the scheduler (shorter than its --executor-timeout)
+        #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+        heartbeat: u64,
+    },
 }
 
 /// Formats of raw log files.

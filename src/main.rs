@@ -69,7 +69,7 @@ fn init_logging(format: LogFormat, verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
-            "warn,marnflow={level},marnflow_pipeline={level},marnflow_model={level}"
+            "warn,marnflow={level},marnflow_pipeline={level},marnflow_model={level},ballista_scheduler={level},ballista_executor={level}"
         ))
     });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -94,6 +94,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::ExportItemEmbeddings(ref args) => export_command(&cli, args, &runtime),
         Command::Score(ref args) => score_command(&cli, args, &runtime),
         Command::Sql(ref args) => sql_command(&cli, args, &runtime),
+        Command::Cluster(ref args) => cluster_command(args, &runtime),
     }
 }
 
@@ -148,6 +149,32 @@ fn import_command(cli: &Cli, args: &cli::ImportArgs, runtime: &tokio::runtime::R
     runtime.block_on(import(&lake, &args.source))
 }
 
+/// `cluster scheduler|executor`: one process of a Ballista cluster, until it is stopped.
+fn cluster_command(args: &cli::ClusterArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    use marnflow_pipeline::cluster;
+    match &args.role {
+        cli::ClusterRole::Scheduler { bind, executor_timeout } => runtime
+            .block_on(cluster::scheduler(*bind, std::time::Duration::from_secs(*executor_timeout)))
+            .context("the Ballista scheduler stopped"),
+        cli::ClusterRole::Executor { scheduler, bind, external_host, concurrent_tasks, work_dir, heartbeat } => {
+            let (host, port) = scheduler
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .filter(|(h, _)| !h.is_empty())
+                .ok_or_else(|| ConfigError(vec![format!("--scheduler {scheduler:?}: give HOST:PORT")]))?;
+            let opts = cluster::ExecutorOptions {
+                scheduler: (host, port),
+                bind: *bind,
+                external_host: external_host.clone(),
+                concurrent_tasks: concurrent_tasks.map(usize::try_from).transpose()?,
+                work_dir: work_dir.clone(),
+                heartbeat: std::time::Duration::from_secs(*heartbeat),
+            };
+            runtime.block_on(cluster::executor(opts)).context("the Ballista executor stopped")
+        }
+    }
+}
+
 /// `features`: the daily feature job for one day or a range.
 fn features_command(cli: &Cli, args: &cli::FeaturesArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
     let mut cfg = load_config(cli)?;
@@ -163,6 +190,9 @@ fn features_command(cli: &Cli, args: &cli::FeaturesArgs, runtime: &tokio::runtim
             cli::RawFormat::Csv => RawFormat::Csv,
             cli::RawFormat::Json => RawFormat::Json,
         };
+    }
+    if let Some(e) = &args.engine {
+        cfg.features.engine = e.parse().map_err(|e: String| ConfigError(vec![format!("--engine: {e}")]))?;
     }
     cfg.validate()?;
     let (from, to) = match (args.date, args.from, args.to) {

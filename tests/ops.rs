@@ -368,17 +368,7 @@ fn the_k8s_cronjob_forbids_overlap_and_takes_credentials_from_secrets() {
     let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap();
     assert_eq!(volume["persistentVolumeClaim"]["claimName"], kind("PersistentVolumeClaim")["metadata"]["name"]);
 
-    let Some(validate) = ops_venv().map(|v| v.join("bin/kubernetes-validate")).filter(|p| p.exists()) else {
-        return skip(
-            "kubernetes-validate (schema check of the manifest)",
-            "kubernetes-validate: pip install kubernetes-validate",
-        );
-    };
-    // timeZone is GA since Kubernetes 1.27: check against that and the newest schema.
-    for version in ["1.27.0", "1.37.0"] {
-        let out = Command::new(&validate).args(["--strict", "-k", version]).arg(&path).output().unwrap();
-        assert!(out.status.success(), "kubernetes-validate {version}:\n{}", text(&out));
-    }
+    let Some(validate) = kubernetes_validate(&path) else { return };
     let bad = tmp.path().join("bad.yaml");
     std::fs::write(&bad, raw.replace("concurrencyPolicy:", "concurrencypolicy:")).unwrap();
     let out = Command::new(&validate).arg("--strict").arg(&bad).output().unwrap();
@@ -728,4 +718,103 @@ fn the_duckdb_peer_builds_the_same_feature_tables_and_the_benchmark_prints_the_r
         "{}",
         text(&check)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Ballista cluster of the feature SQL (ops/systemd/marnflow-cluster-*, ops/k8s/marnflow-cluster.yaml)
+
+/// Every `--flag` of a `marnflow cluster ROLE …` command line exists for that role.
+fn cluster_command_is_real(what: &str, argv: &[String]) {
+    assert!(argv[0].ends_with("/marnflow"), "{what}: not the marnflow binary: {argv:?}");
+    assert_eq!(argv[1], "cluster", "{what}: {argv:?}");
+    let role = argv[2].as_str();
+    assert!(["scheduler", "executor"].contains(&role), "{what}: {argv:?}");
+    let out = run(&["cluster", role, "--help"]);
+    assert!(out.status.success(), "marnflow cluster {role} --help: {}", text(&out));
+    let help = String::from_utf8_lossy(&out.stdout).to_string();
+    for flag in argv.iter().filter(|a| a.starts_with("--")) {
+        assert!(help.contains(&format!("{flag} ")), "{what}: `marnflow cluster {role}` has no {flag}");
+    }
+    if role == "executor" {
+        assert!(argv.iter().any(|a| a == "--work-dir"), "{what}: an executor needs --work-dir");
+    }
+}
+
+#[test]
+fn the_cluster_units_and_manifest_start_real_scheduler_and_executor_processes() {
+    let units = ["marnflow-cluster-scheduler.service", "marnflow-cluster-executor@.service"];
+    for unit in units {
+        let text_of = read(&format!("ops/systemd/{unit}"));
+        let parsed = unit_file(&text_of);
+        let exec: Vec<String> = one(&parsed, "Service", "ExecStart").split_whitespace().map(String::from).collect();
+        cluster_command_is_real(unit, &exec);
+        assert_eq!(one(&parsed, "Service", "Restart"), "always", "{unit}");
+    }
+    if have("systemd-analyze") {
+        let tmp = tempfile::tempdir().unwrap();
+        let binary = PathBuf::from(env!("CARGO_BIN_EXE_marnflow"));
+        let write = |name: &str, text: &str| {
+            std::fs::write(tmp.path().join(name), text.replace("/usr/local/bin/marnflow", binary.to_str().unwrap()))
+                .unwrap();
+        };
+        for unit in units {
+            write(unit, &read(&format!("ops/systemd/{unit}")));
+        }
+        write("marnflow-cluster-executor@sched.service", &read("ops/systemd/marnflow-cluster-executor@.service"));
+        let verify = |names: &[&str]| {
+            let out = Command::new("systemd-analyze")
+                .arg("verify")
+                .args(names.iter().map(|n| tmp.path().join(n)))
+                .output()
+                .unwrap();
+            (out.status.success(), text(&out))
+        };
+        let (ok, out) = verify(&["marnflow-cluster-scheduler.service", "marnflow-cluster-executor@sched.service"]);
+        assert!(ok && out.trim().is_empty(), "systemd-analyze verify complains:\n{out}");
+        write("bad.service", &read("ops/systemd/marnflow-cluster-scheduler.service").replace("Restart=", "Restrt="));
+        let (_, out) = verify(&["bad.service"]);
+        assert!(out.contains("Restrt"), "a misspelt key passed verify:\n{out}");
+    } else {
+        skip("systemd-analyze (unit checks)", "the Debian package systemd: apt-get install -y systemd");
+    }
+
+    let path = repo().join("ops/k8s/marnflow-cluster.yaml");
+    let Some(python) = python_with("yaml") else {
+        return skip("PyYAML (Kubernetes manifest)", "python3 with PyYAML: pip install pyyaml");
+    };
+    let docs = yaml_documents(&python, &path);
+    for (kind, role) in [("Deployment", "scheduler"), ("StatefulSet", "executor")] {
+        let doc = docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in the manifest"));
+        let c = &doc["spec"]["template"]["spec"]["containers"][0];
+        let command: Vec<String> = serde_json::from_value(c["command"].clone()).unwrap();
+        let args: Vec<String> = serde_json::from_value(c["args"].clone()).unwrap();
+        let argv = [command, args].concat();
+        assert_eq!(argv[2], role, "{kind}: {argv:?}");
+        cluster_command_is_real(kind, &argv);
+        for e in c["env"].as_array().into_iter().flatten() {
+            let name = e["name"].as_str().unwrap();
+            if ["KEY", "SECRET", "TOKEN", "PASSWORD"].iter().any(|s| name.contains(s)) {
+                assert!(e["valueFrom"]["secretKeyRef"]["name"].is_string(), "{kind}: {name} is not from a secret");
+            }
+        }
+    }
+    kubernetes_validate(&path);
+}
+
+/// `kubernetes-validate --strict` of the manifest at `path` against Kubernetes 1.27 (timeZone is
+/// GA since then) and the newest schema; the checker's path, or `None` (skipped) when it is not
+/// installed.
+fn kubernetes_validate(path: &Path) -> Option<PathBuf> {
+    let Some(validate) = ops_venv().map(|v| v.join("bin/kubernetes-validate")).filter(|p| p.exists()) else {
+        skip(
+            "kubernetes-validate (schema check of the manifest)",
+            "kubernetes-validate: pip install kubernetes-validate",
+        );
+        return None;
+    };
+    for version in ["1.27.0", "1.37.0"] {
+        let out = Command::new(&validate).args(["--strict", "-k", version]).arg(path).output().unwrap();
+        assert!(out.status.success(), "kubernetes-validate {version}:\n{}", text(&out));
+    }
+    Some(validate)
 }

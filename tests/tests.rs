@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // Tests unwrap: a failed unwrap is a failed test, with its location.
 
+mod cluster;
 mod features;
 mod import;
 mod ops;

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, instrument, warn};
 
 use crate::catalogue::{read_catalogue, Catalogue, CatalogueAccounting, ItemFault};
+use crate::cluster::{Engine, Staging};
 use crate::contract::DEFAULT_MAX_ID_BYTES;
 use crate::error::{PipelineError, Result};
 use crate::lake::{data_file, partition, write_parquet, Lake};
@@ -107,6 +108,9 @@ pub struct FeaturesConfig {
     pub sql_dir: String,
     /// Format of the raw log files: `auto` (by file extension), `parquet`, `csv` or `json`.
     pub raw_format: RawFormat,
+    /// Where the SQL jobs run: `embedded` (this process) or `ballista://HOST:PORT` (a Ballista
+    /// cluster's scheduler; [`crate::cluster`]).
+    pub engine: Engine,
 }
 
 /// How the raw log files are read.
@@ -167,6 +171,7 @@ impl Default for FeaturesConfig {
             workers: 1,
             sql_dir: "sql".into(),
             raw_format: RawFormat::Auto,
+            engine: Engine::Embedded,
         }
     }
 }
@@ -343,7 +348,12 @@ fn schema_of(batches: &[RecordBatch]) -> SchemaRef {
     batches.first().map_or_else(|| Arc::new(Schema::empty()), RecordBatch::schema)
 }
 
-fn replace_table(ctx: &SessionContext, name: &str, batches: Vec<RecordBatch>) -> Result<()> {
+/// Registers `batches` as table `name` in `ctx`, replacing it: in memory, or staged on the lake
+/// when the session runs on a cluster ([`Staging`]).
+async fn replace_table(ctx: &SessionContext, name: &str, batches: Vec<RecordBatch>) -> Result<()> {
+    if let Some(staging) = Staging::of(ctx) {
+        return staging.register(ctx, name, &batches).await;
+    }
     let _ = ctx.deregister_table(name)?;
     let table = MemTable::try_new(schema_of(&batches), vec![batches])?;
     ctx.register_table(name, Arc::new(table))?;
@@ -541,9 +551,9 @@ async fn validate(
     let job = format!("clean_{raw}");
     let params = vec![ScalarValue::Utf8(Some(dt.to_string())), ScalarValue::Int64(Some(i64::from(cfg.max_id_bytes)))];
     let checked = run_sql(ctx, registry, &job, params).await?;
-    replace_table(ctx, &job, checked.clone())?;
+    replace_table(ctx, &job, checked.clone()).await?;
     let (good, bad) = split_by_reason(&checked, &job)?;
-    replace_table(ctx, raw, good.clone())?;
+    replace_table(ctx, raw, good.clone()).await?;
     Ok((checked, good, bad))
 }
 
@@ -629,8 +639,13 @@ async fn register_raw_day(
     raw: &str,
     dt: &str,
 ) -> Result<raw_files::RawDay> {
-    let mut day = raw_files::read_day(lake, ctx, raw, dt, cfg.raw_format()).await?;
-    replace_table(ctx, &format!("raw.{raw}"), std::mem::take(&mut day.batches))?;
+    // On a cluster the job's process reads the day's files itself (each file checked on its own,
+    // bad ones quarantined whole) and stages the usable rows for the executors.
+    let mut day = match Staging::of(ctx) {
+        Some(_) => raw_files::read_day(lake, &crate::query::new_context(lake), raw, dt, cfg.raw_format()).await?,
+        None => raw_files::read_day(lake, ctx, raw, dt, cfg.raw_format()).await?,
+    };
+    replace_table(ctx, &format!("raw.{raw}"), std::mem::take(&mut day.batches)).await?;
     Ok(day)
 }
 
@@ -850,10 +865,10 @@ async fn ingest_day(
 ) -> Result<DayReport> {
     let dt = day_string(day);
     let mut steps = Steps::start();
-    let session = LakeSession::open_without_raw_logs(lake, cfg.raw_format()).await?;
+    let session = open_session(lake, cfg, &format!("ingest-{dt}")).await?;
     require_raw(&session)?;
     let ctx = session.context();
-    replace_table(ctx, "raw.items", vec![catalogue.batch.clone()])?;
+    replace_table(ctx, "raw.items", vec![catalogue.batch.clone()]).await?;
     steps.mark("session");
     let exposures = ingest(lake, ctx, registry, cfg, "exposures", &dt).await?;
     steps.mark("exposures");
@@ -868,6 +883,7 @@ async fn ingest_day(
     let positives = labels_positive(&labels);
     publish(lake, LABELS, &dt, &labels).await?;
     steps.mark("labels");
+    remove_staging(ctx).await?;
     info!(dt, exposures = exposures.accepted, clicks = clicks.accepted, behaviors = behaviors.accepted, %steps, "day ingested");
     let n = total_rows(&labels);
     Ok(DayReport {
@@ -953,16 +969,16 @@ async fn publish_day(
     report.items_with_stats = stats.len() as u64;
     steps.mark("item_stats");
 
-    let session = LakeSession::open_without_raw_logs(lake, cfg.raw_format()).await?;
+    let session = open_session(lake, cfg, &format!("publish-{dt}")).await?;
     let ctx = session.context();
-    replace_table(ctx, "raw.items", vec![catalogue.batch.clone()])?;
+    replace_table(ctx, "raw.items", vec![catalogue.batch.clone()]).await?;
     let filled = FilledStats::new(cfg, &catalogue.batch, &stats_batch)?;
-    replace_table(ctx, "item_stats_long", vec![filled.long.clone()])?;
+    replace_table(ctx, "item_stats_long", vec![filled.long.clone()]).await?;
     steps.mark("session");
     let buckets = run_sql(ctx, registry, "item_stat_buckets", vec![]).await?;
     let wide = filled.widen(cfg, &buckets)?;
     writes.add(ITEM_STAT_BUCKETS, std::slice::from_ref(&wide))?;
-    replace_table(ctx, "item_stat_buckets_wide", vec![wide])?;
+    replace_table(ctx, "item_stat_buckets_wide", vec![wide]).await?;
     steps.mark("buckets");
 
     // This day's accepted behaviors, from the same files as pass 1 (read and validated again:
@@ -974,13 +990,13 @@ async fn publish_day(
         Some(DayState { history, items }) => (history, items),
         None => (previous_history(lake, &session, day).await?, previous_items(lake, day).await?),
     };
-    replace_table(ctx, "previous_history", previous)?;
+    replace_table(ctx, "previous_history", previous).await?;
     let labels_df = ctx
         .sql("SELECT * FROM features.labels WHERE dt = $1")
         .await?
         .with_param_values(vec![ScalarValue::Utf8(Some(dt.clone()))])?
         .drop_columns(&["dt"])?;
-    replace_table(ctx, "labels", collect(labels_df).await?)?;
+    replace_table(ctx, "labels", collect(labels_df).await?).await?;
     steps.mark("state");
 
     let t = ScalarValue::Int64(Some(i64::from(cfg.sequence_length)));
@@ -995,8 +1011,8 @@ async fn publish_day(
     quarantine_files(lake, "items", &dt, &catalogue.files).await?;
     quarantine_items(lake, &dt, &catalogue.items).await?;
     report.items = catalogue.accounting.clone();
-    replace_table(ctx, "item_digests", vec![digests.clone()])?;
-    replace_table(ctx, "previous_items", vec![previous_items])?;
+    replace_table(ctx, "item_digests", vec![digests.clone()]).await?;
+    replace_table(ctx, "previous_items", vec![previous_items]).await?;
     let content = run_sql(ctx, registry, "item_content", vec![]).await?;
     report.items_changed = total_rows(&content);
     writes.add(ITEM_CONTENT, &content)?;
@@ -1008,9 +1024,25 @@ async fn publish_day(
             registry.origin()
         )])
     })?;
+    remove_staging(ctx).await?;
     steps.mark("items");
     info!(dt, samples = report.samples, items_with_stats = report.items_with_stats, items_changed = report.items_changed, %steps, "day computed");
     Ok((DayState { history, items }, writes))
+}
+
+/// A session over the lake for one step of the job, on `cfg.engine`.
+async fn open_session(lake: &Lake, cfg: &FeaturesConfig, job: &str) -> Result<LakeSession> {
+    let staging = matches!(cfg.engine, Engine::Ballista { .. }).then(|| Staging::new(lake, job));
+    let ctx = crate::cluster::context(lake, &cfg.engine, staging).await?;
+    LakeSession::open_without_raw_logs_in(ctx, lake, cfg.raw_format()).await
+}
+
+/// Removes what a session on a cluster staged (nothing to do embedded).
+async fn remove_staging(ctx: &SessionContext) -> Result<()> {
+    match Staging::of(ctx) {
+        Some(staging) => staging.remove().await,
+        None => Ok(()),
+    }
 }
 
 fn require_raw(session: &LakeSession) -> Result<()> {

@@ -285,7 +285,16 @@ pub struct PartitionWriter {
     staged: Path,
     writer: AsyncArrowWriter<BufWriter>,
     rows: u64,
+    /// Rows not yet handed to the Parquet writer (fewer than [`WRITE_CHUNK_ROWS`]).
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
 }
+
+/// Rows per call into the Parquet writer. Its pages are cut at the boundaries of what it is given,
+/// so rows reach it in chunks of this fixed size, whatever batches the query produced: the same
+/// rows make the same bytes, on one process or a cluster (a multiple of the writer's 1024-row
+/// mini-batches).
+const WRITE_CHUNK_ROWS: usize = 8192;
 
 impl std::fmt::Debug for PartitionWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -308,18 +317,44 @@ impl PartitionWriter {
         let object = BufWriter::new(Arc::clone(lake.store()), staged.clone());
         let writer = AsyncArrowWriter::try_new(object, schema, Some(writer_properties(row_group_rows)))
             .map_err(|e| PipelineError::parquet("open", &target, e))?;
-        Ok(Self { lake: lake.clone(), target, staged, writer, rows: 0 })
+        Ok(Self { lake: lake.clone(), target, staged, writer, rows: 0, pending: Vec::new(), pending_rows: 0 })
     }
 
     /// Appends a batch.
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.rows += batch.num_rows() as u64;
-        self.writer.write(batch).await.map_err(|e| PipelineError::parquet("write", &self.target, e))
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let take = (WRITE_CHUNK_ROWS - self.pending_rows).min(batch.num_rows() - offset);
+            self.pending.push(batch.slice(offset, take));
+            self.pending_rows += take;
+            offset += take;
+            if self.pending_rows == WRITE_CHUNK_ROWS {
+                self.flush_pending().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the pending rows to the Parquet writer as one batch.
+    async fn flush_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunk = arrow::compute::concat_batches(&self.pending[0].schema(), &self.pending)
+            .map_err(|e| PipelineError::arrow("write chunk", e))?;
+        self.pending.clear();
+        self.pending_rows = 0;
+        self.writer.write(&chunk).await.map_err(|e| PipelineError::parquet("write", &self.target, e))
     }
 
     /// Finishes the file and publishes it; returns the rows written.
-    pub async fn finish(self) -> Result<u64> {
-        let Self { lake, target, staged, writer, rows } = self;
+    pub async fn finish(mut self) -> Result<u64> {
+        if let Err(e) = self.flush_pending().await {
+            self.abort().await;
+            return Err(e);
+        }
+        let Self { lake, target, staged, writer, rows, .. } = self;
         if let Err(e) = writer.close().await {
             lake.discard(&staged).await;
             return Err(PipelineError::parquet("close", &target, e));

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod catalogue;
+pub mod cluster;
 pub mod contract;
 pub mod error;
 pub mod features;

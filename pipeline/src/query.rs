@@ -148,7 +148,7 @@ impl LakeSession {
 
     /// [`LakeSession::open`], reading raw tables as `raw_format` whatever their file extensions.
     pub async fn open_with(lake: &Lake, raw_format: Option<&str>) -> Result<Self> {
-        Self::open_tables(lake, raw_format, true).await
+        Self::open_tables(new_context(lake), lake, raw_format, true).await
     }
 
     /// [`LakeSession::open_with`] without registering the raw log tables (`raw.exposures`,
@@ -157,11 +157,16 @@ impl LakeSession {
     /// by file ([`crate::raw_files`], [`crate::catalogue`]), so inferring their schema from every
     /// file would be work thrown away (and one bad file would fail it).
     pub async fn open_without_raw_logs(lake: &Lake, raw_format: Option<&str>) -> Result<Self> {
-        Self::open_tables(lake, raw_format, false).await
+        Self::open_tables(new_context(lake), lake, raw_format, false).await
     }
 
-    async fn open_tables(lake: &Lake, raw_format: Option<&str>, raw_logs: bool) -> Result<Self> {
-        let ctx = new_context(lake);
+    /// [`LakeSession::open_without_raw_logs`] in a session of the caller's (for example one on a
+    /// Ballista cluster: [`crate::cluster::context`]).
+    pub async fn open_without_raw_logs_in(ctx: SessionContext, lake: &Lake, raw_format: Option<&str>) -> Result<Self> {
+        Self::open_tables(ctx, lake, raw_format, false).await
+    }
+
+    async fn open_tables(ctx: SessionContext, lake: &Lake, raw_format: Option<&str>, raw_logs: bool) -> Result<Self> {
         let tables = discover_tables_with(lake, raw_format).await?;
         let catalog = ctx.catalog("datafusion").ok_or_else(|| {
             PipelineError::Sql(datafusion::error::DataFusionError::Internal("default catalog missing".into()))

@@ -24,7 +24,15 @@ use datafusion::prelude::SessionContext;
 
 /// Registers marnflow's SQL functions in `ctx`.
 pub fn register(ctx: &SessionContext) {
-    ctx.register_udaf(AggregateUDF::from(OrderedList::new()));
+    for f in aggregate_functions() {
+        ctx.register_udaf(f);
+    }
+}
+
+/// marnflow's aggregate functions (a Ballista cluster's scheduler and executors register them
+/// too: [`crate::cluster`]).
+pub fn aggregate_functions() -> Vec<AggregateUDF> {
+    vec![AggregateUDF::from(OrderedList::new())]
 }
 
 /// `ordered_list(value, key)`: see the module documentation.

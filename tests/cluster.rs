@@ -1,0 +1,225 @@
+//! The feature SQL on a Ballista cluster: a scheduler and two executors started as `marnflow
+//! cluster` processes on loopback, the way a user starts them.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// The processes of a cluster, killed when the test ends (passing or not).
+struct Cluster {
+    children: Vec<(String, Child)>,
+    logs: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Cluster {
+    fn spawn(&mut self, name: &str, args: &[&str]) {
+        let log = std::fs::File::create(self.logs.join(format!("{name}.log"))).unwrap();
+        let child = marnflow().args(args).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        self.children.push((name.to_string(), child));
+    }
+
+    /// Every process's log, for a failure's message.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for (name, _) in &self.children {
+            let text = std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            out.push_str(&format!("--- {name}\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+        }
+        out
+    }
+
+    /// Waits until `port` on loopback accepts connections, failing if a process has died.
+    fn wait_for(&mut self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let died = self
+                .children
+                .iter_mut()
+                .find_map(|(name, child)| child.try_wait().unwrap().map(|status| format!("{name} exited ({status})")));
+            if let Some(died) = died {
+                panic!("{died} before port {port} opened:\n{}", self.logs());
+            }
+            assert!(Instant::now() < deadline, "nothing listens on {port} after 60 s:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A free loopback port whose next port is free too (an executor takes both).
+fn free_pair() -> u16 {
+    loop {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn feature_files(lake: &Path) -> Vec<PathBuf> {
+    visible_parquet(lake).into_iter().filter(|p| p.starts_with("features")).collect()
+}
+
+/// A scheduler and `executors` executors on loopback (2 tasks at once each), with a short
+/// executor timeout so a lost one is noticed within seconds; returns the cluster and the
+/// scheduler's address.
+fn start_cluster(logs: &Path, executors: usize) -> (Cluster, String) {
+    let mut cluster = Cluster { children: Vec::new(), logs: logs.to_path_buf() };
+    let scheduler = free_pair();
+    let bind = format!("127.0.0.1:{scheduler}");
+    cluster.spawn("scheduler", &["cluster", "scheduler", "--bind", &bind, "--executor-timeout", "6"]);
+    cluster.wait_for(scheduler);
+    for i in 0..executors {
+        let port = free_pair();
+        let work = logs.join(format!("work-{i}"));
+        let own = format!("127.0.0.1:{port}");
+        cluster.spawn(
+            &format!("executor-{i}"),
+            &[
+                "cluster",
+                "executor",
+                "--scheduler",
+                &bind,
+                "--bind",
+                &own,
+                "--concurrent-tasks",
+                "2",
+                "--heartbeat",
+                "2",
+                "--work-dir",
+                work.to_str().unwrap(),
+            ],
+        );
+        cluster.wait_for(port + 1);
+    }
+    (cluster, bind)
+}
+
+const RANGE: [&str; 6] = ["features", "--from", "2026-01-01", "--to", "2026-01-03", "--json"];
+
+/// Two lakes with the same generated world: the embedded run's, built here, and the cluster's.
+fn embedded_and_fresh() -> (tempfile::TempDir, serde_json::Value, tempfile::TempDir) {
+    let (embedded, clustered) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for lake in [&embedded, &clustered] {
+        generate_world(lake.path(), 60, 150, 3, 4, 800, 33);
+    }
+    let mut args = vec!["--lake", embedded.path().to_str().unwrap()];
+    args.extend(RANGE);
+    let report = summary(&ok(&args));
+    (embedded, report, clustered)
+}
+
+/// The feature files of the two lakes are the same, byte for byte, and nothing staged is left.
+fn assert_same_features(embedded: &Path, clustered: &Path) {
+    let features = feature_files(embedded);
+    assert_eq!(features, feature_files(clustered));
+    assert!(features.len() > 15, "only {} feature files", features.len());
+    for f in &features {
+        assert_eq!(
+            std::fs::read(embedded.join(f)).unwrap(),
+            std::fs::read(clustered.join(f)).unwrap(),
+            "{} differs between the embedded run and the cluster's",
+            f.display()
+        );
+    }
+    let staged = clustered.join("_cluster");
+    assert!(!staged.exists() || files(&staged).is_empty(), "staged files are left");
+}
+
+fn cluster_features(lake: &Path, scheduler: &str) -> std::process::Command {
+    let engine = format!("ballista://{scheduler}");
+    let mut cmd = marnflow();
+    cmd.args(["--lake", lake.to_str().unwrap()]).args(RANGE).args(["--engine", engine.as_str()]);
+    cmd
+}
+
+#[test]
+fn a_scheduler_and_two_executors_give_the_embedded_days_byte_for_byte() {
+    let (embedded, embedded_report, clustered) = embedded_and_fresh();
+    let logs = tempfile::tempdir().unwrap();
+    let (cluster, scheduler) = start_cluster(logs.path(), 2);
+    let out = cluster_features(clustered.path(), &scheduler).output().unwrap();
+    assert!(
+        out.status.success(),
+        "features on the cluster failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    let clustered_report = summary(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(clustered_report, embedded_report, "the day reports differ");
+    assert_same_features(embedded.path(), clustered.path());
+    let log = cluster.logs();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// An executor killed (SIGKILL) in the middle of the run: either Ballista runs its tasks again on
+/// the other and the run succeeds, or the run fails with an error; a rerun then succeeds. Either
+/// way the days end byte-identical to the embedded run.
+#[test]
+fn an_executor_lost_mid_run_costs_a_rerun_at_most_and_changes_no_byte() {
+    let (embedded, embedded_report, clustered) = embedded_and_fresh();
+    let logs = tempfile::tempdir().unwrap();
+    let (mut cluster, scheduler) = start_cluster(logs.path(), 2);
+    let mut run =
+        cluster_features(clustered.path(), &scheduler).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // The executor goes once the first day's counts are written: the other days' jobs remain.
+    let first = clustered.path().join("features/daily_item_counts/dt=2026-01-01");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !first.exists() {
+        assert!(run.try_wait().unwrap().is_none(), "the run ended before its first day's counts");
+        assert!(Instant::now() < deadline, "no first day's counts after 120 s:\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (name, victim) = &mut cluster.children[2];
+    assert_eq!(name, "executor-1");
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let out = run.wait_with_output().unwrap();
+    let report = if out.status.success() {
+        eprintln!("the run finished without the lost executor");
+        String::from_utf8(out.stdout).unwrap()
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        eprintln!("the run failed, then reran: {}", err.lines().rev().find(|l| l.contains("error")).unwrap_or(""));
+        assert!(err.contains("error:"), "the failed run says nothing:\n{err}");
+        let again = cluster_features(clustered.path(), &scheduler).output().unwrap();
+        assert!(
+            again.status.success(),
+            "the rerun on the remaining executor failed:\n{}\n{}",
+            String::from_utf8_lossy(&again.stderr),
+            cluster.logs()
+        );
+        String::from_utf8(again.stdout).unwrap()
+    };
+    assert_eq!(summary(&report), embedded_report, "the day reports differ");
+    assert_same_features(embedded.path(), clustered.path());
+}
+
+#[test]
+fn a_bad_engine_is_a_usage_error_and_an_unreachable_scheduler_names_itself() {
+    let lake = tempfile::tempdir().unwrap();
+    generate_world(lake.path(), 20, 50, 2, 2, 100, 3);
+    let l = lake.path().to_str().unwrap();
+    let err = fails(&["--lake", l, "features", "--date", "2026-01-01", "--engine", "spark://x:1"], 2);
+    assert!(err.contains("ballista://HOST:PORT"), "{err}");
+    // A port nothing listens on.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let engine = format!("ballista://127.0.0.1:{port}");
+    let out = run(&["--lake", l, "features", "--date", "2026-01-01", "--engine", &engine]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&port.to_string()), "the error does not name the scheduler's address:\n{err}");
+}
