@@ -114,6 +114,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: bool,
 
+    /// Data-parallel replicas: N processes, each on its shard of every global batch
+    /// (train.batch_size), gradients combined every step over MPI. On one machine marnflow
+    /// starts them with `mpirun -n N`; across machines run `mpirun -n N --hostfile H marnflow
+    /// train … --workers N` yourself. Needs a build with `--features mpi`
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub workers: Option<u64>,
+
     /// Print the outcome as one JSON object
     #[arg(long)]
     pub json: bool,

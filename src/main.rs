@@ -252,6 +252,28 @@ fn train_setup(cli: &Cli, flags: &cli::TrainFlags) -> Result<(Config, marnflow_m
 /// `train`: one model version, registered.
 fn train_command(cli: &Cli, args: &cli::TrainArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
     let (cfg, variant, lake) = train_setup(cli, &args.flags)?;
+    let workers = args.workers.unwrap_or(1);
+    if cfg.train.batch_size as u64 % workers != 0 {
+        return Err(ConfigError(vec![format!(
+            "train.batch_size {} is the global batch: it must be a multiple of the {workers} replicas (--workers)",
+            cfg.train.batch_size
+        )])
+        .into());
+    }
+    let world = std::env::var(replicas_env::WORLD_SIZE).ok();
+    let replicas = match (world, workers) {
+        (None, 1) => None,
+        // The launcher: this process starts the N replicas on this machine and waits for them.
+        (None, n) => return launch_replicas(n),
+        (Some(size), n) if size != n.to_string() => {
+            return Err(ConfigError(vec![format!(
+                "mpirun started {size} processes but --workers is {n}: give --workers {size}"
+            )])
+            .into())
+        }
+        (Some(_), _) => Some(replicas_env::connect()?),
+    };
+    let rank = replicas.as_ref().map_or(0, |c| c.rank());
     let request = training::TrainRequest {
         model: args.model.clone(),
         from: args.from,
@@ -262,8 +284,13 @@ fn train_command(cli: &Cli, args: &cli::TrainArgs, runtime: &tokio::runtime::Run
         resume: args.resume,
         slices: Default::default(),
         progress: true,
+        replicas,
     };
     let outcome = runtime.block_on(training::train(&lake, &request))?;
+    if rank != 0 {
+        // Rank 0 registered the version and reports it.
+        return Ok(());
+    }
     if args.json {
         println!("{}", serde_json::to_string(&outcome)?);
     } else {
@@ -280,6 +307,58 @@ fn train_command(cli: &Cli, args: &cli::TrainArgs, runtime: &tokio::runtime::Run
         );
     }
     Ok(())
+}
+
+/// `train --workers N` on one machine: `mpirun -n N` of this same command (which each replica
+/// recognizes by Open MPI's environment), with the settings one machine needs, its exit status
+/// passed on.
+fn launch_replicas(n: u64) -> Result<()> {
+    if !cfg!(feature = "mpi") {
+        return Err(ConfigError(vec![format!(
+            "--workers {n} needs a marnflow built with data-parallel training: \
+             `cargo build --release --features mpi` (Open MPI and libclang first: bash ops/setup-mpi.sh)"
+        )])
+        .into());
+    }
+    let exe = std::env::current_exe().context("finding this program to start its replicas")?;
+    let mut cmd = std::process::Command::new("mpirun");
+    cmd.args(["-n", &n.to_string(), "--oversubscribe", "--bind-to", "none"]);
+    // One machine: shared memory between the replicas, without the kernel's cross-memory attach
+    // (refused in many containers).
+    cmd.args(["--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "none"]);
+    // Open MPI refuses to start as root unless told (containers, CI): /proc/self belongs to this
+    // process's effective user.
+    if std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0) {
+        cmd.arg("--allow-run-as-root");
+    }
+    cmd.arg(exe).args(std::env::args_os().skip(1));
+    tracing::info!(replicas = n, "starting the replicas with mpirun");
+    let status = cmd.status().map_err(|e| {
+        anyhow::anyhow!("starting mpirun for --workers {n}: {e} (Open MPI's launcher; Debian: bash ops/setup-mpi.sh)")
+    })?;
+    if !status.success() {
+        bail!("the {n} training replicas failed ({status}); their messages are above");
+    }
+    Ok(())
+}
+
+/// The replicas' side of `train --workers N`.
+mod replicas_env {
+    /// Set by Open MPI's launcher in every process it starts.
+    pub const WORLD_SIZE: &str = "OMPI_COMM_WORLD_SIZE";
+
+    #[cfg(feature = "mpi")]
+    pub fn connect() -> anyhow::Result<std::sync::Arc<dyn marnflow_model::Collective>> {
+        Ok(std::sync::Arc::new(marnflow_engine::replicas::MpiCollective::init()?))
+    }
+
+    #[cfg(not(feature = "mpi"))]
+    pub fn connect() -> anyhow::Result<std::sync::Arc<dyn marnflow_model::Collective>> {
+        anyhow::bail!(
+            "started by mpirun, but this marnflow was built without data-parallel training: \
+             `cargo build --release --features mpi`"
+        )
+    }
 }
 
 /// `evaluate`: a version on one day or a range, with an optional report.

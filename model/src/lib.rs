@@ -31,6 +31,7 @@ pub mod batch;
 pub mod batch_tensors;
 pub mod checkpoint;
 pub mod device;
+pub mod distributed;
 pub mod error;
 pub mod metrics;
 pub mod modules;
@@ -39,6 +40,7 @@ pub mod train;
 
 pub use batch::{Batch, ItemTable, ModelInputs, Samples, Titles};
 pub use batch_tensors::{BatchTensors, ResidentImages, Table, TableRows};
+pub use distributed::Collective;
 pub use error::{Error, Result};
 pub use modules::attention_fusion::AttentionContext;
 pub use modules::marn::{

@@ -26,7 +26,8 @@ use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
-use crate::batch_tensors::{BatchTensors, Table};
+use crate::batch_tensors::{BatchTensors, Table, TableRows};
+use crate::distributed::{Collective, RowTable};
 use crate::error::{Error, Result};
 use crate::modules::marn::Marn;
 
@@ -158,6 +159,12 @@ pub struct Trainer {
     /// The row slot of each embedding table the main optimizer updates row-wise.
     row_slots: Vec<(Table, RowSlot)>,
     config: TrainConfig,
+    /// Data-parallel training: the other replicas ([`Trainer::with_collective`]).
+    collective: Option<Arc<dyn Collective>>,
+    /// Samples of the last step, over every replica.
+    global_batch: usize,
+    /// Data-parallel: whether rank 0's state has reached every replica ([`Trainer::sync`]).
+    synced: bool,
 }
 
 fn adagrad(initial_accumulator: f64, config: &TrainConfig) -> ModuleOptimizer {
@@ -199,7 +206,137 @@ impl Trainer {
         }
         let (optimizer, row_slots) = main_optimizer(&model, &config);
         let importance = adagrad(config.importance_initial_accumulator, &config);
-        Ok(Self { model: Some(model), optimizer, importance, row_slots, config })
+        Ok(Self {
+            model: Some(model),
+            optimizer,
+            importance,
+            row_slots,
+            config,
+            collective: None,
+            global_batch: 0,
+            synced: false,
+        })
+    }
+
+    /// This trainer as one replica of a data-parallel run: every replica starts from rank 0's
+    /// weights and optimizer state (sent to the others at the first step), steps on its own
+    /// shard of each global batch ([`Trainer::step_scored_with`], or
+    /// [`Trainer::step_without_batch`] when its shard of a step is empty), and applies the same
+    /// combined update (see [`crate::distributed`]).
+    pub fn with_collective(mut self, collective: Arc<dyn Collective>) -> Result<Self> {
+        self.collective = Some(collective);
+        self.synced = false;
+        Ok(self)
+    }
+
+    /// At a data-parallel run's first step: rank 0's weights and optimizer state to every
+    /// replica. Rank 0 first runs the forward pass of its shard, so that parameters initialised
+    /// lazily draw their values in the order one process's first step draws them (the run then
+    /// starts from exactly the weights of the same run on one process).
+    fn sync(&mut self, first: Option<&BatchTensors>) -> Result<()> {
+        let Some(collective) = self.collective.clone().filter(|_| !self.synced) else {
+            return Ok(());
+        };
+        let (weights, optimizer) = if collective.rank() == 0 {
+            if let Some(x) = first {
+                self.model_ref()?.forward(x)?;
+            }
+            self.state_bytes()?
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let mut framed = Vec::with_capacity(8 + weights.len() + optimizer.len());
+        framed.extend_from_slice(&(weights.len() as u64).to_le_bytes());
+        framed.extend_from_slice(&weights);
+        framed.extend_from_slice(&optimizer);
+        let framed = collective.broadcast(framed)?;
+        if collective.rank() != 0 {
+            let split = framed
+                .get(..8)
+                .and_then(|h| h.try_into().ok())
+                .map(|h: [u8; 8]| u64::from_le_bytes(h) as usize)
+                .filter(|&n| n <= framed.len() - 8)
+                .ok_or_else(|| Error::Config("rank 0 sent a truncated training state".into()))?;
+            let (weights, optimizer) = (framed[8..8 + split].to_vec(), framed[8 + split..].to_vec());
+            let model = self.model.take().ok_or_else(|| Error::Config("the trainer has no model".into()))?;
+            let restored = Self::restore(model, weights, optimizer, self.config.clone())?;
+            self.model = restored.model;
+            self.optimizer = restored.optimizer;
+            self.importance = restored.importance;
+            self.row_slots = restored.row_slots;
+        }
+        self.synced = true;
+        Ok(())
+    }
+
+    /// The samples of the last step over every replica (this replica's alone without any).
+    pub fn global_batch_len(&self) -> usize {
+        self.global_batch
+    }
+
+    /// A step of a data-parallel run in which this replica has no samples (the last global batch
+    /// of an epoch can have fewer shards than replicas): it takes part in the exchange with
+    /// nothing and applies the combined update like the others.
+    pub fn step_without_batch(&mut self) -> Result<()> {
+        let Some(collective) = self.collective.clone() else {
+            return Err(Error::Config("a step without a batch needs a data-parallel trainer".into()));
+        };
+        self.sync(None)?;
+        self.global_batch = collective.all_reduce_sum(&[0.0])?[0] as usize;
+        let model = self.model.take().ok_or_else(|| Error::Config("the trainer has no model".into()))?;
+        let importance = model.adversarial.as_ref().and_then(|a| a.importance.as_ref()).map(|_| GradientsParams::new());
+        self.apply(model, GradientsParams::new(), importance, &TableRows::default(), 0.0)
+    }
+
+    /// Combines the gradients with the other replicas' (when data-parallel), then updates the
+    /// model: the main optimizer (row-wise for the tables read), then `D0`'s.
+    fn apply(
+        &mut self,
+        model: Marn,
+        grads: GradientsParams,
+        importance_grads: Option<GradientsParams>,
+        rows: &TableRows,
+        weight: f32,
+    ) -> Result<()> {
+        let (grads, importance_grads, union) = match &self.collective {
+            None => (grads, importance_grads, None),
+            Some(c) => {
+                let ids = model.embedding.as_ref().map(|e| e.tables()).unwrap_or_default();
+                let tables: Vec<RowTable> = self
+                    .row_slots
+                    .iter()
+                    .filter_map(|(table, _)| {
+                        let id = ids.iter().find(|(t, _)| t == table)?.1;
+                        Some(RowTable { id, rows: rows.get(*table) })
+                    })
+                    .collect();
+                let main = crate::distributed::combine(c.as_ref(), &model, grads, weight, &tables)?;
+                let importance =
+                    match (importance_grads, model.adversarial.as_ref().and_then(|a| a.importance.as_ref())) {
+                        (Some(g), Some(d0)) => Some(crate::distributed::combine(c.as_ref(), d0, g, weight, &[])?.grads),
+                        _ => None,
+                    };
+                (main.grads, importance, Some(main.rows))
+            }
+        };
+        // Each table's row-wise AdaGrad reads the rows this step read of it (every replica's,
+        // when data-parallel), then forgets them.
+        for (k, (table, slot)) in self.row_slots.iter().enumerate() {
+            let rows = match &union {
+                Some(u) => u.get(k).cloned().flatten(),
+                None => rows.get(*table),
+            };
+            set_rows(slot, rows);
+        }
+        let mut model = self.optimizer.step(self.config.learning_rate, model, grads);
+        for (_, slot) in &self.row_slots {
+            set_rows(slot, None);
+        }
+        if let Some(g) = importance_grads {
+            model = self.importance.step(self.config.learning_rate, model, g);
+        }
+        self.model = Some(model);
+        Ok(())
     }
 
     fn model_ref(&self) -> Result<&Marn> {
@@ -285,11 +422,12 @@ impl Trainer {
         tensors: Option<BatchTensors>,
         progress: f64,
     ) -> Result<(StepLosses, Vec<f32>)> {
-        let model = self.model_ref()?;
         let x = match tensors {
             Some(x) => x,
-            None => model.tensors(batch)?,
+            None => self.model_ref()?.tensors(batch)?,
         };
+        self.sync(Some(&x))?;
+        let model = self.model_ref()?;
         let output = model.forward(&x)?;
         let scores = burn::tensor::activation::sigmoid(output.logits.clone().detach());
         let loss = model.loss(output, x.labels.clone(), progress);
@@ -302,18 +440,19 @@ impl Trainer {
             .and_then(|a| a.importance.as_ref())
             .map(|d0| GradientsParams::from_module(&mut grads, d0));
         let grads = GradientsParams::from_grads(grads, &model);
-        // Each table's row-wise AdaGrad reads the rows this batch read of it, then forgets them.
-        for (table, slot) in &self.row_slots {
-            set_rows(slot, x.rows.get(*table));
-        }
-        let mut model = self.optimizer.step(self.config.learning_rate, model, grads);
-        for (_, slot) in &self.row_slots {
-            set_rows(slot, None);
-        }
-        if let Some(g) = importance_grads {
-            model = self.importance.step(self.config.learning_rate, model, g);
-        }
-        self.model = Some(model);
+        // Data-parallel: this replica's share of the global batch weighs its gradients.
+        let weight = match &self.collective {
+            Some(c) => {
+                let total = c.all_reduce_sum(&[batch.len() as f32])?[0];
+                self.global_batch = total as usize;
+                batch.len() as f32 / total.max(1.0)
+            }
+            None => {
+                self.global_batch = batch.len();
+                1.0
+            }
+        };
+        self.apply(model, grads, importance_grads, &x.rows, weight)?;
 
         let aux = &loss.aux;
         let diag = aux.diagnostics.as_ref();

@@ -749,3 +749,150 @@ fn resident_rows_outside_the_table_are_errors() {
     let err = Batch::new(both, samples).unwrap_err().to_string();
     assert!(err.contains("give one or the other"), "{err}");
 }
+
+/// Replicas as threads of this test, exchanging through shared memory: each operation puts every
+/// replica's part in its slot, waits for all, reads them all, and waits again.
+#[derive(Debug)]
+struct ThreadReplicas {
+    rank: usize,
+    shared: std::sync::Arc<(std::sync::Barrier, Mutex<Vec<Vec<u8>>>)>,
+}
+
+impl ThreadReplicas {
+    fn group(n: usize) -> Vec<Self> {
+        let shared = std::sync::Arc::new((std::sync::Barrier::new(n), Mutex::new(vec![Vec::new(); n])));
+        (0..n).map(|rank| Self { rank, shared: shared.clone() }).collect()
+    }
+
+    fn exchange(&self, mine: Vec<u8>) -> Vec<Vec<u8>> {
+        let (barrier, slots) = &*self.shared;
+        slots.lock().unwrap()[self.rank] = mine;
+        barrier.wait();
+        let all = slots.lock().unwrap().clone();
+        barrier.wait();
+        all
+    }
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+impl marnflow_model::Collective for ThreadReplicas {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.shared.1.lock().unwrap().len()
+    }
+    fn all_reduce_sum(&self, local: &[f32]) -> marnflow_model::Result<Vec<f32>> {
+        let all = self.exchange(local.iter().flat_map(|v| v.to_le_bytes()).collect());
+        let mut sum = vec![0f32; local.len()];
+        for part in all {
+            for (s, v) in sum.iter_mut().zip(f32s(&part)) {
+                *s += v;
+            }
+        }
+        Ok(sum)
+    }
+    fn all_gather_i64(&self, local: &[i64]) -> marnflow_model::Result<Vec<Vec<i64>>> {
+        let all = self.exchange(local.iter().flat_map(|v| v.to_le_bytes()).collect());
+        Ok(all.iter().map(|p| p.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()).collect())
+    }
+    fn all_gather_f32(&self, local: &[f32]) -> marnflow_model::Result<Vec<Vec<f32>>> {
+        let all = self.exchange(local.iter().flat_map(|v| v.to_le_bytes()).collect());
+        Ok(all.iter().map(|p| f32s(p)).collect())
+    }
+    fn broadcast(&self, bytes: Vec<u8>) -> marnflow_model::Result<Vec<u8>> {
+        Ok(self.exchange(bytes).swap_remove(0))
+    }
+}
+
+/// Rows `lo..hi` of a batch's samples, over the same item table.
+fn sample_rows(batch: &Batch, lo: usize, hi: usize) -> Batch {
+    let (items, s) = batch.clone().into_parts();
+    let t = s.seq_len;
+    let out = Samples {
+        candidate: s.candidate[lo..hi].to_vec(),
+        history: s.history[lo * t..hi * t].to_vec(),
+        behavior_type: s.behavior_type[lo * t..hi * t].to_vec(),
+        time_bucket: s.time_bucket[lo * t..hi * t].to_vec(),
+        lengths: s.lengths[lo..hi].to_vec(),
+        seq_len: t,
+        label: s.label[lo..hi].to_vec(),
+    };
+    Batch::new(items, out).unwrap()
+}
+
+/// Two replicas, each stepping on its half of every global batch (one of them on nothing at the
+/// last, odd step), end with the weights one trainer reaches on the whole batches: exactly the
+/// same update up to the order of float sums, for MAF (only the CTR loss, a mean over samples)
+/// and for MARN (its auxiliary losses are means over other units, so only close). Dense
+/// parameters and the row-wise embedding tables both travel.
+#[test]
+fn two_replicas_on_half_batches_train_like_one_on_whole_batches() {
+    let _serial = serial();
+    let spec = SyntheticSpec { batch_size: 24, n_items: 300, seed: 5, ..SyntheticSpec::default() };
+    let batches: Vec<Batch> = (0..4).map(|k| SyntheticSpec { seed: 5 + k, ..spec.clone() }.batch().unwrap()).collect();
+    let device = Device::flex().autodiff();
+    for (variant, tol) in [(Variant::Maf, 1e-6f32), (Variant::Marn, 1e-6)] {
+        let fresh = || {
+            device.seed(9);
+            let model = tiny(variant).init(&spec.inputs(), &device).unwrap();
+            model.predict(&batches[0]).unwrap();
+            model
+        };
+        let config = TrainConfig { sparse_embeddings: true, ..TrainConfig::default() };
+        // One trainer, whole batches; the last is one sample, so replica 1 has none of it.
+        let mut steps: Vec<Batch> = batches.clone();
+        steps.push(sample_rows(&batches[0], 0, 1));
+        let mut one = Trainer::new(fresh(), config.clone()).unwrap();
+        for (i, b) in steps.iter().enumerate() {
+            one.step(b, i as f64 / steps.len() as f64).unwrap();
+        }
+        let probe = SyntheticSpec { seed: 99, ..spec.clone() }.batch().unwrap();
+        let want = one.model().unwrap().predict(&probe).unwrap();
+
+        // Two replicas; the second starts from other weights, which rank 0's replace.
+        let models = [fresh(), {
+            device.seed(1234);
+            let m = tiny(variant).init(&spec.inputs(), &device).unwrap();
+            m.predict(&batches[0]).unwrap();
+            m
+        }];
+        let mut trainers: Vec<Trainer> = models.into_iter().map(|m| Trainer::new(m, config.clone()).unwrap()).collect();
+        let results: Vec<Vec<f32>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = trainers
+                .drain(..)
+                .zip(ThreadReplicas::group(2))
+                .map(|(trainer, replica)| {
+                    let steps = &steps;
+                    let probe = &probe;
+                    scope.spawn(move || {
+                        let rank = replica.rank;
+                        let mut trainer = trainer.with_collective(std::sync::Arc::new(replica)).unwrap();
+                        for (i, b) in steps.iter().enumerate() {
+                            let half = b.len().div_ceil(2);
+                            let (lo, hi) = if rank == 0 { (0, half) } else { (half, b.len()) };
+                            let progress = i as f64 / steps.len() as f64;
+                            if lo == hi {
+                                trainer.step_without_batch().unwrap();
+                            } else {
+                                trainer.step(&sample_rows(b, lo, hi), progress).unwrap();
+                            }
+                            assert_eq!(trainer.global_batch_len(), b.len());
+                        }
+                        trainer.model().unwrap().predict(probe).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_close(&results[0], &results[1], 0.0);
+        assert_close(&results[0], &want, tol);
+        eprintln!(
+            "{variant}: largest difference from one trainer {:.2e}",
+            results[0].iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+        );
+    }
+}

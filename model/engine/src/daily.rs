@@ -116,6 +116,7 @@ pub async fn run_day(
             resume: true,
             slices,
             progress: true,
+            replicas: None,
         },
     )
     .await?;

@@ -907,6 +907,9 @@ pub enum Msg {
     Batch { epoch: u32, index: u64, batch: Box<Batch>, tensors: Option<Box<BatchTensors>> },
     /// A batch that was skipped (resuming): the shuffle advanced but nothing was built.
     Skipped,
+    /// Data-parallel: this replica has no shard in the epoch's last global batch (`index` is the
+    /// shard it would have had); it still takes part in that step.
+    Empty { epoch: u32, index: u64 },
     /// The producer failed.
     Failed(String),
 }
@@ -932,6 +935,12 @@ pub struct StreamConfig {
     /// Where each batch's images are in the run's image table, kept on the model's device
     /// (`train.images_on_device`): batches then carry row indices instead of images.
     pub images: Option<Arc<ImageIndex>>,
+    /// Data-parallel: `(rank, replicas)`. The stream is cut into shards of `batch_size` rows,
+    /// numbered in order; replica `rank` gets shards `rank`, `rank + replicas`, … (`batch_size`
+    /// is then the global batch divided by the replicas, so global batch `s` is shards
+    /// `s·replicas ..`): every replica reads the whole stream and builds only its shards.
+    /// `(0, 1)`: one replica, every batch.
+    pub shard: (usize, usize),
 }
 
 /// Where the producer thread puts each batch's tensors: the model's inputs and device, and the
@@ -978,6 +987,7 @@ struct Producer<'a> {
     batch: Vec<Row>,
     batch_size: usize,
     upload: Option<&'a Upload>,
+    shard: (u64, u64),
 }
 
 impl Producer<'_> {
@@ -997,8 +1007,12 @@ impl Producer<'_> {
         let rows = std::mem::take(&mut self.batch);
         let index = self.index;
         self.index += 1;
-        let msg = if index < self.skip {
-            Msg::Skipped
+        let (rank, replicas) = self.shard;
+        let mine = index % replicas == rank;
+        let msg = if !mine {
+            None
+        } else if index < self.skip {
+            Some(Msg::Skipped)
         } else {
             let refs: Vec<&Row> = rows.iter().collect();
             let batch = BatchBuilder { inputs: &self.spec.inputs, stores: &self.stores }.build(&refs, None)?;
@@ -1006,7 +1020,7 @@ impl Producer<'_> {
                 .upload
                 .map(|u| BatchTensors::with_images(&batch, &u.inputs, &u.device, u.images.as_ref()).map(Box::new))
                 .transpose()?;
-            Msg::Batch { epoch, index, batch: Box::new(batch), tensors }
+            Some(Msg::Batch { epoch, index, batch: Box::new(batch), tensors })
         };
         for r in &rows {
             if let Some(n) = self.pending.get_mut(&r.day) {
@@ -1017,7 +1031,20 @@ impl Producer<'_> {
                 }
             }
         }
-        Ok(tx.send(msg).is_ok())
+        Ok(msg.is_none_or(|m| tx.send(m).is_ok()))
+    }
+
+    /// At the end of an epoch: a replica without a shard in the last global batch gets an
+    /// [`Msg::Empty`] for it, so every replica takes the same number of steps.
+    fn finish_epoch(&self, epoch: u32, tx: &std::sync::mpsc::SyncSender<Msg>) -> bool {
+        let (rank, replicas) = self.shard;
+        let in_last = self.index % replicas;
+        if in_last == 0 || rank < in_last {
+            return true;
+        }
+        let index = self.index - in_last + rank;
+        let msg = if index < self.skip { Msg::Skipped } else { Msg::Empty { epoch, index } };
+        tx.send(msg).is_ok()
     }
 }
 
@@ -1042,6 +1069,7 @@ async fn produce(
             batch: Vec::new(),
             batch_size: cfg.batch_size.max(1),
             upload: cfg.upload.as_ref(),
+            shard: (cfg.shard.0 as u64, cfg.shard.1.max(1) as u64),
         };
         for (d, &day) in cfg.days.iter().enumerate() {
             let d = d as u16;
@@ -1081,7 +1109,7 @@ async fn produce(
                 return Ok(());
             }
         }
-        if !p.flush(epoch, tx)? {
+        if !p.flush(epoch, tx)? || !p.finish_epoch(epoch, tx) {
             return Ok(());
         }
     }

@@ -239,6 +239,7 @@ async fn compare_models(
                 resume: false,
                 slices: Default::default(),
                 progress: true,
+                replicas: None,
             },
         )
         .await

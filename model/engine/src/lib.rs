@@ -15,5 +15,7 @@ pub mod data;
 pub mod demo;
 pub mod evaluate;
 pub mod plot;
+#[cfg(feature = "mpi")]
+pub mod replicas;
 pub mod serving;
 pub mod training;

@@ -48,6 +48,9 @@ pub struct TrainRequest {
     pub slices: BTreeMap<NaiveDate, Slice>,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
+    /// Data-parallel: this process is one replica of the run, the others reached through this
+    /// (`train --workers N`; see [`marnflow_model::distributed`]). `None`: one process.
+    pub replicas: Option<Arc<dyn marnflow_model::Collective>>,
 }
 
 /// One point of the training curves (means over the steps since the previous point).
@@ -469,6 +472,13 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
         bail!(crate::config::ConfigError(vec![format!("--to {} is before --from {}", req.to, req.from)]));
     }
     let settings = &req.settings;
+    let (rank, replicas) = req.replicas.as_ref().map_or((0, 1), |c| (c.rank(), c.size()));
+    if settings.batch_size % replicas != 0 {
+        bail!(crate::config::ConfigError(vec![format!(
+            "train.batch_size {} is the global batch: it must be a multiple of the {replicas} replicas",
+            settings.batch_size
+        )]));
+    }
     let days = data::days(req.from, req.to);
     let vocab = Arc::new(Vocab::load(lake).await?);
     let spec = Arc::new(DataSpec::discover(lake, &vocab, req.to).await?);
@@ -494,7 +504,12 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
     let optimizer = settings.optimizer.clone();
 
     // Resume from the last checkpoint of this exact run, if asked and present.
-    let (mut trainer, mut state) = start_trainer(lake, req.resume, &work, &run_key, model, optimizer).await?;
+    let (trainer, mut state) = start_trainer(lake, req.resume, &work, &run_key, model, optimizer).await?;
+    // Every replica continues from rank 0's weights and optimizer state.
+    let mut trainer = match &req.replicas {
+        Some(c) => trainer.with_collective(Arc::clone(c))?,
+        None => trainer,
+    };
 
     let rows: u64 = partitions.iter().map(|p| p.rows).sum();
     if rows == 0 {
@@ -511,7 +526,7 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
             days: days.clone(),
             slices: req.slices.clone(),
             epochs: settings.epochs,
-            batch_size: settings.batch_size,
+            batch_size: settings.batch_size / replicas,
             shuffle_buffer: settings.shuffle_buffer,
             prefetch: settings.prefetch_batches,
             seed: settings.seed,
@@ -528,6 +543,7 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
                 None
             },
             images: images.as_ref().map(|(_, index)| index.clone()),
+            shard: (rank, replicas),
         },
     )?;
     let run = LoopRun {
@@ -536,8 +552,10 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
         total_steps,
         checkpoint_every: settings.checkpoint_every,
         images: images.map(|(t, _)| t),
+        rank,
+        replicas: replicas as u64,
     };
-    let stats = train_loop(&run, &rx, &mut trainer, &mut state, req.progress).await?;
+    let stats = train_loop(&run, &rx, &mut trainer, &mut state, req.progress && rank == 0).await?;
     handle.join().map_err(|_| anyhow!("the batch reader thread panicked"))?;
     let final_ctr_loss = state.curve.last().map(|c| c.ctr_loss);
     let model = trainer.into_model().ok_or_else(|| anyhow!("the trainer lost its model"))?.valid();
@@ -559,11 +577,18 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
         curve: state.curve.clone(),
     };
     let parent = warm.as_ref().filter(|(n, _)| *n == req.model).map(|(_, v)| *v);
-    let manifest = register_version(lake, &registry, &req.model, &model, &record, slices, parent).await?;
-    clear_work(lake, &work).await;
+    // Rank 0 writes the checkpoint and registers the version; the other replicas hold the same
+    // model and report version 0.
+    let version = if rank == 0 {
+        let manifest = register_version(lake, &registry, &req.model, &model, &record, slices, parent).await?;
+        clear_work(lake, &work).await;
+        manifest.version
+    } else {
+        0
+    };
     Ok(TrainOutcome {
         model: req.model.clone(),
-        version: manifest.version,
+        version,
         reused: false,
         samples: state.samples,
         steps: state.step,
@@ -611,6 +636,11 @@ fn run_key(
     if settings.optimizer.epsilon != TrainConfig::default().epsilon {
         key_material["epsilon"] = settings.optimizer.epsilon.into();
     }
+    // Data-parallel runs combine gradients in another order: a key of their own (a resume needs
+    // the same number of replicas).
+    if let Some(c) = req.replicas.as_ref().filter(|c| c.size() > 1) {
+        key_material["replicas"] = c.size().into();
+    }
     Ok(marnflow_registry::sha256_hex(&serde_json::to_vec(&key_material)?))
 }
 
@@ -648,6 +678,9 @@ struct LoopRun<'a> {
     checkpoint_every: u64,
     /// The image table on the model's device, where batches give their images as its rows.
     images: Option<ResidentImages>,
+    /// Data-parallel: this replica's rank (only rank 0 checkpoints) and the number of replicas.
+    rank: usize,
+    replicas: u64,
 }
 
 /// What the training loop measured.
@@ -682,6 +715,19 @@ async fn train_loop(
         let (epoch, index, b, x) = match msg {
             data::Msg::Failed(e) => bail!("reading the training data: {e}"),
             data::Msg::Skipped => continue,
+            data::Msg::Empty { epoch, index } => {
+                trainer.step_without_batch()?;
+                state.step += 1;
+                state.samples += trainer.global_batch_len() as u64;
+                state.epoch = epoch;
+                state.batches_done = (index / run.replicas + 1) * run.replicas;
+                if state.step % run.checkpoint_every == 0 && run.rank == 0 {
+                    state.seconds = seconds_before + started.elapsed().as_secs_f64();
+                    let mut saved = state.clone();
+                    write_state(run.lake, run.work, trainer, &mut saved).await?;
+                }
+                continue;
+            }
             data::Msg::Batch { epoch, index, batch, tensors } => (epoch, index, batch, tensors),
         };
         let x = match (x, &run.images) {
@@ -697,16 +743,18 @@ async fn train_loop(
             bail!("the loss became {} at step {}: lower train.learning_rate", losses.total, state.step);
         }
         state.step += 1;
-        state.samples += b.len() as u64;
+        // Every replica's samples of this step (its own alone when there is one replica).
+        state.samples += trainer.global_batch_len() as u64;
         state.epoch = epoch;
-        state.batches_done = index + 1;
+        // The global batches done: every replica's shards of them.
+        state.batches_done = (index / run.replicas + 1) * run.replicas;
         acc.add(&losses);
         if state.step % curve_every == 0 {
             state.curve.extend(acc.take(state.step, state.samples));
         }
         let rate = (state.samples - samples_before) as f64 / started.elapsed().as_secs_f64().max(1e-9);
         progress.update(&scores, &b.samples().label, state.step, total_steps, rate, losses.ctr);
-        if state.step % run.checkpoint_every == 0 {
+        if state.step % run.checkpoint_every == 0 && run.rank == 0 {
             state.seconds = seconds_before + started.elapsed().as_secs_f64();
             // Resuming skips the batches done (an epoch fully done is skipped whole).
             let mut saved = state.clone();
