@@ -274,6 +274,7 @@ fn train_command(cli: &Cli, args: &cli::TrainArgs, runtime: &tokio::runtime::Run
         (Some(_), _) => Some(replicas_env::connect()?),
     };
     let rank = replicas.as_ref().map_or(0, |c| c.rank());
+    let abort = replicas.clone();
     let request = training::TrainRequest {
         model: args.model.clone(),
         from: args.from,
@@ -286,7 +287,15 @@ fn train_command(cli: &Cli, args: &cli::TrainArgs, runtime: &tokio::runtime::Run
         progress: true,
         replicas,
     };
-    let outcome = runtime.block_on(training::train(&lake, &request))?;
+    let outcome = match (runtime.block_on(training::train(&lake, &request)), abort) {
+        (Ok(outcome), _) => outcome,
+        // A failed replica ends them all: the others would wait for it in the next exchange.
+        (Err(e), Some(replicas)) => {
+            eprintln!("error: replica {rank}: {e:#}");
+            replicas.abort(1)
+        }
+        (Err(e), None) => return Err(e),
+    };
     if rank != 0 {
         // Rank 0 registered the version and reports it.
         return Ok(());

@@ -512,6 +512,18 @@ fn two_replicas_over_mpi_train_like_one_process_with_the_same_global_batch() {
     let group = format!("-{}", child.id());
     let killed = std::process::Command::new("kill").args(["-KILL", "--", &group]).status().unwrap();
     assert!(killed.success(), "the run ended before its first checkpoint");
+    // Open MPI's replicas notice their launcher is gone on their own: wait until none is left.
+    let alive = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+            std::fs::read(p.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("killed\0--from"))
+        })
+    };
+    let started = Instant::now();
+    while alive() {
+        assert!(started.elapsed() < Duration::from_secs(120), "the killed run's replicas are still running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let out = run("killed", true).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from the last checkpoint"));

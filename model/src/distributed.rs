@@ -37,6 +37,9 @@ pub trait Collective: Send + Sync + std::fmt::Debug {
     fn all_gather_f32(&self, local: &[f32]) -> Result<Vec<Vec<f32>>>;
     /// Rank 0's `bytes`, on every replica (the others' `bytes` are ignored).
     fn broadcast(&self, bytes: Vec<u8>) -> Result<Vec<u8>>;
+    /// Ends every replica with exit status `code`: a replica that fails must not leave the
+    /// others waiting in a collective operation.
+    fn abort(&self, code: i32) -> !;
 }
 
 /// An embedding table updated row-wise: its parameter, and the rows this replica's shard read

@@ -806,6 +806,9 @@ impl marnflow_model::Collective for ThreadReplicas {
     fn broadcast(&self, bytes: Vec<u8>) -> marnflow_model::Result<Vec<u8>> {
         Ok(self.exchange(bytes).swap_remove(0))
     }
+    fn abort(&self, code: i32) -> ! {
+        panic!("replica {} aborted the test's replicas with status {code}", self.rank)
+    }
 }
 
 /// Rows `lo..hi` of a batch's samples, over the same item table.

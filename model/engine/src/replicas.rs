@@ -111,6 +111,10 @@ impl Collective for MpiCollective {
         self.gather(local)
     }
 
+    fn abort(&self, code: i32) -> ! {
+        SimpleCommunicator::world().abort(code)
+    }
+
     fn broadcast(&self, bytes: Vec<u8>) -> marnflow_model::Result<Vec<u8>> {
         let (_guard, world) = self.world()?;
         let root = world.process_at_rank(0);

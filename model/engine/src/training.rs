@@ -505,9 +505,14 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
 
     // Resume from the last checkpoint of this exact run, if asked and present.
     let (trainer, mut state) = start_trainer(lake, req.resume, &work, &run_key, model, optimizer).await?;
-    // Every replica continues from rank 0's weights and optimizer state.
+    // Every replica continues from rank 0's progress (here) and its weights and optimizer state
+    // (at the first step): the replicas must skip the same batches, whatever each read.
     let mut trainer = match &req.replicas {
-        Some(c) => trainer.with_collective(Arc::clone(c))?,
+        Some(c) => {
+            let mine = serde_json::to_vec(&state)?;
+            state = serde_json::from_slice(&c.broadcast(mine)?)?;
+            trainer.with_collective(Arc::clone(c))?
+        }
         None => trainer,
     };
 
