@@ -41,6 +41,14 @@ impl Cluster {
         out
     }
 
+    /// `features` of [`RANGE`] on this cluster, which must succeed (`what` names it in the
+    /// failure, with every process's log); its standard output.
+    fn features(&self, lake: &Path, scheduler: &str, what: &str) -> String {
+        let out = cluster_features(lake, scheduler).output().unwrap();
+        assert!(out.status.success(), "{what} failed:\n{}\n{}", String::from_utf8_lossy(&out.stderr), self.logs());
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// Waits until `port` on loopback accepts connections, failing if a process has died.
     fn wait_for(&mut self, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -151,14 +159,7 @@ fn a_scheduler_and_two_executors_give_the_embedded_days_byte_for_byte() {
     let (embedded, embedded_report, clustered) = embedded_and_fresh();
     let logs = tempfile::tempdir().unwrap();
     let (cluster, scheduler) = start_cluster(logs.path(), 2);
-    let out = cluster_features(clustered.path(), &scheduler).output().unwrap();
-    assert!(
-        out.status.success(),
-        "features on the cluster failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        cluster.logs()
-    );
-    let clustered_report = summary(&String::from_utf8(out.stdout).unwrap());
+    let clustered_report = summary(&cluster.features(clustered.path(), &scheduler, "features on the cluster"));
     assert_eq!(clustered_report, embedded_report, "the day reports differ");
     assert_same_features(embedded.path(), clustered.path());
     let log = cluster.logs();
@@ -195,14 +196,7 @@ fn an_executor_lost_mid_run_costs_a_rerun_at_most_and_changes_no_byte() {
         let err = String::from_utf8_lossy(&out.stderr);
         eprintln!("the run failed, then reran: {}", err.lines().rev().find(|l| l.contains("error")).unwrap_or(""));
         assert!(err.contains("error:"), "the failed run says nothing:\n{err}");
-        let again = cluster_features(clustered.path(), &scheduler).output().unwrap();
-        assert!(
-            again.status.success(),
-            "the rerun on the remaining executor failed:\n{}\n{}",
-            String::from_utf8_lossy(&again.stderr),
-            cluster.logs()
-        );
-        String::from_utf8(again.stdout).unwrap()
+        cluster.features(clustered.path(), &scheduler, "the rerun on the remaining executor")
     };
     assert_eq!(summary(&report), embedded_report, "the day reports differ");
     assert_same_features(embedded.path(), clustered.path());

@@ -167,6 +167,22 @@ pub struct Trainer {
     synced: bool,
 }
 
+/// Two byte strings as one: the first's length (8 bytes, little-endian), the first, the second.
+fn frame(first: &[u8], second: &[u8]) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(8 + first.len() + second.len());
+    framed.extend_from_slice(&(first.len() as u64).to_le_bytes());
+    framed.extend_from_slice(first);
+    framed.extend_from_slice(second);
+    framed
+}
+
+/// The two byte strings of [`frame`]; `None` when `framed` is truncated.
+fn unframe(framed: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (head, rest) = framed.split_first_chunk::<8>()?;
+    let n = usize::try_from(u64::from_le_bytes(*head)).ok().filter(|&n| n <= rest.len())?;
+    Some((rest[..n].to_vec(), rest[n..].to_vec()))
+}
+
 fn adagrad(initial_accumulator: f64, config: &TrainConfig) -> ModuleOptimizer {
     ModuleOptimizer::from(AdaGrad { initial_accumulator, epsilon: config.epsilon as f64 })
 }
@@ -223,10 +239,10 @@ impl Trainer {
     /// shard of each global batch ([`Trainer::step_scored_with`], or
     /// [`Trainer::step_without_batch`] when its shard of a step is empty), and applies the same
     /// combined update (see [`crate::distributed`]).
-    pub fn with_collective(mut self, collective: Arc<dyn Collective>) -> Result<Self> {
+    pub fn with_collective(mut self, collective: Arc<dyn Collective>) -> Self {
         self.collective = Some(collective);
         self.synced = false;
-        Ok(self)
+        self
     }
 
     /// At a data-parallel run's first step: rank 0's weights and optimizer state to every
@@ -245,25 +261,13 @@ impl Trainer {
         } else {
             (Vec::new(), Vec::new())
         };
-        let mut framed = Vec::with_capacity(8 + weights.len() + optimizer.len());
-        framed.extend_from_slice(&(weights.len() as u64).to_le_bytes());
-        framed.extend_from_slice(&weights);
-        framed.extend_from_slice(&optimizer);
-        let framed = collective.broadcast(framed)?;
+        let framed = collective.broadcast(frame(&weights, &optimizer))?;
         if collective.rank() != 0 {
-            let split = framed
-                .get(..8)
-                .and_then(|h| h.try_into().ok())
-                .map(|h: [u8; 8]| u64::from_le_bytes(h) as usize)
-                .filter(|&n| n <= framed.len() - 8)
-                .ok_or_else(|| Error::Config("rank 0 sent a truncated training state".into()))?;
-            let (weights, optimizer) = (framed[8..8 + split].to_vec(), framed[8 + split..].to_vec());
+            let (weights, optimizer) =
+                unframe(&framed).ok_or_else(|| Error::Config("rank 0 sent a truncated training state".into()))?;
             let model = self.model.take().ok_or_else(|| Error::Config("the trainer has no model".into()))?;
             let restored = Self::restore(model, weights, optimizer, self.config.clone())?;
-            self.model = restored.model;
-            self.optimizer = restored.optimizer;
-            self.importance = restored.importance;
-            self.row_slots = restored.row_slots;
+            *self = Self { collective: self.collective.take(), ..restored };
         }
         self.synced = true;
         Ok(())
@@ -368,11 +372,7 @@ impl Trainer {
             o.into_bytes().map_err(|e| Error::Checkpoint { path: "optimizer state".into(), message: e.to_string() })
         };
         let (main, importance) = (bytes(&self.optimizer)?, bytes(&self.importance)?);
-        let mut framed = Vec::with_capacity(8 + main.len() + importance.len());
-        framed.extend_from_slice(&(main.len() as u64).to_le_bytes());
-        framed.extend_from_slice(&main);
-        framed.extend_from_slice(&importance);
-        Ok((weights.to_vec(), framed))
+        Ok((weights.to_vec(), frame(&main, &importance)))
     }
 
     /// A trainer continuing from [`Trainer::state_bytes`]: `model` is a freshly built model of
@@ -386,13 +386,7 @@ impl Trainer {
             .map_err(|e| bad("weights", &e))?;
         let model = model.try_load_record(record).map_err(|e| bad("weights", &e))?;
         let mut trainer = Self::new(model, config)?;
-        let split = optimizer
-            .get(..8)
-            .and_then(|h| h.try_into().ok())
-            .map(|h: [u8; 8]| u64::from_le_bytes(h) as usize)
-            .filter(|&n| n <= optimizer.len() - 8)
-            .ok_or_else(|| bad("optimizer", &"truncated optimizer state"))?;
-        let (main, importance) = (optimizer[8..8 + split].to_vec(), optimizer[8 + split..].to_vec());
+        let (main, importance) = unframe(&optimizer).ok_or_else(|| bad("optimizer", &"truncated optimizer state"))?;
         for (slot, bytes) in [(&mut trainer.optimizer, main), (&mut trainer.importance, importance)] {
             let fresh =
                 std::mem::replace(slot, ModuleOptimizer::from(AdaGrad { initial_accumulator: 0.0, epsilon: 1.0 }));

@@ -873,7 +873,7 @@ fn two_replicas_on_half_batches_train_like_one_on_whole_batches() {
                     let probe = &probe;
                     scope.spawn(move || {
                         let rank = replica.rank;
-                        let mut trainer = trainer.with_collective(std::sync::Arc::new(replica)).unwrap();
+                        let mut trainer = trainer.with_collective(std::sync::Arc::new(replica));
                         for (i, b) in steps.iter().enumerate() {
                             let half = b.len().div_ceil(2);
                             let (lo, hi) = if rank == 0 { (0, half) } else { (half, b.len()) };

@@ -107,8 +107,7 @@ pub struct Staging {
 impl Staging {
     /// A folder of its own under `_cluster/` for one session of one job.
     pub fn new(lake: &Lake, job: &str) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        Self { lake: lake.clone(), folder: format!("_cluster/{job}-{}-{nanos}", std::process::id()) }
+        Self { lake: lake.clone(), folder: format!("_cluster/{job}-{}-{}", std::process::id(), nanos_now()) }
     }
 
     /// The staging of `ctx`'s session, if it runs on a cluster.
@@ -149,8 +148,9 @@ fn nanos_now() -> u128 {
 }
 
 /// A session on `engine` over `lake`: [`crate::query::new_context`]'s, or the same settings and
-/// functions with its queries sent to the Ballista scheduler (and `staging` for its tables).
-pub async fn context(lake: &Lake, engine: &Engine, staging: Option<Staging>) -> Result<SessionContext> {
+/// functions with its queries sent to the Ballista scheduler, staging its tables in a folder of
+/// its own named after `job` ([`Staging`]).
+pub async fn context(lake: &Lake, engine: &Engine, job: &str) -> Result<SessionContext> {
     let ctx = crate::query::new_context(lake);
     let Engine::Ballista { host, port } = engine else {
         return Ok(ctx);
@@ -158,9 +158,7 @@ pub async fn context(lake: &Lake, engine: &Engine, staging: Option<Staging>) -> 
     let mut state: SessionState = ctx.state();
     let config = std::mem::take(state.config_mut()).upgrade_for_ballista();
     *state.config_mut() = config.with_ballista_adaptive_query_planner(false);
-    if let Some(s) = staging {
-        state.config_mut().set_extension(Arc::new(s));
-    }
+    state.config_mut().set_extension(Arc::new(Staging::new(lake, job)));
     let remote = SessionContext::remote_with_state(&format!("df://{host}:{port}"), state).await?;
     // Ballista's session replaces the functions with its defaults: marnflow's come back here.
     crate::sql_functions::register(&remote);
@@ -284,7 +282,8 @@ pub async fn executor(opts: ExecutorOptions) -> Result<()> {
         PipelineError::Config(vec![format!("executor port {}: the next port must be free for gRPC", opts.bind.port())])
     })?;
     let stores = Arc::new(LakeStores::default());
-    let temp = opts.work_dir.to_string_lossy().into_owned();
+    let work_dir = opts.work_dir.to_string_lossy().into_owned();
+    let temp = work_dir.clone();
     let config = ExecutorProcessConfig {
         bind_host: opts.bind.ip().to_string(),
         external_host: opts.external_host.clone(),
@@ -293,7 +292,7 @@ pub async fn executor(opts: ExecutorOptions) -> Result<()> {
         scheduler_host: opts.scheduler.0.clone(),
         scheduler_port: opts.scheduler.1,
         vcores: opts.concurrent_tasks.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-        work_dir: Some(opts.work_dir.to_string_lossy().into_owned()),
+        work_dir: Some(work_dir),
         print_thread_info: false,
         executor_heartbeat_interval_seconds: opts.heartbeat.as_secs().max(1),
         override_function_registry: Some(Arc::new(function_registry())),

@@ -641,10 +641,15 @@ async fn register_raw_day(
 ) -> Result<raw_files::RawDay> {
     // On a cluster the job's process reads the day's files itself (each file checked on its own,
     // bad ones quarantined whole) and stages the usable rows for the executors.
-    let mut day = match Staging::of(ctx) {
-        Some(_) => raw_files::read_day(lake, &crate::query::new_context(lake), raw, dt, cfg.raw_format()).await?,
-        None => raw_files::read_day(lake, ctx, raw, dt, cfg.raw_format()).await?,
+    let local;
+    let reader = match Staging::of(ctx) {
+        Some(_) => {
+            local = crate::query::new_context(lake);
+            &local
+        }
+        None => ctx,
     };
+    let mut day = raw_files::read_day(lake, reader, raw, dt, cfg.raw_format()).await?;
     replace_table(ctx, &format!("raw.{raw}"), std::mem::take(&mut day.batches)).await?;
     Ok(day)
 }
@@ -1032,8 +1037,7 @@ async fn publish_day(
 
 /// A session over the lake for one step of the job, on `cfg.engine`.
 async fn open_session(lake: &Lake, cfg: &FeaturesConfig, job: &str) -> Result<LakeSession> {
-    let staging = matches!(cfg.engine, Engine::Ballista { .. }).then(|| Staging::new(lake, job));
-    let ctx = crate::cluster::context(lake, &cfg.engine, staging).await?;
+    let ctx = crate::cluster::context(lake, &cfg.engine, job).await?;
     LakeSession::open_without_raw_logs_in(ctx, lake, cfg.raw_format()).await
 }
 

@@ -12,15 +12,6 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use mpi::Count;
 
-/// The environment variable Open MPI's launcher sets in every process it starts: a process with
-/// it is a replica.
-pub const WORLD_SIZE_VAR: &str = "OMPI_COMM_WORLD_SIZE";
-
-/// True when this process was started by `mpirun` (Open MPI).
-pub fn launched_by_mpirun() -> bool {
-    std::env::var_os(WORLD_SIZE_VAR).is_some()
-}
-
 /// MPI's world communicator of this run. Created once per process ([`MpiCollective::init`]);
 /// dropping the last reference finalizes MPI.
 pub struct MpiCollective {

@@ -511,7 +511,7 @@ pub async fn train(lake: &Lake, req: &TrainRequest) -> Result<TrainOutcome> {
         Some(c) => {
             let mine = serde_json::to_vec(&state)?;
             state = serde_json::from_slice(&c.broadcast(mine)?)?;
-            trainer.with_collective(Arc::clone(c))?
+            trainer.with_collective(Arc::clone(c))
         }
         None => trainer,
     };
@@ -717,48 +717,49 @@ async fn train_loop(
         let wait = Instant::now();
         let Ok(msg) = rx.recv() else { break };
         waited += wait.elapsed();
-        let (epoch, index, b, x) = match msg {
+        let (epoch, index, batch, tensors) = match msg {
             data::Msg::Failed(e) => bail!("reading the training data: {e}"),
             data::Msg::Skipped => continue,
-            data::Msg::Empty { epoch, index } => {
+            // Data-parallel: this replica has no shard of this step but takes part in it.
+            data::Msg::Empty { epoch, index } => (epoch, index, None, None),
+            data::Msg::Batch { epoch, index, batch, tensors } => (epoch, index, Some(batch), tensors),
+        };
+        let progress_at = state.step as f64 / total_steps as f64;
+        let scored = match &batch {
+            None => {
                 trainer.step_without_batch()?;
-                state.step += 1;
-                state.samples += trainer.global_batch_len() as u64;
-                state.epoch = epoch;
-                state.batches_done = (index / run.replicas + 1) * run.replicas;
-                if state.step % run.checkpoint_every == 0 && run.rank == 0 {
-                    state.seconds = seconds_before + started.elapsed().as_secs_f64();
-                    let mut saved = state.clone();
-                    write_state(run.lake, run.work, trainer, &mut saved).await?;
+                None
+            }
+            Some(b) => {
+                let x = match (tensors, &run.images) {
+                    (Some(x), _) => Some(*x),
+                    (None, Some(images)) => {
+                        let model = trainer.model()?;
+                        Some(BatchTensors::with_images(b, model.inputs(), &model.device(), Some(images))?)
+                    }
+                    (None, None) => None,
+                };
+                let (losses, scores) = trainer.step_scored_with(b, x, progress_at)?;
+                if !losses.total.is_finite() {
+                    bail!("the loss became {} at step {}: lower train.learning_rate", losses.total, state.step);
                 }
-                continue;
+                Some((losses, scores))
             }
-            data::Msg::Batch { epoch, index, batch, tensors } => (epoch, index, batch, tensors),
         };
-        let x = match (x, &run.images) {
-            (Some(x), _) => Some(*x),
-            (None, Some(images)) => {
-                let model = trainer.model()?;
-                Some(BatchTensors::with_images(&b, model.inputs(), &model.device(), Some(images))?)
-            }
-            (None, None) => None,
-        };
-        let (losses, scores) = trainer.step_scored_with(&b, x, state.step as f64 / total_steps as f64)?;
-        if !losses.total.is_finite() {
-            bail!("the loss became {} at step {}: lower train.learning_rate", losses.total, state.step);
-        }
         state.step += 1;
         // Every replica's samples of this step (its own alone when there is one replica).
         state.samples += trainer.global_batch_len() as u64;
         state.epoch = epoch;
         // The global batches done: every replica's shards of them.
         state.batches_done = (index / run.replicas + 1) * run.replicas;
-        acc.add(&losses);
-        if state.step % curve_every == 0 {
-            state.curve.extend(acc.take(state.step, state.samples));
+        if let (Some((losses, scores)), Some(b)) = (scored, &batch) {
+            acc.add(&losses);
+            if state.step % curve_every == 0 {
+                state.curve.extend(acc.take(state.step, state.samples));
+            }
+            let rate = (state.samples - samples_before) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            progress.update(&scores, &b.samples().label, state.step, total_steps, rate, losses.ctr);
         }
-        let rate = (state.samples - samples_before) as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        progress.update(&scores, &b.samples().label, state.step, total_steps, rate, losses.ctr);
         if state.step % run.checkpoint_every == 0 && run.rank == 0 {
             state.seconds = seconds_before + started.elapsed().as_secs_f64();
             // Resuming skips the batches done (an epoch fully done is skipped whole).
