@@ -5,9 +5,11 @@
 # (embedded, 1 executor, 2 executors, embedded, ...), and the medians and ratios are printed.
 #
 #   bash ops/cluster-scaling.sh [--runs 3] [--users 20000] [--items 20000] [--exposures 100000]
-#                               [--tasks 2] [--lake DIR] [--bin PATH]
+#                               [--tasks 2] [--partitions 1] [--lake DIR] [--bin PATH]
 #
-# --tasks is each executor's concurrent tasks. The lake (3 days; days 1-2 built embedded first, so
+# --tasks is each executor's concurrent tasks. --partitions is features.partitions for every
+# setting (the user-keyed tables as that many files a day; on the cluster the executors write
+# them, embedded this process does). The lake (3 days; days 1-2 built embedded first, so
 # the timed day has a previous day's state and windows) is generated once per shape under --lake
 # (default ~/.cache/marnflow/cluster-scaling) and reused; the timed day is day 3, rebuilt each run
 # (a rerun of a day replaces it). After the runs the day's feature files of the last embedded run
@@ -18,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-runs=3 users=20000 items=20000 exposures=100000 tasks=2
+runs=3 users=20000 items=20000 exposures=100000 tasks=2 partitions=1
 lake_root="$HOME/.cache/marnflow/cluster-scaling" bin=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -27,6 +29,7 @@ while [ $# -gt 0 ]; do
     --items) items="$2"; shift 2 ;;
     --exposures) exposures="$2"; shift 2 ;;
     --tasks) tasks="$2"; shift 2 ;;
+    --partitions) partitions="$2"; shift 2 ;;
     --lake) lake_root="$2"; shift 2 ;;
     --bin) bin="$2"; shift 2 ;;
     *) echo "cluster-scaling: unknown argument $1" >&2; exit 2 ;;
@@ -101,7 +104,7 @@ one() {
   [ -n "$addr" ] && engine=(--engine "ballista://$addr")
   local t0 t1
   t0="$(date +%s.%N)"
-  /usr/bin/time -f '%M %U %S' -o "$work/client.rss" "$bin" --lake "$lake" features --date "$day" "${engine[@]}" \
+  /usr/bin/time -f '%M %U %S' -o "$work/client.rss" "$bin" --lake "$lake" features --date "$day" --partitions "$partitions" "${engine[@]}" \
     >/dev/null 2>"$work/client.log" || { echo "cluster-scaling: $setting failed:" >&2; tail -20 "$work/client.log" >&2; exit 1; }
   t1="$(date +%s.%N)"
   local exec_ticks=0 ticks
@@ -133,9 +136,9 @@ for s in exec1 exec2; do
     echo "cluster-scaling: the day's feature files on $s differ from the embedded run's" >&2; exit 1; }
 done
 
-python3 - "$work" "$users" "$items" "$exposures" "$tasks" "$runs" <<'EOF'
+python3 - "$work" "$users" "$items" "$exposures" "$tasks" "$runs" "$partitions" <<'EOF'
 import statistics, sys
-work, users, items, exposures, tasks, runs = sys.argv[1:]
+work, users, items, exposures, tasks, runs, partitions = sys.argv[1:]
 rows = {}
 for s in ("embedded", "exec1", "exec2"):
     vals = [list(map(float, line.split())) for line in open(f"{work}/{s}")]
@@ -143,7 +146,8 @@ for s in ("embedded", "exec1", "exec2"):
                statistics.median(v[2] + v[3] for v in vals), statistics.median(v[5] for v in vals))
 base = rows["embedded"][0]
 print(f"one day's features: {users} users, {items} items, {exposures} exposures/day; "
-      f"{runs} runs each, in turn; executors run {tasks} tasks at once; files byte-identical")
+      f"{runs} runs each, in turn; executors run {tasks} tasks at once; {partitions} user partition(s); "
+      "files byte-identical")
 print("| setting | median s | vs embedded | client CPU s | executors' CPU s | client peak MiB | largest executor peak MiB |")
 print("|---|---|---|---|---|---|---|")
 names = {"embedded": "embedded (one process)", "exec1": "Ballista, 1 executor", "exec2": "Ballista, 2 executors"}

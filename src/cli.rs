@@ -355,6 +355,12 @@ pub struct FeaturesArgs {
     #[arg(long, value_name = "URI", help_heading = "Cluster")]
     pub engine: Option<String>,
 
+    /// Files per day of the user-keyed tables (samples, user_history), hash-partitioned by user;
+    /// above 1, or on a cluster, the query's partitions write them (on Ballista, the executors);
+    /// overrides features.partitions
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096), help_heading = "Cluster")]
+    pub partitions: Option<u64>,
+
     /// Print the per-day report as JSON
     #[arg(long)]
     pub json: bool,

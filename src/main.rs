@@ -194,6 +194,9 @@ fn features_command(cli: &Cli, args: &cli::FeaturesArgs, runtime: &tokio::runtim
     if let Some(e) = &args.engine {
         cfg.features.engine = e.parse().map_err(|e: String| ConfigError(vec![format!("--engine: {e}")]))?;
     }
+    if let Some(n) = args.partitions {
+        cfg.features.partitions = usize::try_from(n)?;
+    }
     cfg.validate()?;
     let (from, to) = match (args.date, args.from, args.to) {
         (Some(d), _, _) => (d, d),

@@ -77,8 +77,9 @@ fn free_pair() -> u16 {
     }
 }
 
+/// The feature tables and the quarantine.
 fn feature_files(lake: &Path) -> Vec<PathBuf> {
-    visible_parquet(lake).into_iter().filter(|p| p.starts_with("features")).collect()
+    visible_parquet(lake).into_iter().filter(|p| p.starts_with("features") || p.starts_with("quarantine")).collect()
 }
 
 /// A scheduler and `executors` executors on loopback (2 tasks at once each), with a short
@@ -118,15 +119,33 @@ fn start_cluster(logs: &Path, executors: usize) -> (Cluster, String) {
 
 const RANGE: [&str; 6] = ["features", "--from", "2026-01-01", "--to", "2026-01-03", "--json"];
 
+/// A generated world with, on the first day, a CSV file of exposures beside the generated ones:
+/// one good row and rows that break the contract (another day, an empty request id, an
+/// unparsable position, a short record), so that the cluster's contract check is compared too.
+fn world_with_bad_rows(lake: &Path) {
+    generate_world(lake, 60, 150, 3, 4, 800, 33);
+    std::fs::write(
+        lake.join("raw/exposures/dt=2026-01-01/more.csv"),
+        "event_time,request_id,user_id,item_id,position\n\
+         2026-01-01T10:20:00Z,r7,u0000002,i0000002,1\n\
+         2026-01-02T10:20:00Z,r8,u0000002,i0000003,2\n\
+         2026-01-01T10:20:00Z,,u0000002,i0000003,2\n\
+         2026-01-01T10:20:00Z,r9,u0000003,i0000003,x\n\
+         2026-01-01T10:20:00Z,r7,u0000002\n",
+    )
+    .unwrap();
+}
+
 /// Two lakes with the same generated world: the embedded run's, built here, and the cluster's.
 fn embedded_and_fresh() -> (tempfile::TempDir, serde_json::Value, tempfile::TempDir) {
     let (embedded, clustered) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     for lake in [&embedded, &clustered] {
-        generate_world(lake.path(), 60, 150, 3, 4, 800, 33);
+        world_with_bad_rows(lake.path());
     }
     let mut args = vec!["--lake", embedded.path().to_str().unwrap()];
     args.extend(RANGE);
     let report = summary(&ok(&args));
+    assert_eq!(report[0]["exposures"]["quarantined"], 4, "{report}");
     (embedded, report, clustered)
 }
 
@@ -152,6 +171,91 @@ fn cluster_features(lake: &Path, scheduler: &str) -> std::process::Command {
     let mut cmd = marnflow();
     cmd.args(["--lake", lake.to_str().unwrap()]).args(RANGE).args(["--engine", engine.as_str()]);
     cmd
+}
+
+/// Every row of a table's partition as text, sorted: the same rows whatever files hold them.
+fn sorted_rows(lake: &Path, rel: &str) -> Vec<String> {
+    let batches = read_table(lake, rel);
+    let mut rows = Vec::new();
+    for b in &batches {
+        let columns: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &Default::default()).unwrap())
+            .collect();
+        for r in 0..b.num_rows() {
+            rows.push(columns.iter().map(|c| c.value(r).to_string()).collect::<Vec<_>>().join("|"));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// The distinct users of one file.
+fn users(lake: &Path, rel: &str) -> std::collections::BTreeSet<String> {
+    read_table(lake, rel)
+        .iter()
+        .flat_map(|b| {
+            let c =
+                arrow::compute::cast(b.column_by_name("user_id").unwrap(), &arrow::datatypes::DataType::Utf8).unwrap();
+            c.as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap()
+                .iter()
+                .flatten()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// `--partitions 2`: the samples and the user state are two files a day, hash-partitioned by
+/// user and written by the cluster's tasks (the plan the scheduler ran holds the write), byte for
+/// byte what the same setting writes embedded; each user sits in the file of the same index in
+/// both tables; the rows are those of the one-file run; a rerun with one partition leaves one file
+/// per day, the one-file run's bytes.
+#[test]
+fn user_partitions_are_written_by_the_cluster_as_by_one_process() {
+    let (single, single_report, clustered) = embedded_and_fresh();
+    let split = tempfile::tempdir().unwrap();
+    world_with_bad_rows(split.path());
+    let mut args = vec!["--lake", split.path().to_str().unwrap()];
+    args.extend(RANGE);
+    args.extend(["--partitions", "2"]);
+    assert_eq!(summary(&ok(&args)), single_report, "the day reports differ with 2 partitions");
+
+    let logs = tempfile::tempdir().unwrap();
+    let (cluster, scheduler) = start_cluster(logs.path(), 2);
+    let out = cluster_features(clustered.path(), &scheduler).args(["--partitions", "2"]).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), cluster.logs());
+    assert_eq!(summary(&String::from_utf8(out.stdout).unwrap()), single_report);
+    assert_same_features(split.path(), clustered.path());
+    let plans = std::fs::read_to_string(logs.path().join("scheduler.log")).unwrap();
+    assert!(plans.contains("LakeWriteExec: folder=_cluster/parts-"), "the scheduler ran no partitioned write");
+
+    for dt in ["2026-01-01", "2026-01-02", "2026-01-03"] {
+        for table in ["samples", "user_history"] {
+            let rel = format!("features/{table}/dt={dt}");
+            let parts: Vec<_> = files(&clustered.path().join(&rel));
+            assert_eq!(parts, [PathBuf::from("part-00000.parquet"), PathBuf::from("part-00001.parquet")], "{rel}");
+            assert_eq!(sorted_rows(clustered.path(), &rel), sorted_rows(single.path(), &rel), "{rel}: other rows");
+        }
+        let part =
+            |table: &str, k: usize| users(clustered.path(), &format!("features/{table}/dt={dt}/part-0000{k}.parquet"));
+        let (s0, s1) = (part("samples", 0), part("samples", 1));
+        assert!(!s0.is_empty() && !s1.is_empty(), "{dt}: a partition without users");
+        assert!(s0.is_disjoint(&s1), "{dt}: a user in both sample files");
+        let (h0, h1) = (part("user_history", 0), part("user_history", 1));
+        assert!(
+            s0.is_disjoint(&h1) && s1.is_disjoint(&h0),
+            "{dt}: a user's samples and state in files of different indices"
+        );
+    }
+
+    // One partition again: one file a day, nothing stale beside it.
+    let rerun = cluster_features(clustered.path(), &scheduler).args(["--partitions", "1"]).output().unwrap();
+    assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
+    assert_same_features(single.path(), clustered.path());
 }
 
 #[test]

@@ -9,18 +9,6 @@ use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampMillisecondTy
 
 use crate::util::*;
 
-/// Every batch of every Parquet file under `lake/rel` (a table or one partition).
-fn read_table(lake: &Path, rel: &str) -> Vec<RecordBatch> {
-    let mut out = Vec::new();
-    for f in visible_parquet(lake).into_iter().filter(|p| p.starts_with(rel)) {
-        let file = std::fs::File::open(lake.join(&f)).unwrap();
-        let reader =
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
-        out.extend(reader.map(Result::unwrap));
-    }
-    out
-}
-
 fn strings(b: &RecordBatch, col: &str) -> Vec<String> {
     b.column_by_name(col).unwrap().as_string::<i32>().iter().map(|s| s.unwrap_or("").to_string()).collect()
 }

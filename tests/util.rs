@@ -121,6 +121,18 @@ pub fn visible_parquet(lake: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Every batch of every Parquet file under `lake/rel` (a table or one partition).
+pub fn read_table(lake: &Path, rel: &str) -> Vec<arrow::array::RecordBatch> {
+    let mut out = Vec::new();
+    for f in visible_parquet(lake).into_iter().filter(|p| p.starts_with(rel)) {
+        let file = std::fs::File::open(lake.join(&f)).unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+        out.extend(reader.map(Result::unwrap));
+    }
+    out
+}
+
 /// The Arrow schema stored in a Parquet file.
 pub fn parquet_schema(path: &Path) -> arrow::datatypes::SchemaRef {
     let file = std::fs::File::open(path).unwrap();

@@ -45,6 +45,7 @@ use url::Url;
 
 use crate::error::{PipelineError, Result};
 use crate::lake::Lake;
+use crate::lake_write::LakeCodec;
 
 /// Where the feature job's SQL runs.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -102,12 +103,24 @@ impl From<Engine> for String {
 pub struct Staging {
     lake: Lake,
     folder: String,
+    /// The scheduler's URL (`http://HOST:PORT`), where plans built here are sent.
+    scheduler: String,
 }
 
 impl Staging {
-    /// A folder of its own under `_cluster/` for one session of one job.
-    pub fn new(lake: &Lake, job: &str) -> Self {
-        Self { lake: lake.clone(), folder: format!("_cluster/{job}-{}-{}", std::process::id(), nanos_now()) }
+    /// A folder of its own under `_cluster/` for one session of one job on the scheduler at
+    /// `host:port`.
+    pub fn new(lake: &Lake, job: &str, host: &str, port: u16) -> Self {
+        Self {
+            lake: lake.clone(),
+            folder: format!("_cluster/{job}-{}-{}", std::process::id(), nanos_now()),
+            scheduler: format!("http://{host}:{port}"),
+        }
+    }
+
+    /// A fresh folder inside this staging for a table written by the cluster itself.
+    pub fn folder_for(&self, name: &str) -> String {
+        format!("{}/{}-{}", self.folder, name.replace('.', "__"), nanos_now())
     }
 
     /// The staging of `ctx`'s session, if it runs on a cluster.
@@ -158,11 +171,38 @@ pub async fn context(lake: &Lake, engine: &Engine, job: &str) -> Result<SessionC
     let mut state: SessionState = ctx.state();
     let config = std::mem::take(state.config_mut()).upgrade_for_ballista();
     *state.config_mut() = config.with_ballista_adaptive_query_planner(false);
-    state.config_mut().set_extension(Arc::new(Staging::new(lake, job)));
+    state.config_mut().set_extension(Arc::new(Staging::new(lake, job, host, *port)));
+    let config = std::mem::take(state.config_mut());
+    *state.config_mut() = config.with_ballista_physical_extension_codec(Arc::new(LakeCodec::default()));
     let remote = SessionContext::remote_with_state(&format!("df://{host}:{port}"), state).await?;
     // Ballista's session replaces the functions with its defaults: marnflow's come back here.
     crate::sql_functions::register(&remote);
     Ok(remote)
+}
+
+/// The scheduler a session on a cluster sends its plans to (`None`: the session is embedded).
+pub fn scheduler_of(ctx: &SessionContext) -> Option<String> {
+    Staging::of(ctx).map(|s| s.scheduler.clone())
+}
+
+/// Runs a physical plan built in this process on the cluster at `scheduler` (Ballista splits it
+/// into stages at its repartitions) and returns every output partition's batches.
+pub async fn run_physical(
+    ctx: &SessionContext,
+    scheduler: &str,
+    plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+) -> Result<Vec<RecordBatch>> {
+    let config = ctx.state().config().clone();
+    let stream = ballista_core::execution_plans::execute_physical_plan::<datafusion_proto::protobuf::PhysicalPlanNode>(
+        scheduler.to_string(),
+        &config.ballista_config(),
+        plan,
+        &LakeCodec::default(),
+        ctx.session_id(),
+        config,
+    )
+    .await?;
+    Ok(datafusion::physical_plan::common::collect(stream).await?)
 }
 
 /// Ballista's function registry with marnflow's SQL functions added: what the executors decode
@@ -246,6 +286,7 @@ pub async fn scheduler(bind: SocketAddr, executor_timeout: std::time::Duration) 
         .with_hostname(bind.ip().to_string())
         .with_port(bind.port())
         .with_override_session_builder(Arc::new(session_builder(stores)));
+    config.override_physical_codec = Some(Arc::new(LakeCodec::default()));
     // A lost executor's tasks run again elsewhere once it has been silent this long; with none
     // left, running jobs fail after the same time (they do not wait forever).
     config.executor_timeout_seconds = timeout;
@@ -297,6 +338,7 @@ pub async fn executor(opts: ExecutorOptions) -> Result<()> {
         executor_heartbeat_interval_seconds: opts.heartbeat.as_secs().max(1),
         override_function_registry: Some(Arc::new(function_registry())),
         override_runtime_producer: Some(Arc::new(move |_: &SessionConfig| runtime(&stores, Some(&temp)))),
+        override_physical_codec: Some(Arc::new(LakeCodec::default())),
         ..ExecutorProcessConfig::default()
     };
     info!(bind = %opts.bind, scheduler = %format!("{}:{}", opts.scheduler.0, opts.scheduler.1), "ballista executor starts");

@@ -30,8 +30,9 @@ use arrow::record_batch::RecordBatch;
 use chrono::{Duration, NaiveDate};
 use datafusion::catalog::MemTable;
 use datafusion::dataframe::DataFrame;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use datafusion::scalar::ScalarValue;
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, instrument, warn};
 
@@ -40,6 +41,7 @@ use crate::cluster::{Engine, Staging};
 use crate::contract::DEFAULT_MAX_ID_BYTES;
 use crate::error::{PipelineError, Result};
 use crate::lake::{data_file, partition, write_parquet, Lake};
+use crate::lake_write::part_file;
 use crate::query::LakeSession;
 use crate::raw_files;
 use crate::windows::{item_window_stats_timed, DailyCounts, ItemWindows, Topology, AMOUNT, STATS};
@@ -111,6 +113,11 @@ pub struct FeaturesConfig {
     /// Where the SQL jobs run: `embedded` (this process) or `ballista://HOST:PORT` (a Ballista
     /// cluster's scheduler; [`crate::cluster`]).
     pub engine: Engine,
+    /// Files per day of the tables keyed by user (`samples`, `user_history`): each holds the
+    /// users whose id hashes to its index, as DataFusion's hash repartition assigns them. Above
+    /// 1, or on a cluster, those tables are written by the query's partitions themselves
+    /// ([`crate::lake_write`]): on Ballista, by the executors.
+    pub partitions: usize,
 }
 
 /// How the raw log files are read.
@@ -172,6 +179,7 @@ impl Default for FeaturesConfig {
             sql_dir: "sql".into(),
             raw_format: RawFormat::Auto,
             engine: Engine::Embedded,
+            partitions: 1,
         }
     }
 }
@@ -204,7 +212,16 @@ impl FeaturesConfig {
         if !(1..=1024).contains(&self.workers) {
             p.push(format!("features.workers = {} is out of range: allowed 1 to 1024", self.workers));
         }
+        if !(1..=4096).contains(&self.partitions) {
+            p.push(format!("features.partitions = {} is out of range: allowed 1 to 4096", self.partitions));
+        }
         p
+    }
+
+    /// Whether the user-keyed tables are written by partitions ([`crate::lake_write`]) rather
+    /// than collected here and written as one file.
+    pub fn writes_by_partition(&self) -> bool {
+        self.partitions > 1 || self.engine != Engine::Embedded
     }
 
     /// The forced raw format, if any.
@@ -315,21 +332,59 @@ async fn run_sql(
     job: &str,
     params: Vec<ScalarValue>,
 ) -> Result<Vec<RecordBatch>> {
-    let text = registry.get(job)?;
-    let wrap = |e: datafusion::error::DataFusionError| {
-        PipelineError::Sql(datafusion::error::DataFusionError::Context(
-            format!("{}{job}.sql", registry.origin()),
-            Box::new(e),
-        ))
-    };
     let started = std::time::Instant::now();
-    let mut df = ctx.sql(text).await.map_err(wrap)?;
-    if !params.is_empty() {
-        df = df.with_param_values(params).map_err(wrap)?;
-    }
-    let out = collect(df).await.map_err(wrap)?;
+    let df = sql_frame(ctx, registry, job, params).await?;
+    let out = collect(df).await.map_err(|e| sql_error(registry, job, e))?;
     debug!(job, rows = total_rows(&out), ms = started.elapsed().as_millis() as u64, "sql job done");
     Ok(out)
+}
+
+/// A SQL job's error, naming its file.
+fn sql_error(registry: &SqlRegistry, job: &str, e: datafusion::error::DataFusionError) -> PipelineError {
+    PipelineError::Sql(datafusion::error::DataFusionError::Context(
+        format!("{}{job}.sql", registry.origin()),
+        Box::new(e),
+    ))
+}
+
+/// A SQL job planned with its parameters, not yet run.
+async fn sql_frame(
+    ctx: &SessionContext,
+    registry: &SqlRegistry,
+    job: &str,
+    params: Vec<ScalarValue>,
+) -> Result<DataFrame> {
+    let text = registry.get(job)?;
+    let mut df = ctx.sql(text).await.map_err(|e| sql_error(registry, job, e))?;
+    if !params.is_empty() {
+        df = df.with_param_values(params).map_err(|e| sql_error(registry, job, e))?;
+    }
+    Ok(df)
+}
+
+/// Runs SQL job `job` and writes its rows to `folder` by user partitions
+/// ([`crate::lake_write::write_partitioned`]), once its result has the columns the trainer needs;
+/// returns its rows.
+async fn write_sql_by_user(
+    ctx: &SessionContext,
+    lake: &Lake,
+    cfg: &FeaturesConfig,
+    registry: &SqlRegistry,
+    job: &str,
+    params: Vec<ScalarValue>,
+    folder: &str,
+) -> Result<u64> {
+    let df = sql_frame(ctx, registry, job, params).await?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let required: &[&str] = if job == "samples" { &SAMPLES_REQUIRED } else { &[] };
+    check_columns(registry, job, &[RecordBatch::new_empty(schema)], required)?;
+    let rows = crate::lake_write::write_partitioned(ctx, df, lake, folder, &["user_id"], cfg.partitions)
+        .await
+        .map_err(|e| match e {
+            PipelineError::Sql(e) => sql_error(registry, job, e),
+            other => other,
+        })?;
+    Ok(rows.iter().sum())
 }
 
 /// Runs a query to the end. Never returns an empty vector: a result without rows is one empty
@@ -377,7 +432,7 @@ fn plain_type(t: &DataType) -> DataType {
     }
 }
 
-fn plain_schema(schema: &Schema) -> SchemaRef {
+pub(crate) fn plain_schema(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(
         schema
             .fields()
@@ -387,7 +442,7 @@ fn plain_schema(schema: &Schema) -> SchemaRef {
     ))
 }
 
-fn plain_batch(b: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+pub(crate) fn plain_batch(b: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     let cols = b
         .columns()
         .iter()
@@ -427,11 +482,17 @@ fn plain_batches(batches: &[RecordBatch]) -> Result<(SchemaRef, Vec<RecordBatch>
 struct DayWrites {
     dt: String,
     tables: Vec<(&'static str, SchemaRef, Vec<RecordBatch>)>,
+    /// Tables the query's partitions wrote to a folder of their own: `(table, folder, files)`,
+    /// moved into place by [`publish_parts`] before the rest is written.
+    parts: Vec<(&'static str, String, usize)>,
+    /// What the dictionaries are updated from besides the item content: the day's samples, or,
+    /// when the samples were written by partitions, their distinct ids ([`distinct_ids`]).
+    dictionary_sources: Option<Vec<RecordBatch>>,
 }
 
 impl DayWrites {
     fn new(dt: &str) -> Self {
-        Self { dt: dt.to_string(), tables: Vec::new() }
+        Self { dt: dt.to_string(), tables: Vec::new(), parts: Vec::new(), dictionary_sources: None }
     }
 
     /// The queued batches of `table` (none when it was not queued).
@@ -453,7 +514,8 @@ impl DayWrites {
         }
         // The dictionaries last, from the day's samples and the item content that changed (the
         // rest is in them already: they only grow).
-        update_dictionaries(&lake, self.batches(SAMPLES), self.batches(ITEM_CONTENT)).await?;
+        let samples = self.dictionary_sources.as_deref().unwrap_or_else(|| self.batches(SAMPLES));
+        update_dictionaries(&lake, samples, self.batches(ITEM_CONTENT)).await?;
         debug!(dt = self.dt, ms = format!("{:.0}", t.elapsed().as_secs_f64() * 1e3), "day written");
         Ok(())
     }
@@ -539,22 +601,57 @@ fn epoch_day(d: NaiveDate) -> u32 {
     u32::try_from(crate::contract::epoch_day(d)).unwrap_or(0)
 }
 
+/// What the contract check of one raw table and day found.
+struct Checked {
+    /// Rows checked.
+    input: u64,
+    /// Rows accepted.
+    accepted: u64,
+    /// The rows that break the contract, with their `reason`.
+    bad: Vec<RecordBatch>,
+}
+
 /// Runs `clean_<raw>.sql` for day `dt` and registers its result as `clean_<raw>` (every row, with
-/// its `reason`) and the accepted rows as `<raw>`; returns (every row, accepted, quarantined).
+/// its `reason`) and the accepted rows as `<raw>`. On a cluster the checked rows stay there: the
+/// executors write them to the session's staging folder, `<raw>` is a view of the accepted ones,
+/// and only the rows that break the contract come back.
 async fn validate(
+    lake: &Lake,
     ctx: &SessionContext,
     registry: &SqlRegistry,
     cfg: &FeaturesConfig,
     raw: &str,
     dt: &str,
-) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>, Vec<RecordBatch>)> {
+) -> Result<Checked> {
     let job = format!("clean_{raw}");
     let params = vec![ScalarValue::Utf8(Some(dt.to_string())), ScalarValue::Int64(Some(i64::from(cfg.max_id_bytes)))];
+    if let Some(staging) = Staging::of(ctx) {
+        let df = sql_frame(ctx, registry, &job, params).await?;
+        let folder = staging.folder_for(&job);
+        let input: u64 = crate::lake_write::write_unordered(ctx, df, lake, &folder).await?.iter().sum();
+        let _ = ctx.deregister_table(&job)?;
+        ctx.register_parquet(&job, lake.folder_url(&folder), ParquetReadOptions::default()).await?;
+        let schema = ctx.table(&job).await?.schema().as_arrow().clone();
+        let keep: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| f.name())
+            .filter(|n| *n != "reason" && !n.starts_with("raw_"))
+            .map(|n| format!("\"{n}\""))
+            .collect();
+        let good = ctx.sql(&format!("SELECT {} FROM {job} WHERE reason IS NULL", keep.join(", "))).await?;
+        let _ = ctx.deregister_table(raw)?;
+        ctx.register_table(raw, good.into_view())?;
+        let bad = collect(ctx.sql(&format!("SELECT * FROM {job} WHERE reason IS NOT NULL")).await?).await?;
+        let accepted = input - total_rows(&bad).min(input);
+        return Ok(Checked { input, accepted, bad });
+    }
     let checked = run_sql(ctx, registry, &job, params).await?;
     replace_table(ctx, &job, checked.clone()).await?;
     let (good, bad) = split_by_reason(&checked, &job)?;
-    replace_table(ctx, raw, good.clone()).await?;
-    Ok((checked, good, bad))
+    let accepted = total_rows(&good);
+    replace_table(ctx, raw, good).await?;
+    Ok(Checked { input: total_rows(&checked), accepted, bad })
 }
 
 /// Validates one raw table of day `dt`, quarantines its bad rows and checks their share;
@@ -570,12 +667,12 @@ async fn ingest(
     let day = register_raw_day(lake, ctx, cfg, raw, dt).await?;
     quarantine_files(lake, raw, dt, &day.faults).await?;
     quarantine_lines(lake, raw, dt, &day.lines).await?;
-    let (checked, good, bad) = validate(ctx, registry, cfg, raw, dt).await?;
+    let Checked { input, accepted, bad } = validate(lake, ctx, registry, cfg, raw, dt).await?;
     let file_rows: u64 = day.faults.iter().filter_map(|f| f.rows).sum();
     let lines = day.lines.len() as u64;
     let acc = Accounting {
-        input: total_rows(&checked) + file_rows + lines,
-        accepted: total_rows(&good),
+        input: input + file_rows + lines,
+        accepted,
         quarantined: total_rows(&bad) + file_rows + lines,
         files: day.files,
         files_quarantined: day.faults.len() as u64,
@@ -845,6 +942,12 @@ pub async fn run_features(
         let input = DayInput { day: *day, stats, digests: &digests, previous: state.take() };
         match publish_day(lake, cfg, &registry, &catalogue, input, report).await {
             Ok((next, writes)) => {
+                if !writes.parts.is_empty() {
+                    // The days before first, then this day's partitioned tables, which the next
+                    // day reads from their place.
+                    writer.finish().await?;
+                    publish_parts(lake, &writes.dt, &writes.parts).await?;
+                }
                 state = Some(next);
                 writer.push(lake, writes);
             }
@@ -884,13 +987,24 @@ async fn ingest_day(
     let counts = run_sql(ctx, registry, "daily_item_counts", vec![]).await?;
     publish(lake, DAILY_ITEM_COUNTS, &dt, &counts).await?;
     steps.mark("daily_item_counts");
-    let labels = run_sql(ctx, registry, "labels", vec![]).await?;
-    let positives = labels_positive(&labels);
-    publish(lake, LABELS, &dt, &labels).await?;
+    let (n, positives) = if cfg.writes_by_partition() {
+        // Written by the query's partitions (on a cluster, the executors) straight into place.
+        let folder = format!("{}/{LABELS}", parts_folder(&dt));
+        let n = write_sql_by_user(ctx, lake, cfg, registry, "labels", vec![], &folder).await?;
+        publish_parts(lake, &dt, &[(LABELS, folder, cfg.partitions)]).await?;
+        let _ = ctx.deregister_table("labels")?;
+        ctx.register_parquet("labels", lake.folder_url(&partition(LABELS, &dt)), ParquetReadOptions::default()).await?;
+        let sum =
+            ctx.sql("SELECT CAST(coalesce(sum(CAST(label AS BIGINT)), 0) AS BIGINT) AS label FROM labels").await?;
+        (n, labels_positive(&collect(sum).await?))
+    } else {
+        let labels = run_sql(ctx, registry, "labels", vec![]).await?;
+        publish(lake, LABELS, &dt, &labels).await?;
+        (total_rows(&labels), labels_positive(&labels))
+    };
     steps.mark("labels");
     remove_staging(ctx).await?;
     info!(dt, exposures = exposures.accepted, clicks = clicks.accepted, behaviors = behaviors.accepted, %steps, "day ingested");
-    let n = total_rows(&labels);
     Ok(DayReport {
         date: dt,
         exposures,
@@ -948,9 +1062,64 @@ struct DayInput<'a> {
 /// What a day hands to the next: the user state and where each item's content is.
 struct DayState {
     /// `user_id, event_time, item_id, behavior`: each user's latest T behaviors.
-    history: Vec<RecordBatch>,
+    history: History,
     /// `item_id, content_dt, content_digest` of the day's item table.
     items: RecordBatch,
+}
+
+/// The user state at the end of a day: in memory, or in its place on the lake (the partition of
+/// `features/user_history` of that day), which a session on a cluster reads from there.
+enum History {
+    Batches(Vec<RecordBatch>),
+    Published { dt: String },
+}
+
+impl History {
+    /// Registers the state as table `previous_history` of `ctx`.
+    async fn register(self, ctx: &SessionContext, lake: &Lake) -> Result<()> {
+        match self {
+            History::Batches(batches) => replace_table(ctx, "previous_history", batches).await,
+            History::Published { dt } => {
+                let _ = ctx.deregister_table("previous_history")?;
+                let folder = lake.folder_url(&partition(USER_HISTORY, &dt));
+                ctx.register_parquet("previous_history", folder, ParquetReadOptions::default()).await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A folder of its own for the tables of day `dt` that the query's partitions write, before they
+/// are moved into place ([`publish_parts`]).
+fn parts_folder(dt: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("_cluster/parts-{}-{nanos}-{dt}", std::process::id())
+}
+
+/// Moves the partitioned tables of day `dt` into place: file `k` of each replaces file `k` of the
+/// day's partition, and files of an earlier run with more partitions are removed.
+async fn publish_parts(lake: &Lake, dt: &str, parts: &[(&'static str, String, usize)]) -> Result<()> {
+    for (table, folder, n) in parts {
+        let target = partition(table, dt);
+        let mut names = BTreeSet::new();
+        for k in 0..*n {
+            let (from, to) = (part_file(folder, k), part_file(&target, k));
+            lake.store()
+                .rename(&lake.path(&from), &lake.path(&to))
+                .await
+                .map_err(|e| PipelineError::store("publish", lake.path(&to), e))?;
+            names.insert(lake.path(&to));
+        }
+        for old in lake.list(&target).await? {
+            if !names.contains(&old.location) {
+                lake.store()
+                    .delete(&old.location)
+                    .await
+                    .map_err(|e| PipelineError::store("delete", &old.location, e))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Pass 3 for one day, given its window statistics and the state at the end of the day before
@@ -989,30 +1158,52 @@ async fn publish_day(
     // This day's accepted behaviors, from the same files as pass 1 (read and validated again:
     // cheap, and no state kept in memory; the file faults were quarantined then).
     register_raw_day(lake, ctx, cfg, "behaviors", &dt).await?;
-    validate(ctx, registry, cfg, "behaviors", &dt).await?;
+    validate(lake, ctx, registry, cfg, "behaviors", &dt).await?;
     steps.mark("behaviors");
+    let by_partition = cfg.writes_by_partition();
     let (previous, previous_items) = match previous {
         Some(DayState { history, items }) => (history, items),
-        None => (previous_history(lake, &session, day).await?, previous_items(lake, day).await?),
+        None => (previous_history(lake, &session, day, by_partition).await?, previous_items(lake, day).await?),
     };
-    replace_table(ctx, "previous_history", previous).await?;
-    let labels_df = ctx
-        .sql("SELECT * FROM features.labels WHERE dt = $1")
-        .await?
-        .with_param_values(vec![ScalarValue::Utf8(Some(dt.clone()))])?
-        .drop_columns(&["dt"])?;
-    replace_table(ctx, "labels", collect(labels_df).await?).await?;
+    previous.register(ctx, lake).await?;
+    if by_partition {
+        // Read where pass 1 wrote it (on a cluster, by the executors).
+        let _ = ctx.deregister_table("labels")?;
+        ctx.register_parquet("labels", lake.folder_url(&partition(LABELS, &dt)), ParquetReadOptions::default()).await?;
+    } else {
+        let labels_df = ctx
+            .sql("SELECT * FROM features.labels WHERE dt = $1")
+            .await?
+            .with_param_values(vec![ScalarValue::Utf8(Some(dt.clone()))])?
+            .drop_columns(&["dt"])?;
+        replace_table(ctx, "labels", collect(labels_df).await?).await?;
+    }
     steps.mark("state");
 
     let t = ScalarValue::Int64(Some(i64::from(cfg.sequence_length)));
-    let samples = run_sql(ctx, registry, "samples", vec![t.clone()]).await?;
-    check_columns(registry, "samples", &samples, &SAMPLES_REQUIRED)?;
-    report.samples = total_rows(&samples);
-    writes.add(SAMPLES, &samples)?;
-    steps.mark("samples");
-    let history = run_sql(ctx, registry, "user_history", vec![t]).await?;
-    let history = writes.add(USER_HISTORY, &history)?;
-    steps.mark("user_history");
+    let history = if by_partition {
+        let folder = parts_folder(&dt);
+        let samples = format!("{folder}/{SAMPLES}");
+        let params = vec![t.clone()];
+        report.samples = write_sql_by_user(ctx, lake, cfg, registry, "samples", params, &samples).await?;
+        writes.dictionary_sources = Some(distinct_ids(ctx, lake, &samples).await?);
+        writes.parts.push((SAMPLES, samples, cfg.partitions));
+        steps.mark("samples");
+        let history = format!("{folder}/{USER_HISTORY}");
+        write_sql_by_user(ctx, lake, cfg, registry, "user_history", vec![t], &history).await?;
+        writes.parts.push((USER_HISTORY, history, cfg.partitions));
+        steps.mark("user_history");
+        History::Published { dt: dt.clone() }
+    } else {
+        let samples = run_sql(ctx, registry, "samples", vec![t.clone()]).await?;
+        check_columns(registry, "samples", &samples, &SAMPLES_REQUIRED)?;
+        report.samples = total_rows(&samples);
+        writes.add(SAMPLES, &samples)?;
+        steps.mark("samples");
+        let history = run_sql(ctx, registry, "user_history", vec![t]).await?;
+        steps.mark("user_history");
+        History::Batches(writes.add(USER_HISTORY, &history)?)
+    };
     quarantine_files(lake, "items", &dt, &catalogue.files).await?;
     quarantine_items(lake, &dt, &catalogue.items).await?;
     report.items = catalogue.accounting.clone();
@@ -1363,18 +1554,22 @@ async fn previous_items(lake: &Lake, day: NaiveDate) -> Result<RecordBatch> {
     Ok(item_pointers(&batches)?.unwrap_or_else(|| RecordBatch::new_empty(pointer_schema())))
 }
 
-/// The user state at the end of the day before `day` (empty before the data starts).
-async fn previous_history(lake: &Lake, session: &LakeSession, day: NaiveDate) -> Result<Vec<RecordBatch>> {
+/// The user state at the end of the day before `day` (empty before the data starts); left in
+/// its place on the lake when `in_place`.
+async fn previous_history(lake: &Lake, session: &LakeSession, day: NaiveDate, in_place: bool) -> Result<History> {
     let prev = day_string(day - Duration::days(1));
     let has_table = session.tables().iter().any(|t| t.qualified() == "features.user_history");
     let exists = has_table && !lake.list(&partition(USER_HISTORY, &prev)).await?.is_empty();
+    if exists && in_place {
+        return Ok(History::Published { dt: prev });
+    }
     if exists {
         let df = session
             .context()
             .sql("SELECT user_id, event_time, item_id, behavior FROM features.user_history WHERE dt = $1")
             .await?
             .with_param_values(vec![ScalarValue::Utf8(Some(prev.clone()))])?;
-        return Ok(collect(df).await?);
+        return Ok(History::Batches(collect(df).await?));
     }
     // No state for the previous day: fine before the data starts, an error after it.
     let raw_prev = lake.list(&partition(crate::contract::BEHAVIORS, &prev)).await?;
@@ -1385,7 +1580,7 @@ async fn previous_history(lake: &Lake, session: &LakeSession, day: NaiveDate) ->
             day_string(day)
         )]));
     }
-    Ok(vec![RecordBatch::new_empty(history_schema())])
+    Ok(History::Batches(vec![RecordBatch::new_empty(history_schema())]))
 }
 
 /// The dictionaries and which columns feed them.
@@ -1416,17 +1611,42 @@ fn string_arrays(col: &ArrayRef, out: &mut Vec<ArrayRef>) {
     }
 }
 
+/// Each dictionary and the columns (of the samples and the item content) its values come from.
+const DICTIONARY_SOURCES: [(&str, &[&str]); 6] = [
+    ("item", &["item_id", "hist_item_ids"]),
+    ("shop", &["shop_id"]),
+    ("brand", &["brand_id"]),
+    ("category", &["category_id"]),
+    ("user", &["user_id"]),
+    ("token", &["title_tokens"]),
+];
+
+/// The distinct values of every dictionary column of the samples written to `folder`, one batch
+/// per column named after it (a list column's elements): what [`update_dictionaries`] needs of
+/// the day's samples, computed where the samples are (on a cluster, by the executors).
+async fn distinct_ids(ctx: &SessionContext, lake: &Lake, folder: &str) -> Result<Vec<RecordBatch>> {
+    const TABLE: &str = "written_samples";
+    let _ = ctx.deregister_table(TABLE)?;
+    ctx.register_parquet(TABLE, lake.folder_url(folder), ParquetReadOptions::default()).await?;
+    let schema: SchemaRef = Arc::new(ctx.table(TABLE).await?.schema().as_arrow().clone());
+    let mut out = Vec::new();
+    for column in DICTIONARY_SOURCES.iter().flat_map(|(_, columns)| columns.iter()) {
+        let Ok(field) = schema.field_with_name(column) else { continue };
+        let query = match field.data_type() {
+            DataType::List(_) | DataType::LargeList(_) => {
+                format!("SELECT DISTINCT v AS \"{column}\" FROM (SELECT unnest(\"{column}\") AS v FROM {TABLE})")
+            }
+            _ => format!("SELECT DISTINCT \"{column}\" FROM {TABLE}"),
+        };
+        out.extend(ctx.sql(&query).await?.collect().await?);
+    }
+    let _ = ctx.deregister_table(TABLE)?;
+    Ok(out)
+}
+
 /// Appends the day's new ids and tokens to `features/dictionaries/<name>.parquet`.
 async fn update_dictionaries(lake: &Lake, samples: &[RecordBatch], items: &[RecordBatch]) -> Result<()> {
-    let sources: [(&str, &[&str]); 6] = [
-        ("item", &["item_id", "hist_item_ids"]),
-        ("shop", &["shop_id"]),
-        ("brand", &["brand_id"]),
-        ("category", &["category_id"]),
-        ("user", &["user_id"]),
-        ("token", &["title_tokens"]),
-    ];
-    for (name, columns) in sources {
+    for (name, columns) in DICTIONARY_SOURCES {
         let mut arrays = Vec::new();
         for b in samples.iter().chain(items) {
             for c in columns {
@@ -1525,9 +1745,10 @@ mod tests {
             sequence_length: 0,
             max_bad_share: 2.0,
             workers: 0,
+            partitions: 0,
             ..Default::default()
         };
-        assert_eq!(cfg.validate().len(), 4);
+        assert_eq!(cfg.validate().len(), 5);
         assert_eq!(FeaturesConfig::default().stat_columns().len(), 18);
     }
 

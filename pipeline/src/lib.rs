@@ -20,6 +20,7 @@ pub mod error;
 pub mod features;
 pub mod import;
 pub mod lake;
+pub mod lake_write;
 pub mod query;
 pub mod raw_files;
 pub mod raw_rows;

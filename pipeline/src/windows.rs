@@ -8,6 +8,12 @@
 //! update per item and window, not five. Advancing one day costs work proportional to that day's
 //! changes, not to the window.
 //!
+//! **Partitioning.** An item's window state lives on the worker `h(item) mod workers`, where `h`
+//! is DataFusion's repartition hash ([`item_partitions`]): the partition a `Partitioning::Hash`
+//! on `item_id` into as many partitions as there are workers puts the item in, on one process or
+//! on a Ballista cluster. Each worker feeds the items of its own partition, and the arrangement
+//! is exchanged by the same hash, so a day's counts do not move between workers.
+//!
 //! The statistics attached to day `D` are those known at the end of day `D − 1` (no leakage from
 //! the day being predicted): [`item_window_stats`] reports, for each requested day `D`, the window
 //! sums at time `D − 1`.
@@ -24,8 +30,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use arrow::array::StringArray;
 use differential_dataflow::input::Input;
 use differential_dataflow::operators::CountTotal;
+use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine};
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::probe::Handle;
 
 use crate::error::{PipelineError, Result};
@@ -126,6 +135,42 @@ pub fn item_window_stats_timed(
     report_days: &[u32],
     topology: &Topology,
 ) -> Result<(BTreeMap<u32, Vec<ItemWindows>>, StepSeconds)> {
+    run_windows(days, windows, report_days, topology, None)
+}
+
+/// DataFusion's repartition hash of each item id ([`REPARTITION_RANDOM_STATE`]): modulo `n`, the
+/// partition a `Partitioning::Hash` on the id column into `n` partitions puts the item in.
+///
+/// [`REPARTITION_RANDOM_STATE`]: datafusion::physical_plan::repartition::REPARTITION_RANDOM_STATE
+pub fn item_hashes(items: &[String]) -> Result<Vec<u64>> {
+    let array: &dyn arrow::array::Array = &StringArray::from_iter_values(items.iter());
+    let mut hashes = vec![0u64; items.len()];
+    datafusion::common::hash_utils::create_hashes(
+        [array],
+        datafusion::physical_plan::repartition::REPARTITION_RANDOM_STATE.random_state(),
+        &mut hashes,
+    )
+    .map_err(|e| PipelineError::Dataflow(format!("hashing item ids: {e}")))?;
+    Ok(hashes)
+}
+
+/// The partition of each item among `n`, as DataFusion's hash repartition on the id assigns it
+/// (and as the window dataflow places its state with `n` workers).
+pub fn item_partitions(items: &[String], n: usize) -> Result<Vec<usize>> {
+    let n = n.max(1) as u64;
+    Ok(item_hashes(items)?.into_iter().map(|h| (h % n) as usize).collect())
+}
+
+/// Where the window state of each item was kept: the worker that counted it (for tests).
+type Owners = Arc<Mutex<BTreeMap<String, usize>>>;
+
+fn run_windows(
+    days: &[DailyCounts],
+    windows: &[u32],
+    report_days: &[u32],
+    topology: &Topology,
+    owners: Option<Owners>,
+) -> Result<(BTreeMap<u32, Vec<ItemWindows>>, StepSeconds)> {
     if windows.is_empty() || windows.contains(&0) {
         return Err(PipelineError::Config(vec![format!(
             "windows {windows:?}: give at least one window of 1 day or more"
@@ -138,6 +183,7 @@ pub fn item_window_stats_timed(
     // whatever data it holds; earlier days cannot reach a report, later ones are not needed.
     let first_time = first_report.saturating_sub(max_window);
     let (names, days) = dense_ids(days, first_time);
+    let hashes: Arc<Vec<u64>> = Arc::new(item_hashes(&names)?);
     let days: Arc<Vec<DayCounts>> = Arc::new(days);
     let names: Arc<Vec<String>> = Arc::new(names);
     let n_windows = windows.len();
@@ -156,6 +202,9 @@ pub fn item_window_stats_timed(
         let recorder = index % threads == 0;
         let windows = Arc::clone(&windows);
         let names = Arc::clone(&names);
+        let hashes = Arc::clone(&hashes);
+        let owners = owners.clone();
+        let owner_names = Arc::clone(&names);
         // Changes to (item, window) → totals, as seen by this worker.
         let changes: Arc<Mutex<Vec<Change>>> = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&changes);
@@ -173,7 +222,29 @@ pub fn item_window_stats_timed(
             }
             use differential_dataflow::AsCollection;
             use timely::dataflow::operators::vec::Broadcast;
-            all.count_total()
+            // Arranged by DataFusion's hash of the item (not differential's own), so the state of
+            // an item stays on the worker that fed it ([`item_partitions`]).
+            let by_item = {
+                let hashes = Arc::clone(&hashes);
+                Exchange::new(move |update: &(((u32, u8), ()), u32, Sums)| hashes[((update.0).0).0 as usize])
+            };
+            let arranged = differential_dataflow::operators::arrange::arrangement::arrange_core::<
+                _,
+                _,
+                KeyBatcher<(u32, u8), u32, Sums>,
+                KeySpine<(u32, u8), u32, Sums>,
+            >(
+                all.map(|key| (key, ())).inner, by_item, "Arrange: windows by item hash", KeyBatcher::new
+            );
+            arranged
+                .count_total()
+                .inspect(move |(((item, _), _), _, _)| {
+                    if let Some(owners) = &owners {
+                        if let Ok(mut o) = owners.lock() {
+                            o.insert(owner_names[*item as usize].clone(), index);
+                        }
+                    }
+                })
                 .inner
                 .broadcast()
                 .as_collection()
@@ -197,7 +268,7 @@ pub fn item_window_stats_timed(
             let started = std::time::Instant::now();
             // Feed this worker's share of day t.
             while fed < days.len() && days[fed].0 <= t {
-                feed_share(&mut input, &days[fed].1, index, peers);
+                feed_share(&mut input, &days[fed].1, &hashes, index, peers);
                 fed += 1;
             }
             input.advance_to(t + 1);
@@ -258,15 +329,17 @@ fn dense_ids(days: &[DailyCounts], first_time: u32) -> (Vec<String>, Vec<DayCoun
     (names, dense)
 }
 
-/// Feeds worker `index` of `peers` its share of one day's counts (every `peers`-th item).
+/// Feeds worker `index` of `peers` its share of one day's counts: the items of its partition
+/// (`hash mod peers`, [`item_partitions`]).
 fn feed_share(
     input: &mut differential_dataflow::input::InputSession<u32, u32, Sums>,
     counts: &[(u32, [i64; 5])],
+    hashes: &[u64],
     index: usize,
     peers: usize,
 ) {
-    for (i, (item, counts)) in counts.iter().enumerate() {
-        if i % peers != index {
+    for (item, counts) in counts {
+        if hashes[*item as usize] % peers as u64 != index as u64 {
             continue;
         }
         if counts.iter().any(|&c| c != 0) {
@@ -384,6 +457,63 @@ mod tests {
             for d in &report {
                 assert_eq!(got[d], oracle(&days, &windows, *d), "seed {seed}, workers {workers}, day {d}");
             }
+        }
+    }
+
+    /// The partition DataFusion's own `RepartitionExec` (hash on `item_id`, `n` partitions) puts
+    /// each id in.
+    async fn datafusion_partitions(names: &[String], n: usize) -> BTreeMap<String, usize> {
+        use arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::physical_plan::{repartition::RepartitionExec, ExecutionPlan, Partitioning};
+        use futures::StreamExt;
+        let schema = Arc::new(Schema::new(vec![Field::new("item_id", DataType::Utf8, false)]));
+        let ids = Arc::new(StringArray::from_iter_values(names.iter()));
+        let batch = arrow::array::RecordBatch::try_new(Arc::clone(&schema), vec![ids]).unwrap();
+        let source =
+            datafusion::datasource::memory::MemorySourceConfig::try_new_exec(&[vec![batch]], Arc::clone(&schema), None)
+                .unwrap();
+        let key = datafusion::physical_expr::expressions::col("item_id", &schema).unwrap();
+        let plan = RepartitionExec::try_new(source, Partitioning::Hash(vec![key], n)).unwrap();
+        let ctx = datafusion::prelude::SessionContext::new();
+        let mut out = BTreeMap::new();
+        for p in 0..n {
+            let mut stream = plan.execute(p, ctx.task_ctx()).unwrap();
+            while let Some(b) = stream.next().await {
+                let b = b.unwrap();
+                let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+                for id in ids.iter().flatten() {
+                    out.insert(id.to_string(), p);
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn each_items_state_lives_on_the_worker_of_its_datafusion_hash_partition() {
+        let days: Vec<DailyCounts> = (0..5)
+            .map(|d| DailyCounts {
+                day: 100 + d,
+                rows: (0..120).map(|i| (format!("item-{}", i * 7 + d), [3, 1, 0, 0, 250])).collect(),
+            })
+            .collect();
+        let (names, _) = dense_ids(&days, 0);
+        let report: Vec<u32> = (101..106).collect();
+        let expected = item_window_stats(&days, &[1, 7], &report, 1).unwrap();
+        for workers in [2, 3, 4] {
+            let owners: Owners = Arc::new(Mutex::new(BTreeMap::new()));
+            let (got, _) =
+                run_windows(&days, &[1, 7], &report, &Topology::Threads(workers), Some(Arc::clone(&owners))).unwrap();
+            assert_eq!(got, expected, "{workers} workers give other windows");
+            let owners = owners.lock().unwrap().clone();
+            let datafusion = datafusion_partitions(&names, workers).await;
+            assert_eq!(owners.len(), names.len());
+            assert_eq!(owners, datafusion, "{workers} workers: an item's state is not on its DataFusion partition");
+            let ours: BTreeMap<String, usize> =
+                names.iter().cloned().zip(item_partitions(&names, workers).unwrap()).collect();
+            assert_eq!(ours, datafusion);
+            let used: std::collections::BTreeSet<usize> = owners.values().copied().collect();
+            assert_eq!(used.len(), workers, "{workers} workers: some hold no item");
         }
     }
 
