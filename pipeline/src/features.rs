@@ -613,8 +613,8 @@ struct Checked {
 
 /// Runs `clean_<raw>.sql` for day `dt` and registers its result as `clean_<raw>` (every row, with
 /// its `reason`) and the accepted rows as `<raw>`. On a cluster the checked rows stay there: the
-/// executors write them to the session's staging folder, `<raw>` is a view of the accepted ones,
-/// and only the rows that break the contract come back.
+/// executors write them to `folder` (default: the session's staging folder), `<raw>` is a view of
+/// the accepted ones, and only the rows that break the contract come back.
 async fn validate(
     lake: &Lake,
     ctx: &SessionContext,
@@ -622,26 +622,15 @@ async fn validate(
     cfg: &FeaturesConfig,
     raw: &str,
     dt: &str,
+    folder: Option<String>,
 ) -> Result<Checked> {
     let job = format!("clean_{raw}");
     let params = vec![ScalarValue::Utf8(Some(dt.to_string())), ScalarValue::Int64(Some(i64::from(cfg.max_id_bytes)))];
     if let Some(staging) = Staging::of(ctx) {
         let df = sql_frame(ctx, registry, &job, params).await?;
-        let folder = staging.folder_for(&job);
+        let folder = folder.unwrap_or_else(|| staging.folder_for(&job));
         let input: u64 = crate::lake_write::write_unordered(ctx, df, lake, &folder).await?.iter().sum();
-        let _ = ctx.deregister_table(&job)?;
-        ctx.register_parquet(&job, lake.folder_url(&folder), ParquetReadOptions::default()).await?;
-        let schema = ctx.table(&job).await?.schema().as_arrow().clone();
-        let keep: Vec<String> = schema
-            .fields()
-            .iter()
-            .map(|f| f.name())
-            .filter(|n| *n != "reason" && !n.starts_with("raw_"))
-            .map(|n| format!("\"{n}\""))
-            .collect();
-        let good = ctx.sql(&format!("SELECT {} FROM {job} WHERE reason IS NULL", keep.join(", "))).await?;
-        let _ = ctx.deregister_table(raw)?;
-        ctx.register_table(raw, good.into_view())?;
+        register_checked(ctx, lake, raw, &folder).await?;
         let bad = collect(ctx.sql(&format!("SELECT * FROM {job} WHERE reason IS NOT NULL")).await?).await?;
         let accepted = input - total_rows(&bad).min(input);
         return Ok(Checked { input, accepted, bad });
@@ -654,6 +643,42 @@ async fn validate(
     Ok(Checked { input: total_rows(&checked), accepted, bad })
 }
 
+/// Registers the checked rows of raw table `raw` written to `folder` ([`validate`] on a cluster)
+/// as `clean_<raw>`, and the accepted ones, without `reason` and the original text columns, as
+/// the view `<raw>`.
+async fn register_checked(ctx: &SessionContext, lake: &Lake, raw: &str, folder: &str) -> Result<()> {
+    let job = format!("clean_{raw}");
+    let _ = ctx.deregister_table(&job)?;
+    ctx.register_parquet(&job, lake.folder_url(folder), ParquetReadOptions::default()).await?;
+    let schema = ctx.table(&job).await?.schema().as_arrow().clone();
+    let keep: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| f.name())
+        .filter(|n| *n != "reason" && !n.starts_with("raw_"))
+        .map(|n| format!("\"{n}\""))
+        .collect();
+    let good = ctx.sql(&format!("SELECT {} FROM {job} WHERE reason IS NULL", keep.join(", "))).await?;
+    let _ = ctx.deregister_table(raw)?;
+    ctx.register_table(raw, good.into_view())?;
+    Ok(())
+}
+
+/// Where a cluster's pass 1 keeps the checked behaviors of day `dt` for its pass 3 (which then
+/// reads no raw file again), outside the session's staging that the pass removes.
+fn checked_folder(dt: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("_cluster/checked-{}-{nanos}-{dt}/clean_behaviors", std::process::id())
+}
+
+/// Removes every file under `folder` of the lake.
+async fn remove_folder(lake: &Lake, folder: &str) -> Result<()> {
+    for meta in lake.list(folder).await? {
+        lake.store().delete(&meta.location).await.map_err(|e| PipelineError::store("delete", &meta.location, e))?;
+    }
+    Ok(())
+}
+
 /// Validates one raw table of day `dt`, quarantines its bad rows and checks their share;
 /// returns its accounting.
 async fn ingest(
@@ -663,11 +688,12 @@ async fn ingest(
     cfg: &FeaturesConfig,
     raw: &str,
     dt: &str,
+    keep: Option<String>,
 ) -> Result<Accounting> {
     let day = register_raw_day(lake, ctx, cfg, raw, dt).await?;
     quarantine_files(lake, raw, dt, &day.faults).await?;
     quarantine_lines(lake, raw, dt, &day.lines).await?;
-    let Checked { input, accepted, bad } = validate(lake, ctx, registry, cfg, raw, dt).await?;
+    let Checked { input, accepted, bad } = validate(lake, ctx, registry, cfg, raw, dt, keep).await?;
     let file_rows: u64 = day.faults.iter().filter_map(|f| f.rows).sum();
     let lines = day.lines.len() as u64;
     let acc = Accounting {
@@ -913,11 +939,37 @@ pub async fn run_features(
     let catalogue = read_catalogue(lake, &crate::query::new_context(lake), cfg.raw_format(), cfg.max_id_bytes).await?;
     check_catalogue(cfg, &catalogue)?;
     let digests = content_digests(&catalogue.batch)?;
+    // On a cluster, each day's checked behaviors between its pass 1 and its pass 3; what a failed
+    // run leaves of them is removed here.
+    let mut checked: Vec<Option<String>> = Vec::new();
+    let ran = run_days(lake, cfg, &registry, &catalogue, &digests, &days, cluster, &mut checked).await;
+    for folder in checked.into_iter().flatten() {
+        if let Err(e) = remove_folder(lake, &folder).await {
+            warn!(folder, error = %e, "could not remove a failed run's checked rows");
+        }
+    }
+    ran
+}
 
+/// [`run_features`] once its settings and catalogue are checked.
+#[allow(clippy::too_many_arguments)] // the job's parts, each read once per run
+async fn run_days(
+    lake: &Lake,
+    cfg: &FeaturesConfig,
+    registry: &SqlRegistry,
+    catalogue: &Catalogue,
+    digests: &RecordBatch,
+    days: &[NaiveDate],
+    cluster: Option<(usize, Vec<String>)>,
+    checked: &mut Vec<Option<String>>,
+) -> Result<Vec<DayReport>> {
+    let (from, to) = (days[0], days[days.len() - 1]);
     // Pass 1: validate, quarantine, daily aggregates and labels, day by day.
     let mut reports = Vec::new();
-    for day in &days {
-        reports.push(ingest_day(lake, cfg, &registry, &catalogue, *day).await?);
+    for day in days {
+        let (report, behaviors) = ingest_day(lake, cfg, registry, catalogue, *day).await?;
+        reports.push(report);
+        checked.push(behaviors);
     }
 
     // Pass 2: one dataflow for the whole range, fed with the daily aggregates.
@@ -937,11 +989,14 @@ pub async fn run_features(
     // a day's tables are written while the next day computes.
     let mut writer = Writer::default();
     let mut state = None;
-    for (day, report) in days.iter().zip(reports.iter_mut()) {
+    for ((day, report), behaviors) in days.iter().zip(reports.iter_mut()).zip(checked.iter_mut()) {
         let stats = windows.get(&epoch_day(*day)).map(Vec::as_slice).unwrap_or(&[]);
-        let input = DayInput { day: *day, stats, digests: &digests, previous: state.take() };
-        match publish_day(lake, cfg, &registry, &catalogue, input, report).await {
+        let input = DayInput { day: *day, stats, digests, previous: state.take(), behaviors: behaviors.as_deref() };
+        match publish_day(lake, cfg, registry, catalogue, input, report).await {
             Ok((next, writes)) => {
+                if let Some(folder) = behaviors.take() {
+                    remove_folder(lake, &folder).await?;
+                }
                 if !writes.parts.is_empty() {
                     // The days before first, then this day's partitioned tables, which the next
                     // day reads from their place.
@@ -970,7 +1025,7 @@ async fn ingest_day(
     registry: &SqlRegistry,
     catalogue: &Catalogue,
     day: NaiveDate,
-) -> Result<DayReport> {
+) -> Result<(DayReport, Option<String>)> {
     let dt = day_string(day);
     let mut steps = Steps::start();
     let session = open_session(lake, cfg, &format!("ingest-{dt}")).await?;
@@ -978,11 +1033,13 @@ async fn ingest_day(
     let ctx = session.context();
     replace_table(ctx, "raw.items", vec![catalogue.batch.clone()]).await?;
     steps.mark("session");
-    let exposures = ingest(lake, ctx, registry, cfg, "exposures", &dt).await?;
+    let exposures = ingest(lake, ctx, registry, cfg, "exposures", &dt, None).await?;
     steps.mark("exposures");
-    let clicks = ingest(lake, ctx, registry, cfg, "clicks", &dt).await?;
+    let clicks = ingest(lake, ctx, registry, cfg, "clicks", &dt, None).await?;
     steps.mark("clicks");
-    let behaviors = ingest(lake, ctx, registry, cfg, "behaviors", &dt).await?;
+    // On a cluster the checked behaviors stay on the lake for pass 3.
+    let checked = Staging::of(ctx).map(|_| checked_folder(&dt));
+    let behaviors = ingest(lake, ctx, registry, cfg, "behaviors", &dt, checked.clone()).await?;
     steps.mark("behaviors");
     let counts = run_sql(ctx, registry, "daily_item_counts", vec![]).await?;
     publish(lake, DAILY_ITEM_COUNTS, &dt, &counts).await?;
@@ -1005,7 +1062,7 @@ async fn ingest_day(
     steps.mark("labels");
     remove_staging(ctx).await?;
     info!(dt, exposures = exposures.accepted, clicks = clicks.accepted, behaviors = behaviors.accepted, %steps, "day ingested");
-    Ok(DayReport {
+    let report = DayReport {
         date: dt,
         exposures,
         clicks,
@@ -1015,7 +1072,8 @@ async fn ingest_day(
         items_with_stats: 0,
         items_changed: 0,
         positive_rate: if n > 0 { positives as f64 / n as f64 } else { 0.0 },
-    })
+    };
+    Ok((report, checked))
 }
 
 /// Wall time of each step of a day's pass, logged with the day (where the feature job's time
@@ -1050,6 +1108,8 @@ impl std::fmt::Display for Steps {
 /// What pass 3 needs of one day besides the job's settings.
 struct DayInput<'a> {
     day: NaiveDate,
+    /// Where pass 1 left the day's checked behaviors on a cluster (else they are read again).
+    behaviors: Option<&'a str>,
     /// The day's window statistics.
     stats: &'a [ItemWindows],
     /// The catalogue's content digests ([`content_digests`]).
@@ -1134,7 +1194,7 @@ async fn publish_day(
     input: DayInput<'_>,
     report: &mut DayReport,
 ) -> Result<(DayState, DayWrites)> {
-    let DayInput { day, stats, digests, previous } = input;
+    let DayInput { day, stats, digests, previous, behaviors } = input;
     let dt = day_string(day);
     let mut steps = Steps::start();
     let mut writes = DayWrites::new(&dt);
@@ -1157,8 +1217,14 @@ async fn publish_day(
 
     // This day's accepted behaviors, from the same files as pass 1 (read and validated again:
     // cheap, and no state kept in memory; the file faults were quarantined then).
-    register_raw_day(lake, ctx, cfg, "behaviors", &dt).await?;
-    validate(lake, ctx, registry, cfg, "behaviors", &dt).await?;
+    match behaviors {
+        // On a cluster, as pass 1 checked them: no raw file is read twice.
+        Some(folder) => register_checked(ctx, lake, "behaviors", folder).await?,
+        None => {
+            register_raw_day(lake, ctx, cfg, "behaviors", &dt).await?;
+            validate(lake, ctx, registry, cfg, "behaviors", &dt, None).await?;
+        }
+    }
     steps.mark("behaviors");
     let by_partition = cfg.writes_by_partition();
     let (previous, previous_items) = match previous {
