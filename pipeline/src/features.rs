@@ -755,6 +755,9 @@ async fn ingest(
 
 /// Reads one day of raw log table `raw` file by file and registers its usable rows as
 /// `raw.<raw>`, the table the clean SQL jobs read; returns what was read (the batches moved out).
+/// On a cluster the job's process stages each file as it reads it (one file in memory at a time;
+/// each file checked on its own, bad ones quarantined whole) and the executors read the staged
+/// files, cast to the day's one schema.
 async fn register_raw_day(
     lake: &Lake,
     ctx: &SessionContext,
@@ -762,18 +765,22 @@ async fn register_raw_day(
     raw: &str,
     dt: &str,
 ) -> Result<raw_files::RawDay> {
-    // On a cluster the job's process reads the day's files itself (each file checked on its own,
-    // bad ones quarantined whole) and stages the usable rows for the executors.
-    let local;
-    let reader = match Staging::of(ctx) {
-        Some(_) => {
-            local = crate::query::new_context(lake);
-            &local
+    let name = format!("raw.{raw}");
+    if let Some(staging) = Staging::of(ctx) {
+        let local = crate::query::new_context(lake);
+        let folder = staging.folder_for(&name);
+        let (day, schema) = raw_files::stage_day(lake, &local, raw, dt, cfg.raw_format(), &folder).await?;
+        if lake.list(&folder).await?.is_empty() {
+            staging.register(ctx, &name, &[RecordBatch::new_empty(schema)]).await?;
+        } else {
+            let _ = ctx.deregister_table(&name)?;
+            let options = ParquetReadOptions::default().schema(&schema);
+            ctx.register_parquet(&name, lake.folder_url(&folder), options).await?;
         }
-        None => ctx,
-    };
-    let mut day = raw_files::read_day(lake, reader, raw, dt, cfg.raw_format()).await?;
-    replace_table(ctx, &format!("raw.{raw}"), std::mem::take(&mut day.batches)).await?;
+        return Ok(day);
+    }
+    let mut day = raw_files::read_day(lake, ctx, raw, dt, cfg.raw_format()).await?;
+    replace_table(ctx, &name, std::mem::take(&mut day.batches)).await?;
     Ok(day)
 }
 

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use arrow::array::{new_null_array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
+use futures::StreamExt;
 use serde::Serialize;
 
 use crate::contract;
@@ -201,50 +202,132 @@ pub async fn read_day(
     forced: Option<&'static str>,
 ) -> Result<RawDay> {
     let contract = contract_schema(table)?;
-    let folder = format!("raw/{table}/dt={dt}");
     let mut day = RawDay { batches: Vec::new(), files: 0, bytes: 0, faults: Vec::new(), lines: Vec::new() };
     // Per readable file: its columns, batch by batch.
     let mut read: Vec<Vec<Vec<ArrayRef>>> = Vec::new();
-    for file in data_files(lake, &folder).await? {
-        day.files += 1;
-        day.bytes += file.bytes;
-        let format = match file.format(forced) {
-            Ok(format) => format,
-            Err(fault) => {
-                day.faults.push(fault);
-                continue;
-            }
-        };
-        match read_file(lake, ctx, &file, format, &contract).await? {
-            Err(reason) => day.faults.push(file.fault(None, format!("unreadable as {format}: {reason}"))),
-            Ok((batches, lines)) => {
-                let rows = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-                match project(&batches, &contract) {
-                    Ok(columns) => {
-                        read.push(columns);
-                        day.lines.extend(lines);
-                    }
-                    // Quarantined whole: its faulty records go with it.
-                    Err(reason) => day.faults.push(file.fault(Some(rows + lines.len() as u64), reason)),
-                }
-            }
+    for file in data_files(lake, &format!("raw/{table}/dt={dt}")).await? {
+        let one = read_one(lake, ctx, &file, forced, &contract).await?;
+        if let Some(columns) = day.record(&file, one) {
+            read.push(columns);
         }
     }
-    day.batches = unify(&contract, read, dt)?;
+    let schema = unified_schema(&contract, read.iter().flatten().map(Vec::as_slice));
+    day.batches = unify(&schema, read, dt)?;
     Ok(day)
 }
 
-/// One schema for every file's columns: the contract's types where every file agrees on a
-/// column, text where they do not; with the `dt` column.
-fn unify(contract: &Schema, read: Vec<Vec<Vec<ArrayRef>>>, dt: &str) -> Result<Vec<RecordBatch>> {
-    let first = read.iter().flatten().next();
+/// [`read_day`] with every readable file staged on its own under `folder` of the lake as it is
+/// read (`part-NNNNN.parquet`, its columns as the file has them, with `dt`), so that no more
+/// files are held in memory than are read at once (as many as this machine has cores). Returns
+/// the day without batches and the schema the staged files are to be read with (the one
+/// [`read_day`]'s batches have: a reader casts each file's columns to it).
+pub async fn stage_day(
+    lake: &Lake,
+    ctx: &SessionContext,
+    table: &str,
+    dt: &str,
+    forced: Option<&'static str>,
+    folder: &str,
+) -> Result<(RawDay, SchemaRef)> {
+    let contract = contract_schema(table)?;
+    let mut day = RawDay { batches: Vec::new(), files: 0, bytes: 0, faults: Vec::new(), lines: Vec::new() };
+    // The column types of each staged file (the first batch's; every batch of a file has them).
+    let mut types: Vec<Vec<DataType>> = Vec::new();
+    let files = data_files(lake, &format!("raw/{table}/dt={dt}")).await?;
+    let at_once = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let contract_ref = &contract;
+    // Read, checked and staged `at_once` files at a time, accounted in the files' order.
+    let mut staged = futures::stream::iter(files.iter().enumerate())
+        .map(|(i, file)| async move {
+            let mut one = read_one(lake, ctx, file, forced, contract_ref).await?;
+            let Some(first) = one.columns.as_ref().and_then(|c| c.first()) else { return Ok((one, None)) };
+            let own = Arc::new(Schema::new(
+                contract_ref
+                    .fields()
+                    .iter()
+                    .zip(first)
+                    .map(|(f, c)| Field::new(f.name(), c.data_type().clone(), true))
+                    .chain(std::iter::once(Field::new("dt", DataType::Utf8, true)))
+                    .collect::<Vec<_>>(),
+            ));
+            let file_types: Vec<DataType> = first.iter().map(|c| c.data_type().clone()).collect();
+            let batches = unify(&own, one.columns.take().into_iter().collect(), dt)?;
+            crate::lake::write_parquet(lake, format!("{folder}/part-{i:05}.parquet"), own, &batches, 1 << 20).await?;
+            one.columns = Some(Vec::new());
+            Ok::<_, PipelineError>((one, Some(file_types)))
+        })
+        .buffered(at_once);
+    let mut files = files.iter();
+    while let Some(done) = staged.next().await {
+        let (one, file_types) = done?;
+        let Some(file) = files.next() else { break };
+        day.record(file, one);
+        types.extend(file_types);
+    }
+    let probes: Vec<Vec<ArrayRef>> = types.iter().map(|t| t.iter().map(|d| new_null_array(d, 0)).collect()).collect();
+    let schema = unified_schema(&contract, probes.iter().map(Vec::as_slice));
+    Ok((day, schema))
+}
+
+/// What reading one data file of a raw day gave.
+struct FileRead {
+    /// Its columns projected onto the contract, batch by batch (`None`: quarantined whole).
+    columns: Option<Vec<Vec<ArrayRef>>>,
+    /// Why it is quarantined whole.
+    fault: Option<FileFault>,
+    /// Its records that could not become rows (text formats).
+    lines: Vec<LineFault>,
+}
+
+impl RawDay {
+    /// Accounts for one file read; returns its columns when it is not quarantined whole.
+    fn record(&mut self, file: &DataFile, read: FileRead) -> Option<Vec<Vec<ArrayRef>>> {
+        self.files += 1;
+        self.bytes += file.bytes;
+        self.faults.extend(read.fault);
+        self.lines.extend(read.lines);
+        read.columns
+    }
+}
+
+/// Reads one data file of a raw day (see the module docs).
+async fn read_one(
+    lake: &Lake,
+    ctx: &SessionContext,
+    file: &DataFile,
+    forced: Option<&'static str>,
+    contract: &Schema,
+) -> Result<FileRead> {
+    let quarantined = |fault| FileRead { columns: None, fault: Some(fault), lines: Vec::new() };
+    let format = match file.format(forced) {
+        Ok(format) => format,
+        Err(fault) => return Ok(quarantined(fault)),
+    };
+    Ok(match read_file(lake, ctx, file, format, contract).await? {
+        Err(reason) => quarantined(file.fault(None, format!("unreadable as {format}: {reason}"))),
+        Ok((batches, lines)) => {
+            let rows = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+            match project(&batches, contract) {
+                Ok(columns) => FileRead { columns: Some(columns), fault: None, lines },
+                // Quarantined whole: its faulty records go with it.
+                Err(reason) => quarantined(file.fault(Some(rows + lines.len() as u64), reason)),
+            }
+        }
+    })
+}
+
+/// One schema for every file's columns (`columns`: one slice per batch of every readable file):
+/// the contract's types where every file agrees on a column, text where they do not; with the
+/// `dt` column.
+fn unified_schema<'a>(contract: &Schema, columns: impl Iterator<Item = &'a [ArrayRef]> + Clone) -> SchemaRef {
+    let first = columns.clone().next();
     let mut fields: Vec<Field> = contract
         .fields()
         .iter()
         .enumerate()
         .map(|(i, f)| {
             let data_type = match first {
-                Some(cols) if read.iter().flatten().all(|c| c[i].data_type() == cols[i].data_type()) => {
+                Some(cols) if columns.clone().all(|c| c[i].data_type() == cols[i].data_type()) => {
                     cols[i].data_type().clone()
                 }
                 Some(_) => DataType::Utf8,
@@ -254,7 +337,13 @@ fn unify(contract: &Schema, read: Vec<Vec<Vec<ArrayRef>>>, dt: &str) -> Result<V
         })
         .collect();
     fields.push(Field::new("dt", DataType::Utf8, true));
-    let schema = Arc::new(Schema::new(fields));
+    Arc::new(Schema::new(fields))
+}
+
+/// Every file's columns as batches of `schema` ([`unified_schema`]): a column of another type is
+/// cast to the schema's; with the `dt` column.
+fn unify(schema: &SchemaRef, read: Vec<Vec<Vec<ArrayRef>>>, dt: &str) -> Result<Vec<RecordBatch>> {
+    let schema = Arc::clone(schema);
     let arrow_err = |e| PipelineError::arrow(format!("raw rows of dt={dt}"), e);
     let mut out = Vec::new();
     for cols in read.into_iter().flatten() {
@@ -323,7 +412,8 @@ mod tests {
         )
         .unwrap();
         let read = vec![project(&[a], &contract).unwrap(), project(&[b], &contract).unwrap()];
-        let out = unify(&contract, read, "1970-01-02").unwrap();
+        let schema = unified_schema(&contract, read.iter().flatten().map(Vec::as_slice));
+        let out = unify(&schema, read, "1970-01-02").unwrap();
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].schema(), out[1].schema());
         assert_eq!(out[0].schema().field(0).data_type(), &DataType::Utf8, "event_time disagrees: text");
@@ -337,7 +427,9 @@ mod tests {
         .unwrap();
         let err = project(&[short], &contract).unwrap_err();
         assert_eq!(err, "missing columns event_time, request_id, item_id");
-        let empty = unify(&contract, Vec::new(), "1970-01-02").unwrap();
+        let none: Vec<Vec<Vec<ArrayRef>>> = Vec::new();
+        let empty =
+            unify(&unified_schema(&contract, none.iter().flatten().map(Vec::as_slice)), none, "1970-01-02").unwrap();
         assert_eq!((empty.len(), empty[0].num_rows(), empty[0].num_columns()), (1, 0, 5));
     }
 }
