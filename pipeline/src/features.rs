@@ -755,9 +755,9 @@ async fn ingest(
 
 /// Reads one day of raw log table `raw` file by file and registers its usable rows as
 /// `raw.<raw>`, the table the clean SQL jobs read; returns what was read (the batches moved out).
-/// On a cluster the job's process stages each file as it reads it (one file in memory at a time;
-/// each file checked on its own, bad ones quarantined whole) and the executors read the staged
-/// files, cast to the day's one schema.
+/// On a cluster the job's process stages each file as it reads it (as many at once as it has
+/// cores, and no more in memory; each file checked on its own, bad ones quarantined whole) and
+/// the executors read the staged files, cast to the day's one schema.
 async fn register_raw_day(
     lake: &Lake,
     ctx: &SessionContext,
@@ -970,7 +970,7 @@ async fn run_days(
     cluster: Option<(usize, Vec<String>)>,
     checked: &mut Vec<Option<String>>,
 ) -> Result<Vec<DayReport>> {
-    let (from, to) = (days[0], days[days.len() - 1]);
+    let (Some(&from), Some(&to)) = (days.first(), days.last()) else { return Ok(Vec::new()) };
     // Pass 1: validate, quarantine, daily aggregates and labels, day by day.
     let mut reports = Vec::new();
     for day in days {

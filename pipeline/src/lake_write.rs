@@ -345,3 +345,74 @@ impl PhysicalExtensionCodec for LakeCodec {
             .map_err(|e| DataFusionError::Internal(format!("LakeWriteExec: cannot encode its settings: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{AsArray, StringArray};
+    use arrow::datatypes::Int64Type;
+    use datafusion::datasource::MemTable;
+
+    async fn session(dir: &std::path::Path) -> (Lake, SessionContext) {
+        let lake = Lake::open(dir.to_str().unwrap()).unwrap();
+        let ctx = crate::query::new_context(&lake);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let users: Vec<String> = (0..200).map(|i| format!("u{}", i % 37)).collect();
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(StringArray::from(users)), Arc::new(Int64Array::from_iter_values((0..200).rev()))],
+        )
+        .unwrap();
+        ctx.register_table("t", Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap())).unwrap();
+        (lake, ctx)
+    }
+
+    fn read(dir: &std::path::Path, rel: &str) -> Vec<(String, i64)> {
+        let file = std::fs::File::open(dir.join(rel)).unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+        let mut rows = Vec::new();
+        for b in reader.map(|b| b.unwrap()) {
+            let (u, v) = (b.column(0).as_string::<i32>(), b.column(1).as_primitive::<Int64Type>());
+            rows.extend((0..b.num_rows()).map(|r| (u.value(r).to_string(), v.value(r))));
+        }
+        rows
+    }
+
+    #[tokio::test]
+    async fn each_file_holds_its_hash_partition_of_users_in_the_query_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lake, ctx) = session(dir.path()).await;
+        let df = ctx.sql("SELECT user_id, v FROM t ORDER BY v").await.unwrap();
+        let rows = write_partitioned(&ctx, df, &lake, "out", &["user_id"], 3).await.unwrap();
+        assert_eq!(rows.iter().sum::<u64>(), 200);
+        let mut all = Vec::new();
+        assert_eq!(rows.len(), 3);
+        for (k, count) in rows.iter().enumerate() {
+            let file = read(dir.path(), &part_file("out", k));
+            assert_eq!(file.len() as u64, *count, "partition {k}: the count is not the file's");
+            assert!(file.windows(2).all(|w| w[0].1 < w[1].1), "partition {k} is not in the query's order");
+            let users: Vec<String> = file.iter().map(|(u, _)| u.clone()).collect();
+            let parts = crate::windows::item_partitions(&users, 3).unwrap();
+            assert!(parts.iter().all(|p| *p == k), "partition {k} holds users of another partition");
+            all.extend(file);
+        }
+        all.sort();
+        let mut want: Vec<(String, i64)> = (0..200).map(|i| (format!("u{}", i % 37), 199 - i)).collect();
+        want.sort();
+        assert_eq!(all, want);
+    }
+
+    #[tokio::test]
+    async fn a_query_without_an_order_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lake, ctx) = session(dir.path()).await;
+        let df = ctx.sql("SELECT user_id, v FROM t").await.unwrap();
+        let err = write_partitioned(&ctx, df, &lake, "out", &["user_id"], 2).await.unwrap_err().to_string();
+        assert!(err.contains("no final ORDER BY"), "{err}");
+        assert!(!dir.path().join("out").exists());
+    }
+}
