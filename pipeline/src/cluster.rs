@@ -38,7 +38,7 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::FunctionRegistry;
 use datafusion::execution::SessionState;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig};
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 use url::Url;
@@ -137,26 +137,19 @@ impl Staging {
         // A new file each time (a table is replaced during a day), and only that file registered.
         let file = format!("{folder}/part-{}.parquet", nanos_now());
         crate::lake::write_parquet(&self.lake, file.clone(), schema, batches, 1 << 20).await?;
-        let _ = ctx.deregister_table(name)?;
-        ctx.register_parquet(name, self.lake.file_url(&file), ParquetReadOptions::default()).await?;
+        crate::query::replace_parquet(ctx, name, self.lake.file_url(&file), ParquetReadOptions::default()).await?;
         debug!(table = name, file, "staged");
         Ok(())
     }
 
     /// Removes the staged files.
     pub async fn remove(&self) -> Result<()> {
-        for meta in self.lake.list(&self.folder).await? {
-            self.lake.store().delete(&meta.location).await.map_err(|source| PipelineError::Store {
-                op: "delete",
-                path: meta.location.to_string(),
-                source,
-            })?;
-        }
-        Ok(())
+        self.lake.remove_all(&self.folder).await
     }
 }
 
-fn nanos_now() -> u128 {
+/// Nanoseconds since the epoch: what makes the names of the folders a job stages in its own.
+pub(crate) fn nanos_now() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }
 

@@ -42,7 +42,7 @@ use crate::contract::DEFAULT_MAX_ID_BYTES;
 use crate::error::{PipelineError, Result};
 use crate::lake::{data_file, partition, write_parquet, Lake};
 use crate::lake_write::part_file;
-use crate::query::LakeSession;
+use crate::query::{replace_parquet, LakeSession};
 use crate::raw_files;
 use crate::windows::{item_window_stats_timed, DailyCounts, ItemWindows, Topology, AMOUNT, STATS};
 
@@ -648,8 +648,7 @@ async fn validate(
 /// the view `<raw>`.
 async fn register_checked(ctx: &SessionContext, lake: &Lake, raw: &str, folder: &str) -> Result<()> {
     let job = format!("clean_{raw}");
-    let _ = ctx.deregister_table(&job)?;
-    ctx.register_parquet(&job, lake.folder_url(folder), ParquetReadOptions::default()).await?;
+    replace_parquet(ctx, &job, lake.folder_url(folder), ParquetReadOptions::default()).await?;
     let schema = ctx.table(&job).await?.schema().as_arrow().clone();
     let keep: Vec<String> = schema
         .fields()
@@ -667,16 +666,7 @@ async fn register_checked(ctx: &SessionContext, lake: &Lake, raw: &str, folder: 
 /// Where a cluster's pass 1 keeps the checked behaviors of day `dt` for its pass 3 (which then
 /// reads no raw file again), outside the session's staging that the pass removes.
 fn checked_folder(dt: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("_cluster/checked-{}-{nanos}-{dt}/clean_behaviors", std::process::id())
-}
-
-/// Removes every file under `folder` of the lake.
-async fn remove_folder(lake: &Lake, folder: &str) -> Result<()> {
-    for meta in lake.list(folder).await? {
-        lake.store().delete(&meta.location).await.map_err(|e| PipelineError::store("delete", &meta.location, e))?;
-    }
-    Ok(())
+    format!("_cluster/checked-{}-{}-{dt}/clean_behaviors", std::process::id(), crate::cluster::nanos_now())
 }
 
 /// Validates one raw table of day `dt`, quarantines its bad rows and checks their share;
@@ -773,9 +763,8 @@ async fn register_raw_day(
         if lake.list(&folder).await?.is_empty() {
             staging.register(ctx, &name, &[RecordBatch::new_empty(schema)]).await?;
         } else {
-            let _ = ctx.deregister_table(&name)?;
             let options = ParquetReadOptions::default().schema(&schema);
-            ctx.register_parquet(&name, lake.folder_url(&folder), options).await?;
+            replace_parquet(ctx, &name, lake.folder_url(&folder), options).await?;
         }
         return Ok(day);
     }
@@ -951,7 +940,7 @@ pub async fn run_features(
     let mut checked: Vec<Option<String>> = Vec::new();
     let ran = run_days(lake, cfg, &registry, &catalogue, &digests, &days, cluster, &mut checked).await;
     for folder in checked.into_iter().flatten() {
-        if let Err(e) = remove_folder(lake, &folder).await {
+        if let Err(e) = lake.remove_all(&folder).await {
             warn!(folder, error = %e, "could not remove a failed run's checked rows");
         }
     }
@@ -1002,7 +991,7 @@ async fn run_days(
         match publish_day(lake, cfg, registry, catalogue, input, report).await {
             Ok((next, writes)) => {
                 if let Some(folder) = behaviors.take() {
-                    remove_folder(lake, &folder).await?;
+                    lake.remove_all(&folder).await?;
                 }
                 if !writes.parts.is_empty() {
                     // The days before first, then this day's partitioned tables, which the next
@@ -1056,8 +1045,7 @@ async fn ingest_day(
         let folder = format!("{}/{LABELS}", parts_folder(&dt));
         let n = write_sql_by_user(ctx, lake, cfg, registry, "labels", vec![], &folder).await?;
         publish_parts(lake, &dt, &[(LABELS, folder, cfg.partitions)]).await?;
-        let _ = ctx.deregister_table("labels")?;
-        ctx.register_parquet("labels", lake.folder_url(&partition(LABELS, &dt)), ParquetReadOptions::default()).await?;
+        register_labels(ctx, lake, &dt).await?;
         let sum =
             ctx.sql("SELECT CAST(coalesce(sum(CAST(label AS BIGINT)), 0) AS BIGINT) AS label FROM labels").await?;
         (n, labels_positive(&collect(sum).await?))
@@ -1147,10 +1135,8 @@ impl History {
         match self {
             History::Batches(batches) => replace_table(ctx, "previous_history", batches).await,
             History::Published { dt } => {
-                let _ = ctx.deregister_table("previous_history")?;
                 let folder = lake.folder_url(&partition(USER_HISTORY, &dt));
-                ctx.register_parquet("previous_history", folder, ParquetReadOptions::default()).await?;
-                Ok(())
+                replace_parquet(ctx, "previous_history", folder, ParquetReadOptions::default()).await
             }
         }
     }
@@ -1159,8 +1145,12 @@ impl History {
 /// A folder of its own for the tables of day `dt` that the query's partitions write, before they
 /// are moved into place ([`publish_parts`]).
 fn parts_folder(dt: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("_cluster/parts-{}-{nanos}-{dt}", std::process::id())
+    format!("_cluster/parts-{}-{}-{dt}", std::process::id(), crate::cluster::nanos_now())
+}
+
+/// Registers the day's labels where pass 1 wrote them (on a cluster, the executors) as `labels`.
+async fn register_labels(ctx: &SessionContext, lake: &Lake, dt: &str) -> Result<()> {
+    replace_parquet(ctx, "labels", lake.folder_url(&partition(LABELS, dt)), ParquetReadOptions::default()).await
 }
 
 /// Moves the partitioned tables of day `dt` into place: file `k` of each replaces file `k` of the
@@ -1240,9 +1230,7 @@ async fn publish_day(
     };
     previous.register(ctx, lake).await?;
     if by_partition {
-        // Read where pass 1 wrote it (on a cluster, by the executors).
-        let _ = ctx.deregister_table("labels")?;
-        ctx.register_parquet("labels", lake.folder_url(&partition(LABELS, &dt)), ParquetReadOptions::default()).await?;
+        register_labels(ctx, lake, &dt).await?;
     } else {
         let labels_df = ctx
             .sql("SELECT * FROM features.labels WHERE dt = $1")
@@ -1699,19 +1687,35 @@ const DICTIONARY_SOURCES: [(&str, &[&str]); 6] = [
 /// the day's samples, computed where the samples are (on a cluster, by the executors).
 async fn distinct_ids(ctx: &SessionContext, lake: &Lake, folder: &str) -> Result<Vec<RecordBatch>> {
     const TABLE: &str = "written_samples";
-    let _ = ctx.deregister_table(TABLE)?;
-    ctx.register_parquet(TABLE, lake.folder_url(folder), ParquetReadOptions::default()).await?;
+    replace_parquet(ctx, TABLE, lake.folder_url(folder), ParquetReadOptions::default()).await?;
     let schema: SchemaRef = Arc::new(ctx.table(TABLE).await?.schema().as_arrow().clone());
-    let mut out = Vec::new();
+    // One query (one pass, one job on a cluster): (source column, value) for every column.
+    let mut columns = Vec::new();
+    let mut parts = Vec::new();
     for column in DICTIONARY_SOURCES.iter().flat_map(|(_, columns)| columns.iter()) {
         let Ok(field) = schema.field_with_name(column) else { continue };
-        let query = match field.data_type() {
-            DataType::List(_) | DataType::LargeList(_) => {
-                format!("SELECT DISTINCT v AS \"{column}\" FROM (SELECT unnest(\"{column}\") AS v FROM {TABLE})")
-            }
-            _ => format!("SELECT DISTINCT \"{column}\" FROM {TABLE}"),
+        let values = match field.data_type() {
+            DataType::List(_) | DataType::LargeList(_) => format!("(SELECT unnest(\"{column}\") AS v FROM {TABLE})"),
+            _ => format!("(SELECT \"{column}\" AS v FROM {TABLE})"),
         };
-        out.extend(ctx.sql(&query).await?.collect().await?);
+        parts.push(format!("SELECT DISTINCT '{column}' AS source, CAST(v AS VARCHAR) AS value FROM {values}"));
+        columns.push(*column);
+    }
+    let mut out = Vec::new();
+    if !parts.is_empty() {
+        let pairs = ctx.sql(&parts.join(" UNION ALL ")).await?.collect().await?;
+        let arrow_err = |e| PipelineError::arrow("distinct ids of the samples", e);
+        for column in columns {
+            let field = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, true)]));
+            for b in &pairs {
+                let source = arrow::compute::cast(b.column(0), &DataType::Utf8).map_err(arrow_err)?;
+                let mine =
+                    arrow::compute::kernels::cmp::eq(&source, &StringArray::new_scalar(column)).map_err(arrow_err)?;
+                let value = arrow::compute::cast(b.column(1), &DataType::Utf8).map_err(arrow_err)?;
+                let value = arrow::compute::filter(&value, &mine).map_err(arrow_err)?;
+                out.push(RecordBatch::try_new(Arc::clone(&field), vec![value]).map_err(arrow_err)?);
+            }
+        }
     }
     let _ = ctx.deregister_table(TABLE)?;
     Ok(out)

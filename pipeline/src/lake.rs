@@ -265,6 +265,14 @@ impl Lake {
         }
     }
 
+    /// Deletes every object under `rel` (recursively), outside `_staging/`.
+    pub async fn remove_all(&self, rel: &str) -> Result<()> {
+        for meta in self.list(rel).await? {
+            self.store.delete(&meta.location).await.map_err(|e| PipelineError::store("delete", &meta.location, e))?;
+        }
+        Ok(())
+    }
+
     /// Every object under `rel` (recursively), outside `_staging/`.
     pub async fn list(&self, rel: &str) -> Result<Vec<ObjectMeta>> {
         let prefix = self.path(rel);

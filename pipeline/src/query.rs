@@ -127,6 +127,19 @@ impl std::fmt::Debug for LakeSession {
 }
 
 /// The session every marnflow SQL runs in: one place for its settings.
+/// Registers the Parquet file or folder at `url` as table `name` of `ctx`, replacing what was
+/// registered under that name.
+pub async fn replace_parquet(
+    ctx: &SessionContext,
+    name: &str,
+    url: String,
+    options: datafusion::prelude::ParquetReadOptions<'_>,
+) -> Result<()> {
+    let _ = ctx.deregister_table(name)?;
+    ctx.register_parquet(name, url, options).await?;
+    Ok(())
+}
+
 pub fn new_context(lake: &Lake) -> SessionContext {
     let mut config = SessionConfig::new()
         .with_information_schema(true)

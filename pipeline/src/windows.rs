@@ -236,15 +236,16 @@ fn run_windows(
             >(
                 all.map(|key| (key, ())).inner, by_item, "Arrange: windows by item hash", KeyBatcher::new
             );
-            arranged
-                .count_total()
-                .inspect(move |(((item, _), _), _, _)| {
-                    if let Some(owners) = &owners {
-                        if let Ok(mut o) = owners.lock() {
-                            o.insert(owner_names[*item as usize].clone(), index);
-                        }
+            let mut totals = arranged.count_total();
+            // Tests only: which worker counted each item.
+            if let Some(owners) = owners {
+                totals = totals.inspect(move |(((item, _), _), _, _)| {
+                    if let Ok(mut o) = owners.lock() {
+                        o.insert(owner_names[*item as usize].clone(), index);
                     }
-                })
+                });
+            }
+            totals
                 .inner
                 .broadcast()
                 .as_collection()
