@@ -237,6 +237,12 @@ fn features_command(cli: &Cli, args: &cli::FeaturesArgs, runtime: &tokio::runtim
                 r.positive_rate
             )?;
         }
+        if let Some(r) = reports.first() {
+            match &r.windows_resumed_from {
+                Some(d) => writeln!(out, "windows: resumed from the window state left for {d}")?,
+                None => writeln!(out, "windows: rebuilt from the daily aggregates")?,
+            }
+        }
     }
     Ok(())
 }

@@ -623,20 +623,8 @@ fn two_processes_give_exactly_the_one_process_output() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
-    let features = |lake: &Path| -> Vec<std::path::PathBuf> {
-        visible_parquet(lake).into_iter().filter(|p| p.starts_with("features")).collect()
-    };
-    let files = features(one.path());
-    assert_eq!(files, features(two.path()));
+    let files = assert_same_parquet(one.path(), two.path(), "features", "one process against two");
     assert!(files.len() > 20);
-    for f in &files {
-        assert_eq!(
-            std::fs::read(one.path().join(f)).unwrap(),
-            std::fs::read(two.path().join(f)).unwrap(),
-            "{} differs",
-            f.display()
-        );
-    }
 }
 
 /// Raw files of any name are read with `--format`; dictionaries only ever grow.
@@ -933,4 +921,74 @@ fn item_content_is_stored_once_per_change_and_each_day_points_to_it() {
     // The new words reached the token dictionary.
     let tokens = read_table(lake.path(), "features/dictionaries/token.parquet");
     assert!(tokens.iter().any(|b| strings(b, "value").iter().any(|v| v == "brand")), "no token 'brand'");
+}
+
+/// A daily run resumes its windows from the state the run before left and writes exactly the
+/// tables of a run that rebuilds them; a missing, corrupt or foreign state falls back to the
+/// rebuild with a warning, and a rerun of an earlier day removes the states that counted it.
+#[test]
+fn a_daily_run_resumes_its_windows_from_the_state_the_run_before_left() {
+    let (resumed, rebuilt) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for lake in [&resumed, &rebuilt] {
+        generate_world(lake.path(), 80, 200, 7, 4, 1500, 33);
+        ok(&["--lake", lake.path().to_str().unwrap(), "features", "--from", "2026-01-01", "--to", "2026-01-05"]);
+    }
+    let state = |lake: &Path, dt: &str| lake.join(format!("_state/windows/dt={dt}/part-00000.parquet"));
+    assert!(state(resumed.path(), "2026-01-05").exists(), "the backfill left no window state for its last day");
+    let daily = |lake: &Path, dt: &str| -> (serde_json::Value, String) {
+        let out = run(&["--lake", lake.to_str().unwrap(), "features", "--date", dt, "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (reports[0].clone(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let same_tables = |what: &str| assert_same_parquet(resumed.path(), rebuilt.path(), "features", what);
+
+    // Day 6: resumed from day 5's state, against the rebuild of a lake whose state is gone.
+    std::fs::remove_dir_all(rebuilt.path().join("_state")).unwrap();
+    let (with_state, quiet) = daily(resumed.path(), "2026-01-06");
+    let (without, warned) = daily(rebuilt.path(), "2026-01-06");
+    assert_eq!(with_state["windows_resumed_from"], "2026-01-05");
+    assert!(!quiet.contains("rebuilding the windows"), "{quiet}");
+    assert!(without["windows_resumed_from"].is_null());
+    assert!(warned.contains("no window state") && warned.contains("rebuilding the windows"), "{warned}");
+    same_tables("day 6");
+    let day6 = |lake: &Path| std::fs::read(state(lake, "2026-01-06")).unwrap();
+    assert_eq!(day6(resumed.path()), day6(rebuilt.path()), "the states left by the two runs differ");
+
+    // Day 7 on a state that is not Parquet, and on one written for other windows: the rebuild.
+    std::fs::write(state(resumed.path(), "2026-01-06"), b"not parquet").unwrap();
+    let (corrupt, warned) = daily(resumed.path(), "2026-01-07");
+    assert!(corrupt["windows_resumed_from"].is_null());
+    assert!(warned.contains("cannot be used") && warned.contains("dt=2026-01-06"), "{warned}");
+    let (_, _) = daily(rebuilt.path(), "2026-01-07");
+    same_tables("day 7, corrupt state");
+    std::fs::copy(state(rebuilt.path(), "2026-01-06"), state(resumed.path(), "2026-01-06")).unwrap();
+    let config = resumed.path().join("other-windows.toml");
+    std::fs::write(&config, "[features]\nwindows = [1, 7]\n").unwrap();
+    let out = run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--lake",
+        resumed.path().to_str().unwrap(),
+        "features",
+        "--date",
+        "2026-01-07",
+        "--json",
+    ]);
+    let warned = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{warned}");
+    assert!(warned.contains("cannot be used") && warned.contains("windows [1, 7]"), "{warned}");
+
+    // A rerun of day 3 removes the states after it (they counted day 3's old aggregates), so
+    // the next day's run rebuilds; the tables stay those of the rebuild.
+    for lake in [&resumed, &rebuilt] {
+        ok(&["--lake", lake.path().to_str().unwrap(), "features", "--from", "2026-01-01", "--to", "2026-01-07"]);
+        ok(&["--lake", lake.path().to_str().unwrap(), "features", "--date", "2026-01-03"]);
+    }
+    assert!(state(resumed.path(), "2026-01-03").exists());
+    assert!(!state(resumed.path(), "2026-01-07").exists(), "a state that counted the rerun day is left");
+    let (after, _) = daily(resumed.path(), "2026-01-04");
+    assert_eq!(after["windows_resumed_from"], "2026-01-03");
+    let (_, _) = daily(rebuilt.path(), "2026-01-04");
+    same_tables("after a rerun of day 3");
 }

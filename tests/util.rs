@@ -121,6 +121,24 @@ pub fn visible_parquet(lake: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The Parquet files readers see under `prefix` in lakes `a` and `b` are the same files with the
+/// same bytes; returns them. `what` names the comparison in a failure.
+pub fn assert_same_parquet(a: &Path, b: &Path, prefix: &str, what: &str) -> Vec<PathBuf> {
+    let under =
+        |lake: &Path| -> Vec<PathBuf> { visible_parquet(lake).into_iter().filter(|p| p.starts_with(prefix)).collect() };
+    let files = under(a);
+    assert_eq!(files, under(b), "{what}: other files");
+    for f in &files {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{what}: {} differs",
+            f.display()
+        );
+    }
+    files
+}
+
 /// Every batch of every Parquet file under `lake/rel` (a table or one partition).
 pub fn read_table(lake: &Path, rel: &str) -> Vec<arrow::array::RecordBatch> {
     let mut out = Vec::new();

@@ -44,10 +44,16 @@ use crate::lake::{data_file, partition, write_parquet, Lake};
 use crate::lake_write::part_file;
 use crate::query::{replace_parquet, LakeSession};
 use crate::raw_files;
-use crate::windows::{item_window_stats_timed, DailyCounts, ItemWindows, Topology, AMOUNT, STATS};
+use crate::windows::{
+    item_window_stats_resumed, item_window_stats_timed, DailyCounts, ItemWindows, Topology, WindowSeed, AMOUNT, STATS,
+};
 
 /// `features/<name>` tables written by this job.
 pub const DAILY_ITEM_COUNTS: &str = "features/daily_item_counts";
+/// Where each run leaves the window totals of its last day (`dt=D`: the totals at the end of
+/// `D − 1`, which day `D`'s statistics use), for the next run's dataflow to resume from. Not a
+/// table (the leading `_` keeps it out of SQL).
+pub const WINDOW_STATE: &str = "_state/windows";
 pub const LABELS: &str = "features/labels";
 pub const ITEM_STATS: &str = "features/item_stats";
 pub const ITEM_STAT_BUCKETS: &str = "features/item_stat_buckets";
@@ -324,6 +330,10 @@ pub struct DayReport {
     /// rows of its `features/item_content` partition.
     pub items_changed: u64,
     pub positive_rate: f64,
+    /// How the run's rolling windows started: from the window state an earlier run left for day
+    /// `D` (`Some(D)`; [`WINDOW_STATE`]), or rebuilt from the daily aggregates (`None`). The same
+    /// on every day of one run.
+    pub windows_resumed_from: Option<String>,
 }
 
 async fn run_sql(
@@ -355,11 +365,38 @@ async fn sql_frame(
     params: Vec<ScalarValue>,
 ) -> Result<DataFrame> {
     let text = registry.get(job)?;
-    let mut df = ctx.sql(text).await.map_err(|e| sql_error(registry, job, e))?;
+    let mut df = job_frame(ctx, text).await.map_err(|e| sql_error(registry, job, e))?;
     if !params.is_empty() {
         df = df.with_param_values(params).map_err(|e| sql_error(registry, job, e))?;
     }
     Ok(df)
+}
+
+/// Plans a job's text: its query, after any `SET` statements before it. Those settings apply to
+/// this job alone (a copy of the session's state, sharing its tables), so a job file can tune the
+/// planner for its own shape without changing how the other jobs run.
+async fn job_frame(ctx: &SessionContext, text: &str) -> datafusion::error::Result<DataFrame> {
+    use datafusion::sql::parser::{DFParser, Statement};
+    use datafusion::sql::sqlparser::ast::Statement as Sql;
+    let mut statements = DFParser::parse_sql(text)?;
+    let Some(query) = statements.pop_back() else {
+        return Err(datafusion::error::DataFusionError::Plan("the job's file holds no statement".into()));
+    };
+    if statements.is_empty() {
+        return ctx.sql(text).await;
+    }
+    let scoped = SessionContext::new_with_state(ctx.state());
+    for statement in statements {
+        if !matches!(&statement, Statement::Statement(s) if matches!(**s, Sql::Set(_))) {
+            return Err(datafusion::error::DataFusionError::Plan(format!(
+                "a job's file holds one query, after SET statements only; found: {statement}"
+            )));
+        }
+        let plan = scoped.state().statement_to_plan(statement).await?;
+        scoped.execute_logical_plan(plan).await?;
+    }
+    let plan = scoped.state().statement_to_plan(query).await?;
+    scoped.execute_logical_plan(plan).await
 }
 
 /// Runs SQL job `job` and writes its rows to `folder` by user partitions
@@ -389,9 +426,17 @@ async fn write_sql_by_user(
 
 /// Runs a query to the end. Never returns an empty vector: a result without rows is one empty
 /// batch with the query's columns, so every table registered or published from it keeps them.
+/// At `trace` level it logs the executed plan with each operator's metrics (rows, time), as
+/// `EXPLAIN ANALYZE` would show it.
 async fn collect(df: DataFrame) -> datafusion::error::Result<Vec<RecordBatch>> {
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let mut out = df.collect().await?;
+    let task = Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await?;
+    let mut out = datafusion::physical_plan::collect(Arc::clone(&plan), task).await?;
+    if tracing::enabled!(tracing::Level::TRACE) {
+        let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref());
+        tracing::trace!("executed plan:\n{}", shown.indent(true));
+    }
     if out.is_empty() {
         out.push(RecordBatch::new_empty(schema));
     }
@@ -959,7 +1004,9 @@ async fn run_days(
     cluster: Option<(usize, Vec<String>)>,
     checked: &mut Vec<Option<String>>,
 ) -> Result<Vec<DayReport>> {
-    let (Some(&from), Some(&to)) = (days.first(), days.last()) else { return Ok(Vec::new()) };
+    let Some(&from) = days.first() else { return Ok(Vec::new()) };
+    // Window states after `from` count days that pass 1 is about to rewrite.
+    remove_window_states_after(lake, from).await?;
     // Pass 1: validate, quarantine, daily aggregates and labels, day by day.
     let mut reports = Vec::new();
     for day in days {
@@ -968,18 +1015,16 @@ async fn run_days(
         checked.push(behaviors);
     }
 
-    // Pass 2: one dataflow for the whole range, fed with the daily aggregates.
-    let max_w = cfg.windows.iter().copied().max().unwrap_or(1);
-    let first_needed = from - Duration::days(i64::from(max_w));
-    let daily = load_daily_counts(lake, first_needed, to - Duration::days(1)).await?;
-    let report_days: Vec<u32> = days.iter().map(|d| epoch_day(*d)).collect();
+    // Pass 2: one dataflow for the whole range, resumed from the window state the run before
+    // left, else rebuilt from the daily aggregates; this run's last totals are left for the next.
     let topology = match cluster {
         Some((process, addresses)) => Topology::Cluster { threads: cfg.workers, process, addresses },
         None => Topology::Threads(cfg.workers),
     };
-    let t = std::time::Instant::now();
-    let (windows, _) = item_window_stats_timed(&daily, &cfg.windows, &report_days, &topology)?;
-    info!(days = report_days.len(), ms = format!("{:.0}", t.elapsed().as_secs_f64() * 1e3), "windows computed");
+    let (windows, resumed_from, state_write) = window_part(lake, cfg, days, &topology).await?;
+    for r in reports.iter_mut() {
+        r.windows_resumed_from = resumed_from.clone();
+    }
 
     // Pass 3: statistics, buckets, samples, user state, item side and dictionaries, day by day;
     // a day's tables are written while the next day computes.
@@ -1010,6 +1055,7 @@ async fn run_days(
         }
     }
     writer.finish().await?;
+    state_write.finish().await?;
     Ok(reports)
 }
 
@@ -1067,6 +1113,7 @@ async fn ingest_day(
         items_with_stats: 0,
         items_changed: 0,
         positive_rate: if n > 0 { positives as f64 / n as f64 } else { 0.0 },
+        windows_resumed_from: None,
     };
     Ok((report, checked))
 }
@@ -1338,47 +1385,300 @@ fn check_columns(registry: &SqlRegistry, job: &str, batches: &[RecordBatch], req
     }
 }
 
-/// The daily aggregates of `[first, last]` from `features/daily_item_counts`.
-pub async fn load_daily_counts(lake: &Lake, first: NaiveDate, last: NaiveDate) -> Result<Vec<DailyCounts>> {
-    if last < first {
-        return Ok(Vec::new());
-    }
-    let session = LakeSession::open(lake).await?;
-    if !session.tables().iter().any(|t| t.qualified() == "features.daily_item_counts") {
-        return Ok(Vec::new());
-    }
-    let df = session
-        .context()
-        .sql("SELECT dt, item_id, exposures, clicks, carts, purchases, amount FROM features.daily_item_counts WHERE dt >= $1 AND dt <= $2 ORDER BY dt, item_id")
-        .await?
-        .with_param_values(vec![ScalarValue::Utf8(Some(day_string(first))), ScalarValue::Utf8(Some(day_string(last)))])?;
-    let batches = df.collect().await?;
-    let mut by_day: BTreeMap<u32, Vec<(String, [i64; 5])>> = BTreeMap::new();
-    for b in &batches {
-        let dt = arrow::compute::cast(b.column(0), &DataType::Utf8)
-            .map_err(|e| PipelineError::arrow("daily counts dt", e))?;
-        let dt = dt.as_string::<i32>();
-        let item = arrow::compute::cast(b.column(1), &DataType::Utf8)
-            .map_err(|e| PipelineError::arrow("daily counts item_id", e))?;
-        let item = item.as_string::<i32>();
-        let ints: Vec<ArrayRef> = (2..6)
-            .map(|c| arrow::compute::cast(b.column(c), &DataType::Int64))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| PipelineError::arrow("daily counts", e))?;
-        let amount = arrow::compute::cast(b.column(6), &DataType::Float64)
-            .map_err(|e| PipelineError::arrow("daily counts amount", e))?;
-        let amount = amount.as_primitive::<arrow::datatypes::Float64Type>();
-        for r in 0..b.num_rows() {
-            let Some(day) = NaiveDate::parse_from_str(dt.value(r), "%Y-%m-%d").ok() else { continue };
-            let mut c = [0i64; 5];
-            for (k, a) in ints.iter().enumerate() {
-                c[k] = a.as_primitive::<Int64Type>().value(r);
-            }
-            c[AMOUNT] = (amount.value(r) * 100.0).round() as i64;
-            by_day.entry(epoch_day(day)).or_default().push((item.value(r).to_string(), c));
+/// A run's window part (its pass 2, once the daily aggregates of `days` are on the lake): the
+/// rolling windows of every day of `days` (consecutive) by [`compute_windows`]. Returns the
+/// windows by report day, the day of the state they resumed from (`None`: rebuilt), and the
+/// write of the last day's window state for the next run, which goes on while the run computes
+/// its days ([`StateWrite::finish`] waits for it).
+pub async fn window_part(
+    lake: &Lake,
+    cfg: &FeaturesConfig,
+    days: &[NaiveDate],
+    topology: &Topology,
+) -> Result<(BTreeMap<u32, Vec<ItemWindows>>, Option<String>, StateWrite)> {
+    let started = std::time::Instant::now();
+    let (windows, resumed_from) = compute_windows(lake, cfg, days, topology).await?;
+    let write = match days.last() {
+        Some(&to) => {
+            let last = windows.get(&epoch_day(to)).map(Vec::as_slice).unwrap_or(&[]);
+            let (target, schema, batch) = window_state_batch(&cfg.windows, to, last)?;
+            let lake = lake.clone();
+            StateWrite(Some(tokio::spawn(async move {
+                write_parquet(&lake, target, schema, &[batch], 1 << 20).await.map(|_| ())
+            })))
+        }
+        None => StateWrite(None),
+    };
+    let ms = started.elapsed().as_millis() as u64;
+    info!(days = days.len(), resumed_from = resumed_from.as_deref().unwrap_or("-"), ms, "windows computed");
+    Ok((windows, resumed_from, write))
+}
+
+/// The write of a run's window state ([`WINDOW_STATE`]), under way in the background.
+#[derive(Debug)]
+pub struct StateWrite(Option<tokio::task::JoinHandle<Result<()>>>);
+
+impl StateWrite {
+    /// Waits for the write to land.
+    pub async fn finish(self) -> Result<()> {
+        match self.0 {
+            Some(handle) => handle
+                .await
+                .map_err(|e| PipelineError::Dataflow(format!("the window state's write did not finish: {e}")))?,
+            None => Ok(()),
         }
     }
-    Ok(by_day.into_iter().map(|(day, rows)| DailyCounts { day, rows }).collect())
+}
+
+/// The rolling windows of every day of `days` (consecutive), and the day of the window state
+/// they resumed from (`None`: rebuilt from the daily aggregates).
+///
+/// A run of `[from, to]` resumes from the latest state left for a day `D` in
+/// `[from − max window, from − 1]` (its totals at the end of `D − 1`): the dataflow is seeded with
+/// them and fed only the days from `D − 1` on and the retractions that fall due, one day per
+/// window and day run. The run's own state (for `to`) is never among those, so the processes of
+/// a timely cluster, which write it too, all choose the same one. A missing or unreadable state
+/// falls back to the rebuild from the last `max window` days of aggregates, with a warning; the
+/// windows are the same either way.
+async fn compute_windows(
+    lake: &Lake,
+    cfg: &FeaturesConfig,
+    days: &[NaiveDate],
+    topology: &Topology,
+) -> Result<(BTreeMap<u32, Vec<ItemWindows>>, Option<String>)> {
+    let (Some(&from), Some(&to)) = (days.first(), days.last()) else { return Ok((BTreeMap::new(), None)) };
+    let report_days: Vec<u32> = days.iter().map(|d| epoch_day(*d)).collect();
+    let max_w = i64::from(cfg.windows.iter().copied().max().unwrap_or(1));
+    let oldest_useful = from - Duration::days(max_w);
+    let states = partition_days(lake, WINDOW_STATE).await?;
+    if let Some(&state_day) = states.range(oldest_useful..from).next_back() {
+        let started = std::time::Instant::now();
+        match read_window_state(lake, &cfg.windows, state_day).await {
+            Ok(seed) => {
+                let read_ms = started.elapsed().as_secs_f64() * 1e3;
+                let needed: BTreeSet<NaiveDate> = crate::windows::resumed_days(&cfg.windows, seed.as_of, epoch_day(to))
+                    .into_iter()
+                    .map(|d| NaiveDate::default() + Duration::days(i64::from(d)))
+                    .collect();
+                let daily = load_daily_counts_on(lake, &needed).await?;
+                let load_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms;
+                let (windows, steps) = item_window_stats_resumed(&daily, &cfg.windows, &report_days, &seed, topology)?;
+                debug!(?steps, "resumed steps");
+                let total_ms = started.elapsed().as_secs_f64() * 1e3;
+                debug!(read_ms, load_ms, dataflow_ms = total_ms - read_ms - load_ms, "windows resumed");
+                return Ok((windows, Some(day_string(state_day))));
+            }
+            Err(e) => {
+                warn!(state = %day_string(state_day), error = %e, "the window state cannot be used; rebuilding the windows from the daily aggregates")
+            }
+        }
+    } else if daily_count_days(lake).await?.range(oldest_useful..from).next().is_some() {
+        warn!(
+            from = %day_string(oldest_useful),
+            to = %day_string(from - Duration::days(1)),
+            "no window state left by a run of a day in this range; rebuilding the windows from the daily aggregates"
+        );
+    }
+    let daily = load_daily_counts(lake, oldest_useful, to - Duration::days(1)).await?;
+    let (windows, _) = item_window_stats_timed(&daily, &cfg.windows, &report_days, topology)?;
+    Ok((windows, None))
+}
+
+/// Schema metadata of a window state file: the windows it holds and the day its totals are at
+/// the end of, checked when it is read.
+const STATE_WINDOWS_KEY: &str = "marnflow.windows";
+const STATE_AS_OF_KEY: &str = "marnflow.as_of";
+
+fn window_state_schema(windows: &[u32], as_of: NaiveDate) -> SchemaRef {
+    let list: Vec<String> = windows.iter().map(u32::to_string).collect();
+    let metadata = HashMap::from([
+        (STATE_WINDOWS_KEY.to_string(), list.join(",")),
+        (STATE_AS_OF_KEY.to_string(), day_string(as_of)),
+    ]);
+    let mut fields =
+        vec![Field::new("item_id", DataType::Utf8, false), Field::new("window_days", DataType::UInt32, false)];
+    fields.extend(STATS.iter().map(|s| Field::new(*s, DataType::Int64, false)));
+    Arc::new(Schema::new_with_metadata(fields, metadata))
+}
+
+/// The window totals of report day `day` (those at the end of `day − 1`) as the next run reads
+/// them, and where they go: one row per item and window with a non-zero total (the amount in
+/// cents, exact), by item then window.
+fn window_state_batch(
+    windows: &[u32],
+    day: NaiveDate,
+    items: &[ItemWindows],
+) -> Result<(String, SchemaRef, RecordBatch)> {
+    let schema = window_state_schema(windows, day - Duration::days(1));
+    let mut ids = Vec::new();
+    let mut widths = Vec::new();
+    let mut columns: Vec<Vec<i64>> = vec![Vec::new(); STATS.len()];
+    for item in items {
+        for (total, &width) in item.sums.iter().zip(windows) {
+            if total.iter().any(|&v| v != 0) {
+                ids.push(item.item_id.as_str());
+                widths.push(width);
+                for (c, v) in columns.iter_mut().zip(total) {
+                    c.push(*v);
+                }
+            }
+        }
+    }
+    let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from(ids)), Arc::new(UInt32Array::from(widths))];
+    arrays.extend(columns.into_iter().map(|c| Arc::new(Int64Array::from(c)) as ArrayRef));
+    let batch =
+        RecordBatch::try_new(Arc::clone(&schema), arrays).map_err(|e| PipelineError::arrow("window state", e))?;
+    Ok((data_file(&partition(WINDOW_STATE, &day_string(day))), schema, batch))
+}
+
+/// The window state left for report day `day`, checked: its windows are `windows`, its day is
+/// `day − 1`, and every row is an item and one of those windows.
+async fn read_window_state(lake: &Lake, windows: &[u32], day: NaiveDate) -> Result<WindowSeed> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = data_file(&partition(WINDOW_STATE, &day_string(day)));
+    let bytes = lake.get(&file).await?;
+    let bad = |what: String| PipelineError::Dataflow(format!("window state {file}: {what}"));
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| PipelineError::parquet("read", &file, e))?;
+    let expected = window_state_schema(windows, day - Duration::days(1));
+    let found = builder.schema();
+    if found.fields() != expected.fields() || found.metadata() != expected.metadata() {
+        return Err(bad(format!(
+            "written for windows {:?} as of {:?}, with columns {:?}; this run needs windows {windows:?} as of {}",
+            found.metadata().get(STATE_WINDOWS_KEY),
+            found.metadata().get(STATE_AS_OF_KEY),
+            found.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>(),
+            day_string(day - Duration::days(1)),
+        )));
+    }
+    let reader = builder.build().map_err(|e| PipelineError::parquet("read", &file, e))?;
+    // Rows come as written: by item, then window.
+    let mut items: Vec<ItemWindows> = Vec::new();
+    let mut row = 0usize;
+    for batch in reader {
+        let batch = batch.map_err(|e| PipelineError::arrow("window state", e))?;
+        let ids = batch.column(0).as_string::<i32>();
+        let widths = batch.column(1).as_primitive::<UInt32Type>();
+        let values: Vec<&Int64Array> =
+            (2..2 + STATS.len()).map(|c| batch.column(c).as_primitive::<Int64Type>()).collect();
+        for r in 0..batch.num_rows() {
+            let Some(w) = windows.iter().position(|&x| x == widths.value(r)) else {
+                return Err(bad(format!("row {} is for a window of {} days", row + r, widths.value(r))));
+            };
+            let id = ids.value(r);
+            let previous = items.last().map(|l| l.item_id.as_str());
+            if previous.is_some_and(|p| p > id) {
+                return Err(bad(format!("row {} is out of order: item {id} after {previous:?}", row + r)));
+            }
+            if previous != Some(id) {
+                items.push(ItemWindows { item_id: id.to_string(), sums: vec![[0; 5]; windows.len()] });
+            }
+            if let Some(last) = items.last_mut() {
+                for (s, v) in values.iter().enumerate() {
+                    last.sums[w][s] = v.value(r);
+                }
+            }
+        }
+        row += batch.num_rows();
+    }
+    let as_of = epoch_day(day) - 1;
+    Ok(WindowSeed { as_of, items })
+}
+
+/// Removes the window states left for days after `day`: they count days a run from `day` is
+/// about to rewrite. A file already gone (another process of a timely cluster removed it) is
+/// not an error.
+async fn remove_window_states_after(lake: &Lake, day: NaiveDate) -> Result<()> {
+    for meta in lake.list(WINDOW_STATE).await? {
+        let after = lake
+            .relative(&meta.location)
+            .and_then(|rel| rel.split('/').find_map(|s| s.strip_prefix("dt=")).map(str::to_string))
+            .and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok())
+            .is_none_or(|d| d > day);
+        if after {
+            match lake.store().delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(PipelineError::store("delete", &meta.location, e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The daily aggregates of `[first, last]` from `features/daily_item_counts`.
+pub async fn load_daily_counts(lake: &Lake, first: NaiveDate, last: NaiveDate) -> Result<Vec<DailyCounts>> {
+    let days: BTreeSet<NaiveDate> = first.iter_days().take_while(|d| *d <= last).collect();
+    load_daily_counts_on(lake, &days).await
+}
+
+/// The days that have a `features/daily_item_counts` partition.
+async fn daily_count_days(lake: &Lake) -> Result<BTreeSet<NaiveDate>> {
+    Ok(partition_files(lake, DAILY_ITEM_COUNTS).await?.into_keys().collect())
+}
+
+/// The days `D` of the `dt=D` partitions under `table` that hold a file.
+async fn partition_days(lake: &Lake, table: &str) -> Result<BTreeSet<NaiveDate>> {
+    Ok(partition_files(lake, table).await?.into_keys().collect())
+}
+
+/// The Parquet files of each `dt=D` partition under `table` (lake-relative paths), by day.
+async fn partition_files(lake: &Lake, table: &str) -> Result<BTreeMap<NaiveDate, Vec<String>>> {
+    let mut days: BTreeMap<NaiveDate, Vec<String>> = BTreeMap::new();
+    for meta in lake.list(table).await? {
+        let Some(rel) = lake.relative(&meta.location) else { continue };
+        let dt = rel.split('/').find_map(|s| s.strip_prefix("dt="));
+        if let Some(day) = dt.and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()) {
+            if rel.ends_with(".parquet") {
+                days.entry(day).or_default().push(rel);
+            }
+        }
+    }
+    Ok(days)
+}
+
+/// The daily aggregates of `days` (those that have a partition) from
+/// `features/daily_item_counts`, reading only their files.
+pub async fn load_daily_counts_on(lake: &Lake, days: &BTreeSet<NaiveDate>) -> Result<Vec<DailyCounts>> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let files = partition_files(lake, DAILY_ITEM_COUNTS).await?;
+    let mut out = Vec::new();
+    for (day, paths) in files.iter().filter(|(d, _)| days.contains(d)) {
+        let mut rows: Vec<(String, [i64; 5])> = Vec::new();
+        for path in paths {
+            let bytes = lake.get(path).await?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .and_then(|b| b.build())
+                .map_err(|e| PipelineError::parquet("read", path, e))?;
+            for batch in reader {
+                let b = batch.map_err(|e| PipelineError::arrow("daily counts", e))?;
+                let column = |name: &str, to: &DataType| -> Result<ArrayRef> {
+                    let c = b.column_by_name(name).ok_or_else(|| {
+                        PipelineError::Dataflow(format!("{path} has no column {name}: not daily item counts"))
+                    })?;
+                    arrow::compute::cast(c, to).map_err(|e| PipelineError::arrow("daily counts", e))
+                };
+                let item = column("item_id", &DataType::Utf8)?;
+                let item = item.as_string::<i32>();
+                let ints: Vec<ArrayRef> = ["exposures", "clicks", "carts", "purchases"]
+                    .iter()
+                    .map(|c| column(c, &DataType::Int64))
+                    .collect::<Result<_>>()?;
+                let ints: Vec<&Int64Array> = ints.iter().map(|a| a.as_primitive::<Int64Type>()).collect();
+                let amount = column("amount", &DataType::Float64)?;
+                let amount = amount.as_primitive::<arrow::datatypes::Float64Type>();
+                for r in 0..b.num_rows() {
+                    let mut c = [0i64; 5];
+                    for (k, a) in ints.iter().enumerate() {
+                        c[k] = a.value(r);
+                    }
+                    c[AMOUNT] = (amount.value(r) * 100.0).round() as i64;
+                    rows.push((item.value(r).to_string(), c));
+                }
+            }
+        }
+        out.push(DailyCounts { day: epoch_day(*day), rows });
+    }
+    Ok(out)
 }
 
 /// The `features/item_stats` batch of one day from the window sums.

@@ -8,6 +8,12 @@
 //! update per item and window, not five. Advancing one day costs work proportional to that day's
 //! changes, not to the window.
 //!
+//! **Resuming.** A run can start from the totals an earlier run reached ([`WindowSeed`],
+//! [`item_window_stats_resumed`]): they enter as one difference per (item, window) at the first
+//! step, together with that day's counts, and the days before the seed's only send the
+//! retractions that fall due during the run ([`resumed_days`]). The result equals the run over
+//! every day; the feature job persists the seed between runs.
+//!
 //! **Partitioning.** An item's window state lives on the worker `h(item) mod workers`, where `h`
 //! is DataFusion's repartition hash ([`item_partitions`]): the partition a `Partitioning::Hash`
 //! on `item_id` into as many partitions as there are workers puts the item in, on one process or
@@ -107,6 +113,63 @@ pub fn item_window_stats(
     item_window_stats_timed(days, windows, report_days, &Topology::Threads(workers)).map(|(r, _)| r)
 }
 
+/// The window totals an earlier run reached at the end of day `as_of`: where a later run's
+/// dataflow resumes instead of rebuilding them from the daily aggregates
+/// ([`item_window_stats_resumed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSeed {
+    /// Days since 1970-01-01: the totals are those at the end of this day.
+    pub as_of: u32,
+    /// Every item with a non-zero total in some window, `sums[w]` in the order of the windows.
+    pub items: Vec<ItemWindows>,
+}
+
+/// The days whose daily aggregates a run resumed from totals at the end of `as_of` needs, to
+/// report up to `last_report`: the days after `as_of` it feeds (up to `last_report − 1`), and the
+/// days at or before `as_of` whose counts leave a window during the run (day `t − W` leaves the
+/// window of `W` days at step `t`). One day's run needs that day and one day per window.
+pub fn resumed_days(windows: &[u32], as_of: u32, last_report: u32) -> std::collections::BTreeSet<u32> {
+    let mut days = std::collections::BTreeSet::new();
+    for t in as_of + 1..last_report {
+        days.insert(t);
+        for &w in windows {
+            if let Some(leaving) = t.checked_sub(w) {
+                days.insert(leaving);
+            }
+        }
+    }
+    days
+}
+
+/// [`item_window_stats_timed`] resumed from `seed`: the dataflow starts at the end of
+/// `seed.as_of` holding the seed's totals, then is fed the days after it and, of the days at or
+/// before it, only the retractions that fall due during the run, so its work follows the days
+/// run, not the width of the windows. `days` must hold [`resumed_days`]; every report day must be
+/// after `seed.as_of`. The result equals [`item_window_stats_timed`] over all the days.
+pub fn item_window_stats_resumed(
+    days: &[DailyCounts],
+    windows: &[u32],
+    report_days: &[u32],
+    seed: &WindowSeed,
+    topology: &Topology,
+) -> Result<(BTreeMap<u32, Vec<ItemWindows>>, StepSeconds)> {
+    if let Some(early) = report_days.iter().find(|&&d| d <= seed.as_of) {
+        return Err(PipelineError::Dataflow(format!(
+            "report day {early} is not after the window state's day {}: the state cannot give it",
+            seed.as_of
+        )));
+    }
+    if let Some(bad) = seed.items.iter().find(|i| i.sums.len() != windows.len()) {
+        return Err(PipelineError::Dataflow(format!(
+            "the window state of item {} has {} windows, not {}",
+            bad.item_id,
+            bad.sums.len(),
+            windows.len()
+        )));
+    }
+    run_windows(days, windows, report_days, topology, Some(seed), None)
+}
+
 /// Seconds per dataflow step, `(time, seconds)`.
 pub type StepSeconds = Vec<(u32, f64)>;
 /// One day's counts by item index: `(day, [(item, [exposures, clicks, carts, purchases, amount])])`.
@@ -114,6 +177,8 @@ type DayCounts = (u32, Vec<(u32, [i64; 5])>);
 /// The five statistics of one item as a differential difference: a tuple, whose sum, zero and
 /// negation differential defines element-wise (`((exposures, clicks), (carts, purchases), amount)`).
 type Sums = ((i64, i64), (i64, i64), i64);
+/// A difference to the totals of `(item, window)`: a resumed run's seed or a due retraction.
+type KeyedSums = ((u32, u8), Sums);
 /// One change of a window total: `((item, window), totals, time, diff)`.
 type Change = ((u32, u8), Sums, u32, isize);
 
@@ -135,7 +200,7 @@ pub fn item_window_stats_timed(
     report_days: &[u32],
     topology: &Topology,
 ) -> Result<(BTreeMap<u32, Vec<ItemWindows>>, StepSeconds)> {
-    run_windows(days, windows, report_days, topology, None)
+    run_windows(days, windows, report_days, topology, None, None)
 }
 
 /// DataFusion's repartition hash of each item id ([`REPARTITION_RANDOM_STATE`]): modulo `n`, the
@@ -169,6 +234,7 @@ fn run_windows(
     windows: &[u32],
     report_days: &[u32],
     topology: &Topology,
+    seed: Option<&WindowSeed>,
     owners: Option<Owners>,
 ) -> Result<(BTreeMap<u32, Vec<ItemWindows>>, StepSeconds)> {
     if windows.is_empty() || windows.contains(&0) {
@@ -181,15 +247,54 @@ fn run_windows(
     let max_window = windows.iter().copied().max().unwrap_or(1);
     // The dataflow steps through [first_time, last report − 1], the same times in every process
     // whatever data it holds; earlier days cannot reach a report, later ones are not needed.
-    let first_time = first_report.saturating_sub(max_window);
-    let (names, days) = dense_ids(days, first_time);
+    // Resumed: from the day after the seed's, whose step adds the seed's totals to that day's
+    // changes; the days at or before the seed's only leave their windows.
+    let first_time = seed.map_or(first_report.saturating_sub(max_window), |s| s.as_of + 1);
+    let seed_names = seed.map(|s| s.items.iter().map(|i| i.item_id.as_str()).collect::<Vec<_>>()).unwrap_or_default();
+    let oldest = if seed.is_some() { first_time.saturating_sub(max_window + 1) } else { first_time };
+    let (names, all_days) = dense_ids(days, oldest, &seed_names);
+    let (leaving, days): (Vec<DayCounts>, Vec<DayCounts>) = match seed {
+        Some(s) => all_days.into_iter().partition(|(day, _)| *day <= s.as_of),
+        None => (Vec::new(), all_days),
+    };
+    // Seed totals and due retractions, by step.
+    let mut direct: BTreeMap<u32, Vec<KeyedSums>> = BTreeMap::new();
+    if let Some(s) = seed {
+        let at_seed = direct.entry(s.as_of + 1).or_default();
+        for item in &s.items {
+            // Every seed item is among the (sorted) names.
+            let Ok(id) = names.binary_search_by(|n| n.as_str().cmp(item.item_id.as_str())) else { continue };
+            for (w, total) in item.sums.iter().enumerate() {
+                if total.iter().any(|&v| v != 0) {
+                    at_seed.push(((id as u32, w as u8), to_sums(total)));
+                }
+            }
+        }
+        for (day, counts) in &leaving {
+            for (w, &width) in windows.iter().enumerate() {
+                // Still inside the window at the seed's day, leaving during the run.
+                let due = day + width;
+                if due > s.as_of && due < last_report {
+                    let at = direct.entry(due).or_default();
+                    at.extend(counts.iter().map(|(item, c)| ((*item, w as u8), to_sums(&c.map(|v| -v)))));
+                }
+            }
+        }
+    }
+    let direct: Arc<BTreeMap<u32, Vec<KeyedSums>>> = Arc::new(direct);
     let hashes: Arc<Vec<u64>> = Arc::new(item_hashes(&names)?);
     let days: Arc<Vec<DayCounts>> = Arc::new(days);
     let names: Arc<Vec<String>> = Arc::new(names);
     let n_windows = windows.len();
     let windows: Arc<Vec<u32>> = Arc::new(windows.to_vec());
     let report: Arc<Vec<u32>> = Arc::new(report_days.to_vec());
-    let results: Arc<Mutex<BTreeMap<u32, Vec<ItemWindows>>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    // A report on the seed's own day is the seed (no step gives it).
+    let mut reported = BTreeMap::new();
+    if let Some(s) = seed.filter(|s| report_days.contains(&(s.as_of + 1))) {
+        let items = s.items.iter().filter(|i| i.sums.iter().any(|t| t.iter().any(|&v| v != 0)));
+        reported.insert(s.as_of + 1, items.cloned().collect::<Vec<_>>());
+    }
+    let results: Arc<Mutex<BTreeMap<u32, Vec<ItemWindows>>>> = Arc::new(Mutex::new(reported));
     let timings: Arc<Mutex<Vec<(u32, f64)>>> = Arc::new(Mutex::new(Vec::new()));
     let step_times = Arc::clone(&timings);
 
@@ -205,12 +310,16 @@ fn run_windows(
         let hashes = Arc::clone(&hashes);
         let owners = owners.clone();
         let owner_names = Arc::clone(&names);
+        let direct = Arc::clone(&direct);
         // Changes to (item, window) → totals, as seen by this worker.
         let changes: Arc<Mutex<Vec<Change>>> = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&changes);
         let probe = Handle::new();
-        let mut input = worker.dataflow::<u32, _, _>(|scope| {
+        let (mut input, mut seeded) = worker.dataflow::<u32, _, _>(|scope| {
             let (input, counts) = scope.new_collection::<u32, Sums>();
+            // A resumed run's seed totals and the retractions of days before it, keyed as the
+            // windows' updates are.
+            let (seeded, seed_updates) = scope.new_collection::<(u32, u8), Sums>();
             let mut per_window = Vec::with_capacity(windows.len());
             for (w, &width) in windows.iter().enumerate() {
                 let tagged = counts.clone().map(move |item| (item, w as u8));
@@ -220,6 +329,7 @@ fn run_windows(
             for c in per_window {
                 all = all.concat(c);
             }
+            let all = all.concat(seed_updates);
             use differential_dataflow::AsCollection;
             use timely::dataflow::operators::vec::Broadcast;
             // Arranged by DataFusion's hash of the item (not differential's own), so the state of
@@ -257,23 +367,32 @@ fn run_windows(
                     }
                 })
                 .probe_with(&probe);
-            input
+            (input, seeded)
         });
 
-        let mut state: HashMap<(u32, u8), [i64; 5]> = HashMap::new();
+        // This worker's totals, by item and window (`item * windows + window`).
+        let mut state: Vec<Option<[i64; 5]>> = vec![None; names.len() * n_windows];
         let mut fed = 0usize;
         let last_time = last_report.saturating_sub(1);
         let mut t = first_time;
         input.advance_to(t);
-        loop {
+        seeded.advance_to(t);
+        while t <= last_time {
             let started = std::time::Instant::now();
             // Feed this worker's share of day t.
             while fed < days.len() && days[fed].0 <= t {
                 feed_share(&mut input, &days[fed].1, &hashes, index, peers);
                 fed += 1;
             }
+            for (key, diff) in direct.get(&t).into_iter().flatten() {
+                if hashes[key.0 as usize] % peers as u64 == index as u64 {
+                    seeded.update(*key, *diff);
+                }
+            }
             input.advance_to(t + 1);
             input.flush();
+            seeded.advance_to(t + 1);
+            seeded.flush();
             worker.step_while(|| probe.less_than(&(t + 1)));
             if recorder {
                 if let Ok(mut s) = step_times.lock() {
@@ -282,18 +401,22 @@ fn run_windows(
             }
             // Everything up to time t is final: apply it to this worker's state.
             if let Ok(mut v) = changes.lock() {
-                apply_changes(&mut state, v.drain(..));
+                apply_changes(&mut state, n_windows, v.drain(..));
             }
             if recorder && report.contains(&(t + 1)) {
                 let items = snapshot(&state, &names, n_windows);
                 if let Ok(mut r) = shared.lock() {
-                    r.entry(t + 1).or_default().extend(items);
+                    r.insert(t + 1, items);
                 }
             }
-            if t >= last_time {
-                break;
-            }
             t += 1;
+        }
+        // Every time up to the last report's eve is final on every worker (the probe is global),
+        // and nothing later is wanted: drop the dataflow rather than let timely run it to
+        // completion, which would step through the retractions still due after the last report
+        // (up to the widest window's worth of days). Messages still in flight to it are ignored.
+        for dataflow in worker.installed_dataflows() {
+            worker.drop_dataflow(dataflow);
         }
     })
     // A runtime failure, not a configuration error: the usual causes are a cluster process's own
@@ -307,23 +430,25 @@ fn run_windows(
         .map_err(|_| PipelineError::Dataflow("window results still shared after the workers ended".into()))?
         .into_inner()
         .map_err(|_| PipelineError::Dataflow("a timely worker panicked".into()))?;
-    let merged = merge_parts(&mut results, report_days, n_windows);
+    for d in report_days {
+        results.entry(*d).or_default();
+    }
+    results.retain(|d, _| report_days.contains(d));
     let timings = timings.lock().map(|t| t.clone()).unwrap_or_default();
-    Ok((merged, timings))
+    Ok((results, timings))
 }
 
-/// Items as dense u32 ids, cheap to hash and copy, for the days from `first_time` on, sorted by
-/// day. The ids follow the sorted item names, so every process of a cluster assigns the same
-/// ones. Returns the names (index = id) and each day's counts by id.
-fn dense_ids(days: &[DailyCounts], first_time: u32) -> (Vec<String>, Vec<DayCounts>) {
+/// Items as dense u32 ids, cheap to hash and copy, for the days from `first_time` on (and the
+/// items of `also`), sorted by day. The ids follow the sorted item names, so every process of a
+/// cluster assigns the same ones. Returns the names (index = id) and each day's counts by id.
+fn dense_ids(days: &[DailyCounts], first_time: u32, also: &[&str]) -> (Vec<String>, Vec<DayCounts>) {
     let mut by_day: Vec<&DailyCounts> = days.iter().filter(|d| d.day >= first_time).collect();
     by_day.sort_by_key(|d| d.day);
-    let names: Vec<String> = by_day
-        .iter()
-        .flat_map(|d| d.rows.iter().map(|(item, _)| item.clone()))
-        .collect::<std::collections::BTreeSet<String>>()
-        .into_iter()
-        .collect();
+    let mut sorted: Vec<&str> =
+        by_day.iter().flat_map(|d| d.rows.iter().map(|(item, _)| item.as_str())).chain(also.iter().copied()).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let names: Vec<String> = sorted.into_iter().map(str::to_string).collect();
     let id_of: HashMap<&str, u32> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
     let dense =
         by_day.iter().map(|d| (d.day, d.rows.iter().map(|(item, c)| (id_of[item.as_str()], *c)).collect())).collect();
@@ -351,47 +476,30 @@ fn feed_share(
 
 /// Applies final changes of window totals to a worker's state: an insertion sets the total, a
 /// retraction of the current total removes it.
-fn apply_changes(state: &mut HashMap<(u32, u8), [i64; 5]>, changes: impl Iterator<Item = Change>) {
-    for (key, total, _time, diff) in changes {
+fn apply_changes(state: &mut [Option<[i64; 5]>], n_windows: usize, changes: impl Iterator<Item = Change>) {
+    for ((item, w), total, _time, diff) in changes {
+        let slot = &mut state[item as usize * n_windows + w as usize];
         let total = from_sums(&total);
         if diff > 0 {
-            state.insert(key, total);
-        } else if state.get(&key) == Some(&total) {
-            state.remove(&key);
+            *slot = Some(total);
+        } else if *slot == Some(total) {
+            *slot = None;
         }
     }
 }
 
-/// A worker's window totals as per-item rows (the worker's share of the keys).
-fn snapshot(state: &HashMap<(u32, u8), [i64; 5]>, names: &[String], n_windows: usize) -> Vec<ItemWindows> {
-    let mut items: BTreeMap<String, Vec<[i64; 5]>> = BTreeMap::new();
-    for ((item, w), total) in state {
-        items.entry(names[*item as usize].clone()).or_insert_with(|| vec![[0; 5]; n_windows])[*w as usize] = *total;
-    }
-    items.into_iter().map(|(item_id, sums)| ItemWindows { item_id, sums }).collect()
-}
-
-/// Keys (item, window) are spread over workers by hash: merges each item's parts
-/// into one row per item and report day.
-fn merge_parts(
-    results: &mut BTreeMap<u32, Vec<ItemWindows>>,
-    report_days: &[u32],
-    n_windows: usize,
-) -> BTreeMap<u32, Vec<ItemWindows>> {
-    let mut merged = BTreeMap::new();
-    for d in report_days {
-        let mut items: BTreeMap<String, Vec<[i64; 5]>> = BTreeMap::new();
-        for part in results.remove(d).unwrap_or_default() {
-            let e = items.entry(part.item_id).or_insert_with(|| vec![[0; 5]; n_windows]);
-            for (acc, add) in e.iter_mut().zip(&part.sums) {
-                for (a, b) in acc.iter_mut().zip(add) {
-                    *a += b;
-                }
-            }
-        }
-        merged.insert(*d, items.into_iter().map(|(item_id, sums)| ItemWindows { item_id, sums }).collect());
-    }
-    merged
+/// The totals as per-item rows, sorted by item id (dense ids follow the sorted names); every
+/// worker of a process records the totals of all of them (they are broadcast).
+fn snapshot(state: &[Option<[i64; 5]>], names: &[String], n_windows: usize) -> Vec<ItemWindows> {
+    state
+        .chunks(n_windows.max(1))
+        .zip(names)
+        .filter(|(sums, _)| sums.iter().any(Option::is_some))
+        .map(|(sums, name)| ItemWindows {
+            item_id: name.clone(),
+            sums: sums.iter().map(|s| s.unwrap_or([0; 5])).collect(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -498,13 +606,14 @@ mod tests {
                 rows: (0..120).map(|i| (format!("item-{}", i * 7 + d), [3, 1, 0, 0, 250])).collect(),
             })
             .collect();
-        let (names, _) = dense_ids(&days, 0);
+        let (names, _) = dense_ids(&days, 0, &[]);
         let report: Vec<u32> = (101..106).collect();
         let expected = item_window_stats(&days, &[1, 7], &report, 1).unwrap();
         for workers in [2, 3, 4] {
             let owners: Owners = Arc::new(Mutex::new(BTreeMap::new()));
             let (got, _) =
-                run_windows(&days, &[1, 7], &report, &Topology::Threads(workers), Some(Arc::clone(&owners))).unwrap();
+                run_windows(&days, &[1, 7], &report, &Topology::Threads(workers), None, Some(Arc::clone(&owners)))
+                    .unwrap();
             assert_eq!(got, expected, "{workers} workers give other windows");
             let owners = owners.lock().unwrap().clone();
             let datafusion = datafusion_partitions(&names, workers).await;
@@ -516,6 +625,41 @@ mod tests {
             let used: std::collections::BTreeSet<usize> = owners.values().copied().collect();
             assert_eq!(used.len(), workers, "{workers} workers: some hold no item");
         }
+    }
+
+    #[test]
+    fn a_run_resumed_from_the_state_of_an_earlier_run_equals_the_run_over_every_day() {
+        let windows = [1, 7, 30];
+        for (seed, workers) in [(4, 1), (5, 2), (6, 3)] {
+            let days = random_days(seed, 100, 60);
+            // An earlier run reported up to day 141: its last totals are those at the end of 140.
+            let earlier = item_window_stats(&days, &windows, &[141], 1).unwrap();
+            let state = WindowSeed { as_of: 140, items: earlier[&141].clone() };
+            for last in [141, 142, 143, 150, 175] {
+                let report: Vec<u32> = (141..=last).collect();
+                let needed = resumed_days(&windows, 140, last);
+                let given: Vec<DailyCounts> = days.iter().filter(|d| needed.contains(&d.day)).cloned().collect();
+                let (got, steps) =
+                    item_window_stats_resumed(&given, &windows, &report, &state, &Topology::Threads(workers)).unwrap();
+                for d in &report {
+                    assert_eq!(got[d], oracle(&days, &windows, *d), "seed {seed}, workers {workers}, day {d}");
+                }
+                // Steps from the day after the seed's to the last report's eve, nothing before.
+                assert_eq!(steps.first().map(|s| s.0), (last > 141).then_some(141));
+                assert_eq!(steps.len() as u32, last - 141);
+            }
+            // A day's run reads that day and one day per window.
+            assert_eq!(resumed_days(&windows, 140, 142), [111, 134, 140, 141].into_iter().collect());
+        }
+    }
+
+    #[test]
+    fn a_state_that_cannot_give_the_days_asked_is_refused() {
+        let state = WindowSeed { as_of: 140, items: vec![ItemWindows { item_id: "a".into(), sums: vec![[1; 5]; 2] }] };
+        let topology = Topology::Threads(1);
+        assert!(item_window_stats_resumed(&[], &[1, 7], &[140], &state, &topology).is_err());
+        assert!(item_window_stats_resumed(&[], &[1, 7, 30], &[141], &state, &topology).is_err());
+        assert!(item_window_stats_resumed(&[], &[1, 7], &[141], &state, &topology).is_ok());
     }
 
     #[test]
