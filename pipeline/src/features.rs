@@ -365,38 +365,11 @@ async fn sql_frame(
     params: Vec<ScalarValue>,
 ) -> Result<DataFrame> {
     let text = registry.get(job)?;
-    let mut df = job_frame(ctx, text).await.map_err(|e| sql_error(registry, job, e))?;
+    let mut df = ctx.sql(text).await.map_err(|e| sql_error(registry, job, e))?;
     if !params.is_empty() {
         df = df.with_param_values(params).map_err(|e| sql_error(registry, job, e))?;
     }
     Ok(df)
-}
-
-/// Plans a job's text: its query, after any `SET` statements before it. Those settings apply to
-/// this job alone (a copy of the session's state, sharing its tables), so a job file can tune the
-/// planner for its own shape without changing how the other jobs run.
-async fn job_frame(ctx: &SessionContext, text: &str) -> datafusion::error::Result<DataFrame> {
-    use datafusion::sql::parser::{DFParser, Statement};
-    use datafusion::sql::sqlparser::ast::Statement as Sql;
-    let mut statements = DFParser::parse_sql(text)?;
-    let Some(query) = statements.pop_back() else {
-        return Err(datafusion::error::DataFusionError::Plan("the job's file holds no statement".into()));
-    };
-    if statements.is_empty() {
-        return ctx.sql(text).await;
-    }
-    let scoped = SessionContext::new_with_state(ctx.state());
-    for statement in statements {
-        if !matches!(&statement, Statement::Statement(s) if matches!(**s, Sql::Set(_))) {
-            return Err(datafusion::error::DataFusionError::Plan(format!(
-                "a job's file holds one query, after SET statements only; found: {statement}"
-            )));
-        }
-        let plan = scoped.state().statement_to_plan(statement).await?;
-        scoped.execute_logical_plan(plan).await?;
-    }
-    let plan = scoped.state().statement_to_plan(query).await?;
-    scoped.execute_logical_plan(plan).await
 }
 
 /// Runs SQL job `job` and writes its rows to `folder` by user partitions
@@ -1450,8 +1423,9 @@ async fn compute_windows(
     let report_days: Vec<u32> = days.iter().map(|d| epoch_day(*d)).collect();
     let max_w = i64::from(cfg.windows.iter().copied().max().unwrap_or(1));
     let oldest_useful = from - Duration::days(max_w);
-    let states = partition_days(lake, WINDOW_STATE).await?;
-    if let Some(&state_day) = states.range(oldest_useful..from).next_back() {
+    let states = partition_files(lake, WINDOW_STATE).await?;
+    let daily_files = partition_files(lake, DAILY_ITEM_COUNTS).await?;
+    if let Some(&state_day) = states.range(oldest_useful..from).next_back().map(|(d, _)| d) {
         let started = std::time::Instant::now();
         match read_window_state(lake, &cfg.windows, state_day).await {
             Ok(seed) => {
@@ -1460,26 +1434,25 @@ async fn compute_windows(
                     .into_iter()
                     .map(|d| NaiveDate::default() + Duration::days(i64::from(d)))
                     .collect();
-                let daily = load_daily_counts_on(lake, &needed).await?;
+                let daily = read_daily_counts(lake, &daily_files, &needed).await?;
                 let load_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms;
                 let (windows, steps) = item_window_stats_resumed(&daily, &cfg.windows, &report_days, &seed, topology)?;
-                debug!(?steps, "resumed steps");
-                let total_ms = started.elapsed().as_secs_f64() * 1e3;
-                debug!(read_ms, load_ms, dataflow_ms = total_ms - read_ms - load_ms, "windows resumed");
+                debug!(read_ms, load_ms, ?steps, "windows resumed");
                 return Ok((windows, Some(day_string(state_day))));
             }
             Err(e) => {
                 warn!(state = %day_string(state_day), error = %e, "the window state cannot be used; rebuilding the windows from the daily aggregates")
             }
         }
-    } else if daily_count_days(lake).await?.range(oldest_useful..from).next().is_some() {
+    } else if daily_files.range(oldest_useful..from).next().is_some() {
         warn!(
             from = %day_string(oldest_useful),
             to = %day_string(from - Duration::days(1)),
             "no window state left by a run of a day in this range; rebuilding the windows from the daily aggregates"
         );
     }
-    let daily = load_daily_counts(lake, oldest_useful, to - Duration::days(1)).await?;
+    let needed: BTreeSet<NaiveDate> = oldest_useful.iter_days().take_while(|d| *d < to).collect();
+    let daily = read_daily_counts(lake, &daily_files, &needed).await?;
     let (windows, _) = item_window_stats_timed(&daily, &cfg.windows, &report_days, topology)?;
     Ok((windows, None))
 }
@@ -1589,17 +1562,13 @@ async fn read_window_state(lake: &Lake, windows: &[u32], day: NaiveDate) -> Resu
 /// about to rewrite. A file already gone (another process of a timely cluster removed it) is
 /// not an error.
 async fn remove_window_states_after(lake: &Lake, day: NaiveDate) -> Result<()> {
-    for meta in lake.list(WINDOW_STATE).await? {
-        let after = lake
-            .relative(&meta.location)
-            .and_then(|rel| rel.split('/').find_map(|s| s.strip_prefix("dt=")).map(str::to_string))
-            .and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok())
-            .is_none_or(|d| d > day);
-        if after {
-            match lake.store().delete(&meta.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(PipelineError::store("delete", &meta.location, e)),
-            }
+    let states = partition_files(lake, WINDOW_STATE).await?;
+    for file in states.range((std::ops::Bound::Excluded(day), std::ops::Bound::Unbounded)).flat_map(|(_, files)| files)
+    {
+        let location = lake.path(file);
+        match lake.store().delete(&location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(PipelineError::store("delete", &location, e)),
         }
     }
     Ok(())
@@ -1608,17 +1577,7 @@ async fn remove_window_states_after(lake: &Lake, day: NaiveDate) -> Result<()> {
 /// The daily aggregates of `[first, last]` from `features/daily_item_counts`.
 pub async fn load_daily_counts(lake: &Lake, first: NaiveDate, last: NaiveDate) -> Result<Vec<DailyCounts>> {
     let days: BTreeSet<NaiveDate> = first.iter_days().take_while(|d| *d <= last).collect();
-    load_daily_counts_on(lake, &days).await
-}
-
-/// The days that have a `features/daily_item_counts` partition.
-async fn daily_count_days(lake: &Lake) -> Result<BTreeSet<NaiveDate>> {
-    Ok(partition_files(lake, DAILY_ITEM_COUNTS).await?.into_keys().collect())
-}
-
-/// The days `D` of the `dt=D` partitions under `table` that hold a file.
-async fn partition_days(lake: &Lake, table: &str) -> Result<BTreeSet<NaiveDate>> {
-    Ok(partition_files(lake, table).await?.into_keys().collect())
+    read_daily_counts(lake, &partition_files(lake, DAILY_ITEM_COUNTS).await?, &days).await
 }
 
 /// The Parquet files of each `dt=D` partition under `table` (lake-relative paths), by day.
@@ -1636,11 +1595,14 @@ async fn partition_files(lake: &Lake, table: &str) -> Result<BTreeMap<NaiveDate,
     Ok(days)
 }
 
-/// The daily aggregates of `days` (those that have a partition) from
-/// `features/daily_item_counts`, reading only their files.
-pub async fn load_daily_counts_on(lake: &Lake, days: &BTreeSet<NaiveDate>) -> Result<Vec<DailyCounts>> {
+/// The daily aggregates of `days` (those that have a partition) from `files`, the
+/// `features/daily_item_counts` files by day ([`partition_files`]), reading only theirs.
+async fn read_daily_counts(
+    lake: &Lake,
+    files: &BTreeMap<NaiveDate, Vec<String>>,
+    days: &BTreeSet<NaiveDate>,
+) -> Result<Vec<DailyCounts>> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let files = partition_files(lake, DAILY_ITEM_COUNTS).await?;
     let mut out = Vec::new();
     for (day, paths) in files.iter().filter(|(d, _)| days.contains(d)) {
         let mut rows: Vec<(String, [i64; 5])> = Vec::new();

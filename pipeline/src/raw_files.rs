@@ -211,7 +211,7 @@ pub async fn read_day(
             read.push(columns);
         }
     }
-    let schema = unified_schema(&contract, read.iter().flatten().map(Vec::as_slice));
+    let schema = unified_schema(&contract, &column_types(&read));
     day.batches = unify(&schema, read, dt)?;
     Ok(day)
 }
@@ -241,16 +241,8 @@ pub async fn stage_day(
         .map(|(i, file)| async move {
             let mut one = read_one(lake, ctx, file, forced, contract_ref).await?;
             let Some(first) = one.columns.as_ref().and_then(|c| c.first()) else { return Ok((one, None)) };
-            let own = Arc::new(Schema::new(
-                contract_ref
-                    .fields()
-                    .iter()
-                    .zip(first)
-                    .map(|(f, c)| Field::new(f.name(), c.data_type().clone(), true))
-                    .chain(std::iter::once(Field::new("dt", DataType::Utf8, true)))
-                    .collect::<Vec<_>>(),
-            ));
             let file_types: Vec<DataType> = first.iter().map(|c| c.data_type().clone()).collect();
+            let own = unified_schema(contract_ref, std::slice::from_ref(&file_types));
             let batches = unify(&own, one.columns.take().into_iter().collect(), dt)?;
             crate::lake::write_parquet(lake, format!("{folder}/part-{i:05}.parquet"), own, &batches, 1 << 20).await?;
             one.columns = Some(Vec::new());
@@ -264,8 +256,7 @@ pub async fn stage_day(
         day.record(file, one);
         types.extend(file_types);
     }
-    let probes: Vec<Vec<ArrayRef>> = types.iter().map(|t| t.iter().map(|d| new_null_array(d, 0)).collect()).collect();
-    let schema = unified_schema(&contract, probes.iter().map(Vec::as_slice));
+    let schema = unified_schema(&contract, &types);
     Ok((day, schema))
 }
 
@@ -319,17 +310,15 @@ async fn read_one(
 /// One schema for every file's columns (`columns`: one slice per batch of every readable file):
 /// the contract's types where every file agrees on a column, text where they do not; with the
 /// `dt` column.
-fn unified_schema<'a>(contract: &Schema, columns: impl Iterator<Item = &'a [ArrayRef]> + Clone) -> SchemaRef {
-    let first = columns.clone().next();
+fn unified_schema(contract: &Schema, types: &[Vec<DataType>]) -> SchemaRef {
+    let first = types.first();
     let mut fields: Vec<Field> = contract
         .fields()
         .iter()
         .enumerate()
         .map(|(i, f)| {
             let data_type = match first {
-                Some(cols) if columns.clone().all(|c| c[i].data_type() == cols[i].data_type()) => {
-                    cols[i].data_type().clone()
-                }
+                Some(first) if types.iter().all(|t| t[i] == first[i]) => first[i].clone(),
                 Some(_) => DataType::Utf8,
                 None => f.data_type().clone(),
             };
@@ -338,6 +327,11 @@ fn unified_schema<'a>(contract: &Schema, columns: impl Iterator<Item = &'a [Arra
         .collect();
     fields.push(Field::new("dt", DataType::Utf8, true));
     Arc::new(Schema::new(fields))
+}
+
+/// The column types of every batch of `read` (per file, per batch, per column).
+fn column_types(read: &[Vec<Vec<ArrayRef>>]) -> Vec<Vec<DataType>> {
+    read.iter().flatten().map(|columns| columns.iter().map(|c| c.data_type().clone()).collect()).collect()
 }
 
 /// Every file's columns as batches of `schema` ([`unified_schema`]): a column of another type is
@@ -412,7 +406,7 @@ mod tests {
         )
         .unwrap();
         let read = vec![project(&[a], &contract).unwrap(), project(&[b], &contract).unwrap()];
-        let schema = unified_schema(&contract, read.iter().flatten().map(Vec::as_slice));
+        let schema = unified_schema(&contract, &column_types(&read));
         let out = unify(&schema, read, "1970-01-02").unwrap();
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].schema(), out[1].schema());
@@ -428,8 +422,7 @@ mod tests {
         let err = project(&[short], &contract).unwrap_err();
         assert_eq!(err, "missing columns event_time, request_id, item_id");
         let none: Vec<Vec<Vec<ArrayRef>>> = Vec::new();
-        let empty =
-            unify(&unified_schema(&contract, none.iter().flatten().map(Vec::as_slice)), none, "1970-01-02").unwrap();
+        let empty = unify(&unified_schema(&contract, &column_types(&none)), none, "1970-01-02").unwrap();
         assert_eq!((empty.len(), empty[0].num_rows(), empty[0].num_columns()), (1, 0, 5));
     }
 }

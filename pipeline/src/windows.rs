@@ -370,8 +370,9 @@ fn run_windows(
             (input, seeded)
         });
 
-        // This worker's totals, by item and window (`item * windows + window`).
-        let mut state: Vec<Option<[i64; 5]>> = vec![None; names.len() * n_windows];
+        // The totals, by item and window (`item * windows + window`): kept by the recorder,
+        // the one worker whose sink receives changes.
+        let mut state: Vec<Option<[i64; 5]>> = if recorder { vec![None; names.len() * n_windows] } else { Vec::new() };
         let mut fed = 0usize;
         let last_time = last_report.saturating_sub(1);
         let mut t = first_time;
@@ -433,7 +434,6 @@ fn run_windows(
     for d in report_days {
         results.entry(*d).or_default();
     }
-    results.retain(|d, _| report_days.contains(d));
     let timings = timings.lock().map(|t| t.clone()).unwrap_or_default();
     Ok((results, timings))
 }
