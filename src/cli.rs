@@ -48,6 +48,9 @@ pub enum Command {
     Import(ImportArgs),
     /// Build the feature tables of one day or a range: windows, labels, samples, items
     Features(FeaturesArgs),
+    /// Follow the raw logs as a long-running process: build each day once it closes, with the
+    /// rolling windows and user state kept live between days
+    Stream(StreamArgs),
     /// Run SQL over every table of the lake (DataFusion)
     Sql(SqlArgs),
     /// Run one process of a Ballista cluster for the feature SQL: the scheduler or an executor
@@ -364,6 +367,45 @@ pub struct FeaturesArgs {
     /// Print the per-day report as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+/// `marnflow stream`: the feature job following the raw logs.
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// The first day to build when the lake has no stream progress [default: the earliest raw day]
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date)]
+    pub from: Option<chrono::NaiveDate>,
+
+    /// Stop once this day is built
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date)]
+    pub until: Option<chrono::NaiveDate>,
+
+    /// Build the days that have closed, then exit instead of waiting for more (catching up)
+    #[arg(long)]
+    pub once: bool,
+
+    /// Seconds between listings of the raw logs
+    #[arg(long, value_name = "S", default_value_t = 10.0, value_parser = parse_seconds)]
+    pub poll_seconds: f64,
+
+    /// Seconds every raw table must have had files of a later day before a day closes
+    #[arg(long, value_name = "S", default_value_t = 300.0, value_parser = parse_seconds)]
+    pub lateness_seconds: f64,
+
+    /// Timely worker threads for the rolling windows
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub workers: Option<u64>,
+
+    /// Print one JSON object per day built on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=86_400.0 * 365.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: give seconds, from 0 to a year")),
+    }
 }
 
 /// `marnflow cluster`: the processes of a Ballista cluster, with marnflow's SQL functions.

@@ -87,6 +87,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(ref args) => generate_command(&cli, args, &runtime),
         Command::Import(ref args) => import_command(&cli, args, &runtime),
         Command::Features(ref args) => features_command(&cli, args, &runtime),
+        Command::Stream(ref args) => stream_command(&cli, args, &runtime),
         Command::Train(ref args) => train_command(&cli, args, &runtime),
         Command::Evaluate(ref args) => evaluate_command(&cli, args, &runtime),
         Command::Models(ref args) => models_command(&cli, args, &runtime),
@@ -244,6 +245,66 @@ fn features_command(cli: &Cli, args: &cli::FeaturesArgs, runtime: &tokio::runtim
             }
         }
     }
+    Ok(())
+}
+
+/// `stream`: the feature job following the raw logs, day by day as each closes.
+fn stream_command(cli: &Cli, args: &cli::StreamArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    use marnflow_pipeline::stream::{run_stream, StreamOptions};
+    let mut cfg = load_config(cli)?;
+    if let Some(w) = args.workers {
+        cfg.features.workers = usize::try_from(w)?;
+    }
+    cfg.validate()?;
+    if let (Some(from), Some(until)) = (args.from, args.until) {
+        if until < from {
+            bail!(ConfigError(vec![format!("--until {until} is before --from {from}")]));
+        }
+    }
+    let opts = StreamOptions {
+        from: args.from,
+        until: args.until,
+        once: args.once,
+        poll: std::time::Duration::from_secs_f64(args.poll_seconds),
+        lateness: std::time::Duration::from_secs_f64(args.lateness_seconds),
+    };
+    let lake = Lake::open(&cfg.lake)?;
+    let json = args.json;
+    let mut header = false;
+    let built = runtime
+        .block_on(run_stream(&lake, &cfg.features, &opts, |day| {
+            let mut out = std::io::stdout().lock();
+            let line = if json {
+                serde_json::to_string(day).map_err(std::io::Error::other)
+            } else {
+                if !header {
+                    header = true;
+                    let _ = writeln!(
+                        out,
+                        "{:<12} {:>9} {:>12} {:>9} {:>10} {:>8} {:>4} {:>5}",
+                        "day", "seconds", "raw events/s", "samples", "window ms", "ctr", "lag", "late"
+                    );
+                }
+                Ok(format!(
+                    "{:<12} {:>9.2} {:>12.0} {:>9} {:>10.1} {:>8.4} {:>4} {:>5}",
+                    day.date,
+                    day.seconds,
+                    day.events_per_second,
+                    day.report.samples,
+                    day.window_step_ms,
+                    day.report.positive_rate,
+                    day.lag_days,
+                    day.late_files
+                ))
+            };
+            // A closed stdout (a pipe whose reader went away) must not stop the stream.
+            if let Ok(line) = line {
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+        }))
+        .with_context(|| format!("streaming features in {}", lake.uri()))?;
+    tracing::info!(days = built, "stream stopped");
     Ok(())
 }
 

@@ -723,18 +723,25 @@ fn the_duckdb_peer_builds_the_same_feature_tables_and_the_benchmark_prints_the_r
 // ---------------------------------------------------------------------------------------------
 // The Ballista cluster of the feature SQL (ops/systemd/marnflow-cluster-*, ops/k8s/marnflow-cluster.yaml)
 
+/// Every `--flag` of a `marnflow SUBCOMMAND …` command line exists for that subcommand, named by
+/// the first `words` arguments (`stream`: 1; `cluster executor`: 2).
+fn command_is_real(what: &str, argv: &[String], words: usize) {
+    assert!(argv[0].ends_with("/marnflow"), "{what}: not the marnflow binary: {argv:?}");
+    let sub: Vec<&str> = argv[1..=words].iter().map(String::as_str).collect();
+    let out = run(&[sub.as_slice(), &["--help"]].concat());
+    assert!(out.status.success(), "marnflow {sub:?} --help: {}", text(&out));
+    let help = String::from_utf8_lossy(&out.stdout).to_string();
+    for flag in argv.iter().filter(|a| a.starts_with("--")) {
+        assert!(help.contains(&format!("{flag} ")), "{what}: `marnflow {}` has no {flag}", sub.join(" "));
+    }
+}
+
 /// Every `--flag` of a `marnflow cluster ROLE …` command line exists for that role.
 fn cluster_command_is_real(what: &str, argv: &[String]) {
-    assert!(argv[0].ends_with("/marnflow"), "{what}: not the marnflow binary: {argv:?}");
     assert_eq!(argv[1], "cluster", "{what}: {argv:?}");
     let role = argv[2].as_str();
     assert!(["scheduler", "executor"].contains(&role), "{what}: {argv:?}");
-    let out = run(&["cluster", role, "--help"]);
-    assert!(out.status.success(), "marnflow cluster {role} --help: {}", text(&out));
-    let help = String::from_utf8_lossy(&out.stdout).to_string();
-    for flag in argv.iter().filter(|a| a.starts_with("--")) {
-        assert!(help.contains(&format!("{flag} ")), "{what}: `marnflow cluster {role}` has no {flag}");
-    }
+    command_is_real(what, argv, 2);
     if role == "executor" {
         assert!(argv.iter().any(|a| a == "--work-dir"), "{what}: an executor needs --work-dir");
     }
@@ -778,27 +785,77 @@ fn the_cluster_units_and_manifest_start_real_scheduler_and_executor_processes() 
         skip("systemd-analyze (unit checks)", "the Debian package systemd: apt-get install -y systemd");
     }
 
-    let path = repo().join("ops/k8s/marnflow-cluster.yaml");
-    let Some(python) = python_with("yaml") else {
-        return skip("PyYAML (Kubernetes manifest)", "python3 with PyYAML: pip install pyyaml");
-    };
-    let docs = yaml_documents(&python, &path);
+    let Some(docs) = manifest("ops/k8s/marnflow-cluster.yaml") else { return };
     for (kind, role) in [("Deployment", "scheduler"), ("StatefulSet", "executor")] {
-        let doc = docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in the manifest"));
-        let c = &doc["spec"]["template"]["spec"]["containers"][0];
-        let command: Vec<String> = serde_json::from_value(c["command"].clone()).unwrap();
-        let args: Vec<String> = serde_json::from_value(c["args"].clone()).unwrap();
-        let argv = [command, args].concat();
+        let argv = workload_argv(&docs, kind);
         assert_eq!(argv[2], role, "{kind}: {argv:?}");
         cluster_command_is_real(kind, &argv);
-        for e in c["env"].as_array().into_iter().flatten() {
-            let name = e["name"].as_str().unwrap();
-            if ["KEY", "SECRET", "TOKEN", "PASSWORD"].iter().any(|s| name.contains(s)) {
-                assert!(e["valueFrom"]["secretKeyRef"]["name"].is_string(), "{kind}: {name} is not from a secret");
-            }
+    }
+    kubernetes_validate(&repo().join("ops/k8s/marnflow-cluster.yaml"));
+}
+
+/// The documents of the Kubernetes manifest at `rel`, or `None` (skipped) without PyYAML.
+fn manifest(rel: &str) -> Option<Vec<serde_json::Value>> {
+    let Some(python) = python_with("yaml") else {
+        skip("PyYAML (Kubernetes manifest)", "python3 with PyYAML: pip install pyyaml");
+        return None;
+    };
+    Some(yaml_documents(&python, &repo().join(rel)))
+}
+
+/// The command line of the first container of the workload of kind `kind` in `docs`, once its
+/// credentials are checked to come from secrets.
+fn workload_argv(docs: &[serde_json::Value], kind: &str) -> Vec<String> {
+    let doc = docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in the manifest"));
+    let c = &doc["spec"]["template"]["spec"]["containers"][0];
+    for e in c["env"].as_array().into_iter().flatten() {
+        let name = e["name"].as_str().unwrap();
+        if ["KEY", "SECRET", "TOKEN", "PASSWORD"].iter().any(|s| name.contains(s)) {
+            assert!(e["valueFrom"]["secretKeyRef"]["name"].is_string(), "{kind}: {name} is not from a secret");
         }
     }
-    kubernetes_validate(&path);
+    let command: Vec<String> = serde_json::from_value(c["command"].clone()).unwrap();
+    let args: Vec<String> = serde_json::from_value(c["args"].clone()).unwrap();
+    [command, args].concat()
+}
+
+// The stream (ops/systemd/marnflow-stream.service, ops/k8s/marnflow-stream.yaml)
+
+#[test]
+fn the_stream_unit_and_deployment_run_one_real_stream_that_restarts() {
+    let unit = unit_file(&read("ops/systemd/marnflow-stream.service"));
+    let exec: Vec<String> = one(&unit, "Service", "ExecStart").split_whitespace().map(String::from).collect();
+    assert_eq!(exec[1], "stream", "{exec:?}");
+    command_is_real("marnflow-stream.service", &exec, 1);
+    assert_eq!(one(&unit, "Service", "Restart"), "always");
+    assert_eq!(one(&unit, "Service", "Environment"), "MARNFLOW_LOG_FORMAT=json", "health and lag in JSON lines");
+    if have("systemd-analyze") {
+        let tmp = tempfile::tempdir().unwrap();
+        let binary = env!("CARGO_BIN_EXE_marnflow");
+        let unit_text = read("ops/systemd/marnflow-stream.service")
+            .replace("/usr/local/bin/marnflow", binary)
+            .replace("WorkingDirectory=/opt/marnflow", &format!("WorkingDirectory={}", tmp.path().display()));
+        std::fs::write(tmp.path().join("marnflow-stream.service"), unit_text).unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(tmp.path().join("marnflow-stream.service"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && text(&out).trim().is_empty(),
+            "systemd-analyze verify complains:\n{}",
+            text(&out)
+        );
+    } else {
+        skip("systemd-analyze (unit checks)", "the Debian package systemd: apt-get install -y systemd");
+    }
+
+    let Some(docs) = manifest("ops/k8s/marnflow-stream.yaml") else { return };
+    let doc = docs.iter().find(|d| d["kind"] == "Deployment").expect("a Deployment");
+    assert_eq!(doc["spec"]["replicas"], 1, "two streams would build the same days");
+    assert_eq!(doc["spec"]["strategy"]["type"], "Recreate", "a rollout must not run two streams at once");
+    command_is_real("the Deployment", &workload_argv(&docs, "Deployment"), 1);
+    kubernetes_validate(&repo().join("ops/k8s/marnflow-stream.yaml"));
 }
 
 /// `kubernetes-validate --strict` of the manifest at `path` against Kubernetes 1.27 (timeZone is

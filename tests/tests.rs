@@ -7,6 +7,7 @@ mod features;
 mod import;
 mod ops;
 mod s3;
+mod stream;
 mod training;
 mod util;
 

@@ -983,7 +983,7 @@ async fn run_days(
     // Pass 1: validate, quarantine, daily aggregates and labels, day by day.
     let mut reports = Vec::new();
     for day in days {
-        let (report, behaviors) = ingest_day(lake, cfg, registry, catalogue, *day).await?;
+        let (report, behaviors, _) = ingest_day(lake, cfg, registry, catalogue, *day).await?;
         reports.push(report);
         checked.push(behaviors);
     }
@@ -1011,14 +1011,8 @@ async fn run_days(
                 if let Some(folder) = behaviors.take() {
                     lake.remove_all(&folder).await?;
                 }
-                if !writes.parts.is_empty() {
-                    // The days before first, then this day's partitioned tables, which the next
-                    // day reads from their place.
-                    writer.finish().await?;
-                    publish_parts(lake, &writes.dt, &writes.parts).await?;
-                }
                 state = Some(next);
-                writer.push(lake, writes);
+                land_day(lake, &mut writer, writes).await?;
             }
             Err(e) => {
                 // The days before stay written, as they would have been one by one.
@@ -1032,15 +1026,105 @@ async fn run_days(
     Ok(reports)
 }
 
+/// Lands a day's tables: the partitioned ones moved into place now (after the days before,
+/// which they follow), since the next day reads them from there; the rest queued on `writer`.
+async fn land_day(lake: &Lake, writer: &mut Writer, writes: DayWrites) -> Result<()> {
+    if !writes.parts.is_empty() {
+        writer.finish().await?;
+        publish_parts(lake, &writes.dt, &writes.parts).await?;
+    }
+    writer.push(lake, writes);
+    Ok(())
+}
+
+/// The feature job one day at a time, for a process that outlives a day (`marnflow stream`):
+/// the SQL jobs and the user state at the end of the last day run stay in memory, and the
+/// windows come from the caller (a live dataflow, [`crate::windows::LiveWindows`]). A day is the
+/// daily job's day: the same steps write the same tables as `marnflow features --date D`.
+pub struct DayRunner {
+    registry: SqlRegistry,
+    /// The state at the end of `last`, the last day run here.
+    state: Option<DayState>,
+    last: Option<NaiveDate>,
+}
+
+impl std::fmt::Debug for DayRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DayRunner").field("sql", &self.registry.origin()).field("last", &self.last).finish()
+    }
+}
+
+impl DayRunner {
+    /// Checks the settings and loads the SQL jobs.
+    pub fn new(cfg: &FeaturesConfig) -> Result<Self> {
+        let problems = cfg.validate();
+        if !problems.is_empty() {
+            return Err(PipelineError::Config(problems));
+        }
+        let registry = SqlRegistry::load(Path::new(&cfg.sql_dir))?;
+        info!(sql = registry.origin(), "feature days start");
+        Ok(Self { registry, state: None, last: None })
+    }
+
+    /// Runs day `day` given `stats`, the window totals at the end of `day − 1`: the catalogue
+    /// read and checked, pass 1 (validation, quarantine, daily aggregates, labels) and pass 3
+    /// (statistics, buckets, samples, user state, items, dictionaries). Every table of the day has
+    /// landed when it returns, with the day's report and its daily aggregates (what the windows
+    /// of the next day need). The user state of the day before comes from memory when that day
+    /// was the last one run here, else from the lake. Window states left for later days are
+    /// removed first, as a run from `day` does.
+    pub async fn run_day(
+        &mut self,
+        lake: &Lake,
+        cfg: &FeaturesConfig,
+        day: NaiveDate,
+        stats: &[ItemWindows],
+    ) -> Result<(DayReport, DailyCounts)> {
+        let previous = self.state.take().filter(|_| self.last == Some(day - Duration::days(1)));
+        self.last = None;
+        remove_window_states_after(lake, day).await?;
+        let catalogue =
+            read_catalogue(lake, &crate::query::new_context(lake), cfg.raw_format(), cfg.max_id_bytes).await?;
+        check_catalogue(cfg, &catalogue)?;
+        let digests = content_digests(&catalogue.batch)?;
+        let (mut report, checked, counts) = ingest_day(lake, cfg, &self.registry, &catalogue, day).await?;
+        let input = DayInput { day, stats, digests: &digests, previous, behaviors: checked.as_deref() };
+        let published = publish_day(lake, cfg, &self.registry, &catalogue, input, &mut report).await;
+        if let Some(folder) = &checked {
+            lake.remove_all(folder).await?;
+        }
+        let (next, writes) = published?;
+        let mut writer = Writer::default();
+        land_day(lake, &mut writer, writes).await?;
+        writer.finish().await?;
+        // The day's aggregates as published, from memory (the windows of the next day need them).
+        let mut rows = Vec::new();
+        for b in &counts {
+            append_daily_counts(b, &format!("{}'s daily item counts", day_string(day)), &mut rows)?;
+        }
+        self.state = Some(next);
+        self.last = Some(day);
+        Ok((report, DailyCounts { day: epoch_day(day), rows }))
+    }
+}
+
+/// Writes the window state a run of day `day` leaves ([`WINDOW_STATE`]): `items`, the totals at
+/// the end of `day − 1`, which a later daily run resumes from.
+pub async fn write_window_state(lake: &Lake, windows: &[u32], day: NaiveDate, items: &[ItemWindows]) -> Result<()> {
+    let (target, schema, batch) = window_state_batch(windows, day, items)?;
+    write_parquet(lake, target, schema, &[batch], 1 << 20).await.map(|_| ())
+}
+
 /// Pass 1 for one day: the raw logs validated (rows that break the contract quarantined), the
-/// daily item counts and the labels published.
+/// daily item counts and the labels published. Returns the day's report, where a cluster keeps
+/// its checked behaviors, and the daily item counts as published.
 async fn ingest_day(
     lake: &Lake,
     cfg: &FeaturesConfig,
     registry: &SqlRegistry,
     catalogue: &Catalogue,
     day: NaiveDate,
-) -> Result<(DayReport, Option<String>)> {
+) -> Result<(DayReport, Option<String>, Vec<RecordBatch>)> {
     let dt = day_string(day);
     let mut steps = Steps::start();
     let session = open_session(lake, cfg, &format!("ingest-{dt}")).await?;
@@ -1088,7 +1172,7 @@ async fn ingest_day(
         positive_rate: if n > 0 { positives as f64 / n as f64 } else { 0.0 },
         windows_resumed_from: None,
     };
-    Ok((report, checked))
+    Ok((report, checked, counts))
 }
 
 /// Wall time of each step of a day's pass, logged with the day (where the feature job's time
@@ -1595,6 +1679,35 @@ async fn partition_files(lake: &Lake, table: &str) -> Result<BTreeMap<NaiveDate,
     Ok(days)
 }
 
+/// Appends the rows of a batch of `features/daily_item_counts` (`what` names where it is from in
+/// an error) as window counts: the amount in cents.
+fn append_daily_counts(b: &RecordBatch, what: &str, rows: &mut Vec<(String, [i64; 5])>) -> Result<()> {
+    let column = |name: &str, to: &DataType| -> Result<ArrayRef> {
+        let c = b
+            .column_by_name(name)
+            .ok_or_else(|| PipelineError::Dataflow(format!("{what} has no column {name}: not daily item counts")))?;
+        arrow::compute::cast(c, to).map_err(|e| PipelineError::arrow("daily counts", e))
+    };
+    let item = column("item_id", &DataType::Utf8)?;
+    let item = item.as_string::<i32>();
+    let ints: Vec<ArrayRef> = ["exposures", "clicks", "carts", "purchases"]
+        .iter()
+        .map(|c| column(c, &DataType::Int64))
+        .collect::<Result<_>>()?;
+    let ints: Vec<&Int64Array> = ints.iter().map(|a| a.as_primitive::<Int64Type>()).collect();
+    let amount = column("amount", &DataType::Float64)?;
+    let amount = amount.as_primitive::<arrow::datatypes::Float64Type>();
+    for r in 0..b.num_rows() {
+        let mut c = [0i64; 5];
+        for (k, a) in ints.iter().enumerate() {
+            c[k] = a.value(r);
+        }
+        c[AMOUNT] = (amount.value(r) * 100.0).round() as i64;
+        rows.push((item.value(r).to_string(), c));
+    }
+    Ok(())
+}
+
 /// The daily aggregates of `days` (those that have a partition) from `files`, the
 /// `features/daily_item_counts` files by day ([`partition_files`]), reading only theirs.
 async fn read_daily_counts(
@@ -1613,29 +1726,7 @@ async fn read_daily_counts(
                 .map_err(|e| PipelineError::parquet("read", path, e))?;
             for batch in reader {
                 let b = batch.map_err(|e| PipelineError::arrow("daily counts", e))?;
-                let column = |name: &str, to: &DataType| -> Result<ArrayRef> {
-                    let c = b.column_by_name(name).ok_or_else(|| {
-                        PipelineError::Dataflow(format!("{path} has no column {name}: not daily item counts"))
-                    })?;
-                    arrow::compute::cast(c, to).map_err(|e| PipelineError::arrow("daily counts", e))
-                };
-                let item = column("item_id", &DataType::Utf8)?;
-                let item = item.as_string::<i32>();
-                let ints: Vec<ArrayRef> = ["exposures", "clicks", "carts", "purchases"]
-                    .iter()
-                    .map(|c| column(c, &DataType::Int64))
-                    .collect::<Result<_>>()?;
-                let ints: Vec<&Int64Array> = ints.iter().map(|a| a.as_primitive::<Int64Type>()).collect();
-                let amount = column("amount", &DataType::Float64)?;
-                let amount = amount.as_primitive::<arrow::datatypes::Float64Type>();
-                for r in 0..b.num_rows() {
-                    let mut c = [0i64; 5];
-                    for (k, a) in ints.iter().enumerate() {
-                        c[k] = a.value(r);
-                    }
-                    c[AMOUNT] = (amount.value(r) * 100.0).round() as i64;
-                    rows.push((item.value(r).to_string(), c));
-                }
+                append_daily_counts(&b, path, &mut rows)?;
             }
         }
         out.push(DailyCounts { day: epoch_day(*day), rows });

@@ -25,6 +25,7 @@ pub mod query;
 pub mod raw_files;
 pub mod raw_rows;
 pub mod sql_functions;
+pub mod stream;
 pub mod windows;
 pub mod world;
 

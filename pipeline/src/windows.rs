@@ -14,6 +14,9 @@
 //! retractions that fall due during the run ([`resumed_days`]). The result equals the run over
 //! every day; the feature job persists the seed between runs.
 //!
+//! **Live.** [`LiveWindows`] keeps the same dataflow running between days on its own worker
+//! threads (`marnflow stream`): each day is fed when it closes and costs one incremental step.
+//!
 //! **Partitioning.** An item's window state lives on the worker `h(item) mod workers`, where `h`
 //! is DataFusion's repartition hash ([`item_partitions`]): the partition a `Partitioning::Hash`
 //! on `item_id` into as many partitions as there are workers puts the item in, on one process or
@@ -33,11 +36,13 @@
 //! assert_eq!(out[&12][0].sums[1], [4, 1, 0, 0, 0]); // the 7-day window still holds it
 //! ```
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::rc::Rc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use arrow::array::StringArray;
-use differential_dataflow::input::Input;
+use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine};
 use timely::dataflow::channels::pact::Exchange;
@@ -168,6 +173,187 @@ pub fn item_window_stats_resumed(
         )));
     }
     run_windows(days, windows, report_days, topology, Some(seed), None)
+}
+
+/// A window dataflow that outlives one run: `marnflow stream` keeps it between days, so each day
+/// costs one incremental step (that day's counts in, the counts that fall out of a window out)
+/// and nothing is read again or re-seeded. The timely workers run on threads of this process
+/// and wait for days between steps; the dataflow is the one [`item_window_stats`] runs.
+pub struct LiveWindows {
+    windows: Vec<u32>,
+    commands: Vec<mpsc::Sender<LiveDay>>,
+    reports: mpsc::Receiver<LiveReport>,
+    guards: Option<timely::communication::WorkerGuards<()>>,
+    ids: HashMap<String, u32>,
+    last_day: Option<u32>,
+}
+
+/// One day for the live dataflow's workers: the counts by item id, and the items first seen
+/// that day (their ids follow the ones before) with their hashes.
+struct LiveDay {
+    day: u32,
+    rows: Arc<Vec<(u32, [i64; 5])>>,
+    new_names: Arc<Vec<String>>,
+    new_hashes: Arc<Vec<u64>>,
+    report: bool,
+}
+
+/// What the recording worker sends back once a day is final: the totals at its end (when asked
+/// for) and the seconds of the step.
+type LiveReport = (u32, Option<Vec<ItemWindows>>, f64);
+
+impl std::fmt::Debug for LiveWindows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveWindows")
+            .field("windows", &self.windows)
+            .field("workers", &self.commands.len())
+            .field("items", &self.ids.len())
+            .field("last_day", &self.last_day)
+            .finish()
+    }
+}
+
+impl LiveWindows {
+    /// Starts `workers` timely threads holding an empty dataflow for `windows` (days).
+    pub fn start(windows: &[u32], workers: usize) -> Result<Self> {
+        if windows.is_empty() || windows.contains(&0) {
+            return Err(PipelineError::Config(vec![format!(
+                "windows {windows:?}: give at least one window of 1 day or more"
+            )]));
+        }
+        let workers = workers.max(1);
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::channel::<LiveDay>()).unzip();
+        let receivers: Arc<Mutex<Vec<Option<mpsc::Receiver<LiveDay>>>>> =
+            Arc::new(Mutex::new(receivers.into_iter().map(Some).collect()));
+        let (report_tx, reports) = mpsc::channel::<LiveReport>();
+        let report_tx = Mutex::new(report_tx);
+        let widths: Arc<Vec<u32>> = Arc::new(windows.to_vec());
+        let n_windows = windows.len();
+        let guards = timely::execute(timely::Config::process(workers), move |worker| {
+            let index = worker.index();
+            let peers = worker.peers();
+            let recorder = index == 0;
+            let Some(days) = receivers.lock().ok().and_then(|mut r| r.get_mut(index).and_then(Option::take)) else {
+                return;
+            };
+            let reply = report_tx.lock().map(|tx| tx.clone()).ok();
+            let hashes: Rc<RefCell<Vec<u64>>> = Rc::new(RefCell::new(Vec::new()));
+            let changes: Arc<Mutex<Vec<Change>>> = Arc::new(Mutex::new(Vec::new()));
+            let probe = Handle::new();
+            let sink = recorder.then(|| Arc::clone(&changes));
+            let lookup = Rc::clone(&hashes);
+            let hash_of = move |item: u32| lookup.borrow()[item as usize];
+            let (mut input, mut seeded) = window_dataflow(worker, &widths, hash_of, sink, None, &probe);
+            let mut names: Vec<String> = Vec::new();
+            let mut state: Vec<Option<[i64; 5]>> = Vec::new();
+            // Blocks between days; ends when the driver drops its senders.
+            while let Ok(LiveDay { day, rows, new_names, new_hashes, report }) = days.recv() {
+                let started = std::time::Instant::now();
+                hashes.borrow_mut().extend_from_slice(&new_hashes);
+                if recorder {
+                    names.extend(new_names.iter().cloned());
+                    state.resize(names.len() * n_windows, None);
+                }
+                input.advance_to(day);
+                seeded.advance_to(day + 1);
+                feed_share(&mut input, &rows, &hashes.borrow(), index, peers);
+                input.advance_to(day + 1);
+                input.flush();
+                seeded.flush();
+                worker.step_while(|| probe.less_than(&(day + 1)));
+                if !recorder {
+                    continue;
+                }
+                if let Ok(mut v) = changes.lock() {
+                    apply_changes(&mut state, n_windows, v.drain(..));
+                }
+                let totals = report.then(|| {
+                    let mut items = snapshot(&state, &names, n_windows);
+                    items.sort_unstable_by(|a, b| a.item_id.cmp(&b.item_id));
+                    items
+                });
+                if let Some(tx) = &reply {
+                    let _ = tx.send((day, totals, started.elapsed().as_secs_f64()));
+                }
+            }
+            for dataflow in worker.installed_dataflows() {
+                worker.drop_dataflow(dataflow);
+            }
+        })
+        .map_err(|e| PipelineError::Dataflow(format!("cannot start the timely workers: {e}")))?;
+        Ok(Self {
+            windows: windows.to_vec(),
+            commands: senders,
+            reports,
+            guards: Some(guards),
+            ids: HashMap::new(),
+            last_day: None,
+        })
+    }
+
+    /// The windows, in days.
+    pub fn windows(&self) -> &[u32] {
+        &self.windows
+    }
+
+    /// The last day fed, if any.
+    pub fn last_day(&self) -> Option<u32> {
+        self.last_day
+    }
+
+    /// Feeds day `counts.day` (after every day fed before; days between count as empty) and
+    /// waits until it is final. With `report`, returns every item with a non-zero total in some
+    /// window at the end of that day, by item id: the statistics of the next day. Also returns
+    /// the step's seconds.
+    pub fn feed(&mut self, counts: &DailyCounts, report: bool) -> Result<(Option<Vec<ItemWindows>>, f64)> {
+        if let Some(last) = self.last_day.filter(|&l| counts.day <= l) {
+            return Err(PipelineError::Dataflow(format!(
+                "day {} fed to the live windows after day {last}: days go forward only",
+                counts.day
+            )));
+        }
+        let mut new_names = Vec::new();
+        let mut rows = Vec::with_capacity(counts.rows.len());
+        for (item, c) in &counts.rows {
+            let next = self.ids.len() as u32;
+            let id = *self.ids.entry(item.clone()).or_insert_with(|| {
+                new_names.push(item.clone());
+                next
+            });
+            rows.push((id, *c));
+        }
+        let new_hashes = Arc::new(item_hashes(&new_names)?);
+        let command =
+            LiveDay { day: counts.day, rows: Arc::new(rows), new_names: Arc::new(new_names), new_hashes, report };
+        for tx in &self.commands {
+            tx.send(LiveDay {
+                day: command.day,
+                rows: Arc::clone(&command.rows),
+                new_names: Arc::clone(&command.new_names),
+                new_hashes: Arc::clone(&command.new_hashes),
+                report: command.report,
+            })
+            .map_err(|_| PipelineError::Dataflow("a live window worker has stopped".into()))?;
+        }
+        self.last_day = Some(counts.day);
+        match self.reports.recv() {
+            Ok((day, totals, seconds)) if day == counts.day => Ok((totals, seconds)),
+            Ok((day, ..)) => {
+                Err(PipelineError::Dataflow(format!("the live windows reported day {day} for day {}", counts.day)))
+            }
+            Err(_) => Err(PipelineError::Dataflow("a live window worker has stopped (it may have panicked)".into())),
+        }
+    }
+}
+
+impl Drop for LiveWindows {
+    fn drop(&mut self) {
+        // Closing the channels ends the workers' loops.
+        self.commands.clear();
+        if let Some(guards) = self.guards.take() {
+            drop(guards.join());
+        }
+    }
 }
 
 /// Seconds per dataflow step, `(time, seconds)`.
@@ -307,68 +493,17 @@ fn run_windows(
         let recorder = index % threads == 0;
         let windows = Arc::clone(&windows);
         let names = Arc::clone(&names);
-        let hashes = Arc::clone(&hashes);
-        let owners = owners.clone();
         let owner_names = Arc::clone(&names);
         let direct = Arc::clone(&direct);
-        // Changes to (item, window) → totals, as seen by this worker.
+        // Changes to (item, window) → totals, as seen by the recorder.
         let changes: Arc<Mutex<Vec<Change>>> = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&changes);
+        let feed_hashes = Arc::clone(&hashes);
+        let hashes = Arc::clone(&hashes);
         let probe = Handle::new();
-        let (mut input, mut seeded) = worker.dataflow::<u32, _, _>(|scope| {
-            let (input, counts) = scope.new_collection::<u32, Sums>();
-            // A resumed run's seed totals and the retractions of days before it, keyed as the
-            // windows' updates are.
-            let (seeded, seed_updates) = scope.new_collection::<(u32, u8), Sums>();
-            let mut per_window = Vec::with_capacity(windows.len());
-            for (w, &width) in windows.iter().enumerate() {
-                let tagged = counts.clone().map(move |item| (item, w as u8));
-                per_window.push(tagged.clone().concat(tagged.negate().delay(move |t: &u32| t + width)));
-            }
-            let mut all = per_window.pop().expect("at least one window");
-            for c in per_window {
-                all = all.concat(c);
-            }
-            let all = all.concat(seed_updates);
-            use differential_dataflow::AsCollection;
-            use timely::dataflow::operators::vec::Broadcast;
-            // Arranged by DataFusion's hash of the item (not differential's own), so the state of
-            // an item stays on the worker that fed it ([`item_partitions`]).
-            let by_item = {
-                let hashes = Arc::clone(&hashes);
-                Exchange::new(move |update: &(((u32, u8), ()), u32, Sums)| hashes[((update.0).0).0 as usize])
-            };
-            let arranged = differential_dataflow::operators::arrange::arrangement::arrange_core::<
-                _,
-                _,
-                KeyBatcher<(u32, u8), u32, Sums>,
-                KeySpine<(u32, u8), u32, Sums>,
-            >(
-                all.map(|key| (key, ())).inner, by_item, "Arrange: windows by item hash", KeyBatcher::new
-            );
-            let mut totals = arranged.count_total();
-            // Tests only: which worker counted each item.
-            if let Some(owners) = owners {
-                totals = totals.inspect(move |(((item, _), _), _, _)| {
-                    if let Ok(mut o) = owners.lock() {
-                        o.insert(owner_names[*item as usize].clone(), index);
-                    }
-                });
-            }
-            totals
-                .inner
-                .broadcast()
-                .as_collection()
-                .inspect(move |((key, total), time, diff)| {
-                    if recorder {
-                        if let Ok(mut v) = sink.lock() {
-                            v.push((*key, *total, *time, *diff));
-                        }
-                    }
-                })
-                .probe_with(&probe);
-            (input, seeded)
-        });
+        let sink = recorder.then(|| Arc::clone(&changes));
+        let hash_of = move |item: u32| hashes[item as usize];
+        let owners = owners.clone().map(|o| (o, Arc::clone(&owner_names), index));
+        let (mut input, mut seeded) = window_dataflow(worker, &windows, hash_of, sink, owners, &probe);
 
         // The totals, by item and window (`item * windows + window`): kept by the recorder,
         // the one worker whose sink receives changes.
@@ -382,11 +517,11 @@ fn run_windows(
             let started = std::time::Instant::now();
             // Feed this worker's share of day t.
             while fed < days.len() && days[fed].0 <= t {
-                feed_share(&mut input, &days[fed].1, &hashes, index, peers);
+                feed_share(&mut input, &days[fed].1, &feed_hashes, index, peers);
                 fed += 1;
             }
             for (key, diff) in direct.get(&t).into_iter().flatten() {
-                if hashes[key.0 as usize] % peers as u64 == index as u64 {
+                if feed_hashes[key.0 as usize] % peers as u64 == index as u64 {
                     seeded.update(*key, *diff);
                 }
             }
@@ -438,6 +573,72 @@ fn run_windows(
     Ok((results, timings))
 }
 
+/// The window dataflow's inputs: day counts by item, and differences keyed by (item, window).
+type CountsInput = InputSession<u32, u32, Sums>;
+type KeyedInput = InputSession<u32, (u32, u8), Sums>;
+
+/// Which worker counted each item, for tests: the shared map, the item names and this worker.
+type OwnerProbe = (Owners, Arc<Vec<String>>, usize);
+
+/// Builds the window dataflow in `worker`: day `d`'s counts (the first input, by item id) enter
+/// at time `d` and leave each window `W` at `d + W`; the second input takes differences keyed by
+/// (item, window) directly (a resumed run's seed and due retractions). The totals are arranged by
+/// `hash_of(item)` (DataFusion's hash, so an item's state stays on the worker that feeds it), and
+/// every change of a total is broadcast to every worker and pushed into `sink`, where given.
+fn window_dataflow(
+    worker: &mut timely::worker::Worker,
+    windows: &[u32],
+    hash_of: impl Fn(u32) -> u64 + 'static,
+    sink: Option<Arc<Mutex<Vec<Change>>>>,
+    owners: Option<OwnerProbe>,
+    probe: &Handle<u32>,
+) -> (CountsInput, KeyedInput) {
+    worker.dataflow::<u32, _, _>(|scope| {
+        let (input, counts) = scope.new_collection::<u32, Sums>();
+        let (seeded, seed_updates) = scope.new_collection::<(u32, u8), Sums>();
+        let mut per_window = Vec::with_capacity(windows.len());
+        for (w, &width) in windows.iter().enumerate() {
+            let tagged = counts.clone().map(move |item| (item, w as u8));
+            per_window.push(tagged.clone().concat(tagged.negate().delay(move |t: &u32| t + width)));
+        }
+        let mut all = seed_updates;
+        for c in per_window {
+            all = all.concat(c);
+        }
+        use differential_dataflow::AsCollection;
+        use timely::dataflow::operators::vec::Broadcast;
+        let by_item = Exchange::new(move |update: &(((u32, u8), ()), u32, Sums)| hash_of(((update.0).0).0));
+        let arranged =
+            differential_dataflow::operators::arrange::arrangement::arrange_core::<
+                _,
+                _,
+                KeyBatcher<(u32, u8), u32, Sums>,
+                KeySpine<(u32, u8), u32, Sums>,
+            >(all.map(|key| (key, ())).inner, by_item, "Arrange: windows by item hash", KeyBatcher::new);
+        let mut totals = arranged.count_total();
+        if let Some((owners, names, index)) = owners {
+            totals = totals.inspect(move |(((item, _), _), _, _)| {
+                if let Ok(mut o) = owners.lock() {
+                    o.insert(names[*item as usize].clone(), index);
+                }
+            });
+        }
+        totals
+            .inner
+            .broadcast()
+            .as_collection()
+            .inspect(move |((key, total), time, diff)| {
+                if let Some(sink) = &sink {
+                    if let Ok(mut v) = sink.lock() {
+                        v.push((*key, *total, *time, *diff));
+                    }
+                }
+            })
+            .probe_with(probe);
+        (input, seeded)
+    })
+}
+
 /// Items as dense u32 ids, cheap to hash and copy, for the days from `first_time` on (and the
 /// items of `also`), sorted by day. The ids follow the sorted item names, so every process of a
 /// cluster assigns the same ones. Returns the names (index = id) and each day's counts by id.
@@ -457,13 +658,7 @@ fn dense_ids(days: &[DailyCounts], first_time: u32, also: &[&str]) -> (Vec<Strin
 
 /// Feeds worker `index` of `peers` its share of one day's counts: the items of its partition
 /// (`hash mod peers`, [`item_partitions`]).
-fn feed_share(
-    input: &mut differential_dataflow::input::InputSession<u32, u32, Sums>,
-    counts: &[(u32, [i64; 5])],
-    hashes: &[u64],
-    index: usize,
-    peers: usize,
-) {
+fn feed_share(input: &mut CountsInput, counts: &[(u32, [i64; 5])], hashes: &[u64], index: usize, peers: usize) {
     for (item, counts) in counts {
         if hashes[*item as usize] % peers as u64 != index as u64 {
             continue;
@@ -567,6 +762,37 @@ mod tests {
                 assert_eq!(got[d], oracle(&days, &windows, *d), "seed {seed}, workers {workers}, day {d}");
             }
         }
+    }
+
+    #[test]
+    fn live_windows_fed_day_by_day_equal_the_oracle_and_refuse_going_back() {
+        let windows = [1, 7, 30];
+        for (seed, workers) in [(7, 1), (8, 2), (9, 3)] {
+            let days = random_days(seed, 100, 50);
+            let mut live = LiveWindows::start(&windows, workers).unwrap();
+            for d in &days {
+                // Only some days report; days with no data in between count as empty.
+                let report = d.day % 3 != 0;
+                let (got, seconds) = live.feed(d, report).unwrap();
+                assert!(seconds >= 0.0);
+                assert_eq!(got.is_some(), report);
+                if let Some(got) = got {
+                    assert_eq!(
+                        got,
+                        oracle(&days, &windows, d.day + 1),
+                        "seed {seed}, workers {workers}, day {}",
+                        d.day
+                    );
+                }
+            }
+            // After the last day with data: an empty day still moves the windows on.
+            let last = days.last().unwrap().day;
+            let (got, _) = live.feed(&DailyCounts { day: last + 9, rows: Vec::new() }, true).unwrap();
+            assert_eq!(got.unwrap(), oracle(&days, &windows, last + 10));
+            let err = live.feed(&DailyCounts { day: last, rows: Vec::new() }, true).unwrap_err().to_string();
+            assert!(err.contains("go forward only"), "{err}");
+        }
+        assert!(LiveWindows::start(&[], 1).is_err());
     }
 
     /// The partition DataFusion's own `RepartitionExec` (hash on `item_id`, `n` partitions) puts
