@@ -281,12 +281,12 @@ fn stream_command(cli: &Cli, args: &cli::StreamArgs, runtime: &tokio::runtime::R
                     header = true;
                     let _ = writeln!(
                         out,
-                        "{:<12} {:>9} {:>12} {:>9} {:>10} {:>8} {:>4} {:>5}",
-                        "day", "seconds", "raw events/s", "samples", "window ms", "ctr", "lag", "late"
+                        "{:<12} {:>9} {:>12} {:>9} {:>10} {:>8} {:>4} {:>9} {:>5}",
+                        "day", "seconds", "raw events/s", "samples", "window ms", "ctr", "lag", "delay s", "late"
                     );
                 }
                 Ok(format!(
-                    "{:<12} {:>9.2} {:>12.0} {:>9} {:>10.1} {:>8.4} {:>4} {:>5}",
+                    "{:<12} {:>9.2} {:>12.0} {:>9} {:>10.1} {:>8.4} {:>4} {:>9.1} {:>5}",
                     day.date,
                     day.seconds,
                     day.events_per_second,
@@ -294,6 +294,7 @@ fn stream_command(cli: &Cli, args: &cli::StreamArgs, runtime: &tokio::runtime::R
                     day.window_step_ms,
                     day.report.positive_rate,
                     day.lag_days,
+                    day.delay_seconds,
                     day.late_files
                 ))
             };

@@ -39,6 +39,9 @@ fn a_streamed_day_equals_the_daily_jobs_and_a_daily_run_takes_over_from_the_stre
         assert!(d["report"]["samples"].as_u64().unwrap() > 0, "{d}");
         assert!(d["raw_events"].as_u64().unwrap() > 0 && d["events_per_second"].as_f64().unwrap() > 0.0, "{d}");
         assert!(d["window_step_ms"].as_f64().unwrap() > 0.0, "{d}");
+        // Built after it closed (here, once day 6's files were written), within the run.
+        let delay = d["delay_seconds"].as_f64().unwrap();
+        assert!((0.0..120.0).contains(&delay), "{d}");
     }
     assert_eq!(days[0]["lag_days"], 4);
     assert_eq!(days[4]["lag_days"], 0);

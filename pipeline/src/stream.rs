@@ -90,6 +90,9 @@ pub struct StreamDay {
     pub window_step_ms: f64,
     /// Closed days still waiting after this one (0: the stream has caught up).
     pub lag_days: i64,
+    /// Seconds from the day's close (every raw table past it for the lateness, by the files'
+    /// modification times) to its tables and progress landing: how fresh the stream's days are.
+    pub delay_seconds: f64,
     /// Late raw files counted so far.
     pub late_files: u64,
     pub report: DayReport,
@@ -131,6 +134,15 @@ fn closed_through(listing: &RawListing, now: DateTime<Utc>, lateness: StdDuratio
     });
     let earliest = horizon.collect::<Option<Vec<NaiveDate>>>()?.into_iter().min()?;
     earliest.pred_opt()
+}
+
+/// When day `day` closed: the latest, over the raw tables, of the moment a partition after it
+/// first appeared there, plus the lateness (`None` while it is open).
+fn closed_at(listing: &RawListing, day: NaiveDate, lateness: StdDuration) -> Option<DateTime<Utc>> {
+    let lateness = Duration::from_std(lateness).ok()?;
+    let next = day.succ_opt()?;
+    let firsts = RAW_TABLES.iter().map(|t| listing.get(t)?.range(next..).map(|(_, d)| d.first_seen).min());
+    Some(firsts.collect::<Option<Vec<_>>>()?.into_iter().max()? + lateness)
 }
 
 /// The files of day `day` in every raw table (path → bytes).
@@ -258,6 +270,8 @@ pub async fn run_stream(
                 samples_per_second: report.samples as f64 / seconds.max(1e-9),
                 window_step_ms: step * 1e3,
                 lag_days: (last_closed - day).num_days(),
+                delay_seconds: closed_at(&listing, day, opts.lateness)
+                    .map_or(0.0, |at| (Utc::now() - at).num_milliseconds() as f64 / 1e3),
                 late_files: progress.late_files,
                 report,
             };
@@ -268,6 +282,7 @@ pub async fn run_stream(
                 samples = done.report.samples,
                 window_step_ms = format!("{:.1}", done.window_step_ms),
                 lag_days = done.lag_days,
+                delay_seconds = format!("{:.1}", done.delay_seconds),
                 late_files = done.late_files,
                 "day streamed"
             );
@@ -361,6 +376,10 @@ mod tests {
         parts.push(("behaviors", "2026-01-02", 10));
         assert_eq!(closed_through(&listing(&parts, now), now, lateness), Some(day("2025-12-31")));
         assert_eq!(closed_through(&listing(&parts, now), now, StdDuration::from_secs(5)), Some(day("2026-01-01")));
+        // Day 1 closed when the last table (behaviors, 10 s ago) had day 2, plus the lateness.
+        let at = closed_at(&listing(&parts, now), day("2026-01-01"), StdDuration::from_secs(5)).unwrap();
+        assert_eq!(at, now - Duration::seconds(10) + Duration::seconds(5));
+        assert_eq!(closed_at(&listing(&parts, now), day("2026-01-02"), StdDuration::ZERO), None);
         // A table with no files at all closes nothing.
         let mut no_clicks = parts.clone();
         no_clicks.retain(|(t, _, _)| *t != "clicks");
