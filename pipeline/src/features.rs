@@ -40,7 +40,7 @@ use crate::catalogue::{read_catalogue, Catalogue, CatalogueAccounting, ItemFault
 use crate::cluster::{Engine, Staging};
 use crate::contract::DEFAULT_MAX_ID_BYTES;
 use crate::error::{PipelineError, Result};
-use crate::lake::{data_file, partition, write_parquet, Lake};
+use crate::lake::{data_file, partition, partition_day, write_parquet, Lake};
 use crate::lake_write::part_file;
 use crate::query::{replace_parquet, LakeSession};
 use crate::raw_files;
@@ -615,7 +615,7 @@ fn day_string(d: NaiveDate) -> String {
 }
 
 /// A day as the window dataflow's timestamp (days since 1970; earlier dates are 0).
-fn epoch_day(d: NaiveDate) -> u32 {
+pub(crate) fn epoch_day(d: NaiveDate) -> u32 {
     u32::try_from(crate::contract::epoch_day(d)).unwrap_or(0)
 }
 
@@ -938,21 +938,15 @@ pub async fn run_features(
     to: NaiveDate,
     cluster: Option<(usize, Vec<String>)>,
 ) -> Result<Vec<DayReport>> {
-    let mut problems = cfg.validate();
+    let mut problems = Vec::new();
     if to < from {
         problems.push(format!("--to {to} is before --from {from}"));
     }
-    if !problems.is_empty() {
-        return Err(PipelineError::Config(problems));
-    }
-    let registry = SqlRegistry::load(Path::new(&cfg.sql_dir))?;
-    info!(sql = registry.origin(), "feature job starts");
+    let registry = checked_registry(cfg, problems)?;
     let days: Vec<NaiveDate> = (0..=(to - from).num_days()).map(|i| from + Duration::days(i)).collect();
     // The catalogue, read and checked once for every day of the range (first: a catalogue past
     // the share stops the job before any day is written).
-    let catalogue = read_catalogue(lake, &crate::query::new_context(lake), cfg.raw_format(), cfg.max_id_bytes).await?;
-    check_catalogue(cfg, &catalogue)?;
-    let digests = content_digests(&catalogue.batch)?;
+    let (catalogue, digests) = checked_catalogue(lake, cfg).await?;
     // On a cluster, each day's checked behaviors between its pass 1 and its pass 3; what a failed
     // run leaves of them is removed here.
     let mut checked: Vec<Option<String>> = Vec::new();
@@ -963,6 +957,26 @@ pub async fn run_features(
         }
     }
     ran
+}
+
+/// The SQL jobs, once the settings pass their checks (with `problems` found by the caller).
+fn checked_registry(cfg: &FeaturesConfig, more: Vec<String>) -> Result<SqlRegistry> {
+    let mut problems = cfg.validate();
+    problems.extend(more);
+    if !problems.is_empty() {
+        return Err(PipelineError::Config(problems));
+    }
+    let registry = SqlRegistry::load(Path::new(&cfg.sql_dir))?;
+    info!(sql = registry.origin(), "feature job starts");
+    Ok(registry)
+}
+
+/// The item catalogue, read and checked against `max_bad_share`, and its content digests.
+async fn checked_catalogue(lake: &Lake, cfg: &FeaturesConfig) -> Result<(Catalogue, RecordBatch)> {
+    let catalogue = read_catalogue(lake, &crate::query::new_context(lake), cfg.raw_format(), cfg.max_id_bytes).await?;
+    check_catalogue(cfg, &catalogue)?;
+    let digests = content_digests(&catalogue.batch)?;
+    Ok((catalogue, digests))
 }
 
 /// [`run_features`] once its settings and catalogue are checked.
@@ -1057,13 +1071,7 @@ impl std::fmt::Debug for DayRunner {
 impl DayRunner {
     /// Checks the settings and loads the SQL jobs.
     pub fn new(cfg: &FeaturesConfig) -> Result<Self> {
-        let problems = cfg.validate();
-        if !problems.is_empty() {
-            return Err(PipelineError::Config(problems));
-        }
-        let registry = SqlRegistry::load(Path::new(&cfg.sql_dir))?;
-        info!(sql = registry.origin(), "feature days start");
-        Ok(Self { registry, state: None, last: None })
+        Ok(Self { registry: checked_registry(cfg, Vec::new())?, state: None, last: None })
     }
 
     /// Runs day `day` given `stats`, the window totals at the end of `day − 1`: the catalogue
@@ -1083,10 +1091,7 @@ impl DayRunner {
         let previous = self.state.take().filter(|_| self.last == Some(day - Duration::days(1)));
         self.last = None;
         remove_window_states_after(lake, day).await?;
-        let catalogue =
-            read_catalogue(lake, &crate::query::new_context(lake), cfg.raw_format(), cfg.max_id_bytes).await?;
-        check_catalogue(cfg, &catalogue)?;
-        let digests = content_digests(&catalogue.batch)?;
+        let (catalogue, digests) = checked_catalogue(lake, cfg).await?;
         let (mut report, checked, counts) = ingest_day(lake, cfg, &self.registry, &catalogue, day).await?;
         let input = DayInput { day, stats, digests: &digests, previous, behaviors: checked.as_deref() };
         let published = publish_day(lake, cfg, &self.registry, &catalogue, input, &mut report).await;
@@ -1098,9 +1103,10 @@ impl DayRunner {
         land_day(lake, &mut writer, writes).await?;
         writer.finish().await?;
         // The day's aggregates as published, from memory (the windows of the next day need them).
+        let what = format!("{}'s daily item counts", day_string(day));
         let mut rows = Vec::new();
         for b in &counts {
-            append_daily_counts(b, &format!("{}'s daily item counts", day_string(day)), &mut rows)?;
+            append_daily_counts(b, &what, &mut rows)?;
         }
         self.state = Some(next);
         self.last = Some(day);
@@ -1108,11 +1114,18 @@ impl DayRunner {
     }
 }
 
-/// Writes the window state a run of day `day` leaves ([`WINDOW_STATE`]): `items`, the totals at
-/// the end of `day − 1`, which a later daily run resumes from.
-pub async fn write_window_state(lake: &Lake, windows: &[u32], day: NaiveDate, items: &[ItemWindows]) -> Result<()> {
+/// The write of the window state a run of day `day` leaves ([`WINDOW_STATE`]): `items`, the
+/// totals at the end of `day − 1`, which a later daily run resumes from. The rows are built now;
+/// the returned future owns them and writes the file.
+pub fn write_window_state(
+    lake: &Lake,
+    windows: &[u32],
+    day: NaiveDate,
+    items: &[ItemWindows],
+) -> Result<impl std::future::Future<Output = Result<()>> + Send + 'static> {
     let (target, schema, batch) = window_state_batch(windows, day, items)?;
-    write_parquet(lake, target, schema, &[batch], 1 << 20).await.map(|_| ())
+    let lake = lake.clone();
+    Ok(async move { write_parquet(&lake, target, schema, &[batch], 1 << 20).await.map(|_| ()) })
 }
 
 /// Pass 1 for one day: the raw logs validated (rows that break the contract quarantined), the
@@ -1458,11 +1471,7 @@ pub async fn window_part(
     let write = match days.last() {
         Some(&to) => {
             let last = windows.get(&epoch_day(to)).map(Vec::as_slice).unwrap_or(&[]);
-            let (target, schema, batch) = window_state_batch(&cfg.windows, to, last)?;
-            let lake = lake.clone();
-            StateWrite(Some(tokio::spawn(async move {
-                write_parquet(&lake, target, schema, &[batch], 1 << 20).await.map(|_| ())
-            })))
+            StateWrite(Some(tokio::spawn(write_window_state(lake, &cfg.windows, to, last)?)))
         }
         None => StateWrite(None),
     };
@@ -1669,8 +1678,7 @@ async fn partition_files(lake: &Lake, table: &str) -> Result<BTreeMap<NaiveDate,
     let mut days: BTreeMap<NaiveDate, Vec<String>> = BTreeMap::new();
     for meta in lake.list(table).await? {
         let Some(rel) = lake.relative(&meta.location) else { continue };
-        let dt = rel.split('/').find_map(|s| s.strip_prefix("dt="));
-        if let Some(day) = dt.and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()) {
+        if let Some(day) = partition_day(&rel) {
             if rel.ends_with(".parquet") {
                 days.entry(day).or_default().push(rel);
             }

@@ -276,9 +276,26 @@ impl Lake {
     /// Every object under `rel` (recursively), outside `_staging/`.
     pub async fn list(&self, rel: &str) -> Result<Vec<ObjectMeta>> {
         let prefix = self.path(rel);
+        self.listed(&prefix, self.store.list(Some(&prefix))).await
+    }
+
+    /// [`Lake::list`] of the objects whose path comes after `after` (lake-relative, exclusive):
+    /// `list_after("raw/clicks", "raw/clicks/dt=2026-01-05")` skips the partitions before that
+    /// day, and an S3 store does not list them at all.
+    pub async fn list_after(&self, rel: &str, after: &str) -> Result<Vec<ObjectMeta>> {
+        let prefix = self.path(rel);
+        self.listed(&prefix, self.store.list_with_offset(Some(&prefix), &self.path(after))).await
+    }
+
+    /// A listing's objects outside `_staging/`, by path.
+    async fn listed(
+        &self,
+        prefix: &Path,
+        stream: futures::stream::BoxStream<'static, object_store::Result<ObjectMeta>>,
+    ) -> Result<Vec<ObjectMeta>> {
         let staging = self.path(STAGING);
         let mut all: Vec<ObjectMeta> =
-            self.store.list(Some(&prefix)).try_collect().await.map_err(|e| PipelineError::store("list", &prefix, e))?;
+            stream.try_collect().await.map_err(|e| PipelineError::store("list", prefix, e))?;
         all.retain(|m| m.location.prefix_match(&staging).is_none());
         all.sort_by(|a, b| a.location.cmp(&b.location));
         Ok(all)
@@ -428,6 +445,12 @@ fn process_env() -> BTreeMap<String, String> {
 /// The relative path of partition `dt` of `table`, e.g. `raw/exposures/dt=2026-01-01`.
 pub fn partition(table: &str, dt: &str) -> String {
     format!("{table}/dt={dt}")
+}
+
+/// The day of the `dt=YYYY-MM-DD` partition a relative path lies in, if any.
+pub fn partition_day(rel: &str) -> Option<chrono::NaiveDate> {
+    let dt = rel.split('/').find_map(|s| s.strip_prefix("dt="))?;
+    chrono::NaiveDate::parse_from_str(dt, "%Y-%m-%d").ok()
 }
 
 /// The S3 store's settings: every `AWS_*` variable of `env` that object_store knows (as

@@ -34,15 +34,16 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::contract;
 use crate::error::{PipelineError, Result};
-use crate::features::{load_daily_counts, write_window_state, DayReport, DayRunner, FeaturesConfig};
-use crate::lake::Lake;
+use crate::features::{epoch_day, load_daily_counts, write_window_state, DayReport, DayRunner, FeaturesConfig};
+use crate::lake::{partition, partition_day, Lake};
 use crate::windows::{DailyCounts, ItemWindows, LiveWindows};
 
 /// Where the stream records the days it has built.
 pub const PROGRESS: &str = "_state/stream/progress.json";
 /// The raw tables whose event time decides when a day closes.
-pub const RAW_TABLES: [&str; 3] = ["exposures", "clicks", "behaviors"];
+pub const RAW_TABLES: [&str; 3] = [contract::EXPOSURES, contract::CLICKS, contract::BEHAVIORS];
 /// How often a waiting stream logs that it is alive.
 pub const ALIVE_EVERY: StdDuration = StdDuration::from_secs(300);
 /// Days before the last one built whose raw files are watched for late arrivals.
@@ -108,14 +109,18 @@ struct RawDay {
 /// Each raw table's partitions by day.
 type RawListing = BTreeMap<&'static str, BTreeMap<NaiveDate, RawDay>>;
 
-async fn list_raw(lake: &Lake) -> Result<RawListing> {
+/// The raw tables' partitions from day `from` on (every day without it).
+async fn list_raw(lake: &Lake, from: Option<NaiveDate>) -> Result<RawListing> {
     let mut out = RawListing::new();
     for table in RAW_TABLES {
         let days = out.entry(table).or_default();
-        for meta in lake.list(&format!("raw/{table}")).await? {
+        let listed = match from {
+            Some(from) => lake.list_after(table, &partition(table, &from.to_string())).await?,
+            None => lake.list(table).await?,
+        };
+        for meta in listed {
             let Some(rel) = lake.relative(&meta.location) else { continue };
-            let dt = rel.split('/').find_map(|s| s.strip_prefix("dt="));
-            let Some(day) = dt.and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()) else { continue };
+            let Some(day) = partition_day(&rel) else { continue };
             let entry =
                 days.entry(day).or_insert_with(|| RawDay { files: BTreeMap::new(), first_seen: meta.last_modified });
             entry.first_seen = entry.first_seen.min(meta.last_modified);
@@ -167,11 +172,6 @@ pub async fn read_progress(lake: &Lake) -> Result<Progress> {
 async fn write_progress(lake: &Lake, progress: &Progress) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(progress).map_err(|e| PipelineError::Dataflow(format!("progress: {e}")))?;
     lake.put_atomic(PROGRESS, bytes).await
-}
-
-/// Days since 1970-01-01, as the window dataflow counts time.
-fn epoch_day(d: NaiveDate) -> u32 {
-    u32::try_from((d - NaiveDate::default()).num_days()).unwrap_or(0)
 }
 
 /// The live windows for a stream whose next day is `day`: started and fed the daily aggregates
@@ -230,7 +230,9 @@ pub async fn run_stream(
     let mut waiting_logged = None;
     let mut alive = Instant::now();
     loop {
-        let listing = list_raw(lake).await?;
+        // Days before the next one and the ones tracked for late files cannot matter: not listed.
+        let tracked = progress.files.keys().next().and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+        let listing = list_raw(lake, next.map(|n| tracked.map_or(n, |t| t.min(n)))).await?;
         note_late_files(&listing, &mut progress, lake).await?;
         if next.is_none() {
             next = listing.values().filter_map(|days| days.keys().next().copied()).min();
@@ -241,16 +243,15 @@ pub async fn run_stream(
                 break;
             }
             let started = Instant::now();
-            let (live, stats) = match windows.take() {
+            let (mut live, stats) = match windows.take() {
                 Some(w) if w.0.last_day() == epoch_day(day).checked_sub(1) => w,
                 _ => start_windows(lake, cfg, day).await?,
             };
-            let mut live = live;
             let (report, counts) = runner.run_day(lake, cfg, day, &stats).await?;
             let (totals, step) = live.feed(&counts, true)?;
             let totals = totals.unwrap_or_default();
             let next_day = day + Duration::days(1);
-            write_window_state(lake, &cfg.windows, next_day, &totals).await?;
+            write_window_state(lake, &cfg.windows, next_day, &totals)?.await?;
             progress.last_day = Some(day.to_string());
             progress.days_built += 1;
             progress.files.insert(day.to_string(), day_files(&listing, day));
@@ -291,16 +292,19 @@ pub async fn run_stream(
         if opts.until.is_some_and(|u| next.is_some_and(|n| n > u)) || opts.once {
             return Ok(built);
         }
-        let next_s = next.map(|d| d.to_string()).unwrap_or_default();
-        let closed_s = closed.map(|d| d.to_string()).unwrap_or_else(|| "-".into());
+        let shown = |d: Option<NaiveDate>| d.map_or_else(|| "-".to_string(), |d| d.to_string());
         if waiting_logged != next {
-            info!(next = next_s, closed_through = closed_s, "waiting for the raw logs to move past the next day");
+            info!(
+                next = shown(next),
+                closed_through = shown(closed),
+                "waiting for the raw logs to move past the next day"
+            );
             waiting_logged = next;
             alive = Instant::now();
         } else if alive.elapsed() >= ALIVE_EVERY {
             info!(
-                next = next_s,
-                closed_through = closed_s,
+                next = shown(next),
+                closed_through = shown(closed),
                 days_built = progress.days_built,
                 late_files = progress.late_files,
                 "stream alive"
@@ -342,6 +346,7 @@ async fn note_late_files(listing: &RawListing, progress: &mut Progress, lake: &L
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::{BEHAVIORS, CLICKS, EXPOSURES};
 
     fn day(d: &str) -> NaiveDate {
         NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap()
@@ -353,7 +358,7 @@ mod tests {
             out.entry(*table).or_default().insert(
                 day(d),
                 RawDay {
-                    files: BTreeMap::from([(format!("raw/{table}/dt={d}/a.parquet"), 1)]),
+                    files: BTreeMap::from([(format!("{table}/dt={d}/a.parquet"), 1)]),
                     first_seen: now - Duration::seconds(*age_s),
                 },
             );
@@ -365,15 +370,15 @@ mod tests {
     fn a_day_closes_once_every_raw_table_has_moved_past_it_for_the_lateness() {
         let now = Utc::now();
         let lateness = StdDuration::from_secs(60);
-        let all = |d: &'static str, age| [("exposures", d, age), ("clicks", d, age), ("behaviors", d, age)];
+        let all = |d: &'static str, age| [(EXPOSURES, d, age), (CLICKS, d, age), (BEHAVIORS, d, age)];
         let mut parts: Vec<(&'static str, &str, i64)> = Vec::new();
         parts.extend(all("2026-01-01", 500));
         assert_eq!(closed_through(&listing(&parts, now), now, lateness), Some(day("2025-12-31")));
         // Day 2 has begun in two tables only: day 1 is still open.
-        parts.extend([("exposures", "2026-01-02", 500), ("clicks", "2026-01-02", 500)]);
+        parts.extend([(EXPOSURES, "2026-01-02", 500), (CLICKS, "2026-01-02", 500)]);
         assert_eq!(closed_through(&listing(&parts, now), now, lateness), Some(day("2025-12-31")));
         // Every table has day 2, one of them for less than the lateness: still open.
-        parts.push(("behaviors", "2026-01-02", 10));
+        parts.push((BEHAVIORS, "2026-01-02", 10));
         assert_eq!(closed_through(&listing(&parts, now), now, lateness), Some(day("2025-12-31")));
         assert_eq!(closed_through(&listing(&parts, now), now, StdDuration::from_secs(5)), Some(day("2026-01-01")));
         // Day 1 closed when the last table (behaviors, 10 s ago) had day 2, plus the lateness.
@@ -382,7 +387,7 @@ mod tests {
         assert_eq!(closed_at(&listing(&parts, now), day("2026-01-02"), StdDuration::ZERO), None);
         // A table with no files at all closes nothing.
         let mut no_clicks = parts.clone();
-        no_clicks.retain(|(t, _, _)| *t != "clicks");
+        no_clicks.retain(|(t, _, _)| *t != CLICKS);
         assert_eq!(closed_through(&listing(&no_clicks, now), now, StdDuration::ZERO), None);
     }
 }

@@ -180,7 +180,6 @@ pub fn item_window_stats_resumed(
 /// and nothing is read again or re-seeded. The timely workers run on threads of this process
 /// and wait for days between steps; the dataflow is the one [`item_window_stats`] runs.
 pub struct LiveWindows {
-    windows: Vec<u32>,
     commands: Vec<mpsc::Sender<LiveDay>>,
     reports: mpsc::Receiver<LiveReport>,
     guards: Option<timely::communication::WorkerGuards<()>>,
@@ -189,7 +188,8 @@ pub struct LiveWindows {
 }
 
 /// One day for the live dataflow's workers: the counts by item id, and the items first seen
-/// that day (their ids follow the ones before) with their hashes.
+/// that day (their ids follow the ones before) with their hashes. Every worker gets a copy.
+#[derive(Clone)]
 struct LiveDay {
     day: u32,
     rows: Arc<Vec<(u32, [i64; 5])>>,
@@ -205,7 +205,6 @@ type LiveReport = (u32, Option<Vec<ItemWindows>>, f64);
 impl std::fmt::Debug for LiveWindows {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LiveWindows")
-            .field("windows", &self.windows)
             .field("workers", &self.commands.len())
             .field("items", &self.ids.len())
             .field("last_day", &self.last_day)
@@ -216,11 +215,7 @@ impl std::fmt::Debug for LiveWindows {
 impl LiveWindows {
     /// Starts `workers` timely threads holding an empty dataflow for `windows` (days).
     pub fn start(windows: &[u32], workers: usize) -> Result<Self> {
-        if windows.is_empty() || windows.contains(&0) {
-            return Err(PipelineError::Config(vec![format!(
-                "windows {windows:?}: give at least one window of 1 day or more"
-            )]));
-        }
+        check_windows(windows)?;
         let workers = workers.max(1);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::channel::<LiveDay>()).unzip();
         let receivers: Arc<Mutex<Vec<Option<mpsc::Receiver<LiveDay>>>>> =
@@ -281,19 +276,7 @@ impl LiveWindows {
             }
         })
         .map_err(|e| PipelineError::Dataflow(format!("cannot start the timely workers: {e}")))?;
-        Ok(Self {
-            windows: windows.to_vec(),
-            commands: senders,
-            reports,
-            guards: Some(guards),
-            ids: HashMap::new(),
-            last_day: None,
-        })
-    }
-
-    /// The windows, in days.
-    pub fn windows(&self) -> &[u32] {
-        &self.windows
+        Ok(Self { commands: senders, reports, guards: Some(guards), ids: HashMap::new(), last_day: None })
     }
 
     /// The last day fed, if any.
@@ -326,14 +309,7 @@ impl LiveWindows {
         let command =
             LiveDay { day: counts.day, rows: Arc::new(rows), new_names: Arc::new(new_names), new_hashes, report };
         for tx in &self.commands {
-            tx.send(LiveDay {
-                day: command.day,
-                rows: Arc::clone(&command.rows),
-                new_names: Arc::clone(&command.new_names),
-                new_hashes: Arc::clone(&command.new_hashes),
-                report: command.report,
-            })
-            .map_err(|_| PipelineError::Dataflow("a live window worker has stopped".into()))?;
+            tx.send(command.clone()).map_err(|_| PipelineError::Dataflow("a live window worker has stopped".into()))?;
         }
         self.last_day = Some(counts.day);
         match self.reports.recv() {
@@ -423,11 +399,7 @@ fn run_windows(
     seed: Option<&WindowSeed>,
     owners: Option<Owners>,
 ) -> Result<(BTreeMap<u32, Vec<ItemWindows>>, StepSeconds)> {
-    if windows.is_empty() || windows.contains(&0) {
-        return Err(PipelineError::Config(vec![format!(
-            "windows {windows:?}: give at least one window of 1 day or more"
-        )]));
-    }
+    check_windows(windows)?;
     let first_report = report_days.iter().copied().min().unwrap_or(0);
     let last_report = report_days.iter().copied().max().unwrap_or(0);
     let max_window = windows.iter().copied().max().unwrap_or(1);
@@ -571,6 +543,16 @@ fn run_windows(
     }
     let timings = timings.lock().map(|t| t.clone()).unwrap_or_default();
     Ok((results, timings))
+}
+
+/// Refuses an empty list of windows or a window of 0 days.
+fn check_windows(windows: &[u32]) -> Result<()> {
+    if windows.is_empty() || windows.contains(&0) {
+        return Err(PipelineError::Config(vec![format!(
+            "windows {windows:?}: give at least one window of 1 day or more"
+        )]));
+    }
+    Ok(())
 }
 
 /// The window dataflow's inputs: day counts by item, and differences keyed by (item, window).

@@ -41,8 +41,7 @@ async fn last_feature_day(lake: &Lake) -> Result<NaiveDate> {
         .await?
         .into_iter()
         .filter_map(|m| lake.relative(&m.location))
-        .filter_map(|p| p.split('/').find_map(|part| part.strip_prefix("dt=").map(str::to_string)))
-        .filter_map(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok())
+        .filter_map(|p| marnflow_pipeline::lake::partition_day(&p))
         .collect();
     days.sort();
     days.last()

@@ -271,8 +271,7 @@ async fn check_lake_is_ours(lake: &Lake, days: &BTreeSet<NaiveDate>) -> Result<(
     for table in [contract::EXPOSURES, contract::CLICKS, contract::BEHAVIORS] {
         for meta in lake.list(table).await? {
             let Some(rel) = lake.relative(&meta.location) else { continue };
-            let Some(dt) = rel.split('/').find_map(|p| p.strip_prefix("dt=")) else { continue };
-            let Ok(day) = NaiveDate::parse_from_str(dt, "%Y-%m-%d") else { continue };
+            let Some(day) = crate::lake::partition_day(&rel) else { continue };
             if !days.contains(&day) {
                 return Err(PipelineError::Input {
                     path: lake.uri().to_string(),
