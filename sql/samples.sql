@@ -36,16 +36,23 @@ sequences AS (
   FROM (SELECT *, -CAST(recency AS BIGINT) AS age FROM history WHERE recency <= $1)
   GROUP BY user_id, exposure_time
 )
+-- The exposures, with their ids and buckets, stream through the last join in the labels' order
+-- while the sequences are its hash table: the wide rows come out in the order asked for, and the
+-- lists are copied once, not joined, sorted and merged.
 SELECT
-  l.request_id, l.user_id, l.item_id, l.event_time, l.label,
-  i.shop_id, i.brand_id, i.category_id,
-  k.* EXCLUDE (item_id),
+  x.request_id, x.user_id, x.item_id, x.event_time, x.label,
+  x.shop_id, x.brand_id, x.category_id,
+  x.* EXCLUDE (request_id, user_id, item_id, event_time, label, shop_id, brand_id, category_id, position),
   coalesce(s.hist_item_ids, make_array()) AS hist_item_ids,
   coalesce(s.hist_behaviors, make_array()) AS hist_behaviors,
   coalesce(s.hist_seconds_before, make_array()) AS hist_seconds_before
-FROM labels l
-LEFT JOIN (SELECT item_id, max(shop_id) AS shop_id, max(brand_id) AS brand_id, max(category_id) AS category_id
-           FROM raw.items GROUP BY item_id) i ON i.item_id = l.item_id
-LEFT JOIN item_stat_buckets_wide k ON k.item_id = l.item_id
-LEFT JOIN sequences s ON s.user_id = l.user_id AND s.exposure_time = l.event_time
-ORDER BY l.event_time, l.request_id, l.position, l.item_id
+FROM sequences s
+RIGHT JOIN (
+  SELECT l.request_id, l.user_id, l.item_id, l.event_time, l.label, l.position,
+         i.shop_id, i.brand_id, i.category_id, k.* EXCLUDE (item_id)
+  FROM labels l
+  LEFT JOIN (SELECT item_id, max(shop_id) AS shop_id, max(brand_id) AS brand_id, max(category_id) AS category_id
+             FROM raw.items GROUP BY item_id) i ON i.item_id = l.item_id
+  LEFT JOIN item_stat_buckets_wide k ON k.item_id = l.item_id
+) x ON s.user_id = x.user_id AND s.exposure_time = x.event_time
+ORDER BY x.event_time, x.request_id, x.position, x.item_id

@@ -992,3 +992,29 @@ fn a_daily_run_resumes_its_windows_from_the_state_the_run_before_left() {
     let (_, _) = daily(rebuilt.path(), "2026-01-04");
     same_tables("after a rerun of day 3");
 }
+
+/// Days rebuilt with one file a day after a run that wrote two (`--partitions 2`, then `1`): every
+/// feature table's partitions hold the files of the last run only, byte for byte those of a lake
+/// built with one file a day from the start (a stale `part-00001` beside the new file would double
+/// the day's labels, samples and user state for every reader, and the next day's histories).
+#[test]
+fn a_rerun_with_fewer_files_a_day_leaves_no_stale_file() {
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for lake in [&one, &two] {
+        generate_world(lake.path(), 80, 200, 3, 4, 800, 21);
+    }
+    let range = ["features", "--from", DAYS[0], "--to", DAYS[2]];
+    let run = |lake: &Path, more: &[&str]| {
+        let mut args = vec!["--lake", lake.to_str().unwrap()];
+        args.extend(range);
+        args.extend(more);
+        ok(&args)
+    };
+    run(one.path(), &[]);
+    run(two.path(), &["--partitions", "2"]);
+    let split = files(&two.path().join("features/samples/dt=2026-01-02"));
+    assert_eq!(split.len(), 2, "--partitions 2 wrote {split:?}");
+    run(two.path(), &["--partitions", "1"]);
+    let same = assert_same_parquet(one.path(), two.path(), "features", "one file a day, then two, then one");
+    assert!(same.iter().any(|p| p.starts_with("features/labels/dt=2026-01-03")), "{same:?}");
+}
