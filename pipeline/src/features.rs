@@ -1464,8 +1464,10 @@ async fn publish_day(
     Ok((DayState { history, items }, writes))
 }
 
-/// The order of the day's labels (`labels.sql`), which the samples keep.
+/// The order of the day's labels (`labels.sql`), which the samples keep: each column ascending,
+/// nulls last (SQL's `ORDER BY` default; `position` may be null).
 const LABEL_ORDER: [&str; 4] = ["event_time", "request_id", "position", "item_id"];
+const LABEL_SORT: arrow::compute::SortOptions = arrow::compute::SortOptions { descending: false, nulls_first: false };
 
 /// Registers the day's labels as table `labels`, one partition in [`LABEL_ORDER`], with that order
 /// declared, so that a query keeping it needs no sort. Labels in another order (a `labels.sql`
@@ -1481,10 +1483,12 @@ fn register_ordered_labels(ctx: &SessionContext, batches: Vec<RecordBatch>) -> R
                 "labels.sql does not produce column {name}, which the samples are ordered by"
             )])
         })?;
-        keys.push(arrow::compute::SortColumn { values: Arc::clone(column), options: None });
+        keys.push(arrow::compute::SortColumn { values: Arc::clone(column), options: Some(LABEL_SORT) });
     }
     let converter = arrow::row::RowConverter::new(
-        keys.iter().map(|k| arrow::row::SortField::new(k.values.data_type().clone())).collect(),
+        keys.iter()
+            .map(|k| arrow::row::SortField::new_with_options(k.values.data_type().clone(), LABEL_SORT))
+            .collect(),
     )
     .map_err(arrow_err)?;
     let rows = converter
@@ -1498,7 +1502,8 @@ fn register_ordered_labels(ctx: &SessionContext, batches: Vec<RecordBatch>) -> R
         arrow::compute::take_record_batch(&batch, &order).map_err(arrow_err)?
     };
     let _ = ctx.deregister_table("labels")?;
-    let order = vec![LABEL_ORDER.iter().map(|c| datafusion::prelude::col(*c).sort(true, false)).collect()];
+    let sort = |c: &&str| datafusion::prelude::col(*c).sort(!LABEL_SORT.descending, LABEL_SORT.nulls_first);
+    let order = vec![LABEL_ORDER.iter().map(sort).collect()];
     let table = MemTable::try_new(schema, vec![vec![batch]])?.with_sort_order(order);
     ctx.register_table("labels", Arc::new(table))?;
     Ok(())
@@ -2256,8 +2261,8 @@ pub async fn read_dictionary(lake: &Lake, rel: &str) -> Result<BTreeMap<String, 
 mod tests {
     use super::*;
 
-    /// Labels out of order are sorted before their order is declared: a query asking for that
-    /// order, which DataFusion then does not sort, gets it.
+    /// Labels out of order are sorted before their order is declared, nulls where the declaration
+    /// says: a query asking for that order, which DataFusion then does not sort, gets it.
     #[tokio::test]
     async fn labels_are_registered_in_their_declared_order() {
         use arrow::array::{Int32Array, StringArray, TimestampMillisecondArray};
@@ -2267,7 +2272,7 @@ mod tests {
             Field::new("event_time", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
             Field::new("position", DataType::Int32, true),
         ]));
-        let batch = |requests: Vec<&str>, items: Vec<&str>, times: Vec<i64>, positions: Vec<i32>| {
+        let batch = |requests: Vec<&str>, items: Vec<&str>, times: Vec<i64>, positions: Vec<Option<i32>>| {
             RecordBatch::try_new(
                 Arc::clone(&schema),
                 vec![
@@ -2281,8 +2286,13 @@ mod tests {
         };
         let ctx = SessionContext::new_with_config(datafusion::prelude::SessionConfig::new().with_target_partitions(1));
         let unordered = vec![
-            batch(vec!["r2", "r1", "r1"], vec!["b", "b", "a"], vec![5, 5, 5], vec![1, 2, 2]),
-            batch(vec!["r0"], vec!["z"], vec![1], vec![9]),
+            batch(
+                vec!["r2", "r1", "r1", "r1"],
+                vec!["b", "c", "b", "a"],
+                vec![5, 5, 5, 5],
+                vec![Some(1), None, Some(2), Some(2)],
+            ),
+            batch(vec!["r0"], vec!["z"], vec![1], vec![Some(9)]),
         ];
         register_ordered_labels(&ctx, unordered).unwrap();
         let sql = "SELECT request_id, item_id FROM labels ORDER BY event_time, request_id, position, item_id";
@@ -2297,7 +2307,8 @@ mod tests {
                 (0..b.num_rows()).map(|k| format!("{}/{}", r.value(k), i.value(k))).collect::<Vec<_>>()
             })
             .collect();
-        assert_eq!(rows, ["r0/z", "r1/a", "r1/b", "r2/b"]);
+        // A null position after the others, as SQL's ORDER BY puts it (and as declared).
+        assert_eq!(rows, ["r0/z", "r1/a", "r1/b", "r1/c", "r2/b"]);
     }
 
     #[test]
