@@ -336,21 +336,18 @@ pub struct DayReport {
     pub windows_resumed_from: Option<String>,
 }
 
+/// Runs SQL job `job` with `params` to the end ([`collect`]), logging its rows and time.
 async fn run_sql(
     ctx: &SessionContext,
     registry: &SqlRegistry,
     job: &str,
     params: Vec<ScalarValue>,
 ) -> Result<Vec<RecordBatch>> {
-    let started = std::time::Instant::now();
-    let df = sql_frame(ctx, registry, job, params).await?;
-    let out = collect(df).await.map_err(|e| sql_error(registry, job, e))?;
-    debug!(job, rows = total_rows(&out), ms = started.elapsed().as_millis() as u64, "sql job done");
-    Ok(out)
+    Ok(run_sql_ordered(ctx, registry, job, params).await?.0)
 }
 
-/// Runs SQL job `job` like [`run_sql`]; also returns the order its rows are in, as far as the
-/// executed plan guarantees it (its output ordering on one partition; empty when none).
+/// [`run_sql`], and the order of the rows returned as far as the executed plan guarantees it
+/// ([`collect_ordered`]).
 async fn run_sql_ordered(
     ctx: &SessionContext,
     registry: &SqlRegistry,
@@ -460,8 +457,22 @@ async fn replace_table(ctx: &SessionContext, name: &str, batches: Vec<RecordBatc
     if let Some(staging) = Staging::of(ctx) {
         return staging.register(ctx, name, &batches).await;
     }
+    replace_memory_table(ctx, name, batches, Vec::new())
+}
+
+/// Registers `batches` in memory as table `name` of `ctx`, one partition, replacing it; `order`,
+/// when not empty, is the order the rows are in, declared so that queries keeping it do not sort.
+fn replace_memory_table(
+    ctx: &SessionContext,
+    name: &str,
+    batches: Vec<RecordBatch>,
+    order: Vec<datafusion::logical_expr::SortExpr>,
+) -> Result<()> {
     let _ = ctx.deregister_table(name)?;
-    let table = MemTable::try_new(schema_of(&batches), vec![batches])?;
+    let mut table = MemTable::try_new(schema_of(&batches), vec![batches])?;
+    if !order.is_empty() {
+        table = table.with_sort_order(vec![order]);
+    }
     ctx.register_table(name, Arc::new(table))?;
     Ok(())
 }
@@ -1302,11 +1313,8 @@ impl History {
     /// Registers the state as table `previous_history` of `ctx`.
     async fn register(self, ctx: &SessionContext, lake: &Lake) -> Result<()> {
         match self {
-            History::Batches(batches, order) if !order.is_empty() && Staging::of(ctx).is_none() => {
-                let _ = ctx.deregister_table("previous_history")?;
-                let table = MemTable::try_new(schema_of(&batches), vec![batches])?.with_sort_order(vec![order]);
-                ctx.register_table("previous_history", Arc::new(table))?;
-                Ok(())
+            History::Batches(batches, order) if Staging::of(ctx).is_none() => {
+                replace_memory_table(ctx, "previous_history", batches, order)
             }
             History::Batches(batches, _) => replace_table(ctx, "previous_history", batches).await,
             History::Published { dt } => {
@@ -1501,12 +1509,8 @@ fn register_ordered_labels(ctx: &SessionContext, batches: Vec<RecordBatch>) -> R
         let order = arrow::compute::lexsort_to_indices(&keys, None).map_err(arrow_err)?;
         arrow::compute::take_record_batch(&batch, &order).map_err(arrow_err)?
     };
-    let _ = ctx.deregister_table("labels")?;
     let sort = |c: &&str| datafusion::prelude::col(*c).sort(!LABEL_SORT.descending, LABEL_SORT.nulls_first);
-    let order = vec![LABEL_ORDER.iter().map(sort).collect()];
-    let table = MemTable::try_new(schema, vec![vec![batch]])?.with_sort_order(order);
-    ctx.register_table("labels", Arc::new(table))?;
-    Ok(())
+    replace_memory_table(ctx, "labels", vec![batch], LABEL_ORDER.iter().map(sort).collect())
 }
 
 /// A session over the lake for one step of the job, on `cfg.engine`.
