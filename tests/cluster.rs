@@ -3,7 +3,7 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -41,10 +41,13 @@ impl Cluster {
         out
     }
 
-    /// `features` of [`RANGE`] on this cluster, which must succeed (`what` names it in the
-    /// failure, with every process's log); its standard output.
-    fn features(&self, lake: &Path, scheduler: &str, what: &str) -> String {
-        let out = cluster_features(lake, scheduler).output().unwrap();
+    /// `features` of [`RANGE`] with `extra` flags on this cluster, which must succeed within
+    /// [`RUN_LIMIT`] (`what` names it in the failure, with every process's log); its standard
+    /// output.
+    fn features(&self, lake: &Path, scheduler: &str, extra: &[&str], what: &str) -> String {
+        let Some(out) = Run::start(lake, scheduler, extra).end_within(RUN_LIMIT) else {
+            panic!("{what} made no progress in {} s; stopped:\n{}", RUN_LIMIT.as_secs(), self.logs());
+        };
         assert!(out.status.success(), "{what} failed:\n{}\n{}", String::from_utf8_lossy(&out.stderr), self.logs());
         String::from_utf8(out.stdout).unwrap()
     }
@@ -154,11 +157,64 @@ fn assert_same_features(embedded: &Path, clustered: &Path) {
     assert!(!staged.exists() || files(&staged).is_empty(), "staged files are left");
 }
 
-fn cluster_features(lake: &Path, scheduler: &str) -> std::process::Command {
-    let engine = format!("ballista://{scheduler}");
-    let mut cmd = marnflow();
-    cmd.args(["--lake", lake.to_str().unwrap()]).args(RANGE).args(["--engine", engine.as_str()]);
-    cmd
+/// How long a run of [`RANGE`] on the test cluster may take before it counts as stuck: the run
+/// takes seconds alone and about a minute beside the other tests; a stuck Ballista job waits for
+/// good, and a test must fail rather than hold CI.
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+/// A `features` run of [`RANGE`] on a cluster, its output read as it runs.
+struct Run {
+    child: Child,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Run {
+    fn start(lake: &Path, scheduler: &str, extra: &[&str]) -> Run {
+        let engine = format!("ballista://{scheduler}");
+        let mut child = marnflow()
+            .args(["--lake", lake.to_str().unwrap()])
+            .args(RANGE)
+            .args(["--engine", engine.as_str()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = pipe.read_to_string(&mut text);
+                text
+            })
+        };
+        let stdout = drain(Box::new(child.stdout.take().unwrap()));
+        let stderr = drain(Box::new(child.stderr.take().unwrap()));
+        Run { child, stdout, stderr }
+    }
+
+    /// Whether the process still runs.
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// The run's end, or `None` when it had not ended after `limit` and was killed.
+    fn end_within(mut self, limit: Duration) -> Option<Output> {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                self.child.kill().unwrap();
+                self.child.wait().unwrap();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let (stdout, stderr) = (self.stdout.join().unwrap(), self.stderr.join().unwrap());
+        status.map(|status| Output { status, stdout: stdout.into_bytes(), stderr: stderr.into_bytes() })
+    }
 }
 
 /// Every row of a table's partition as text, sorted: the same rows whatever files hold them.
@@ -214,9 +270,8 @@ fn user_partitions_are_written_by_the_cluster_as_by_one_process() {
 
     let logs = tempfile::tempdir().unwrap();
     let (cluster, scheduler) = start_cluster(logs.path(), 2);
-    let out = cluster_features(clustered.path(), &scheduler).args(["--partitions", "2"]).output().unwrap();
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), cluster.logs());
-    assert_eq!(summary(&String::from_utf8(out.stdout).unwrap()), single_report);
+    let out = cluster.features(clustered.path(), &scheduler, &["--partitions", "2"], "2 partitions on the cluster");
+    assert_eq!(summary(&out), single_report);
     assert_same_features(split.path(), clustered.path());
     let plans = std::fs::read_to_string(logs.path().join("scheduler.log")).unwrap();
     assert!(plans.contains("LakeWriteExec: folder=_cluster/parts-"), "the scheduler ran no partitioned write");
@@ -241,8 +296,7 @@ fn user_partitions_are_written_by_the_cluster_as_by_one_process() {
     }
 
     // One partition again: one file a day, nothing stale beside it.
-    let rerun = cluster_features(clustered.path(), &scheduler).args(["--partitions", "1"]).output().unwrap();
-    assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
+    cluster.features(clustered.path(), &scheduler, &["--partitions", "1"], "1 partition on the cluster");
     assert_same_features(single.path(), clustered.path());
 }
 
@@ -251,7 +305,7 @@ fn a_scheduler_and_two_executors_give_the_embedded_days_byte_for_byte() {
     let (embedded, embedded_report, clustered) = embedded_and_fresh();
     let logs = tempfile::tempdir().unwrap();
     let (cluster, scheduler) = start_cluster(logs.path(), 2);
-    let clustered_report = summary(&cluster.features(clustered.path(), &scheduler, "features on the cluster"));
+    let clustered_report = summary(&cluster.features(clustered.path(), &scheduler, &[], "features on the cluster"));
     assert_eq!(clustered_report, embedded_report, "the day reports differ");
     assert_same_features(embedded.path(), clustered.path());
     let log = cluster.logs();
@@ -259,28 +313,20 @@ fn a_scheduler_and_two_executors_give_the_embedded_days_byte_for_byte() {
 }
 
 /// An executor killed (SIGKILL) in the middle of the run: either Ballista runs its tasks again on
-/// the other and the run succeeds, or the run fails with an error; a rerun then succeeds. Either
-/// way the days end byte-identical to the embedded run.
+/// the other and the run succeeds, or the run fails with an error and a rerun succeeds, or the
+/// job waits for good (a Ballista 55 bug) and a rerun on a restarted cluster succeeds. Every way
+/// the days end byte-identical to the embedded run.
 #[test]
 fn an_executor_lost_mid_run_costs_a_rerun_at_most_and_changes_no_byte() {
     let (embedded, embedded_report, clustered) = embedded_and_fresh();
     let logs = tempfile::tempdir().unwrap();
     let (mut cluster, scheduler) = start_cluster(logs.path(), 2);
-    let mut run =
-        cluster_features(clustered.path(), &scheduler).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let (stdout, stderr) = (drain(Box::new(run.stdout.take().unwrap())), drain(Box::new(run.stderr.take().unwrap())));
+    let mut run = Run::start(clustered.path(), &scheduler, &[]);
     // The executor goes once the first day's counts are written: the other days' jobs remain.
     let first = clustered.path().join("features/daily_item_counts/dt=2026-01-01");
     let deadline = Instant::now() + Duration::from_secs(120);
     while !first.exists() {
-        assert!(run.try_wait().unwrap().is_none(), "the run ended before its first day's counts");
+        assert!(run.running(), "the run ended before its first day's counts");
         assert!(Instant::now() < deadline, "no first day's counts after 120 s:\n{}", cluster.logs());
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -290,34 +336,34 @@ fn an_executor_lost_mid_run_costs_a_rerun_at_most_and_changes_no_byte() {
     victim.wait().unwrap();
     // Ballista 55 can leave a job waiting for good once an executor is lost (a stage rolled
     // back while its tasks report in: "Ignore TaskStatus update … in UnResolved status", then no
-    // progress; seen once in 2026-11-29's CI). The runbook's answer is the operator's: stop the
-    // run and rerun the day. The scheduler notices the loss after 6 s here; 180 s is a hang.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = run.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            run.kill().unwrap();
-            run.wait().unwrap();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let (out, err) = (stdout.join().unwrap(), stderr.join().unwrap());
-    let report = match status {
-        Some(s) if s.success() => {
+    // progress; seen in CI on 2026-11-29, where a rerun on the same scheduler then waited for good
+    // too). The runbook's answer is the operator's: stop the run, restart the scheduler, rerun
+    // the day. The scheduler notices the loss after 6 s here; 180 s is a hang.
+    let report = match run.end_within(Duration::from_secs(180)) {
+        Some(out) if out.status.success() => {
             eprintln!("the run finished without the lost executor");
-            out
+            String::from_utf8(out.stdout).unwrap()
         }
-        Some(_) => {
+        Some(out) => {
+            let err = String::from_utf8_lossy(&out.stderr);
             eprintln!("the run failed, then reran: {}", err.lines().rev().find(|l| l.contains("error")).unwrap_or(""));
             assert!(err.contains("error:"), "the failed run says nothing:\n{err}");
-            cluster.features(clustered.path(), &scheduler, "the rerun on the remaining executor")
+            cluster.features(clustered.path(), &scheduler, &[], "the rerun on the remaining executor")
         }
         None => {
             eprintln!("the run made no progress for 180 s after the executor was lost; stopped, then reran");
-            cluster.features(clustered.path(), &scheduler, "the rerun after a stuck run")
+            eprintln!("{}", cluster.logs());
+            drop(cluster);
+            let restarted = logs.path().join("restarted");
+            std::fs::create_dir(&restarted).unwrap();
+            // The killed run's staged files stay under `_cluster/`; the runbook deletes them once
+            // no job runs (the rerun's own are checked to be gone below).
+            let staged = clustered.path().join("_cluster");
+            if staged.exists() {
+                std::fs::remove_dir_all(staged).unwrap();
+            }
+            let (cluster, scheduler) = start_cluster(&restarted, 1);
+            cluster.features(clustered.path(), &scheduler, &[], "the rerun on a restarted cluster")
         }
     };
     assert_eq!(summary(&report), embedded_report, "the day reports differ");
