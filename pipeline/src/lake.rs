@@ -23,7 +23,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
@@ -34,7 +34,8 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::async_writer::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use tracing::debug;
 use url::Url;
 
@@ -327,12 +328,22 @@ impl std::fmt::Debug for PartitionWriter {
     }
 }
 
-/// Writer settings shared by every table marnflow writes: zstd, bounded row groups.
-pub fn writer_properties(row_group_rows: usize) -> WriterProperties {
-    WriterProperties::builder()
+/// Writer settings shared by every table marnflow writes: zstd, bounded row groups, and no
+/// statistics for the elements of list columns (`schema`'s): no reader prunes on them (DataFusion
+/// prunes on a column's own min/max, not on a list's elements), and they cost a comparison per
+/// element: 50 M a day for the samples' history ids on the 10× lake (day 14 written in 6.4–6.8 s
+/// without them, 6.8–7.5 s with them).
+pub fn writer_properties(schema: &Schema, row_group_rows: usize) -> WriterProperties {
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
-        .build()
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)));
+    for field in schema.fields() {
+        if let DataType::List(element) = field.data_type() {
+            let path = ColumnPath::new(vec![field.name().clone(), "list".into(), element.name().clone()]);
+            builder = builder.set_column_statistics_enabled(path, EnabledStatistics::None);
+        }
+    }
+    builder.build()
 }
 
 impl PartitionWriter {
@@ -340,8 +351,9 @@ impl PartitionWriter {
     pub fn create(lake: &Lake, target: String, schema: SchemaRef, row_group_rows: usize) -> Result<Self> {
         let staged = lake.write_path(&target);
         let object = BufWriter::new(Arc::clone(lake.store()), staged.clone());
-        let writer = AsyncArrowWriter::try_new(object, schema, Some(writer_properties(row_group_rows)))
-            .map_err(|e| PipelineError::parquet("open", &target, e))?;
+        let writer =
+            AsyncArrowWriter::try_new(object, Arc::clone(&schema), Some(writer_properties(&schema, row_group_rows)))
+                .map_err(|e| PipelineError::parquet("open", &target, e))?;
         Ok(Self { lake: lake.clone(), target, staged, writer, rows: 0, pending: Vec::new(), pending_rows: 0 })
     }
 

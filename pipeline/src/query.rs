@@ -301,9 +301,12 @@ pub fn write_batches(batches: &[RecordBatch], format: OutputFormat, out: &mut dy
             };
             // ArrowWriter needs a Send sink; stdout's lock is not one, so encode into memory.
             let mut buf = Vec::new();
-            let mut w =
-                parquet::arrow::ArrowWriter::try_new(&mut buf, schema, Some(crate::lake::writer_properties(1 << 20)))
-                    .map_err(|e| PipelineError::parquet("open", path, e))?;
+            let mut w = parquet::arrow::ArrowWriter::try_new(
+                &mut buf,
+                Arc::clone(&schema),
+                Some(crate::lake::writer_properties(&schema, 1 << 20)),
+            )
+            .map_err(|e| PipelineError::parquet("open", path, e))?;
             for b in batches {
                 w.write(b).map_err(|e| PipelineError::parquet("write", path, e))?;
             }
