@@ -200,19 +200,50 @@ struct OrderedListGroups {
     value_type: DataType,
     arrays: Vec<ArrayRef>,
     groups: Vec<Vec<Entry>>,
-    /// Rows held by `arrays`, and rows that live groups still refer to.
-    stored: usize,
+    /// Rows that live groups still refer to.
     live: usize,
-    /// Bytes of `arrays` (not counting shared buffers twice is not attempted).
-    array_bytes: usize,
+}
+
+/// Whether `opt_filter` keeps `row` (an aggregate's `FILTER (WHERE …)`; a null drops it).
+fn kept(opt_filter: Option<&BooleanArray>, row: usize) -> bool {
+    opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row))
+}
+
+/// The two lists of a state (or of a result, the values alone): `values` and their `keys`, cut
+/// into groups at `ends` (each group's end, in elements).
+fn value_and_key_lists(
+    value_type: &DataType,
+    ends: Vec<usize>,
+    values: ArrayRef,
+    keys: ArrayRef,
+) -> Result<(ListArray, ListArray)> {
+    let mut offsets = Vec::with_capacity(ends.len() + 1);
+    offsets.push(0i32);
+    for end in ends {
+        let Ok(end) = i32::try_from(end) else {
+            return exec_err!("ordered_list: more than 2^31 values in one batch of lists");
+        };
+        offsets.push(end);
+    }
+    let offsets = OffsetBuffer::new(offsets.into());
+    Ok((
+        ListArray::try_new(item(value_type), offsets.clone(), values, None)?,
+        ListArray::try_new(item(&DataType::Int64), offsets, keys, None)?,
+    ))
 }
 
 impl OrderedListGroups {
     fn new(value_type: DataType) -> Self {
-        Self { value_type, arrays: Vec::new(), groups: Vec::new(), stored: 0, live: 0, array_bytes: 0 }
+        Self { value_type, arrays: Vec::new(), groups: Vec::new(), live: 0 }
     }
 
-    /// Keeps `values` and adds its rows (those `keep` keeps) to their groups with their keys.
+    /// Rows held by the stored arrays.
+    fn stored(&self) -> usize {
+        self.arrays.iter().map(|a| a.len()).sum()
+    }
+
+    /// Keeps `values` and adds its rows to their groups (`group_of` a row; `None`: left out) with
+    /// their keys.
     fn add(
         &mut self,
         values: &ArrayRef,
@@ -242,9 +273,7 @@ impl OrderedListGroups {
         }
         if added > 0 {
             self.arrays.push(Arc::clone(values));
-            self.stored += values.len();
             self.live += added;
-            self.array_bytes += values.get_array_memory_size();
         }
         Ok(())
     }
@@ -252,18 +281,14 @@ impl OrderedListGroups {
     /// The emitted groups' values and keys in key order, as two list arrays with the same offsets.
     fn emit(&mut self, emit_to: EmitTo) -> Result<(ListArray, ListArray)> {
         let mut emitted = emit_to.take_needed(&mut self.groups);
-        let mut offsets = Vec::with_capacity(emitted.len() + 1);
-        offsets.push(0i32);
+        let mut ends = Vec::with_capacity(emitted.len());
         let mut indices = Vec::new();
         let mut keys = Vec::new();
         for entries in &mut emitted {
             entries.sort_by_key(|e| e.key);
             indices.extend(entries.iter().map(|e| (e.array as usize, e.row as usize)));
             keys.extend(entries.iter().map(|e| e.key));
-            let Ok(end) = i32::try_from(indices.len()) else {
-                return exec_err!("ordered_list: more than 2^31 values in one output batch");
-            };
-            offsets.push(end);
+            ends.push(indices.len());
         }
         let values = if indices.is_empty() {
             arrow::array::new_empty_array(&self.value_type)
@@ -273,12 +298,7 @@ impl OrderedListGroups {
         };
         self.live -= indices.len();
         self.compact()?;
-        let offsets = OffsetBuffer::new(offsets.into());
-        let keys: ArrayRef = Arc::new(Int64Array::from(keys));
-        Ok((
-            ListArray::try_new(item(&self.value_type), offsets.clone(), values, None)?,
-            ListArray::try_new(item(&DataType::Int64), offsets, keys, None)?,
-        ))
+        value_and_key_lists(&self.value_type, ends, values, Arc::new(Int64Array::from(keys)))
     }
 
     /// Drops the stored arrays once no group refers to them, or copies the rows still referred
@@ -287,8 +307,7 @@ impl OrderedListGroups {
     fn compact(&mut self) -> Result<()> {
         if self.live == 0 {
             self.arrays.clear();
-            (self.stored, self.array_bytes) = (0, 0);
-        } else if self.stored > 2 * self.live + 65_536 {
+        } else if self.stored() > 2 * self.live + 65_536 {
             let mut indices = Vec::with_capacity(self.live);
             for entries in &mut self.groups {
                 for e in entries.iter_mut() {
@@ -300,9 +319,7 @@ impl OrderedListGroups {
                 }
             }
             let arrays: Vec<&dyn Array> = self.arrays.iter().map(|a| a.as_ref()).collect();
-            let one = interleave(&arrays, &indices)?;
-            (self.stored, self.array_bytes) = (one.len(), one.get_array_memory_size());
-            self.arrays = vec![one];
+            self.arrays = vec![interleave(&arrays, &indices)?];
         }
         Ok(())
     }
@@ -321,8 +338,7 @@ impl GroupsAccumulator for OrderedListGroups {
         };
         let key = arrow::compute::cast(key, &DataType::Int64)?;
         let keys = key.as_primitive::<Int64Type>();
-        let kept = |row: usize| opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row));
-        self.add(value, keys, |row| kept(row).then(|| group_indices[row]), total_num_groups)
+        self.add(value, keys, |row| kept(opt_filter, row).then(|| group_indices[row]), total_num_groups)
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
@@ -362,30 +378,23 @@ impl GroupsAccumulator for OrderedListGroups {
             return exec_err!("ordered_list takes two arguments");
         };
         let keys = arrow::compute::cast(key, &DataType::Int64)?;
-        let mut offsets = Vec::with_capacity(value.len() + 1);
-        offsets.push(0i32);
-        let mut kept = Vec::with_capacity(value.len());
+        let mut ends = Vec::with_capacity(value.len());
+        let mut rows = Vec::with_capacity(value.len());
         for row in 0..value.len() {
-            if opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row)) {
-                kept.push(row as u32);
+            if kept(opt_filter, row) {
+                rows.push(row as u32);
             }
-            let Ok(end) = i32::try_from(kept.len()) else {
-                return exec_err!("ordered_list: more than 2^31 rows in one batch");
-            };
-            offsets.push(end);
+            ends.push(rows.len());
         }
-        let kept = UInt32Array::from(kept);
-        let offsets = OffsetBuffer::new(offsets.into());
-        let (value, keys) = (take(value, &kept, None)?, take(&keys, &kept, None)?);
-        Ok(vec![
-            Arc::new(ListArray::try_new(item(&self.value_type), offsets.clone(), value, None)?),
-            Arc::new(ListArray::try_new(item(&DataType::Int64), offsets, keys, None)?),
-        ])
+        let rows = UInt32Array::from(rows);
+        let (value, keys) = (take(value, &rows, None)?, take(&keys, &rows, None)?);
+        let (values, keys) = value_and_key_lists(&self.value_type, ends, value, keys)?;
+        Ok(vec![Arc::new(values), Arc::new(keys)])
     }
 
     fn size(&self) -> usize {
         size_of_val(self)
-            + self.array_bytes
+            + self.arrays.iter().map(|a| a.get_array_memory_size()).sum::<usize>()
             + self.groups.capacity() * size_of::<Vec<Entry>>()
             + self.live * size_of::<Entry>()
     }
@@ -515,7 +524,12 @@ mod tests {
         while !acc.groups.is_empty() {
             let n = acc.groups.len().min(97);
             collect(acc.evaluate(EmitTo::First(n)).unwrap());
-            assert!(acc.stored <= 2 * acc.live + 65_536, "held rows not compacted: {} for {}", acc.stored, acc.live);
+            assert!(
+                acc.stored() <= 2 * acc.live + 65_536,
+                "held rows not compacted: {} for {}",
+                acc.stored(),
+                acc.live
+            );
         }
         assert_eq!(acc.live, 0);
         assert!(acc.arrays.is_empty(), "arrays held after the last group");
