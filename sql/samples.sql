@@ -26,26 +26,29 @@ history AS (
   JOIN candidate_events b ON b.user_id = l.user_id AND b.event_time < l.event_time
 ),
 -- Oldest first: the reverse of recency. ordered_list(value, key) is marnflow's
--- array_agg(value ORDER BY key), faster on long lists (pipeline/src/sql_functions.rs).
+-- array_agg(value ORDER BY key), faster on long lists (pipeline/src/sql_functions.rs). The lists
+-- leave as list views, which the last join repeats for each item of a slate by reference.
 sequences AS (
   SELECT user_id, exposure_time,
-         ordered_list(item_id, age) AS hist_item_ids,
-         ordered_list(behavior, age) AS hist_behaviors,
-         ordered_list(CAST((CAST(exposure_time AS BIGINT) - CAST(event_time AS BIGINT)) / 1000 AS BIGINT), age)
-           AS hist_seconds_before
+         arrow_cast(ordered_list(item_id, age), 'ListView(Utf8)') AS hist_item_ids,
+         arrow_cast(ordered_list(behavior, age), 'ListView(Utf8)') AS hist_behaviors,
+         arrow_cast(
+           ordered_list(CAST((CAST(exposure_time AS BIGINT) - CAST(event_time AS BIGINT)) / 1000 AS BIGINT), age),
+           'ListView(Int64)') AS hist_seconds_before
   FROM (SELECT *, -CAST(recency AS BIGINT) AS age FROM history WHERE recency <= $1)
   GROUP BY user_id, exposure_time
 )
 -- The exposures, with their ids and buckets, stream through the last join in the labels' order
 -- while the sequences are its hash table: the wide rows come out in the order asked for, and the
--- lists are copied once, not joined, sorted and merged.
+-- lists are copied once, not joined, sorted and merged: list_from_view copies each row's list
+-- from the view the join repeated (an exposure without earlier behaviors gets the empty list).
 SELECT
   x.request_id, x.user_id, x.item_id, x.event_time, x.label,
   x.shop_id, x.brand_id, x.category_id,
   x.* EXCLUDE (request_id, user_id, item_id, event_time, label, shop_id, brand_id, category_id, position),
-  coalesce(s.hist_item_ids, make_array()) AS hist_item_ids,
-  coalesce(s.hist_behaviors, make_array()) AS hist_behaviors,
-  coalesce(s.hist_seconds_before, make_array()) AS hist_seconds_before
+  list_from_view(s.hist_item_ids) AS hist_item_ids,
+  list_from_view(s.hist_behaviors) AS hist_behaviors,
+  list_from_view(s.hist_seconds_before) AS hist_seconds_before
 FROM sequences s
 RIGHT JOIN (
   SELECT l.request_id, l.user_id, l.item_id, l.event_time, l.label, l.position,

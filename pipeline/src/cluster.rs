@@ -212,6 +212,9 @@ fn function_registry() -> BallistaFunctionRegistry {
     for f in crate::sql_functions::aggregate_functions() {
         registry.aggregate_functions.insert(f.name().to_string(), Arc::new(f));
     }
+    for f in crate::sql_functions::scalar_functions() {
+        registry.scalar_functions.insert(f.name().to_string(), Arc::new(f));
+    }
     registry
 }
 
@@ -266,6 +269,9 @@ fn session_builder(stores: Arc<LakeStores>) -> impl Fn(SessionConfig) -> datafus
         let mut state = SessionStateBuilder::new_from_existing(state).with_runtime_env(runtime(&stores, None)?).build();
         for f in crate::sql_functions::aggregate_functions() {
             state.register_udaf(Arc::new(f))?;
+        }
+        for f in crate::sql_functions::scalar_functions() {
+            state.register_udf(Arc::new(f))?;
         }
         Ok(state)
     }

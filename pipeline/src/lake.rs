@@ -33,7 +33,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::async_writer::AsyncArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use tracing::debug;
@@ -328,16 +328,26 @@ impl std::fmt::Debug for PartitionWriter {
     }
 }
 
-/// Writer settings shared by every table marnflow writes: zstd, bounded row groups, and no
-/// statistics for the elements of list columns (`schema`'s): no reader prunes on them (DataFusion
-/// prunes on a column's own min/max, not on a list's elements), and they cost a comparison per
-/// element: 50 M a day for the samples' history ids on the 10× lake (day 14 written in 6.4–6.8 s
-/// without them, 6.8–7.5 s with them).
+/// Writer settings shared by every table marnflow writes: zstd, bounded row groups, and
+/// - no statistics for the elements of list columns (`schema`'s): no reader prunes on them
+///   (DataFusion prunes on a column's own min/max, not on a list's elements), and they cost a
+///   comparison per element: 50 M a day for the samples' history ids on the 10× lake (day 14
+///   written in 6.4–6.8 s without them, 6.8–7.5 s with them);
+/// - timestamps delta-encoded (`DELTA_BINARY_PACKED`) instead of through a dictionary: every table
+///   keeps its times sorted or sorted within a user, so the differences are small. The user state
+///   of day 14 on the 10× lake (7.7 M behaviors): 63.3 → 46.6 MB, written in 0.9–1.1 s instead of
+///   1.3–1.4 s; the labels and samples within 2%.
 pub fn writer_properties(schema: &Schema, row_group_rows: usize) -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(row_group_rows.max(1)));
     for field in schema.fields() {
+        if let DataType::Timestamp(..) = field.data_type() {
+            let path = ColumnPath::new(vec![field.name().clone()]);
+            builder = builder
+                .set_column_dictionary_enabled(path.clone(), false)
+                .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+        }
         if let DataType::List(element) = field.data_type() {
             let path = ColumnPath::new(vec![field.name().clone(), "list".into(), element.name().clone()]);
             builder = builder.set_column_statistics_enabled(path, EnabledStatistics::None);

@@ -15,10 +15,26 @@
 //! ```sql
 //! SELECT user_id, ordered_list(item_id, recency) FROM history GROUP BY user_id
 //! ```
+//!
+//! `list_from_view(view)` is a scalar function: the `ListView` `view` as a `List` that is never
+//! null: a null row becomes the empty list, as `coalesce(list, make_array())` gives (a `CASE`
+//! that would copy every list of a batch holding one null once more). A list view's rows point
+//! into its values, so a join that repeats a row (one
+//! user's history for each item of a slate) copies an offset and a size, not the list; this turns
+//! the result back into the `List` the tables store, copying each row's values as one range into
+//! buffers sized beforehand. Arrow's `take` of a `List` (what a join does) and its cast from a
+//! view copy the same values element by element into buffers that grow as they fill.
+//!
+//! ```sql
+//! SELECT list_from_view(h.items) FROM slates s LEFT JOIN
+//!   (SELECT user_id, arrow_cast(ordered_list(item_id, age), 'ListView(Utf8)') AS items ...) h ...
+//! ```
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, UInt32Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Capacities, Int64Array, ListArray, MutableArrayData, UInt32Array,
+};
 use arrow::buffer::OffsetBuffer;
 use arrow::compute::{concat, interleave, sort_to_indices, take, SortOptions};
 use arrow::datatypes::{DataType, Field, FieldRef, Int64Type};
@@ -26,7 +42,8 @@ use datafusion::common::utils::SingleRowListArrayBuilder;
 use datafusion::common::{exec_err, Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, EmitTo, GroupsAccumulator, ReturnFieldArgs,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::prelude::SessionContext;
 
@@ -35,6 +52,14 @@ pub fn register(ctx: &SessionContext) {
     for f in aggregate_functions() {
         ctx.register_udaf(f);
     }
+    for f in scalar_functions() {
+        ctx.register_udf(f);
+    }
+}
+
+/// marnflow's scalar functions (registered on a cluster like [`aggregate_functions`]).
+pub fn scalar_functions() -> Vec<ScalarUDF> {
+    vec![ScalarUDF::from(ListFromView::new())]
 }
 
 /// marnflow's aggregate functions (a Ballista cluster's scheduler and executors register them
@@ -400,6 +425,106 @@ impl GroupsAccumulator for OrderedListGroups {
     }
 }
 
+/// `list_from_view(view)`: see the module documentation.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ListFromView {
+    signature: Signature,
+}
+
+impl ListFromView {
+    fn new() -> Self {
+        Self { signature: Signature::any(1, Volatility::Immutable) }
+    }
+}
+
+impl Default for ListFromView {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ScalarUDFImpl for ListFromView {
+    fn name(&self) -> &str {
+        "list_from_view"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        match args {
+            [DataType::ListView(field)] => Ok(DataType::List(Arc::clone(field))),
+            [other] => exec_err!("list_from_view(view) takes a ListView, not {other}"),
+            _ => exec_err!("list_from_view takes one argument: a ListView"),
+        }
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let types: Vec<DataType> = args.arg_fields.iter().map(|f| f.data_type().clone()).collect();
+        Ok(Arc::new(Field::new(self.name(), self.return_type(&types)?, false)))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [arg] = args.args.as_slice() else {
+            return exec_err!("list_from_view takes one argument: a ListView");
+        };
+        match arg {
+            ColumnarValue::Array(array) => Ok(ColumnarValue::Array(Arc::new(list_from_view(array.as_ref())?))),
+            ColumnarValue::Scalar(scalar) => {
+                let list = list_from_view(scalar.to_array()?.as_ref())?;
+                Ok(ColumnarValue::Scalar(ScalarValue::List(Arc::new(list))))
+            }
+        }
+    }
+}
+
+/// The rows of a `ListView` array as a `List` array without nulls (a null row is the empty list):
+/// each row's values copied as one range into buffers sized for all of them (see the module
+/// documentation).
+pub fn list_from_view(array: &dyn Array) -> Result<ListArray> {
+    let DataType::ListView(field) = array.data_type() else {
+        return exec_err!("list_from_view(view) takes a ListView, not {}", array.data_type());
+    };
+    let view = array.as_list_view::<i32>();
+    let (starts, sizes) = (view.offsets(), view.sizes());
+    let valid = |row: usize| view.is_valid(row) && sizes[row] > 0;
+    let mut offsets = Vec::with_capacity(view.len() + 1);
+    offsets.push(0i32);
+    let mut elements = 0usize;
+    for row in 0..view.len() {
+        if valid(row) {
+            elements += sizes[row] as usize;
+        }
+        let Ok(end) = i32::try_from(elements) else {
+            return exec_err!("list_from_view: {elements} values overflow a List's 32-bit offsets");
+        };
+        offsets.push(end);
+    }
+    let values = view.values().to_data();
+    let capacity = match values.data_type() {
+        DataType::Utf8 | DataType::Binary => {
+            let value_offsets = values.buffer::<i32>(0);
+            let bytes = (0..view.len())
+                .filter(|&row| valid(row))
+                .map(|row| {
+                    let (start, end) = (starts[row] as usize, (starts[row] + sizes[row]) as usize);
+                    (value_offsets[end] - value_offsets[start]) as usize
+                })
+                .sum();
+            Capacities::Binary(elements, Some(bytes))
+        }
+        _ => Capacities::Array(elements),
+    };
+    let mut gathered = MutableArrayData::with_capacities(vec![&values], false, capacity);
+    for row in (0..view.len()).filter(|&row| valid(row)) {
+        let start = starts[row] as usize;
+        gathered.try_extend(0, start, start + sizes[row] as usize)?;
+    }
+    let values = arrow::array::make_array(gathered.freeze());
+    Ok(ListArray::try_new(Arc::clone(field), OffsetBuffer::new(offsets.into()), values, None)?)
+}
+
 #[cfg(test)]
 mod tests {
     use arrow::array::{Int32Array, StringArray};
@@ -543,5 +668,69 @@ mod tests {
         register(&ctx);
         let err = ctx.sql("SELECT ordered_list('x', 1.5)").await.unwrap_err().to_string();
         assert!(err.contains("the key must be an integer"), "{err}");
+    }
+
+    /// A view with repeated, overlapping, empty and null rows over values with a null among them.
+    fn views() -> Vec<ArrayRef> {
+        use arrow::array::{ListViewArray, StringArray};
+        use arrow::buffer::{NullBuffer, ScalarBuffer};
+        let starts = ScalarBuffer::from(vec![1, 1, 0, 3, 2, 0, 4, 1]);
+        let sizes = ScalarBuffer::from(vec![3, 3, 2, 0, 3, 1, 1, 2]);
+        let nulls = NullBuffer::from(vec![true, true, true, true, true, false, true, true]);
+        let strings: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), Some("bb"), None, Some("dddd"), Some("e")]));
+        let numbers: ArrayRef = Arc::new(Int64Array::from(vec![Some(10), Some(-2), None, Some(7), Some(0)]));
+        [strings, numbers]
+            .into_iter()
+            .map(|values| {
+                let field = item(values.data_type());
+                let view = ListViewArray::try_new(field, starts.clone(), sizes.clone(), values, Some(nulls.clone()));
+                let view: ArrayRef = Arc::new(view.unwrap());
+                // A slice, so that the first row is not the values' first.
+                view.slice(1, 7)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_view_becomes_the_list_arrow_casts_it_to() {
+        for view in views() {
+            let ours = list_from_view(view.as_ref()).unwrap();
+            let DataType::ListView(field) = view.data_type() else { unreachable!() };
+            let cast = arrow::compute::cast(&view, &DataType::List(Arc::clone(field))).unwrap();
+            // The cast keeps the null row (the slice's fifth), where ours has the empty list.
+            let cast = cast.as_list::<i32>();
+            assert_eq!(ours.null_count(), 0);
+            assert_eq!(ours.len(), cast.len());
+            for row in 0..ours.len() {
+                match row {
+                    4 => assert!(cast.is_null(row) && ours.value(row).is_empty()),
+                    _ => assert_eq!(ours.value(row).as_ref(), cast.value(row).as_ref(), "row {row} of {view:?}"),
+                }
+            }
+            assert_eq!(ours.values().len(), 10);
+        }
+        let err = list_from_view(&Int64Array::from(vec![1])).unwrap_err().to_string();
+        assert!(err.contains("takes a ListView"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_join_repeating_views_gives_the_lists_a_join_of_lists_gives() {
+        let ctx = SessionContext::new();
+        register(&ctx);
+        let histories = batch(&["u", "u", "u", "w"], &[2, 1, 3, 1], &[Some("b"), Some("a"), None, Some("x")]);
+        ctx.register_batch("h", histories).unwrap();
+        let slates = "(VALUES ('u', 1), ('v', 2), ('u', 3), ('w', 4), ('u', 5)) AS s(g, n)";
+        let lists = "SELECT g, ordered_list(v, k) AS l FROM h GROUP BY g";
+        let plain = format!("SELECT s.n, coalesce(l.l, make_array()) AS l FROM {slates} LEFT JOIN ({lists}) l ON l.g = s.g ORDER BY s.n");
+        let viewed = format!(
+            "SELECT s.n, list_from_view(l.l) AS l FROM {slates} \
+             LEFT JOIN (SELECT g, arrow_cast(l, 'ListView(Utf8)') AS l FROM ({lists})) l ON l.g = s.g ORDER BY s.n"
+        );
+        let plain = ctx.sql(&plain).await.unwrap().collect().await.unwrap();
+        let viewed = ctx.sql(&viewed).await.unwrap().collect().await.unwrap();
+        assert_eq!(plain[0].schema(), viewed[0].schema());
+        let text = |b: &[RecordBatch]| arrow::util::pretty::pretty_format_batches(b).unwrap().to_string();
+        assert_eq!(text(&plain), text(&viewed));
+        assert!(text(&viewed).contains("| 3 | [a, b, ] |"), "{}", text(&viewed));
     }
 }
