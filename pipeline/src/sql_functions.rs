@@ -488,38 +488,35 @@ pub fn list_from_view(array: &dyn Array) -> Result<ListArray> {
     };
     let view = array.as_list_view::<i32>();
     let (starts, sizes) = (view.offsets(), view.sizes());
-    let valid = |row: usize| view.is_valid(row) && sizes[row] > 0;
+    let values = view.values().to_data();
+    // Of strings and bytes, the values' own offsets: the bytes to reserve are counted with them.
+    let value_offsets =
+        matches!(values.data_type(), DataType::Utf8 | DataType::Binary).then(|| values.buffer::<i32>(0));
     let mut offsets = Vec::with_capacity(view.len() + 1);
     offsets.push(0i32);
-    let mut elements = 0usize;
+    let mut ranges = Vec::with_capacity(view.len());
+    let (mut elements, mut bytes) = (0usize, 0usize);
     for row in 0..view.len() {
-        if valid(row) {
-            elements += sizes[row] as usize;
+        if view.is_valid(row) && sizes[row] > 0 {
+            let (start, end) = (starts[row] as usize, (starts[row] + sizes[row]) as usize);
+            elements += end - start;
+            if let Some(value_offsets) = value_offsets {
+                bytes += (value_offsets[end] - value_offsets[start]) as usize;
+            }
+            ranges.push(start..end);
         }
         let Ok(end) = i32::try_from(elements) else {
             return exec_err!("list_from_view: {elements} values overflow a List's 32-bit offsets");
         };
         offsets.push(end);
     }
-    let values = view.values().to_data();
-    let capacity = match values.data_type() {
-        DataType::Utf8 | DataType::Binary => {
-            let value_offsets = values.buffer::<i32>(0);
-            let bytes = (0..view.len())
-                .filter(|&row| valid(row))
-                .map(|row| {
-                    let (start, end) = (starts[row] as usize, (starts[row] + sizes[row]) as usize);
-                    (value_offsets[end] - value_offsets[start]) as usize
-                })
-                .sum();
-            Capacities::Binary(elements, Some(bytes))
-        }
-        _ => Capacities::Array(elements),
+    let capacity = match value_offsets {
+        Some(_) => Capacities::Binary(elements, Some(bytes)),
+        None => Capacities::Array(elements),
     };
     let mut gathered = MutableArrayData::with_capacities(vec![&values], false, capacity);
-    for row in (0..view.len()).filter(|&row| valid(row)) {
-        let start = starts[row] as usize;
-        gathered.try_extend(0, start, start + sizes[row] as usize)?;
+    for range in ranges {
+        gathered.try_extend(0, range.start, range.end)?;
     }
     let values = arrow::array::make_array(gathered.freeze());
     Ok(ListArray::try_new(Arc::clone(field), OffsetBuffer::new(offsets.into()), values, None)?)
