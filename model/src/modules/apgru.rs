@@ -18,7 +18,9 @@
 use super::{linear, tanh};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::activation::softmax;
+
+use super::fused::sigmoid;
 use burn::tensor::{Bool, Device, Tensor};
 
 /// Config of [`ApGru`].

@@ -7,13 +7,13 @@ pub mod apgru;
 pub mod attention_fusion;
 pub mod baselines;
 pub mod ctr_head;
+pub mod fused;
 pub mod marn;
 pub mod modality_embedding;
 
 use std::cell::Cell;
 
 use burn::nn::Linear;
-use burn::tensor::activation::sigmoid;
 use burn::tensor::{FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -76,22 +76,10 @@ pub(crate) fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> 
     }
 }
 
-/// `tanh`, computed as `2 σ(2x) − 1` on burn's CPU backend (flex) and natively elsewhere. The
-/// same function (to within 1e-7, the rounding of the subtraction near 0): flex evaluates
-/// `Tensor::tanh` with the C library's scalar `tanhf` per element, which took 16% of MARN's
-/// training step, against about a third of that for the sigmoid form; LibTorch and the GPU
-/// backends have a vectorised `tanh` whose one kernel (and one backward) beats the form's four.
+/// `tanh`: one operation with its backward from the output, vectorised over every core on burn's
+/// CPU backend ([`fused::tanh`]).
 pub(crate) fn tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if is_flex(&x.device()) {
-        sigmoid(x.mul_scalar(2.0)).mul_scalar(2.0).sub_scalar(1.0)
-    } else {
-        x.tanh()
-    }
-}
-
-/// Whether `device` is burn's CPU backend, flex (with or without autodiff).
-fn is_flex(device: &burn::tensor::Device) -> bool {
-    device.clone().inner() == burn::tensor::Device::flex()
+    fused::tanh(x)
 }
 
 /// One [`burn::nn::Linear`] per modality, each applied to its own modality of a stacked input,
@@ -149,14 +137,6 @@ mod tests {
     use super::*;
     use burn::nn::LinearConfig;
     use burn::tensor::{Device, Distribution, Tolerance};
-
-    #[test]
-    fn tanh_is_the_sigmoid_form_on_flex_and_equals_the_native_tanh() {
-        let flex = Device::flex();
-        assert!(is_flex(&flex) && is_flex(&flex.clone().autodiff()));
-        let x = Tensor::<2>::random([7, 33], Distribution::Normal(0.0, 3.0), &flex);
-        tanh(x.clone()).into_data().assert_approx_eq::<f32>(&x.tanh().into_data(), Tolerance::absolute(1e-6));
-    }
 
     #[test]
     fn bf16_products_round_the_operands_and_keep_f32_outside() {
