@@ -44,6 +44,10 @@ pub struct BatchTensors {
     pub title_tokens: Option<Tensor<1, Int>>,
     /// `[n, L, 1]` 1.0 at a title's real words, 0.0 at its padding, when the model uses titles.
     pub title_word_mask: Option<Tensor<3>>,
+    /// The batch's distinct title words, sorted (`[V]`), and every title position's row among them
+    /// (`[n, L]`; padding is `V`): the title TextCNN's input on burn's CPU backend
+    /// ([`crate::modules::fused::title_pool`]).
+    pub title_words: Option<(Tensor<1, Int>, Tensor<2, Int>)>,
     /// `[n, 1]` 1.0 where the item has a title (at least one word), 0.0 where it has none (when
     /// the model uses titles).
     pub title_present: Option<Tensor<2>>,
@@ -273,7 +277,7 @@ impl BatchTensors {
             column(lengths.iter().map(|&l| if l > 0 { 1.0 } else { 0.0 }), device)
         });
         let mut rows = TableRows::default();
-        let (title_tokens, title_word_mask) = match (&items.titles, inputs.has_titles()) {
+        let (title_tokens, title_word_mask, title_words) = match (&items.titles, inputs.has_titles()) {
             (Some(titles), true) => {
                 let l = titles.max_len.max(MIN_TITLE_LEN);
                 let mut tokens = vec![0u32; n * l];
@@ -284,11 +288,36 @@ impl BatchTensors {
                         .copy_from_slice(&titles.tokens[i * titles.max_len..i * titles.max_len + len]);
                     word_mask[i * l..i * l + len].fill(1.0);
                 }
+                // Every real word's row among the distinct words (a table over the vocabulary).
+                let mut row_of = vec![u32::MAX; inputs.title_vocab.max(1)];
+                for i in 0..n {
+                    for &w in &tokens[i * l..i * l + titles.lengths[i] as usize] {
+                        if let Some(r) = row_of.get_mut(w as usize) {
+                            *r = 0;
+                        }
+                    }
+                }
+                let mut words = Vec::new();
+                for (w, r) in row_of.iter_mut().enumerate() {
+                    if *r == 0 {
+                        *r = words.len() as u32;
+                        words.push(w as u32);
+                    }
+                }
+                let pad = words.len() as u32;
+                let mut local = vec![pad; n * l];
+                for i in 0..n {
+                    for p in 0..titles.lengths[i] as usize {
+                        local[i * l + p] = row_of.get(tokens[i * l + p] as usize).copied().unwrap_or(pad);
+                    }
+                }
+                let local: Vec<i64> = local.into_iter().map(i64::from).collect();
+                let title_words = (ints(words, device), Tensor::from_data(TensorData::new(local, [n, l]), device));
                 rows.set(Table::Word, tokens.iter().copied());
                 let word_mask = Tensor::<3>::from_data(TensorData::new(word_mask, [n, l, 1]), device);
-                (Some(ints(tokens, device)), Some(word_mask))
+                (Some(ints(tokens, device)), Some(word_mask), Some(title_words))
             }
-            _ => (None, None),
+            _ => (None, None, None),
         };
 
         rows.set(Table::Item, items.item.iter().copied());
@@ -330,6 +359,7 @@ impl BatchTensors {
             image_present,
             title_tokens,
             title_word_mask,
+            title_words,
             title_present,
             candidate: ints(s.candidate.iter().copied(), device),
             history: ints(s.history.iter().copied(), device),

@@ -20,7 +20,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 
-use super::fused::sigmoid;
+use super::fused::{gru_cell, sigmoid};
 use burn::tensor::{Bool, Device, Tensor};
 
 /// Config of [`ApGru`].
@@ -123,15 +123,18 @@ impl ApGru {
         let mut states = Vec::with_capacity(t);
         for (step, x) in steps(inputs).into_iter().enumerate() {
             let rec = linear(&self.recurrent, h.clone());
-            // u and r in one sigmoid over their 2g columns.
-            let ur = sigmoid(x.clone().narrow(1, 0, 2 * g) + rec.clone().narrow(1, 0, 2 * g));
-            let mut u = ur.clone().narrow(1, 0, g);
-            if let Some(a) = gates.as_ref().and_then(|a| a.get(step)) {
-                u = u * a.clone();
-            }
-            let r = ur.narrow(1, g, g);
-            let n = tanh(x.narrow(1, 2 * g, g) + r * rec.narrow(1, 2 * g, g));
-            h = h.clone() + u * (n - h); // (1 − u) h + u n
+            h = match gates.as_ref().and_then(|a| a.get(step)) {
+                // The attention-gated update of AUGRU: u scaled by a_t.
+                Some(a) => {
+                    // u and r in one sigmoid over their 2g columns.
+                    let ur = sigmoid(x.clone().narrow(1, 0, 2 * g) + rec.clone().narrow(1, 0, 2 * g));
+                    let u = ur.clone().narrow(1, 0, g) * a.clone();
+                    let r = ur.narrow(1, g, g);
+                    let n = tanh(x.narrow(1, 2 * g, g) + r * rec.narrow(1, 2 * g, g));
+                    h.clone() + u * (n - h) // (1 − u) h + u n
+                }
+                None => gru_cell(x, rec, h),
+            };
             states.push(h.clone());
         }
         Tensor::stack(states, 1)

@@ -304,9 +304,14 @@ impl ModalityEmbedding {
                     }
                     Modality::Title => {
                         let cnn = self.title.as_ref().ok_or_else(|| missing("title layer"))?;
-                        let tokens = x.title_tokens.clone().ok_or_else(|| missing("titles"))?;
-                        let mask = x.title_word_mask.clone().ok_or_else(|| missing("titles"))?;
-                        cnn.forward(tokens, mask)
+                        match &x.title_words {
+                            Some((words, rows)) if cnn.fused_here() => cnn.forward_fused(words.clone(), rows.clone()),
+                            _ => {
+                                let tokens = x.title_tokens.clone().ok_or_else(|| missing("titles"))?;
+                                let mask = x.title_word_mask.clone().ok_or_else(|| missing("titles"))?;
+                                cnn.forward(tokens, mask)
+                            }
+                        }
                     }
                     Modality::Statistic => {
                         let (table, proj) = match (&self.stat, &self.stat_projection) {
@@ -453,6 +458,51 @@ impl TitleCnn {
     }
 }
 
+impl TitleCnn {
+    /// Whether [`TitleCnn::forward_fused`] runs on this layer's device (burn's CPU backend).
+    pub fn fused_here(&self) -> bool {
+        super::fused::on_flex(&self.words.weight.device())
+    }
+
+    /// [`TitleCnn::forward`] as products of the batch's distinct words with the filters and one
+    /// pooling operation ([`super::fused::title_pool`], burn's CPU backend only: check
+    /// [`TitleCnn::fused_here`]). The same function of the words and the parameters, summed in
+    /// another order.
+    ///
+    /// # Shapes
+    /// - `words`: `[V]` the batch's distinct words; `rows`: `[n, L]` each title position's row
+    ///   of `words` (`V` for padding)
+    /// - output: `[n, output_dim]`
+    pub fn forward_fused(&self, words: Tensor<1, Int>, rows: Tensor<2, Int>) -> Tensor<2> {
+        let mut table = self.words.weight.val();
+        if !self.fine_tune {
+            table = table.detach();
+        }
+        let device = table.device();
+        let d = table.dims()[1];
+        let vectors = Tensor::cat(vec![table.select(0, words), Tensor::zeros([1, d], &device)], 0);
+        // One block of filters per (window, offset): `W[:, :, o]ᵀ`, `[d, F]`; the bias in each
+        // window's first.
+        let (mut blocks, mut biases) = (Vec::new(), Vec::new());
+        for conv in &self.convs {
+            let weight = conv.weight.val();
+            let [f, _, w] = weight.dims();
+            for o in 0..w {
+                blocks.push(weight.clone().narrow(2, o, 1).reshape([f, d]).transpose());
+                biases.push(match (o, &conv.bias) {
+                    (0, Some(b)) => b.val().reshape([1, f]),
+                    _ => Tensor::zeros([1, f], &device),
+                });
+            }
+        }
+        let n_blocks = blocks.len();
+        let v = vectors.dims()[0];
+        let q = vectors.unsqueeze::<3>().expand([n_blocks, v, d]).matmul(Tensor::stack::<3>(blocks, 0))
+            + Tensor::stack::<3>(biases, 0);
+        linear(&self.projection, super::fused::title_pool(q, rows, &self.windows))
+    }
+}
+
 /// Config of the specific and invariant projections.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModalityProjectionConfig {
@@ -530,5 +580,53 @@ mod tests {
             &TensorData::from([[-2.0 / sd, -1.0 / sd, 0.0, 3.0 / sd], [0.0, 0.0, 0.0, 0.0]]),
             Tolerance::absolute(1e-5),
         );
+    }
+
+    /// The title TextCNN through the words' products and the fused pooling equals the
+    /// convolutions, in value and in every parameter's gradient: titles of every length (full,
+    /// shorter than a window, one word, none), padding, and a word used twice.
+    #[test]
+    fn the_fused_title_cnn_equals_the_convolutions() {
+        let device = Device::flex().autodiff();
+        let (vocab, dim, len) = (30, 8, 6);
+        let cnn = TitleCnnConfig { vocab, word_dim: dim, filters: 4, windows: vec![2, 3, 4], fine_tune: true, output_dim: 5 }
+            .init(&device);
+        let titles: [&[u32]; 5] = [&[3, 7, 7, 29, 1, 12], &[5, 3, 8], &[11], &[], &[2, 2, 9, 4]];
+        let n = titles.len();
+        let (mut tokens, mut mask) = (vec![0i64; n * len], vec![0f32; n * len]);
+        let mut words: Vec<u32> = titles.iter().flat_map(|t| t.iter().copied()).collect();
+        words.sort_unstable();
+        words.dedup();
+        let mut rows = vec![words.len() as i64; n * len];
+        for (i, t) in titles.iter().enumerate() {
+            for (p, &w) in t.iter().enumerate() {
+                tokens[i * len + p] = w as i64;
+                mask[i * len + p] = 1.0;
+                rows[i * len + p] = words.binary_search(&w).unwrap() as i64;
+            }
+        }
+        let weights = Tensor::<2>::random([n, 5], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let run = |fused: bool| {
+            let out = if fused {
+                let words = Tensor::<1, Int>::from_data(TensorData::new(words.iter().map(|&w| w as i64).collect(), [words.len()]), &device);
+                cnn.forward_fused(words, Tensor::from_data(TensorData::new(rows.clone(), [n, len]), &device))
+            } else {
+                let tokens = Tensor::<1, Int>::from_data(TensorData::new(tokens.clone(), [n * len]), &device);
+                cnn.forward(tokens, Tensor::from_data(TensorData::new(mask.clone(), [n, len, 1]), &device))
+            };
+            let grads = (out.clone() * weights.clone()).sum().backward();
+            let mut all = vec![out.into_data(), cnn.words.weight.grad(&grads).unwrap().into_data()];
+            for conv in &cnn.convs {
+                all.push(conv.weight.grad(&grads).unwrap().into_data());
+                all.push(conv.bias.as_ref().unwrap().grad(&grads).unwrap().into_data());
+            }
+            all.push(cnn.projection.weight.grad(&grads).unwrap().into_data());
+            all
+        };
+        assert!(cnn.fused_here());
+        for (got, want) in run(true).iter().zip(run(false)) {
+            assert_eq!(got.shape(), want.shape());
+            got.assert_approx_eq::<f32>(&want, Tolerance::absolute(1e-5));
+        }
     }
 }
