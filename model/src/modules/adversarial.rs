@@ -41,6 +41,9 @@ use super::{linear, stack, stack_presence, unstack};
 /// Built as `x.detach() + (x − x.detach()) × (−weight)`: the second term is exactly zero
 /// forward (so the output equals `x` bit for bit) and has derivative `−weight`.
 pub fn gradient_reversal<const D: usize>(x: Tensor<D>, weight: f64) -> Tensor<D> {
+    if let Some(reversed) = super::fused::reverse_gradient(x.clone(), weight) {
+        return reversed;
+    }
     let constant = x.clone().detach();
     constant.clone() + (x - constant).mul_scalar(-weight)
 }
@@ -161,6 +164,11 @@ fn importance_weights(logits: &Tensor<3>, present: &Tensor<3>) -> Tensor<3> {
 /// # Shapes
 /// - `invariant`: `[M, n, d]`; `weights`, `present`: `[M, n, 1]`; output: `[n, d]`
 fn pool(invariant: Tensor<3>, weights: Tensor<3>, present: &Tensor<3>) -> Tensor<2> {
+    // The weights are constants (D0 reads its input detached) and the fused operation treats
+    // them so.
+    if let Some(pooled) = super::fused::weighted_max(invariant.clone(), weights.clone(), present.clone()) {
+        return pooled;
+    }
     let [_, n, d] = invariant.dims();
     (invariant * weights + present.clone().sub_scalar(1.0).mul_scalar(1e9)).max_dim(0).reshape([n, d])
 }

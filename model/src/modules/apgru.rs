@@ -20,7 +20,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 
-use super::fused::{gru_cell, sigmoid};
+use super::fused::sigmoid;
 use burn::tensor::{Bool, Device, Tensor};
 
 /// Config of [`ApGru`].
@@ -110,6 +110,21 @@ impl ApGru {
         let [b, t, _] = projected.dims();
         let g = self.hidden_dim;
         let device = projected.device();
+        // The whole recurrence as one operation on burn's CPU backend (not for AUGRU's gate, a
+        // recurrent bias, or bfloat16 products).
+        let f32_products = super::PRODUCTS.with(std::cell::Cell::get) == super::Precision::F32;
+        if gate.is_none()
+            && self.recurrent.bias.is_none()
+            && f32_products
+            && super::fused::on_flex(&device)
+            && projected.dtype() == burn::tensor::DType::F32
+        {
+            let (x, extra) = match (&self.property, property) {
+                (Some(p_layer), Some(p)) => (projected, linear(p_layer, p)),
+                _ => (projected, Tensor::zeros([b, t, g], &device)),
+            };
+            return super::fused::gru_sequence(x, extra, self.recurrent.weight.val());
+        }
         // [u; r; n] inputs of every step, the property added to the update gate's (P^u p_t).
         let inputs = match (&self.property, property) {
             (Some(p_layer), Some(p)) => {
@@ -123,18 +138,15 @@ impl ApGru {
         let mut states = Vec::with_capacity(t);
         for (step, x) in steps(inputs).into_iter().enumerate() {
             let rec = linear(&self.recurrent, h.clone());
-            h = match gates.as_ref().and_then(|a| a.get(step)) {
-                // The attention-gated update of AUGRU: u scaled by a_t.
-                Some(a) => {
-                    // u and r in one sigmoid over their 2g columns.
-                    let ur = sigmoid(x.clone().narrow(1, 0, 2 * g) + rec.clone().narrow(1, 0, 2 * g));
-                    let u = ur.clone().narrow(1, 0, g) * a.clone();
-                    let r = ur.narrow(1, g, g);
-                    let n = tanh(x.narrow(1, 2 * g, g) + r * rec.narrow(1, 2 * g, g));
-                    h.clone() + u * (n - h) // (1 − u) h + u n
-                }
-                None => gru_cell(x, rec, h),
-            };
+            // u and r in one sigmoid over their 2g columns.
+            let ur = sigmoid(x.clone().narrow(1, 0, 2 * g) + rec.clone().narrow(1, 0, 2 * g));
+            let mut u = ur.clone().narrow(1, 0, g);
+            if let Some(a) = gates.as_ref().and_then(|a| a.get(step)) {
+                u = u * a.clone();
+            }
+            let r = ur.narrow(1, g, g);
+            let n = tanh(x.narrow(1, 2 * g, g) + r * rec.narrow(1, 2 * g, g));
+            h = h.clone() + u * (n - h); // (1 − u) h + u n
             states.push(h.clone());
         }
         Tensor::stack(states, 1)

@@ -168,36 +168,52 @@ pub fn sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<burn::backend::Dispatch as FusedActivations>::fused_sigmoid(x.into_dispatch()))
 }
 
-/// One GRU step as one operation on flex: the gates, the candidate and the new state in one pass
-/// over the step's values, and in the backward pass the gradients of its three inputs in one
-/// pass (recomputing the gates from the inputs, which it keeps). The composed step it replaces
-/// is a dozen operations (slices, sums, products, the two activations) per time step, each with
-/// its own pass, allocation and autodiff node, and each slice's gradient a zero-filled copy of its
-/// input; for 50 steps that was most of the recurrence's time.
+/// A GRU over a whole sequence as one operation on flex: each step's recurrent product (burn's
+/// matrix product) and then the gates, the candidate and the new state in one pass over the
+/// step's values; in the backward pass the steps in reverse, each in one pass, and the recurrent
+/// weight's gradient as one product over all steps at the end. The composed recurrence it
+/// replaces is about fifteen operations per time step (slices, sums, products, the two
+/// activations, the state's stack), each with its own pass, allocation and autodiff node, and the
+/// backward of each slice a zero-filled copy of what it was cut from.
+///
+/// `x` `[B, T, 3g]` are the input's gate pre-activations `[x_u, x_r, x_n]` of every step,
+/// `extra` `[B, T, g]` a second term of the update gate's (the behavior property's `P^u p_t`),
+/// `u` `[g, 3g]` the recurrent weight `[U^u, U^r, U^n]` (no bias). With `rec = h U`:
+/// `z = σ((x_u + extra) + rec_u)`, `r = σ(x_r + rec_r)`, `n = tanh(x_n + r ⊙ rec_n)`,
+/// `h' = h + z ⊙ (n − h)`, from `h = 0`. Output: every step's state, `[B, T, g]`.
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedGru: Backend {
-    /// The next state of a GRU whose gate pre-activations are `x + rec` (see [`gru_cell`]).
-    fn gru_cell(x: FloatTensor<Self>, rec: FloatTensor<Self>, h: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// See [`FusedGru`].
+    fn gru_sequence(x: FloatTensor<Self>, extra: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 impl FusedGru for Flex {
-    fn gru_cell(x: FloatTensor<Self>, rec: FloatTensor<Self>, h: FloatTensor<Self>) -> FloatTensor<Self> {
-        gru_forward(&x, &rec, &h)
+    fn gru_sequence(x: FloatTensor<Self>, extra: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self> {
+        gru_sequence_forward(&x, &extra, &u).0
     }
 }
 
-/// The backward step of [`FusedGru::gru_cell`]; the state is the three inputs.
-#[derive(Debug)]
-struct GruCellStep;
+/// What the backward pass of [`FusedGru::gru_sequence`] keeps: the inputs, every step's state
+/// and every step's recurrent product.
+#[derive(Debug, Clone)]
+struct GruSequenceState {
+    x: FlexTensor,
+    extra: FlexTensor,
+    u: FlexTensor,
+    states: FlexTensor,
+    recs: FlexTensor,
+}
 
-impl Backward<Flex, 3> for GruCellStep {
-    type State = (FlexTensor, FlexTensor, FlexTensor);
+#[derive(Debug)]
+struct GruSequenceStep;
+
+impl Backward<Flex, 3> for GruSequenceStep {
+    type State = GruSequenceState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let grad = grads.consume::<Flex>(&ops.node);
-        let (x, rec, h) = ops.state;
-        let [dx, drec, dh] = gru_backward(&x, &rec, &h, &grad);
-        for (parent, g) in ops.parents.into_iter().zip([dx, drec, dh]) {
+        let [dx, dextra, du] = gru_sequence_backward(&ops.state, &grad);
+        for (parent, g) in ops.parents.into_iter().zip([dx, dextra, du]) {
             if let Some(parent) = parent {
                 grads.register::<Flex>(parent.id, g);
             }
@@ -206,17 +222,17 @@ impl Backward<Flex, 3> for GruCellStep {
 }
 
 impl<C: CheckpointStrategy> FusedGru for Autodiff<Flex, C> {
-    fn gru_cell(x: FloatTensor<Self>, rec: FloatTensor<Self>, h: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn gru_sequence(x: FloatTensor<Self>, extra: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self> {
         let (x, x_node) = x.into_parts();
-        let (rec, rec_node) = rec.into_parts();
-        let (h, h_node) = h.into_parts();
-        let prep = <GruCellStep as Backward<Flex, 3>>::prepare::<C>(GruCellStep, [x_node, rec_node, h_node]);
+        let (extra, extra_node) = extra.into_parts();
+        let (u, u_node) = u.into_parts();
+        let prep = <GruSequenceStep as Backward<Flex, 3>>::prepare::<C>(GruSequenceStep, [x_node, extra_node, u_node]);
         match prep.compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let out = gru_forward(&x, &rec, &h);
-                prep.finish((x, rec, h), out)
+                let (states, recs) = gru_sequence_forward(&x, &extra, &u);
+                prep.finish(GruSequenceState { x, extra, u, states: states.clone(), recs }, states)
             }
-            OpsKind::UnTracked(prep) => prep.finish(gru_forward(&x, &rec, &h)),
+            OpsKind::UnTracked(prep) => prep.finish(gru_sequence_forward(&x, &extra, &u).0),
         }
     }
 }
@@ -226,121 +242,147 @@ pub fn on_flex(device: &Device) -> bool {
     matches!(device.clone().inner().as_dispatch(), burn::backend::DispatchDevice::Flex(_))
 }
 
-/// Whether [`gru_cell`] runs as one operation for these tensors: on flex, in f32.
-pub fn gru_cell_fused(x: &Tensor<2>) -> bool {
-    on_flex(&x.device()) && x.dtype() == DType::F32
-}
-
-/// One GRU step from its gate pre-activations: with `x = [x_u, x_r, x_n]` (the input's share,
-/// `W rep_t + b` and the property's `P^u p_t`) and `rec = [r_u, r_r, r_n] = U h` (each `g`
-/// columns),
-/// `u = σ(x_u + r_u)`, `r = σ(x_r + r_r)`, `n = tanh(x_n + r ⊙ r_n)`, and the next state
-/// `h + u ⊙ (n − h)`. One operation on flex ([`FusedGru`]; check [`gru_cell_fused`] first),
-/// burn's operations elsewhere.
+/// [`FusedGru::gru_sequence`] on tensors: flex only (check [`on_flex`]), every tensor f32.
 ///
 /// # Shapes
-/// - `x`, `rec`: `[B, 3g]`; `h`, output: `[B, g]`
-pub fn gru_cell(x: Tensor<2>, rec: Tensor<2>, h: Tensor<2>) -> Tensor<2> {
-    if gru_cell_fused(&x) && rec.dtype() == DType::F32 && h.dtype() == DType::F32 {
-        let out = <burn::backend::Dispatch as FusedGru>::gru_cell(x.into_dispatch(), rec.into_dispatch(), h.into_dispatch());
-        return Tensor::from_dispatch(out);
-    }
-    let g = h.dims()[1];
-    let ur = sigmoid(x.clone().narrow(1, 0, 2 * g) + rec.clone().narrow(1, 0, 2 * g));
-    let (u, r) = (ur.clone().narrow(1, 0, g), ur.narrow(1, g, g));
-    let n = tanh(x.narrow(1, 2 * g, g) + r * rec.narrow(1, 2 * g, g));
-    h.clone() + u * (n - h)
+/// - `x`: `[B, T, 3g]`; `extra`: `[B, T, g]`; `u`: `[g, 3g]`; output: `[B, T, g]`
+pub fn gru_sequence(x: Tensor<3>, extra: Tensor<3>, u: Tensor<2>) -> Tensor<3> {
+    let out = <burn::backend::Dispatch as FusedGru>::gru_sequence(
+        x.into_dispatch(),
+        extra.into_dispatch(),
+        u.into_dispatch(),
+    );
+    Tensor::from_dispatch(out)
 }
 
-/// A 2-D f32 tensor's rows as slices of its storage: rows may lie apart (a slice of a wider
-/// tensor) but each row's values must be adjacent. `None` otherwise.
-#[derive(Debug)]
-struct Rows<'a> {
-    data: &'a [f32],
-    start: usize,
-    stride: usize,
-    cols: usize,
-    rows: usize,
-}
-
-impl<'a> Rows<'a> {
-    fn of(t: &'a FlexTensor) -> Option<Self> {
-        let layout = t.layout();
-        let (shape, strides) = (layout.shape(), layout.strides());
-        if t.dtype() != DType::F32 || shape.num_dims() != 2 || (shape[1] > 1 && strides[1] != 1) || strides[0] < 0 {
-            return None;
-        }
-        Some(Rows { data: t.storage::<f32>(), start: layout.start_offset(), stride: strides[0] as usize, cols: shape[1], rows: shape[0] })
-    }
-
-    fn row(&self, i: usize) -> &'a [f32] {
-        let begin = self.start + i * self.stride;
-        &self.data[begin..begin + self.cols]
-    }
-}
-
-/// `t` itself, or a contiguous copy when its rows are not adjacent values.
-fn row_major(t: &FlexTensor) -> std::borrow::Cow<'_, FlexTensor> {
-    match Rows::of(t) {
-        Some(_) => std::borrow::Cow::Borrowed(t),
-        None => std::borrow::Cow::Owned(t.to_contiguous()),
-    }
-}
-
-/// The rows of a tensor [`row_major`] returned.
-fn rows(t: &FlexTensor) -> Rows<'_> {
-    Rows::of(t).expect("row_major gives adjacent row values")
-}
-
-/// Rows per task of the GRU kernels: about [`CHUNK`] values.
+/// Rows per task of the row-wise kernels: about [`CHUNK`] values.
 fn rows_per_task(cols: usize) -> usize {
     (CHUNK / cols.max(1)).max(1)
 }
 
-fn gru_forward(x: &FlexTensor, rec: &FlexTensor, h: &FlexTensor) -> FlexTensor {
-    let (x, rec, h) = (row_major(x), row_major(rec), row_major(h));
-    let (x, rec, h) = (rows(&x), rows(&rec), rows(&h));
-    let (b, g) = (h.rows, h.cols);
-    assert!(x.rows == b && rec.rows == b && x.cols == 3 * g && rec.cols == 3 * g, "gru_cell: x and rec must be [B, 3g] for h [B, g]");
-    let mut out = vec![0f32; b * g];
-    let per = rows_per_task(g);
-    out.par_chunks_mut(per * g.max(1)).enumerate().for_each(|(task, chunk)| {
-        for (k, o) in chunk.chunks_mut(g.max(1)).enumerate() {
-            let i = task * per + k;
-            pulp::Arch::new().dispatch(GruRow { x: x.row(i), rec: rec.row(i), h: h.row(i), grad: &[], out: [o, &mut [], &mut []] });
-        }
-    });
-    FlexTensor::from_data(TensorData::new(out, [b, g]))
+fn flex_tensor(values: Vec<f32>, dims: &[usize]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, dims.to_vec()))
 }
 
-fn gru_backward(x: &FlexTensor, rec: &FlexTensor, h: &FlexTensor, grad: &FlexTensor) -> [FlexTensor; 3] {
-    let (x, rec, h, grad) = (row_major(x), row_major(rec), row_major(h), row_major(grad));
-    let (x, rec, h, grad) = (rows(&x), rows(&rec), rows(&h), rows(&grad));
-    let (b, g) = (h.rows, h.cols);
-    let (mut dx, mut drec, mut dh) = (vec![0f32; b * 3 * g], vec![0f32; b * 3 * g], vec![0f32; b * g]);
-    let per = rows_per_task(3 * g);
-    let w = g.max(1);
-    dx.par_chunks_mut(per * 3 * w)
-        .zip(drec.par_chunks_mut(per * 3 * w))
-        .zip(dh.par_chunks_mut(per * w))
-        .enumerate()
-        .for_each(|(task, ((dx, drec), dh))| {
-            for (k, ((dx, drec), dh)) in dx.chunks_mut(3 * w).zip(drec.chunks_mut(3 * w)).zip(dh.chunks_mut(w)).enumerate() {
-                let i = task * per + k;
-                pulp::Arch::new().dispatch(GruRow { x: x.row(i), rec: rec.row(i), h: h.row(i), grad: grad.row(i), out: [dh, dx, drec] });
+/// The values of step `t` of row `b` in a `[B, T, k]` row-major sequence (`T = t_len`).
+fn at(t_len: usize, k: usize, b: usize, t: usize) -> std::ops::Range<usize> {
+    let begin = (b * t_len + t) * k;
+    begin..begin + k
+}
+
+/// Every step's state and recurrent product, `[B, T, g]` and `[B, T, 3g]`.
+fn gru_sequence_forward(x: &FlexTensor, extra: &FlexTensor, u: &FlexTensor) -> (FlexTensor, FlexTensor) {
+    let [b, t, g3] = x.layout().shape().dims::<3>();
+    let g = g3 / 3;
+    assert!(
+        g3 == 3 * g && extra.layout().shape().dims::<3>() == [b, t, g],
+        "gru_sequence: x [B, T, 3g], extra [B, T, g]"
+    );
+    let (xv, ev) =
+        (values(x).expect("gru_sequence: x must be f32"), values(extra).expect("gru_sequence: extra must be f32"));
+    let mut states = vec![0f32; b * t * g];
+    let mut recs = vec![0f32; b * t * g3];
+    let mut h = vec![0f32; b * g];
+    let per = rows_per_task(g3);
+    for step in 0..t {
+        let rec = Flex::float_matmul(flex_tensor(h.clone(), &[b, g]), u.clone());
+        let rec = values(&rec).expect("f32").into_owned();
+        let mut next = vec![0f32; b * g];
+        next.par_chunks_mut(per * g).enumerate().for_each(|(task, chunk)| {
+            for (k, out) in chunk.chunks_mut(g).enumerate() {
+                let row = task * per + k;
+                pulp::Arch::new().dispatch(GruRow {
+                    x: &xv[at(t, g3, row, step)],
+                    extra: &ev[at(t, g, row, step)],
+                    rec: &rec[row * g3..(row + 1) * g3],
+                    h: &h[row * g..(row + 1) * g],
+                    grad: &[],
+                    out: [out, &mut [], &mut []],
+                });
             }
         });
-    [
-        FlexTensor::from_data(TensorData::new(dx, [b, 3 * g])),
-        FlexTensor::from_data(TensorData::new(drec, [b, 3 * g])),
-        FlexTensor::from_data(TensorData::new(dh, [b, g])),
-    ]
+        for row in 0..b {
+            states[at(t, g, row, step)].copy_from_slice(&next[row * g..(row + 1) * g]);
+            recs[at(t, g3, row, step)].copy_from_slice(&rec[row * g3..(row + 1) * g3]);
+        }
+        h = next;
+    }
+    (flex_tensor(states, &[b, t, g]), flex_tensor(recs, &[b, t, g3]))
 }
 
-/// One row of the GRU step: forward (`grad` empty; `out[0]` the next state) or backward
-/// (`out` = the gradients of `h`, `x` and `rec`).
+/// The gradients of `x`, `extra` and `u` from the states' gradient `grad` `[B, T, g]`.
+fn gru_sequence_backward(state: &GruSequenceState, grad: &FlexTensor) -> [FlexTensor; 3] {
+    let [b, t, g3] = state.x.layout().shape().dims::<3>();
+    let g = g3 / 3;
+    let xv = values(&state.x).expect("f32");
+    let ev = values(&state.extra).expect("f32");
+    let hv = values(&state.states).expect("f32");
+    let rv = values(&state.recs).expect("f32");
+    let gv = values(grad).expect("gru_sequence: the gradient must be f32");
+    let u_t = Flex::float_transpose(state.u.clone());
+    let mut dx = vec![0f32; b * t * g3];
+    let mut drecs = vec![0f32; b * t * g3];
+    let mut dh = vec![0f32; b * g];
+    let zeros = vec![0f32; g];
+    let per = rows_per_task(g3);
+    for step in (0..t).rev() {
+        // The state's gradient: its own, and what the next step sent back.
+        let mut gh = dh;
+        for row in 0..b {
+            gh[row * g..(row + 1) * g].iter_mut().zip(&gv[at(t, g, row, step)]).for_each(|(a, &v)| *a += v);
+        }
+        let mut dh_direct = vec![0f32; b * g];
+        let mut dx_step = vec![0f32; b * g3];
+        let mut drec = vec![0f32; b * g3];
+        dh_direct
+            .par_chunks_mut(per * g)
+            .zip(dx_step.par_chunks_mut(per * g3))
+            .zip(drec.par_chunks_mut(per * g3))
+            .enumerate()
+            .for_each(|(task, ((dh, dx), drec))| {
+                for (k, ((dh, dx), drec)) in
+                    dh.chunks_mut(g).zip(dx.chunks_mut(g3)).zip(drec.chunks_mut(g3)).enumerate()
+                {
+                    let row = task * per + k;
+                    let h_prev = if step == 0 { &zeros[..] } else { &hv[at(t, g, row, step - 1)] };
+                    pulp::Arch::new().dispatch(GruRow {
+                        x: &xv[at(t, g3, row, step)],
+                        extra: &ev[at(t, g, row, step)],
+                        rec: &rv[at(t, g3, row, step)],
+                        h: h_prev,
+                        grad: &gh[row * g..(row + 1) * g],
+                        out: [dh, dx, drec],
+                    });
+                }
+            });
+        // The previous state's gradient through this step's recurrent product.
+        let through = Flex::float_matmul(flex_tensor(drec.clone(), &[b, g3]), u_t.clone());
+        let through = values(&through).expect("f32");
+        dh_direct.iter_mut().zip(through.iter()).for_each(|(a, &v)| *a += v);
+        for row in 0..b {
+            dx[at(t, g3, row, step)].copy_from_slice(&dx_step[row * g3..(row + 1) * g3]);
+            drecs[at(t, g3, row, step)].copy_from_slice(&drec[row * g3..(row + 1) * g3]);
+        }
+        dh = dh_direct;
+    }
+    // dU = Σ_t h_{t−1}ᵀ drec_t: the states shifted one step (h_{−1} = 0), as one product.
+    let mut prev = vec![0f32; b * t * g];
+    for row in 0..b {
+        for step in 1..t {
+            prev[at(t, g, row, step)].copy_from_slice(&hv[at(t, g, row, step - 1)]);
+        }
+    }
+    let prev_t = Flex::float_transpose(flex_tensor(prev, &[b * t, g]));
+    let du = Flex::float_matmul(prev_t, flex_tensor(drecs, &[b * t, g3]));
+    let dextra: Vec<f32> = dx.chunks(g3).flat_map(|c| c[..g].iter().copied()).collect();
+    [flex_tensor(dx, &[b, t, g3]), flex_tensor(dextra, &[b, t, g]), du]
+}
+
+/// One row of one GRU step: forward (`grad` empty; `out[0]` the next state) or backward (`out`
+/// the gradients of the previous state, of `x` and of the recurrent product).
 struct GruRow<'a> {
     x: &'a [f32],
+    extra: &'a [f32],
     rec: &'a [f32],
     h: &'a [f32],
     grad: &'a [f32],
@@ -352,16 +394,16 @@ impl pulp::WithSimd for GruRow<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let GruRow { x, rec, h, grad, out: [first, dx, drec] } = self;
+        let GruRow { x, extra, rec, h, grad, out: [first, dx, drec] } = self;
         let g = h.len();
         let (xu, xr, xn) = (&x[..g], &x[g..2 * g], &x[2 * g..3 * g]);
         let (ru, rr, rn) = (&rec[..g], &rec[g..2 * g], &rec[2 * g..3 * g]);
         if grad.is_empty() {
             for j in 0..g {
-                let u = sigmoid1(xu[j] + ru[j]);
+                let z = sigmoid1((xu[j] + extra[j]) + ru[j]);
                 let r = sigmoid1(xr[j] + rr[j]);
                 let n = tanh1(xn[j] + r * rn[j]);
-                first[j] = h[j] + u * (n - h[j]);
+                first[j] = h[j] + z * (n - h[j]);
             }
             return;
         }
@@ -370,16 +412,16 @@ impl pulp::WithSimd for GruRow<'_> {
         let (dru, rest) = drec.split_at_mut(g);
         let (drr, drn) = rest.split_at_mut(g);
         for j in 0..g {
-            let u = sigmoid1(xu[j] + ru[j]);
+            let z = sigmoid1((xu[j] + extra[j]) + ru[j]);
             let r = sigmoid1(xr[j] + rr[j]);
             let n = tanh1(xn[j] + r * rn[j]);
             let dy = grad[j];
-            first[j] = dy * (1.0 - u);
-            let dpre_u = dy * (n - h[j]) * (u * (1.0 - u));
-            let dpre_n = dy * u * (1.0 - n * n);
+            first[j] = dy * (1.0 - z);
+            let dpre_z = dy * (n - h[j]) * (z * (1.0 - z));
+            let dpre_n = dy * z * (1.0 - n * n);
             let dpre_r = dpre_n * rn[j] * (r * (1.0 - r));
-            dxu[j] = dpre_u;
-            dru[j] = dpre_u;
+            dxu[j] = dpre_z;
+            dru[j] = dpre_z;
             dxr[j] = dpre_r;
             drr[j] = dpre_r;
             dxn[j] = dpre_n;
@@ -539,7 +581,8 @@ fn title_pool_backward(grad: &FlexTensor, state: &TitlePoolState) -> FlexTensor 
     let (tokens, windows) = (&state.tokens, &state.windows);
     let width = windows.len() * f;
     // (window index, offset) of every block, so that each block's rows are written by one task.
-    let owners: Vec<(usize, usize)> = windows.iter().enumerate().flat_map(|(wi, &w)| (0..w).map(move |o| (wi, o))).collect();
+    let owners: Vec<(usize, usize)> =
+        windows.iter().enumerate().flat_map(|(wi, &w)| (0..w).map(move |o| (wi, o))).collect();
     let mut dq = vec![0f32; blocks * rows * f];
     dq.par_chunks_mut(rows * f).zip(owners.par_iter()).for_each(|(block, &(wi, o))| {
         for i in 0..tokens.n {
@@ -561,8 +604,185 @@ fn title_pool_backward(grad: &FlexTensor, state: &TitlePoolState) -> FlexTensor 
 /// # Shapes
 /// - `q`: `[blocks, V + 1, F]`; `tokens`: `[n, L]`; output: `[n, windows.len() * F]`
 pub fn title_pool(q: Tensor<3>, tokens: Tensor<2, Int>, windows: &[usize]) -> Tensor<2> {
-    let out = <burn::backend::Dispatch as FusedTitlePool>::title_pool(q.into_dispatch(), tokens.into_dispatch(), windows.to_vec());
+    let out = <burn::backend::Dispatch as FusedTitlePool>::title_pool(
+        q.into_dispatch(),
+        tokens.into_dispatch(),
+        windows.to_vec(),
+    );
     Tensor::from_dispatch(out)
+}
+
+/// The gradient reversal layer (Ganin and Lempitsky) as one operation: the identity forward
+/// (no copy) and `−weight ·` the gradient backward, one pass. Composed from burn's operations it
+/// was three passes each way over the `[M, n, 256]` invariant features.
+#[backend_extension(Flex, LibTorch: cfg(feature = "tch"), Autodiff)]
+pub trait FusedReversal: Backend {
+    /// `x`, with its gradient multiplied by `−weight`.
+    fn reverse_gradient(x: FloatTensor<Self>, weight: f64) -> FloatTensor<Self> {
+        let _ = weight;
+        x
+    }
+}
+
+impl FusedReversal for Flex {}
+
+#[cfg(feature = "tch")]
+impl FusedReversal for burn::backend::LibTorch {}
+
+#[derive(Debug)]
+struct Reverse {
+    weight: f64,
+}
+
+impl<B: Backend> Backward<B, 1> for Reverse {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let weight = self.weight;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| B::float_mul_scalar(grad, (-weight).into()));
+    }
+}
+
+impl<B: Backend + FusedReversal, C: CheckpointStrategy> FusedReversal for Autodiff<B, C> {
+    fn reverse_gradient(x: FloatTensor<Self>, weight: f64) -> FloatTensor<Self> {
+        let (primitive, node) = x.into_parts();
+        <Reverse as Backward<B, 1>>::prepare::<C>(Reverse { weight }, [node]).compute_bound().stateless(primitive)
+    }
+}
+
+/// [`FusedReversal::reverse_gradient`] on flex and LibTorch; `None` elsewhere (the caller
+/// composes it).
+pub fn reverse_gradient<const D: usize>(x: Tensor<D>, weight: f64) -> Option<Tensor<D>> {
+    if !fused_here(&x.device()) {
+        return None;
+    }
+    let out = <burn::backend::Dispatch as FusedReversal>::reverse_gradient(x.into_dispatch(), weight);
+    Some(Tensor::from_dispatch(out))
+}
+
+/// DDMA's pooling `max_m(w_m ⊙ c_m)` over the modalities as one operation on flex: one pass
+/// forward, keeping which modality gave each maximum, and one pass backward, which sends each
+/// output's gradient (times that modality's weight) to that modality alone. Composed it was a
+/// product, a sum and a maximum forward and a scatter into zeros and two products backward, each
+/// over the `[M, n, 256]` features.
+///
+/// `c` `[M, n, d]`, `w` `[M, n, 1]` the modalities' weights (constants: no gradient reaches
+/// them), `present` `[M, n, 1]` 1.0 where the item has the modality. A modality an item lacks
+/// enters as `w c − 1e9`. Output `[n, d]`; the first modality wins a tie.
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedPool: Backend {
+    /// See [`FusedPool`].
+    fn weighted_max(c: FloatTensor<Self>, w: FloatTensor<Self>, present: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+impl FusedPool for Flex {
+    fn weighted_max(c: FloatTensor<Self>, w: FloatTensor<Self>, present: FloatTensor<Self>) -> FloatTensor<Self> {
+        weighted_max_forward(&c, &w, &present).0
+    }
+}
+
+/// What [`FusedPool`]'s backward keeps: the modality of each maximum, the weights, `c`'s shape.
+#[derive(Debug, Clone)]
+struct PoolState {
+    argmax: std::sync::Arc<[u8]>,
+    w: FlexTensor,
+    dims: [usize; 3],
+}
+
+#[derive(Debug)]
+struct PoolStep;
+
+impl Backward<Flex, 1> for PoolStep {
+    type State = PoolState;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let state = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| weighted_max_backward(&grad, &state));
+    }
+}
+
+impl<C: CheckpointStrategy> FusedPool for Autodiff<Flex, C> {
+    fn weighted_max(c: FloatTensor<Self>, w: FloatTensor<Self>, present: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (c, node) = c.into_parts();
+        let (w, present) = (w.into_parts().0, present.into_parts().0);
+        match <PoolStep as Backward<Flex, 1>>::prepare::<C>(PoolStep, [node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (out, argmax) = weighted_max_forward(&c, &w, &present);
+                let dims = c.layout().shape().dims::<3>();
+                prep.finish(PoolState { argmax: argmax.into(), w, dims }, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(weighted_max_forward(&c, &w, &present).0),
+        }
+    }
+}
+
+/// [`FusedPool::weighted_max`] on flex (`w` is detached here); `None` elsewhere or where there
+/// are more than 255 modalities (the caller composes it).
+///
+/// # Shapes
+/// - `c`: `[M, n, d]`; `w`, `present`: `[M, n, 1]`; output: `[n, d]`
+pub fn weighted_max(c: Tensor<3>, w: Tensor<3>, present: Tensor<3>) -> Option<Tensor<2>> {
+    if !on_flex(&c.device())
+        || c.dims()[0] > 255
+        || [c.dtype(), w.dtype(), present.dtype()].iter().any(|&d| d != DType::F32)
+    {
+        return None;
+    }
+    let out = <burn::backend::Dispatch as FusedPool>::weighted_max(
+        c.into_dispatch(),
+        w.detach().into_dispatch(),
+        present.detach().into_dispatch(),
+    );
+    Some(Tensor::from_dispatch(out))
+}
+
+fn weighted_max_forward(c: &FlexTensor, w: &FlexTensor, present: &FlexTensor) -> (FlexTensor, Vec<u8>) {
+    let [m, n, d] = c.layout().shape().dims::<3>();
+    assert!(
+        w.layout().shape().dims::<3>() == [m, n, 1] && present.layout().shape().dims::<3>() == [m, n, 1],
+        "weighted_max: w and present must be [M, n, 1]"
+    );
+    let (cv, wv, pv) = (values(c).expect("f32"), values(w).expect("f32"), values(present).expect("f32"));
+    let mut out = vec![0f32; n * d];
+    let mut argmax = vec![0u8; n * d];
+    let per = rows_per_task(d);
+    out.par_chunks_mut(per * d.max(1)).zip(argmax.par_chunks_mut(per * d.max(1))).enumerate().for_each(
+        |(task, (out, arg))| {
+            for (k, (out, arg)) in out.chunks_mut(d.max(1)).zip(arg.chunks_mut(d.max(1))).enumerate() {
+                let i = task * per + k;
+                for mi in 0..m {
+                    let (wi, shift) = (wv[mi * n + i], (pv[mi * n + i] - 1.0) * 1e9);
+                    let row = &cv[(mi * n + i) * d..(mi * n + i + 1) * d];
+                    for j in 0..d {
+                        let v = row[j] * wi + shift;
+                        if mi == 0 || v > out[j] {
+                            out[j] = v;
+                            arg[j] = mi as u8;
+                        }
+                    }
+                }
+            }
+        },
+    );
+    (flex_tensor(out, &[n, d]), argmax)
+}
+
+fn weighted_max_backward(grad: &FlexTensor, state: &PoolState) -> FlexTensor {
+    let [m, n, d] = state.dims;
+    let (gv, wv) = (values(grad).expect("f32"), values(&state.w).expect("f32"));
+    let mut dc = vec![0f32; m * n * d];
+    // Each modality's block written by one task.
+    dc.par_chunks_mut((n * d).max(1)).enumerate().for_each(|(mi, block)| {
+        for i in 0..n {
+            let wi = wv[mi * n + i];
+            for j in 0..d {
+                if state.argmax[i * d + j] as usize == mi {
+                    block[i * d + j] = gv[i * d + j] * wi;
+                }
+            }
+        }
+    });
+    flex_tensor(dc, &[m, n, d])
 }
 
 /// The element-wise kernels of flex's overrides.
@@ -777,41 +997,90 @@ mod tests {
         tanh(x.clone()).into_data().assert_eq(&tanh(tracked.clone()).into_data(), true);
         sigmoid(x).into_data().assert_eq(&sigmoid(tracked).into_data(), true);
     }
-    /// The GRU step as one operation gives the composed step's state exactly, and its
-    /// gradients to within rounding: for a step slice of a sequence (rows apart in memory), a
-    /// first state of zeros that tracks nothing, and two steps chained.
+
+    /// The GRU over a sequence as one operation gives the composed recurrence's states exactly,
+    /// and the gradients of its inputs and recurrent weight to within rounding.
     #[test]
-    fn the_fused_gru_step_equals_the_composed_one() {
+    fn the_fused_gru_sequence_equals_the_composed_recurrence() {
         let device = Device::flex().autodiff();
-        let (b, t, g) = (37, 3, 20);
-        let seq = Tensor::<3>::random([b, t, 3 * g], Distribution::Normal(0.0, 1.5), &device);
+        let (b, t, g) = (37, 5, 20);
+        let x = Tensor::<3>::random([b, t, 3 * g], Distribution::Normal(0.0, 1.5), &device);
+        let extra = Tensor::<3>::random([b, t, g], Distribution::Normal(0.0, 1.0), &device);
         let u = Tensor::<2>::random([g, 3 * g], Distribution::Normal(0.0, 0.3), &device);
-        let weights = Tensor::<2>::random([b, g], Distribution::Normal(0.0, 1.0), &device);
-        let composed = |x: Tensor<2>, rec: Tensor<2>, h: Tensor<2>| {
-            let ur = sigmoid(x.clone().narrow(1, 0, 2 * g) + rec.clone().narrow(1, 0, 2 * g));
-            let (gate, reset) = (ur.clone().narrow(1, 0, g), ur.narrow(1, g, g));
-            let n = tanh(x.narrow(1, 2 * g, g) + reset * rec.narrow(1, 2 * g, g));
-            h.clone() + gate * (n - h)
-        };
-        let run = |step: &dyn Fn(Tensor<2>, Tensor<2>, Tensor<2>) -> Tensor<2>| {
-            let (seq, u) = (seq.clone().detach().require_grad(), u.clone().detach().require_grad());
+        let weights = Tensor::<3>::random([b, t, g], Distribution::Normal(0.0, 1.0), &device);
+        let composed = |x: Tensor<3>, extra: Tensor<3>, u: Tensor<2>| {
+            let x = Tensor::cat(vec![x.clone().narrow(2, 0, g) + extra, x.narrow(2, g, 2 * g)], 2);
             let mut h = Tensor::<2>::zeros([b, g], &device);
-            for s in 0..2 {
-                let x = seq.clone().narrow(1, s, 1).reshape([b, 3 * g]);
+            let mut states = Vec::new();
+            for s in 0..t {
+                let xs = x.clone().narrow(1, s, 1).reshape([b, 3 * g]);
                 let rec = h.clone().matmul(u.clone());
-                h = step(x, rec, h);
+                let ur = sigmoid(xs.clone().narrow(1, 0, 2 * g) + rec.clone().narrow(1, 0, 2 * g));
+                let (z, r) = (ur.clone().narrow(1, 0, g), ur.narrow(1, g, g));
+                let n = tanh(xs.narrow(1, 2 * g, g) + r * rec.narrow(1, 2 * g, g));
+                h = h.clone() + z * (n - h);
+                states.push(h.clone());
             }
-            let grads = (h.clone() * weights.clone()).sum().backward();
-            (h.into_data(), seq.grad(&grads).expect("seq").into_data(), u.grad(&grads).expect("U").into_data())
+            Tensor::stack::<3>(states, 1)
         };
-        assert!(gru_cell_fused(&seq.clone().narrow(1, 0, 1).reshape([b, 3 * g])));
-        let (h, dseq, du) = run(&|x, rec, h| gru_cell(x, rec, h));
-        let (h_ref, dseq_ref, du_ref) = run(&composed);
-        h.assert_eq(&h_ref, true);
-        dseq.assert_approx_eq::<f32>(&dseq_ref, Tolerance::absolute(1e-5));
-        du.assert_approx_eq::<f32>(&du_ref, Tolerance::absolute(1e-5));
-        // The third step of the sequence had no part in the state: its gradient is zero.
-        let third = Tensor::<3>::from_data(dseq, &Device::flex()).narrow(1, 2, 1);
-        assert_eq!(third.abs().max().into_scalar::<f32>(), 0.0);
+        let run = |f: &dyn Fn(Tensor<3>, Tensor<3>, Tensor<2>) -> Tensor<3>| {
+            let (x, extra, u) = (
+                x.clone().detach().require_grad(),
+                extra.clone().detach().require_grad(),
+                u.clone().detach().require_grad(),
+            );
+            let states = f(x.clone(), extra.clone(), u.clone());
+            let grads = (states.clone() * weights.clone()).sum().backward();
+            [
+                states.into_data(),
+                x.grad(&grads).unwrap().into_data(),
+                extra.grad(&grads).unwrap().into_data(),
+                u.grad(&grads).unwrap().into_data(),
+            ]
+        };
+        let fused = run(&gru_sequence);
+        let reference = run(&composed);
+        fused[0].assert_eq(&reference[0], true);
+        for (got, want) in fused.iter().zip(&reference).skip(1) {
+            assert_eq!(got.shape(), want.shape());
+            got.assert_approx_eq::<f32>(want, Tolerance::absolute(1e-5));
+        }
+    }
+
+    /// DDMA's pooling as one operation gives the composed maximum exactly and the same gradient
+    /// of the features, with modalities missing from some items; the reversal layer is the
+    /// identity forward and `−weight ·` the gradient backward.
+    #[test]
+    fn the_fused_pool_and_reversal_equal_the_composed_ones() {
+        let device = Device::flex().autodiff();
+        let (m, n, d) = (4, 53, 30);
+        let c = Tensor::<3>::random([m, n, d], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<3>::random([m, n, 1], Distribution::Uniform(0.0, 1.0), &device);
+        let present =
+            Tensor::<3>::random([m, n, 1], Distribution::Uniform(0.0, 1.0), &device).greater_elem(0.3).float();
+        let present = present.slice_fill([0..1, 0..n, 0..1], 1.0);
+        let g = Tensor::<2>::random([n, d], Distribution::Normal(0.0, 1.0), &device);
+        let run = |fused: bool| {
+            let c = c.clone().detach().require_grad();
+            let out = if fused {
+                weighted_max(c.clone(), w.clone(), present.clone()).expect("flex")
+            } else {
+                (c.clone() * w.clone() + present.clone().sub_scalar(1.0).mul_scalar(1e9)).max_dim(0).reshape([n, d])
+            };
+            let grads = (out.clone() * g.clone()).sum().backward();
+            (out.into_data(), c.grad(&grads).unwrap().into_data())
+        };
+        let ((y, dc), (y_ref, dc_ref)) = (run(true), run(false));
+        y.assert_eq(&y_ref, true);
+        dc.assert_approx_eq::<f32>(&dc_ref, Tolerance::absolute(1e-6));
+
+        let x = c.clone().detach().require_grad();
+        let reversed = reverse_gradient(x.clone(), 0.7).expect("flex");
+        reversed.clone().into_data().assert_eq(&x.clone().into_data(), true);
+        let grads = (reversed * c.clone()).sum().backward();
+        x.grad(&grads)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(&c.mul_scalar(-0.7).into_data(), Tolerance::absolute(1e-6));
     }
 }

@@ -589,8 +589,9 @@ mod tests {
     fn the_fused_title_cnn_equals_the_convolutions() {
         let device = Device::flex().autodiff();
         let (vocab, dim, len) = (30, 8, 6);
-        let cnn = TitleCnnConfig { vocab, word_dim: dim, filters: 4, windows: vec![2, 3, 4], fine_tune: true, output_dim: 5 }
-            .init(&device);
+        let cnn =
+            TitleCnnConfig { vocab, word_dim: dim, filters: 4, windows: vec![2, 3, 4], fine_tune: true, output_dim: 5 }
+                .init(&device);
         let titles: [&[u32]; 5] = [&[3, 7, 7, 29, 1, 12], &[5, 3, 8], &[11], &[], &[2, 2, 9, 4]];
         let n = titles.len();
         let (mut tokens, mut mask) = (vec![0i64; n * len], vec![0f32; n * len]);
@@ -608,7 +609,10 @@ mod tests {
         let weights = Tensor::<2>::random([n, 5], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
         let run = |fused: bool| {
             let out = if fused {
-                let words = Tensor::<1, Int>::from_data(TensorData::new(words.iter().map(|&w| w as i64).collect(), [words.len()]), &device);
+                let words = Tensor::<1, Int>::from_data(
+                    TensorData::new(words.iter().map(|&w| w as i64).collect(), [words.len()]),
+                    &device,
+                );
                 cnn.forward_fused(words, Tensor::from_data(TensorData::new(rows.clone(), [n, len]), &device))
             } else {
                 let tokens = Tensor::<1, Int>::from_data(TensorData::new(tokens.clone(), [n * len]), &device);
