@@ -442,10 +442,10 @@ impl pulp::WithSimd for GruRow<'_> {
 /// backward pass adds each output's gradient to the `w` rows that made its maximum: `w` values
 /// per pooled output, where the convolution's backward runs two more convolutions.
 ///
-/// `q` is `[blocks, V + 1, F]`: one block per (window, offset) in the order of `windows` and then
-/// offsets, row `v` of a block the product with word `v` of the batch's distinct words plus, in
-/// each window's offset-0 block, the convolution's bias; row `V` is the padding word (a zero
-/// vector: the bias alone where it has one). `tokens` `[n, L]` are rows of `q` (padding is `V`).
+/// `q` is `[V + 1, blocks, F]`: for word `v` of the batch's distinct words, one block per
+/// (window, offset) in the order of `windows` and then offsets, each the product with the word
+/// plus, in each window's offset-0 block, the convolution's bias; word `V` is the padding word (a
+/// zero vector: the bias alone where it has one). `tokens` `[n, L]` are rows of `q` (padding is `V`).
 /// A window is real when its last word is (window 0 always counts, so a title shorter than the
 /// window still yields one). Output `[n, windows.len() * F]`: `max(0, max over real windows)`,
 /// each window's `F` filters together, in the order of `windows`.
@@ -525,7 +525,7 @@ fn first_blocks(windows: &[usize]) -> Vec<usize> {
 
 fn title_pool_forward(q: &FlexTensor, tokens: &TitleTokens, windows: &[usize]) -> (FlexTensor, Vec<u32>) {
     let q_values = values(q).expect("title_pool: q must be f32");
-    let [blocks, rows, f] = q.layout().shape().dims::<3>();
+    let [rows, blocks, f] = q.layout().shape().dims::<3>();
     let firsts = first_blocks(windows);
     assert_eq!(blocks, windows.iter().sum::<usize>(), "title_pool: q needs one block per window offset");
     assert!(windows.iter().all(|&w| w >= 1 && w <= tokens.len), "title_pool: every window must fit the titles");
@@ -550,7 +550,7 @@ fn title_pool_forward(q: &FlexTensor, tokens: &TitleTokens, windows: &[usize]) -
                         }
                         acc.fill(0.0);
                         for o in 0..w {
-                            let row = (first + o) * rows + toks[p + o] as usize;
+                            let row = toks[p + o] as usize * blocks + first + o;
                             let add = &q_values[row * f..(row + 1) * f];
                             acc.iter_mut().zip(add).for_each(|(a, &v)| *a += v);
                         }
@@ -577,32 +577,34 @@ fn title_pool_forward(q: &FlexTensor, tokens: &TitleTokens, windows: &[usize]) -
 
 fn title_pool_backward(grad: &FlexTensor, state: &TitlePoolState) -> FlexTensor {
     let grad = values(grad).expect("title_pool: the gradient must be f32");
-    let [blocks, rows, f] = state.q_dims;
+    let [rows, blocks, f] = state.q_dims;
     let (tokens, windows) = (&state.tokens, &state.windows);
+    let firsts = first_blocks(windows);
     let width = windows.len() * f;
-    // (window index, offset) of every block, so that each block's rows are written by one task.
-    let owners: Vec<(usize, usize)> =
-        windows.iter().enumerate().flat_map(|(wi, &w)| (0..w).map(move |o| (wi, o))).collect();
-    let mut dq = vec![0f32; blocks * rows * f];
-    dq.par_chunks_mut(rows * f).zip(owners.par_iter()).for_each(|(block, &(wi, o))| {
-        for i in 0..tokens.n {
-            let toks = &tokens.values[i * tokens.len..(i + 1) * tokens.len];
+    // One pass, w additions per pooled output that passed the ReLU: few against the forward's.
+    let mut dq = vec![0f32; rows * blocks * f];
+    for i in 0..tokens.n {
+        let toks = &tokens.values[i * tokens.len..(i + 1) * tokens.len];
+        for (wi, (&w, &first)) in windows.iter().zip(&firsts).enumerate() {
             for j in 0..f {
                 let at = i * width + wi * f + j;
                 let p = state.argmax[at];
-                if p != u32::MAX {
-                    block[toks[p as usize + o] as usize * f + j] += grad[at];
+                if p == u32::MAX {
+                    continue;
+                }
+                for o in 0..w {
+                    dq[(toks[p as usize + o] as usize * blocks + first + o) * f + j] += grad[at];
                 }
             }
         }
-    });
-    FlexTensor::from_data(TensorData::new(dq, [blocks, rows, f]))
+    }
+    FlexTensor::from_data(TensorData::new(dq, [rows, blocks, f]))
 }
 
 /// [`FusedTitlePool::title_pool`] on tensors (flex only: check [`on_flex`]; `q` in f32).
 ///
 /// # Shapes
-/// - `q`: `[blocks, V + 1, F]`; `tokens`: `[n, L]`; output: `[n, windows.len() * F]`
+/// - `q`: `[V + 1, blocks, F]`; `tokens`: `[n, L]`; output: `[n, windows.len() * F]`
 pub fn title_pool(q: Tensor<3>, tokens: Tensor<2, Int>, windows: &[usize]) -> Tensor<2> {
     let out = <burn::backend::Dispatch as FusedTitlePool>::title_pool(
         q.into_dispatch(),

@@ -481,8 +481,8 @@ impl TitleCnn {
         let device = table.device();
         let d = table.dims()[1];
         let vectors = Tensor::cat(vec![table.select(0, words), Tensor::zeros([1, d], &device)], 0);
-        // One block of filters per (window, offset): `W[:, :, o]ᵀ`, `[d, F]`; the bias in each
-        // window's first.
+        // One block of filters per (window, offset), side by side: `W[:, :, o]ᵀ`, `[d, F]`; the
+        // bias in each window's first.
         let (mut blocks, mut biases) = (Vec::new(), Vec::new());
         for conv in &self.convs {
             let weight = conv.weight.val();
@@ -495,10 +495,8 @@ impl TitleCnn {
                 });
             }
         }
-        let n_blocks = blocks.len();
-        let v = vectors.dims()[0];
-        let q = vectors.unsqueeze::<3>().expand([n_blocks, v, d]).matmul(Tensor::stack::<3>(blocks, 0))
-            + Tensor::stack::<3>(biases, 0);
+        let (n_blocks, v, f) = (blocks.len(), vectors.dims()[0], self.convs.first().map_or(0, |c| c.weight.dims()[0]));
+        let q = (vectors.matmul(Tensor::cat(blocks, 1)) + Tensor::cat(biases, 1)).reshape([v, n_blocks, f]);
         linear(&self.projection, super::fused::title_pool(q, rows, &self.windows))
     }
 }
