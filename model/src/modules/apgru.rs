@@ -116,7 +116,7 @@ impl ApGru {
         if gate.is_none()
             && self.recurrent.bias.is_none()
             && f32_products
-            && super::fused::on_flex(&device)
+            && super::fused::on_host(&device)
             && projected.dtype() == burn::tensor::DType::F32
         {
             let (x, extra) = match (&self.property, property) {

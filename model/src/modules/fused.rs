@@ -18,6 +18,9 @@
 //!   backward changes. Other backends (the GPU's cubecl) never reach here: [`super::tanh`] and
 //!   [`sigmoid`] keep burn's own operations for them.
 
+// LibTorch (burn-tch) is deprecated upstream but is this project's `tch` backend.
+#![cfg_attr(feature = "tch", allow(deprecated))]
+
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -25,7 +28,7 @@ use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::{ActivationOps, FloatTensorOps};
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::{backend_extension, Autodiff, Backend, Flex};
+use burn::backend::{backend_extension, Autodiff, Backend, Flex, TensorMetadata};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
@@ -181,7 +184,7 @@ pub fn sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// `u` `[g, 3g]` the recurrent weight `[U^u, U^r, U^n]` (no bias). With `rec = h U`:
 /// `z = σ((x_u + extra) + rec_u)`, `r = σ(x_r + rec_r)`, `n = tanh(x_n + r ⊙ rec_n)`,
 /// `h' = h + z ⊙ (n − h)`, from `h = 0`. Output: every step's state, `[B, T, g]`.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, LibTorch: cfg(feature = "tch"), Autodiff)]
 pub trait FusedGru: Backend {
     /// See [`FusedGru`].
     fn gru_sequence(x: FloatTensor<Self>, extra: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -190,6 +193,15 @@ pub trait FusedGru: Backend {
 impl FusedGru for Flex {
     fn gru_sequence(x: FloatTensor<Self>, extra: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self> {
         gru_sequence_forward(&x, &extra, &u).0
+    }
+}
+
+#[cfg(feature = "tch")]
+impl FusedGru for burn::backend::LibTorch {
+    fn gru_sequence(x: FloatTensor<Self>, extra: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self> {
+        let device = x.device();
+        let (x, extra, u) = (Self::to_host(x), Self::to_host(extra), Self::to_host(u));
+        Self::from_host(gru_sequence_forward(&x, &extra, &u).0, &device)
     }
 }
 
@@ -204,45 +216,116 @@ struct GruSequenceState {
     recs: FlexTensor,
 }
 
+/// The backward step of [`FusedGru::gru_sequence`], on the device its gradients go back to.
 #[derive(Debug)]
-struct GruSequenceStep;
+struct GruSequenceStep<D> {
+    device: D,
+}
 
-impl Backward<Flex, 3> for GruSequenceStep {
+impl<B: Backend + HostKernels> Backward<B, 3> for GruSequenceStep<B::Device> {
     type State = GruSequenceState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let grad = grads.consume::<Flex>(&ops.node);
+        let grad = B::to_host(grads.consume::<B>(&ops.node));
         let [dx, dextra, du] = gru_sequence_backward(&ops.state, &grad);
         for (parent, g) in ops.parents.into_iter().zip([dx, dextra, du]) {
             if let Some(parent) = parent {
-                grads.register::<Flex>(parent.id, g);
+                grads.register::<B>(parent.id, B::from_host(g, &self.device));
             }
         }
     }
 }
 
-impl<C: CheckpointStrategy> FusedGru for Autodiff<Flex, C> {
+impl<B: Backend + HostKernels + FusedGru, C: CheckpointStrategy> FusedGru for Autodiff<B, C> {
     fn gru_sequence(x: FloatTensor<Self>, extra: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self> {
         let (x, x_node) = x.into_parts();
         let (extra, extra_node) = extra.into_parts();
         let (u, u_node) = u.into_parts();
-        let prep = <GruSequenceStep as Backward<Flex, 3>>::prepare::<C>(GruSequenceStep, [x_node, extra_node, u_node]);
+        let device = x.device();
+        let (x, extra, u) = (B::to_host(x), B::to_host(extra), B::to_host(u));
+        let step = GruSequenceStep { device: device.clone() };
+        let prep = <GruSequenceStep<B::Device> as Backward<B, 3>>::prepare::<C>(step, [x_node, extra_node, u_node]);
         match prep.compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let (states, recs) = gru_sequence_forward(&x, &extra, &u);
-                prep.finish(GruSequenceState { x, extra, u, states: states.clone(), recs }, states)
+                let out = B::from_host(states.clone(), &device);
+                prep.finish(GruSequenceState { x, extra, u, states, recs }, out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(gru_sequence_forward(&x, &extra, &u).0),
+            OpsKind::UnTracked(prep) => prep.finish(B::from_host(gru_sequence_forward(&x, &extra, &u).0, &device)),
         }
     }
 }
 
-/// Whether `device` is burn's CPU backend, flex (with or without autodiff).
-pub fn on_flex(device: &Device) -> bool {
-    matches!(device.clone().inner().as_dispatch(), burn::backend::DispatchDevice::Flex(_))
+/// Whether the host kernels of this module run on `device` (with or without autodiff): burn's
+/// CPU backend (flex), where they read the tensors in place, and LibTorch on the CPU, where the
+/// tensors are copied to and from host buffers around them.
+pub fn on_host(device: &Device) -> bool {
+    use burn::backend::DispatchDevice;
+    match device.clone().inner().as_dispatch() {
+        DispatchDevice::Flex(_) => true,
+        #[cfg(feature = "tch")]
+        DispatchDevice::LibTorch(burn::backend::libtorch::LibTorchDevice::Cpu) => true,
+        _ => false,
+    }
 }
 
-/// [`FusedGru::gru_sequence`] on tensors: flex only (check [`on_flex`]), every tensor f32.
+/// A backend whose tensors the host kernels here can read and write as [`FlexTensor`]s: flex
+/// itself (no copy), and LibTorch on the CPU (one copy each way).
+pub trait HostKernels: Backend {
+    /// `t` as a host tensor.
+    fn to_host(t: FloatTensor<Self>) -> FlexTensor;
+    /// An integer `t` as a host tensor.
+    fn int_to_host(t: IntTensor<Self>) -> FlexTensor;
+    /// A host tensor on `device`.
+    fn from_host(t: FlexTensor, device: &Self::Device) -> FloatTensor<Self>;
+}
+
+impl HostKernels for Flex {
+    fn to_host(t: FloatTensor<Self>) -> FlexTensor {
+        t
+    }
+
+    fn int_to_host(t: IntTensor<Self>) -> FlexTensor {
+        t
+    }
+
+    fn from_host(t: FlexTensor, _device: &Self::Device) -> FloatTensor<Self> {
+        t
+    }
+}
+
+#[cfg(feature = "tch")]
+impl HostKernels for burn::backend::LibTorch {
+    fn to_host(t: FloatTensor<Self>) -> FlexTensor {
+        FlexTensor::from_data(ready(Self::float_into_data(t)).expect("a CPU tensor reads back"))
+    }
+
+    fn int_to_host(t: IntTensor<Self>) -> FlexTensor {
+        use burn::backend::ops::IntTensorOps;
+        FlexTensor::from_data(ready(Self::int_into_data(t)).expect("a CPU tensor reads back"))
+    }
+
+    fn from_host(t: FlexTensor, device: &Self::Device) -> FloatTensor<Self> {
+        Self::float_from_data(t.into_data(), device)
+    }
+}
+
+/// The value of a future that is ready when first polled (LibTorch's reads of CPU tensors are),
+/// polling again, yielding in between, if it is not.
+#[cfg(feature = "tch")]
+fn ready<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(value) = future.as_mut().poll(&mut context) {
+            return value;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// [`FusedGru::gru_sequence`] on tensors: on flex or LibTorch's CPU (check [`on_host`]), every
+/// tensor f32.
 ///
 /// # Shapes
 /// - `x`: `[B, T, 3g]`; `extra`: `[B, T, g]`; `u`: `[g, 3g]`; output: `[B, T, g]`
@@ -449,7 +532,7 @@ impl pulp::WithSimd for GruRow<'_> {
 /// A window is real when its last word is (window 0 always counts, so a title shorter than the
 /// window still yields one). Output `[n, windows.len() * F]`: `max(0, max over real windows)`,
 /// each window's `F` filters together, in the order of `windows`.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, LibTorch: cfg(feature = "tch"), Autodiff)]
 pub trait FusedTitlePool: Backend {
     /// See [`FusedTitlePool`].
     fn title_pool(q: FloatTensor<Self>, tokens: IntTensor<Self>, windows: Vec<usize>) -> FloatTensor<Self>;
@@ -458,6 +541,15 @@ pub trait FusedTitlePool: Backend {
 impl FusedTitlePool for Flex {
     fn title_pool(q: FloatTensor<Self>, tokens: IntTensor<Self>, windows: Vec<usize>) -> FloatTensor<Self> {
         title_pool_forward(&q, &title_tokens(&tokens), &windows).0
+    }
+}
+
+#[cfg(feature = "tch")]
+impl FusedTitlePool for burn::backend::LibTorch {
+    fn title_pool(q: FloatTensor<Self>, tokens: IntTensor<Self>, windows: Vec<usize>) -> FloatTensor<Self> {
+        let device = q.device();
+        let tokens = title_tokens(&Self::int_to_host(tokens));
+        Self::from_host(title_pool_forward(&Self::to_host(q), &tokens, &windows).0, &device)
     }
 }
 
@@ -472,29 +564,41 @@ struct TitlePoolState {
     q_dims: [usize; 3],
 }
 
+/// The backward step of [`FusedTitlePool::title_pool`], on the device its gradient goes back to.
 #[derive(Debug)]
-struct TitlePoolStep;
+struct TitlePoolStep<D> {
+    device: D,
+}
 
-impl Backward<Flex, 1> for TitlePoolStep {
+impl<B: Backend + HostKernels> Backward<B, 1> for TitlePoolStep<B::Device> {
     type State = TitlePoolState;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let state = ops.state;
-        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| title_pool_backward(&grad, &state));
+        let device = self.device;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            B::from_host(title_pool_backward(&B::to_host(grad), &state), &device)
+        });
     }
 }
 
-impl<C: CheckpointStrategy> FusedTitlePool for Autodiff<Flex, C> {
+impl<B: Backend + HostKernels + FusedTitlePool, C: CheckpointStrategy> FusedTitlePool for Autodiff<B, C> {
     fn title_pool(q: FloatTensor<Self>, tokens: IntTensor<Self>, windows: Vec<usize>) -> FloatTensor<Self> {
         let (q, node) = q.into_parts();
-        let tokens = std::sync::Arc::new(title_tokens(&tokens));
-        match <TitlePoolStep as Backward<Flex, 1>>::prepare::<C>(TitlePoolStep, [node]).compute_bound().stateful() {
+        let device = q.device();
+        let q = B::to_host(q);
+        let tokens = std::sync::Arc::new(title_tokens(&B::int_to_host(tokens)));
+        let step = TitlePoolStep { device: device.clone() };
+        match <TitlePoolStep<B::Device> as Backward<B, 1>>::prepare::<C>(step, [node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let (out, argmax) = title_pool_forward(&q, &tokens, &windows);
                 let q_dims = q.layout().shape().dims::<3>();
-                prep.finish(TitlePoolState { tokens, argmax: argmax.into(), windows, q_dims }, out)
+                prep.finish(
+                    TitlePoolState { tokens, argmax: argmax.into(), windows, q_dims },
+                    B::from_host(out, &device),
+                )
             }
-            OpsKind::UnTracked(prep) => prep.finish(title_pool_forward(&q, &tokens, &windows).0),
+            OpsKind::UnTracked(prep) => prep.finish(B::from_host(title_pool_forward(&q, &tokens, &windows).0, &device)),
         }
     }
 }
@@ -601,7 +705,8 @@ fn title_pool_backward(grad: &FlexTensor, state: &TitlePoolState) -> FlexTensor 
     FlexTensor::from_data(TensorData::new(dq, [rows, blocks, f]))
 }
 
-/// [`FusedTitlePool::title_pool`] on tensors (flex only: check [`on_flex`]; `q` in f32).
+/// [`FusedTitlePool::title_pool`] on tensors (on flex or LibTorch's CPU: check [`on_host`]; `q`
+/// in f32).
 ///
 /// # Shapes
 /// - `q`: `[V + 1, blocks, F]`; `tokens`: `[n, L]`; output: `[n, windows.len() * F]`
@@ -671,7 +776,7 @@ pub fn reverse_gradient<const D: usize>(x: Tensor<D>, weight: f64) -> Option<Ten
 /// `c` `[M, n, d]`, `w` `[M, n, 1]` the modalities' weights (constants: no gradient reaches
 /// them), `present` `[M, n, 1]` 1.0 where the item has the modality. A modality an item lacks
 /// enters as `w c − 1e9`. Output `[n, d]`; the first modality wins a tie.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, LibTorch: cfg(feature = "tch"), Autodiff)]
 pub trait FusedPool: Backend {
     /// See [`FusedPool`].
     fn weighted_max(c: FloatTensor<Self>, w: FloatTensor<Self>, present: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -683,6 +788,15 @@ impl FusedPool for Flex {
     }
 }
 
+#[cfg(feature = "tch")]
+impl FusedPool for burn::backend::LibTorch {
+    fn weighted_max(c: FloatTensor<Self>, w: FloatTensor<Self>, present: FloatTensor<Self>) -> FloatTensor<Self> {
+        let device = c.device();
+        let out = weighted_max_forward(&Self::to_host(c), &Self::to_host(w), &Self::to_host(present)).0;
+        Self::from_host(out, &device)
+    }
+}
+
 /// What [`FusedPool`]'s backward keeps: the modality of each maximum, the weights, `c`'s shape.
 #[derive(Debug, Clone)]
 struct PoolState {
@@ -691,40 +805,49 @@ struct PoolState {
     dims: [usize; 3],
 }
 
+/// The backward step of [`FusedPool::weighted_max`], on the device its gradient goes back to.
 #[derive(Debug)]
-struct PoolStep;
+struct PoolStep<D> {
+    device: D,
+}
 
-impl Backward<Flex, 1> for PoolStep {
+impl<B: Backend + HostKernels> Backward<B, 1> for PoolStep<B::Device> {
     type State = PoolState;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let state = ops.state;
-        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| weighted_max_backward(&grad, &state));
+        let device = self.device;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            B::from_host(weighted_max_backward(&B::to_host(grad), &state), &device)
+        });
     }
 }
 
-impl<C: CheckpointStrategy> FusedPool for Autodiff<Flex, C> {
+impl<B: Backend + HostKernels + FusedPool, C: CheckpointStrategy> FusedPool for Autodiff<B, C> {
     fn weighted_max(c: FloatTensor<Self>, w: FloatTensor<Self>, present: FloatTensor<Self>) -> FloatTensor<Self> {
         let (c, node) = c.into_parts();
-        let (w, present) = (w.into_parts().0, present.into_parts().0);
-        match <PoolStep as Backward<Flex, 1>>::prepare::<C>(PoolStep, [node]).compute_bound().stateful() {
+        let device = c.device();
+        let c = B::to_host(c);
+        let (w, present) = (B::to_host(w.into_parts().0), B::to_host(present.into_parts().0));
+        let step = PoolStep { device: device.clone() };
+        match <PoolStep<B::Device> as Backward<B, 1>>::prepare::<C>(step, [node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let (out, argmax) = weighted_max_forward(&c, &w, &present);
                 let dims = c.layout().shape().dims::<3>();
-                prep.finish(PoolState { argmax: argmax.into(), w, dims }, out)
+                prep.finish(PoolState { argmax: argmax.into(), w, dims }, B::from_host(out, &device))
             }
-            OpsKind::UnTracked(prep) => prep.finish(weighted_max_forward(&c, &w, &present).0),
+            OpsKind::UnTracked(prep) => prep.finish(B::from_host(weighted_max_forward(&c, &w, &present).0, &device)),
         }
     }
 }
 
-/// [`FusedPool::weighted_max`] on flex (`w` is detached here); `None` elsewhere or where there
-/// are more than 255 modalities (the caller composes it).
+/// [`FusedPool::weighted_max`] on flex or LibTorch's CPU (`w` is detached here); `None` elsewhere
+/// or where there are more than 255 modalities (the caller composes it).
 ///
 /// # Shapes
 /// - `c`: `[M, n, d]`; `w`, `present`: `[M, n, 1]`; output: `[n, d]`
 pub fn weighted_max(c: Tensor<3>, w: Tensor<3>, present: Tensor<3>) -> Option<Tensor<2>> {
-    if !on_flex(&c.device())
+    if !on_host(&c.device())
         || c.dims()[0] > 255
         || [c.dtype(), w.dtype(), present.dtype()].iter().any(|&d| d != DType::F32)
     {
@@ -923,6 +1046,29 @@ mod tests {
     use super::*;
     use burn::tensor::{Distribution, Tolerance};
 
+    /// flex and, in a build with LibTorch, LibTorch's CPU: the devices the host kernels run on.
+    fn host_devices() -> Vec<Device> {
+        #[allow(unused_mut)]
+        let mut devices = vec![Device::flex().autodiff()];
+        #[cfg(feature = "tch")]
+        devices.push(Device::libtorch().autodiff());
+        devices
+    }
+
+    /// Bit-equal on flex, where the composed reference runs the same element-wise kernels; within
+    /// rounding elsewhere (LibTorch's own `tanh` and sigmoid in the reference).
+    fn same(got: &burn::tensor::TensorData, want: &burn::tensor::TensorData, device: &Device) {
+        if on_flex_device(device) {
+            got.assert_eq(want, true);
+        } else {
+            got.assert_approx_eq::<f32>(want, Tolerance::absolute(1e-6));
+        }
+    }
+
+    fn on_flex_device(device: &Device) -> bool {
+        matches!(device.clone().inner().as_dispatch(), burn::backend::DispatchDevice::Flex(_))
+    }
+
     /// Relative error of `f` against the f64 reference `reference`, in units of f32's epsilon,
     /// the largest over a dense sweep of `range`.
     fn worst(f: fn(f32) -> f32, reference: fn(f64) -> f64, range: std::ops::Range<f32>) -> f64 {
@@ -1004,48 +1150,49 @@ mod tests {
     /// and the gradients of its inputs and recurrent weight to within rounding.
     #[test]
     fn the_fused_gru_sequence_equals_the_composed_recurrence() {
-        let device = Device::flex().autodiff();
-        let (b, t, g) = (37, 5, 20);
-        let x = Tensor::<3>::random([b, t, 3 * g], Distribution::Normal(0.0, 1.5), &device);
-        let extra = Tensor::<3>::random([b, t, g], Distribution::Normal(0.0, 1.0), &device);
-        let u = Tensor::<2>::random([g, 3 * g], Distribution::Normal(0.0, 0.3), &device);
-        let weights = Tensor::<3>::random([b, t, g], Distribution::Normal(0.0, 1.0), &device);
-        let composed = |x: Tensor<3>, extra: Tensor<3>, u: Tensor<2>| {
-            let x = Tensor::cat(vec![x.clone().narrow(2, 0, g) + extra, x.narrow(2, g, 2 * g)], 2);
-            let mut h = Tensor::<2>::zeros([b, g], &device);
-            let mut states = Vec::new();
-            for s in 0..t {
-                let xs = x.clone().narrow(1, s, 1).reshape([b, 3 * g]);
-                let rec = h.clone().matmul(u.clone());
-                let ur = sigmoid(xs.clone().narrow(1, 0, 2 * g) + rec.clone().narrow(1, 0, 2 * g));
-                let (z, r) = (ur.clone().narrow(1, 0, g), ur.narrow(1, g, g));
-                let n = tanh(xs.narrow(1, 2 * g, g) + r * rec.narrow(1, 2 * g, g));
-                h = h.clone() + z * (n - h);
-                states.push(h.clone());
+        for device in host_devices() {
+            let (b, t, g) = (37, 5, 20);
+            let x = Tensor::<3>::random([b, t, 3 * g], Distribution::Normal(0.0, 1.5), &device);
+            let extra = Tensor::<3>::random([b, t, g], Distribution::Normal(0.0, 1.0), &device);
+            let u = Tensor::<2>::random([g, 3 * g], Distribution::Normal(0.0, 0.3), &device);
+            let weights = Tensor::<3>::random([b, t, g], Distribution::Normal(0.0, 1.0), &device);
+            let composed = |x: Tensor<3>, extra: Tensor<3>, u: Tensor<2>| {
+                let x = Tensor::cat(vec![x.clone().narrow(2, 0, g) + extra, x.narrow(2, g, 2 * g)], 2);
+                let mut h = Tensor::<2>::zeros([b, g], &device);
+                let mut states = Vec::new();
+                for s in 0..t {
+                    let xs = x.clone().narrow(1, s, 1).reshape([b, 3 * g]);
+                    let rec = h.clone().matmul(u.clone());
+                    let ur = sigmoid(xs.clone().narrow(1, 0, 2 * g) + rec.clone().narrow(1, 0, 2 * g));
+                    let (z, r) = (ur.clone().narrow(1, 0, g), ur.narrow(1, g, g));
+                    let n = tanh(xs.narrow(1, 2 * g, g) + r * rec.narrow(1, 2 * g, g));
+                    h = h.clone() + z * (n - h);
+                    states.push(h.clone());
+                }
+                Tensor::stack::<3>(states, 1)
+            };
+            let run = |f: &dyn Fn(Tensor<3>, Tensor<3>, Tensor<2>) -> Tensor<3>| {
+                let (x, extra, u) = (
+                    x.clone().detach().require_grad(),
+                    extra.clone().detach().require_grad(),
+                    u.clone().detach().require_grad(),
+                );
+                let states = f(x.clone(), extra.clone(), u.clone());
+                let grads = (states.clone() * weights.clone()).sum().backward();
+                [
+                    states.into_data(),
+                    x.grad(&grads).unwrap().into_data(),
+                    extra.grad(&grads).unwrap().into_data(),
+                    u.grad(&grads).unwrap().into_data(),
+                ]
+            };
+            let fused = run(&gru_sequence);
+            let reference = run(&composed);
+            same(&fused[0], &reference[0], &device);
+            for (got, want) in fused.iter().zip(&reference).skip(1) {
+                assert_eq!(got.shape(), want.shape());
+                got.assert_approx_eq::<f32>(want, Tolerance::absolute(1e-5));
             }
-            Tensor::stack::<3>(states, 1)
-        };
-        let run = |f: &dyn Fn(Tensor<3>, Tensor<3>, Tensor<2>) -> Tensor<3>| {
-            let (x, extra, u) = (
-                x.clone().detach().require_grad(),
-                extra.clone().detach().require_grad(),
-                u.clone().detach().require_grad(),
-            );
-            let states = f(x.clone(), extra.clone(), u.clone());
-            let grads = (states.clone() * weights.clone()).sum().backward();
-            [
-                states.into_data(),
-                x.grad(&grads).unwrap().into_data(),
-                extra.grad(&grads).unwrap().into_data(),
-                u.grad(&grads).unwrap().into_data(),
-            ]
-        };
-        let fused = run(&gru_sequence);
-        let reference = run(&composed);
-        fused[0].assert_eq(&reference[0], true);
-        for (got, want) in fused.iter().zip(&reference).skip(1) {
-            assert_eq!(got.shape(), want.shape());
-            got.assert_approx_eq::<f32>(want, Tolerance::absolute(1e-5));
         }
     }
 
@@ -1054,35 +1201,36 @@ mod tests {
     /// identity forward and `−weight ·` the gradient backward.
     #[test]
     fn the_fused_pool_and_reversal_equal_the_composed_ones() {
-        let device = Device::flex().autodiff();
-        let (m, n, d) = (4, 53, 30);
-        let c = Tensor::<3>::random([m, n, d], Distribution::Normal(0.0, 1.0), &device);
-        let w = Tensor::<3>::random([m, n, 1], Distribution::Uniform(0.0, 1.0), &device);
-        let present =
-            Tensor::<3>::random([m, n, 1], Distribution::Uniform(0.0, 1.0), &device).greater_elem(0.3).float();
-        let present = present.slice_fill([0..1, 0..n, 0..1], 1.0);
-        let g = Tensor::<2>::random([n, d], Distribution::Normal(0.0, 1.0), &device);
-        let run = |fused: bool| {
-            let c = c.clone().detach().require_grad();
-            let out = if fused {
-                weighted_max(c.clone(), w.clone(), present.clone()).expect("flex")
-            } else {
-                (c.clone() * w.clone() + present.clone().sub_scalar(1.0).mul_scalar(1e9)).max_dim(0).reshape([n, d])
+        for device in host_devices() {
+            let (m, n, d) = (4, 53, 30);
+            let c = Tensor::<3>::random([m, n, d], Distribution::Normal(0.0, 1.0), &device);
+            let w = Tensor::<3>::random([m, n, 1], Distribution::Uniform(0.0, 1.0), &device);
+            let present =
+                Tensor::<3>::random([m, n, 1], Distribution::Uniform(0.0, 1.0), &device).greater_elem(0.3).float();
+            let present = present.slice_fill([0..1, 0..n, 0..1], 1.0);
+            let g = Tensor::<2>::random([n, d], Distribution::Normal(0.0, 1.0), &device);
+            let run = |fused: bool| {
+                let c = c.clone().detach().require_grad();
+                let out = if fused {
+                    weighted_max(c.clone(), w.clone(), present.clone()).expect("flex")
+                } else {
+                    (c.clone() * w.clone() + present.clone().sub_scalar(1.0).mul_scalar(1e9)).max_dim(0).reshape([n, d])
+                };
+                let grads = (out.clone() * g.clone()).sum().backward();
+                (out.into_data(), c.grad(&grads).unwrap().into_data())
             };
-            let grads = (out.clone() * g.clone()).sum().backward();
-            (out.into_data(), c.grad(&grads).unwrap().into_data())
-        };
-        let ((y, dc), (y_ref, dc_ref)) = (run(true), run(false));
-        y.assert_eq(&y_ref, true);
-        dc.assert_approx_eq::<f32>(&dc_ref, Tolerance::absolute(1e-6));
+            let ((y, dc), (y_ref, dc_ref)) = (run(true), run(false));
+            same(&y, &y_ref, &device);
+            dc.assert_approx_eq::<f32>(&dc_ref, Tolerance::absolute(1e-6));
 
-        let x = c.clone().detach().require_grad();
-        let reversed = reverse_gradient(x.clone(), 0.7).expect("flex");
-        reversed.clone().into_data().assert_eq(&x.clone().into_data(), true);
-        let grads = (reversed * c.clone()).sum().backward();
-        x.grad(&grads)
-            .unwrap()
-            .into_data()
-            .assert_approx_eq::<f32>(&c.mul_scalar(-0.7).into_data(), Tolerance::absolute(1e-6));
+            let x = c.clone().detach().require_grad();
+            let reversed = reverse_gradient(x.clone(), 0.7).expect("flex");
+            reversed.clone().into_data().assert_eq(&x.clone().into_data(), true);
+            let grads = (reversed * c.clone()).sum().backward();
+            x.grad(&grads)
+                .unwrap()
+                .into_data()
+                .assert_approx_eq::<f32>(&c.mul_scalar(-0.7).into_data(), Tolerance::absolute(1e-6));
+        }
     }
 }

@@ -461,7 +461,7 @@ impl TitleCnn {
 impl TitleCnn {
     /// Whether [`TitleCnn::forward_fused`] runs on this layer's device (burn's CPU backend).
     pub fn fused_here(&self) -> bool {
-        super::fused::on_flex(&self.words.weight.device())
+        super::fused::on_host(&self.words.weight.device())
     }
 
     /// [`TitleCnn::forward`] as products of the batch's distinct words with the filters and one
@@ -585,50 +585,61 @@ mod tests {
     /// shorter than a window, one word, none), padding, and a word used twice.
     #[test]
     fn the_fused_title_cnn_equals_the_convolutions() {
-        let device = Device::flex().autodiff();
-        let (vocab, dim, len) = (30, 8, 6);
-        let cnn =
-            TitleCnnConfig { vocab, word_dim: dim, filters: 4, windows: vec![2, 3, 4], fine_tune: true, output_dim: 5 }
-                .init(&device);
-        let titles: [&[u32]; 5] = [&[3, 7, 7, 29, 1, 12], &[5, 3, 8], &[11], &[], &[2, 2, 9, 4]];
-        let n = titles.len();
-        let (mut tokens, mut mask) = (vec![0i64; n * len], vec![0f32; n * len]);
-        let mut words: Vec<u32> = titles.iter().flat_map(|t| t.iter().copied()).collect();
-        words.sort_unstable();
-        words.dedup();
-        let mut rows = vec![words.len() as i64; n * len];
-        for (i, t) in titles.iter().enumerate() {
-            for (p, &w) in t.iter().enumerate() {
-                tokens[i * len + p] = w as i64;
-                mask[i * len + p] = 1.0;
-                rows[i * len + p] = words.binary_search(&w).unwrap() as i64;
+        #[allow(unused_mut)]
+        let mut devices = vec![Device::flex().autodiff()];
+        #[cfg(feature = "tch")]
+        devices.push(Device::libtorch().autodiff());
+        for device in devices {
+            let (vocab, dim, len) = (30, 8, 6);
+            let cnn = TitleCnnConfig {
+                vocab,
+                word_dim: dim,
+                filters: 4,
+                windows: vec![2, 3, 4],
+                fine_tune: true,
+                output_dim: 5,
             }
-        }
-        let weights = Tensor::<2>::random([n, 5], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        let run = |fused: bool| {
-            let out = if fused {
-                let words = Tensor::<1, Int>::from_data(
-                    TensorData::new(words.iter().map(|&w| w as i64).collect(), [words.len()]),
-                    &device,
-                );
-                cnn.forward_fused(words, Tensor::from_data(TensorData::new(rows.clone(), [n, len]), &device))
-            } else {
-                let tokens = Tensor::<1, Int>::from_data(TensorData::new(tokens.clone(), [n * len]), &device);
-                cnn.forward(tokens, Tensor::from_data(TensorData::new(mask.clone(), [n, len, 1]), &device))
+            .init(&device);
+            let titles: [&[u32]; 5] = [&[3, 7, 7, 29, 1, 12], &[5, 3, 8], &[11], &[], &[2, 2, 9, 4]];
+            let n = titles.len();
+            let (mut tokens, mut mask) = (vec![0i64; n * len], vec![0f32; n * len]);
+            let mut words: Vec<u32> = titles.iter().flat_map(|t| t.iter().copied()).collect();
+            words.sort_unstable();
+            words.dedup();
+            let mut rows = vec![words.len() as i64; n * len];
+            for (i, t) in titles.iter().enumerate() {
+                for (p, &w) in t.iter().enumerate() {
+                    tokens[i * len + p] = w as i64;
+                    mask[i * len + p] = 1.0;
+                    rows[i * len + p] = words.binary_search(&w).unwrap() as i64;
+                }
+            }
+            let weights = Tensor::<2>::random([n, 5], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+            let run = |fused: bool| {
+                let out = if fused {
+                    let words = Tensor::<1, Int>::from_data(
+                        TensorData::new(words.iter().map(|&w| w as i64).collect(), [words.len()]),
+                        &device,
+                    );
+                    cnn.forward_fused(words, Tensor::from_data(TensorData::new(rows.clone(), [n, len]), &device))
+                } else {
+                    let tokens = Tensor::<1, Int>::from_data(TensorData::new(tokens.clone(), [n * len]), &device);
+                    cnn.forward(tokens, Tensor::from_data(TensorData::new(mask.clone(), [n, len, 1]), &device))
+                };
+                let grads = (out.clone() * weights.clone()).sum().backward();
+                let mut all = vec![out.into_data(), cnn.words.weight.grad(&grads).unwrap().into_data()];
+                for conv in &cnn.convs {
+                    all.push(conv.weight.grad(&grads).unwrap().into_data());
+                    all.push(conv.bias.as_ref().unwrap().grad(&grads).unwrap().into_data());
+                }
+                all.push(cnn.projection.weight.grad(&grads).unwrap().into_data());
+                all
             };
-            let grads = (out.clone() * weights.clone()).sum().backward();
-            let mut all = vec![out.into_data(), cnn.words.weight.grad(&grads).unwrap().into_data()];
-            for conv in &cnn.convs {
-                all.push(conv.weight.grad(&grads).unwrap().into_data());
-                all.push(conv.bias.as_ref().unwrap().grad(&grads).unwrap().into_data());
+            assert!(cnn.fused_here());
+            for (got, want) in run(true).iter().zip(run(false)) {
+                assert_eq!(got.shape(), want.shape());
+                got.assert_approx_eq::<f32>(&want, Tolerance::absolute(1e-5));
             }
-            all.push(cnn.projection.weight.grad(&grads).unwrap().into_data());
-            all
-        };
-        assert!(cnn.fused_here());
-        for (got, want) in run(true).iter().zip(run(false)) {
-            assert_eq!(got.shape(), want.shape());
-            got.assert_approx_eq::<f32>(&want, Tolerance::absolute(1e-5));
         }
     }
 }
