@@ -719,6 +719,120 @@ pub fn title_pool(q: Tensor<3>, tokens: Tensor<2, Int>, windows: &[usize]) -> Te
     Tensor::from_dispatch(out)
 }
 
+/// A `tanh` layer evaluated a second time on the same input, for a branch that must not send its
+/// gradient into that input: MARN's discriminators read `tanh(I e)` and `tanh(S_m e_m)` with `e`
+/// detached, where the model has just computed the same values with `e` attached. This returns
+/// those values (`y`, without recomputing them) as a function of the layer's weight and bias
+/// alone: the backward pass gives `w` the gradient `xᵀ δ` and `b` the sum of `δ`, with
+/// `δ = grad ⊙ (1 − y²)`, and nothing to `x` or `y` — the gradients of `tanh(x.detach() w + b)`.
+///
+/// `y`, `x`: `[M, n, out]`, `[M, n, in]`; `w` `[in, out]` with `b` `[out]` (one layer for every
+/// modality), or `w` `[M, in, out]` with `b` `[M, 1, out]` (one layer per modality).
+#[backend_extension(Flex, LibTorch: cfg(feature = "tch"), Autodiff)]
+pub trait FusedTanhLayerAgain: Backend {
+    /// See [`FusedTanhLayerAgain`].
+    fn tanh_layer_again(
+        y: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let _ = (x, w, b);
+        y
+    }
+}
+
+impl FusedTanhLayerAgain for Flex {}
+
+#[cfg(feature = "tch")]
+impl FusedTanhLayerAgain for burn::backend::LibTorch {}
+
+/// The backward step of [`FusedTanhLayerAgain::tanh_layer_again`]: whether the weight is one per
+/// modality (`[M, in, out]`) or shared (`[in, out]`).
+#[derive(Debug)]
+struct TanhLayerAgain {
+    per_modality: bool,
+}
+
+impl<B: Backend + FusedActivations> Backward<B, 2> for TanhLayerAgain {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let (y, x) = ops.state;
+        let grad = grads.consume::<B>(&ops.node);
+        let delta = B::fused_tanh_backward(y, grad);
+        let [m, n, d_in] = x.shape().dims::<3>();
+        let d_out = delta.shape().dims::<3>()[2];
+        let (dw, db) = if self.per_modality {
+            // Per modality: dW_m = x_mᵀ δ_m, db_m = Σ_rows δ_m.
+            let dw = B::float_matmul(B::float_swap_dims(x, 1, 2), delta.clone());
+            (dw, B::float_sum_dim(delta, 1))
+        } else {
+            // Shared: the modalities' rows together.
+            let x = B::float_reshape(x, [m * n, d_in].into());
+            let delta = B::float_reshape(delta, [m * n, d_out].into());
+            let dw = B::float_matmul(B::float_transpose(x), delta.clone());
+            (dw, B::float_reshape(B::float_sum_dim(delta, 0), [d_out].into()))
+        };
+        let [w_parent, b_parent] = ops.parents;
+        if let Some(parent) = w_parent {
+            grads.register::<B>(parent.id, dw);
+        }
+        if let Some(parent) = b_parent {
+            grads.register::<B>(parent.id, db);
+        }
+    }
+}
+
+impl<B: Backend + FusedActivations + FusedTanhLayerAgain, C: CheckpointStrategy> FusedTanhLayerAgain
+    for Autodiff<B, C>
+{
+    fn tanh_layer_again(
+        y: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (y, x) = (y.into_parts().0, x.into_parts().0);
+        let (w, w_node) = w.into_parts();
+        let (_, b_node) = b.into_parts();
+        let step = TanhLayerAgain { per_modality: w.shape().num_dims() == 3 };
+        match <TanhLayerAgain as Backward<B, 2>>::prepare::<C>(step, [w_node, b_node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((y.clone(), x), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+}
+
+/// `tanh(x.detach() w + b)` given its values `y` (see [`FusedTanhLayerAgain`]): on flex and
+/// LibTorch; `None` elsewhere (the caller computes the layer again).
+pub fn tanh_layer_again(y: Tensor<3>, x: Tensor<3>, w: Tensor<3>, b: Tensor<3>) -> Option<Tensor<3>> {
+    if !fused_here(&y.device()) {
+        return None;
+    }
+    let out = <burn::backend::Dispatch as FusedTanhLayerAgain>::tanh_layer_again(
+        y.detach().into_dispatch(),
+        x.detach().into_dispatch(),
+        w.into_dispatch(),
+        b.into_dispatch(),
+    );
+    Some(Tensor::from_dispatch(out))
+}
+
+/// [`tanh_layer_again`] for one layer shared by every modality: `w` `[in, out]`, `b` `[out]`.
+pub fn tanh_shared_layer_again(y: Tensor<3>, x: Tensor<3>, w: Tensor<2>, b: Tensor<1>) -> Option<Tensor<3>> {
+    if !fused_here(&y.device()) {
+        return None;
+    }
+    let out = <burn::backend::Dispatch as FusedTanhLayerAgain>::tanh_layer_again(
+        y.detach().into_dispatch(),
+        x.detach().into_dispatch(),
+        w.into_dispatch(),
+        b.into_dispatch(),
+    );
+    Some(Tensor::from_dispatch(out))
+}
+
 /// The gradient reversal layer (Ganin and Lempitsky) as one operation: the identity forward
 /// (no copy) and `−weight ·` the gradient backward, one pass. Composed from burn's operations it
 /// was three passes each way over the `[M, n, 256]` invariant features.

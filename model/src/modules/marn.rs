@@ -773,7 +773,7 @@ impl Marn {
         let e = stack(&e);
         let present = stack_presence(&presence, n, &e.device());
         let specific = projection.specific_stacked(e.clone());
-        let s = fusion.forward_stacked(specific, present.as_ref(), maf_context(fusion, embedding, x).as_ref());
+        let s = fusion.forward_stacked(specific.clone(), present.as_ref(), maf_context(fusion, embedding, x).as_ref());
         let Some(c) = projection.invariant_stacked(e.clone()) else {
             return Ok((s, aux));
         };
@@ -782,14 +782,17 @@ impl Marn {
             Some(adv) if pass == Pass::Score => s + adv.pooled_stacked(c, present.as_ref()),
             Some(adv) => {
                 // D1 sees I(e.detach()): the reversed gradient updates I, not the embedding layer.
+                // (Both from the values just computed for `e`: the layers again on `e.detach()`.)
                 let detached = e.detach();
-                let adversary_input = projection.invariant_stacked(detached.clone()).ok_or_else(|| missing("I"))?;
+                let adversary_input =
+                    projection.invariant_stacked_again(c.clone(), detached.clone()).ok_or_else(|| missing("I"))?;
                 let out = adv.forward_stacked(c, adversary_input, present.as_ref());
                 aux.adversarial = Some(out.adversarial_loss);
                 aux.importance = out.importance_loss;
                 if adv.importance.is_some() {
                     // D_s on S_m(e_m.detach()): no gradient into the embedding layer.
-                    aux.specific = Some(adv.specific_loss(projection.specific_stacked(detached), present.as_ref()));
+                    let again = projection.specific_stacked_again(specific, detached);
+                    aux.specific = Some(adv.specific_loss(again, present.as_ref()));
                 }
                 let norm = |t: &Tensor<2>| t.clone().detach().square().sum_dim(1).sqrt();
                 let (ns, nc) = (norm(&s), norm(&out.invariant));

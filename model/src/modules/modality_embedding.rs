@@ -553,6 +553,38 @@ impl ModalityProjection {
         tanh(per_modality_linear(&self.specific, e))
     }
 
+    /// [`ModalityProjection::specific_stacked`] of `e.detach()`, given `specific`, its values
+    /// for `e` (the same layers on the same input): the values are not computed again, only the
+    /// layers' gradients are taken ([`super::fused::tanh_layer_again`]).
+    ///
+    /// # Shapes
+    /// - `specific`: `[M, n, output_dim]`; `e`: `[M, n, input_dim]`; output as `specific`
+    pub fn specific_stacked_again(&self, specific: Tensor<3>, e: Tensor<3>) -> Tensor<3> {
+        let biases: Option<Vec<Tensor<1>>> = self.specific.iter().map(|l| l.bias.as_ref().map(|b| b.val())).collect();
+        if let (Some(biases), true) = (biases, super::PRODUCTS.with(std::cell::Cell::get) == super::Precision::F32) {
+            let w = Tensor::stack::<3>(self.specific.iter().map(|l| l.weight.val()).collect(), 0);
+            let b = Tensor::stack::<2>(biases, 0).unsqueeze_dim::<3>(1);
+            if let Some(again) = super::fused::tanh_layer_again(specific, e.clone(), w, b) {
+                return again;
+            }
+        }
+        self.specific_stacked(e.detach())
+    }
+
+    /// [`ModalityProjection::invariant_stacked`] of `e.detach()`, given `invariant`, its values
+    /// for `e`: as [`ModalityProjection::specific_stacked_again`]. `None` when `I` was not built.
+    pub fn invariant_stacked_again(&self, invariant: Tensor<3>, e: Tensor<3>) -> Option<Tensor<3>> {
+        let layer = self.invariant.as_ref()?;
+        if let (Some(b), true) = (&layer.bias, super::PRODUCTS.with(std::cell::Cell::get) == super::Precision::F32) {
+            if let Some(again) =
+                super::fused::tanh_shared_layer_again(invariant, e.clone(), layer.weight.val(), b.val())
+            {
+                return Some(again);
+            }
+        }
+        self.invariant_stacked(e.detach())
+    }
+
     /// Modality-invariant features of the stacked modalities: one product with `I` for all of
     /// them (`None` when `I` was not built).
     ///
@@ -636,6 +668,50 @@ mod tests {
                 all
             };
             assert!(cnn.fused_here());
+            for (got, want) in run(true).iter().zip(run(false)) {
+                assert_eq!(got.shape(), want.shape());
+                got.assert_approx_eq::<f32>(&want, Tolerance::absolute(1e-5));
+            }
+        }
+    }
+
+    /// The projections "again" on a detached input give the values of the projections of the
+    /// detached input, the same gradients to their weights and biases, and none to the input.
+    #[test]
+    fn the_layers_again_equal_the_layers_on_the_detached_input() {
+        #[allow(unused_mut)]
+        let mut devices = vec![Device::flex().autodiff()];
+        #[cfg(feature = "tch")]
+        devices.push(Device::libtorch().autodiff());
+        for device in devices {
+            let projection = ModalityProjectionConfig { input_dim: 6, output_dim: 5, n_modalities: 3, invariant: true }
+                .init(&device);
+            let e =
+                Tensor::<3>::random([3, 11, 6], burn::tensor::Distribution::Normal(0.0, 1.0), &device).require_grad();
+            let g = Tensor::<3>::random([3, 11, 5], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+            let run = |again: bool| {
+                let (specific, invariant) = if again {
+                    let (s, c) =
+                        (projection.specific_stacked(e.clone()), projection.invariant_stacked(e.clone()).unwrap());
+                    (
+                        projection.specific_stacked_again(s, e.clone()),
+                        projection.invariant_stacked_again(c, e.clone()).unwrap(),
+                    )
+                } else {
+                    (
+                        projection.specific_stacked(e.clone().detach()),
+                        projection.invariant_stacked(e.clone().detach()).unwrap(),
+                    )
+                };
+                let grads = ((specific.clone() + invariant.clone()) * g.clone()).sum().backward();
+                assert!(e.grad(&grads).is_none(), "the input got a gradient");
+                let mut out = vec![specific.into_data(), invariant.into_data()];
+                for layer in projection.specific.iter().chain(projection.invariant.as_ref()) {
+                    out.push(layer.weight.grad(&grads).unwrap().into_data());
+                    out.push(layer.bias.as_ref().unwrap().grad(&grads).unwrap().into_data());
+                }
+                out
+            };
             for (got, want) in run(true).iter().zip(run(false)) {
                 assert_eq!(got.shape(), want.shape());
                 got.assert_approx_eq::<f32>(&want, Tolerance::absolute(1e-5));
