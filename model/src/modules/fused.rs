@@ -804,23 +804,15 @@ impl<B: Backend + FusedActivations + FusedTanhLayerAgain, C: CheckpointStrategy>
     }
 }
 
-/// `tanh(x.detach() w + b)` given its values `y` (see [`FusedTanhLayerAgain`]): on flex and
-/// LibTorch; `None` elsewhere (the caller computes the layer again).
-pub fn tanh_layer_again(y: Tensor<3>, x: Tensor<3>, w: Tensor<3>, b: Tensor<3>) -> Option<Tensor<3>> {
-    if !fused_here(&y.device()) {
-        return None;
-    }
-    let out = <burn::backend::Dispatch as FusedTanhLayerAgain>::tanh_layer_again(
-        y.detach().into_dispatch(),
-        x.detach().into_dispatch(),
-        w.into_dispatch(),
-        b.into_dispatch(),
-    );
-    Some(Tensor::from_dispatch(out))
-}
-
-/// [`tanh_layer_again`] for one layer shared by every modality: `w` `[in, out]`, `b` `[out]`.
-pub fn tanh_shared_layer_again(y: Tensor<3>, x: Tensor<3>, w: Tensor<2>, b: Tensor<1>) -> Option<Tensor<3>> {
+/// `tanh(x.detach() w + b)` given its values `y` (see [`FusedTanhLayerAgain`]: `w` `[in, out]`
+/// with `b` `[out]`, or `w` `[M, in, out]` with `b` `[M, 1, out]`): on flex and LibTorch; `None`
+/// elsewhere (the caller computes the layer again).
+pub fn tanh_layer_again<const DW: usize, const DB: usize>(
+    y: Tensor<3>,
+    x: Tensor<3>,
+    w: Tensor<DW>,
+    b: Tensor<DB>,
+) -> Option<Tensor<3>> {
     if !fused_here(&y.device()) {
         return None;
     }
@@ -1156,12 +1148,12 @@ pub fn tanh1(x: f32) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use burn::tensor::{Distribution, Tolerance};
 
     /// flex and, in a build with LibTorch, LibTorch's CPU: the devices the host kernels run on.
-    fn host_devices() -> Vec<Device> {
+    pub(crate) fn host_devices() -> Vec<Device> {
         #[allow(unused_mut)]
         let mut devices = vec![Device::flex().autodiff()];
         #[cfg(feature = "tch")]

@@ -576,9 +576,7 @@ impl ModalityProjection {
     pub fn invariant_stacked_again(&self, invariant: Tensor<3>, e: Tensor<3>) -> Option<Tensor<3>> {
         let layer = self.invariant.as_ref()?;
         if let (Some(b), true) = (&layer.bias, super::PRODUCTS.with(std::cell::Cell::get) == super::Precision::F32) {
-            if let Some(again) =
-                super::fused::tanh_shared_layer_again(invariant, e.clone(), layer.weight.val(), b.val())
-            {
+            if let Some(again) = super::fused::tanh_layer_again(invariant, e.clone(), layer.weight.val(), b.val()) {
                 return Some(again);
             }
         }
@@ -617,11 +615,7 @@ mod tests {
     /// shorter than a window, one word, none), padding, and a word used twice.
     #[test]
     fn the_fused_title_cnn_equals_the_convolutions() {
-        #[allow(unused_mut)]
-        let mut devices = vec![Device::flex().autodiff()];
-        #[cfg(feature = "tch")]
-        devices.push(Device::libtorch().autodiff());
-        for device in devices {
+        for device in crate::modules::fused::tests::host_devices() {
             let (vocab, dim, len) = (30, 8, 6);
             let cnn = TitleCnnConfig {
                 vocab,
@@ -679,11 +673,7 @@ mod tests {
     /// detached input, the same gradients to their weights and biases, and none to the input.
     #[test]
     fn the_layers_again_equal_the_layers_on_the_detached_input() {
-        #[allow(unused_mut)]
-        let mut devices = vec![Device::flex().autodiff()];
-        #[cfg(feature = "tch")]
-        devices.push(Device::libtorch().autodiff());
-        for device in devices {
+        for device in crate::modules::fused::tests::host_devices() {
             let projection = ModalityProjectionConfig { input_dim: 6, output_dim: 5, n_modalities: 3, invariant: true }
                 .init(&device);
             let e =
