@@ -24,7 +24,7 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{unary, Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::{ActivationOps, FloatTensorOps};
 use burn::backend::tensor::{FloatTensor, IntTensor};
@@ -310,6 +310,48 @@ impl HostKernels for burn::backend::LibTorch {
     }
 }
 
+/// What a host kernel with one differentiable input keeps for its backward pass: it maps the
+/// gradient of the output to the gradient of that input.
+trait HostGradient: Clone + Send + std::fmt::Debug + 'static {
+    /// The input's gradient from the output's, both host tensors.
+    fn input_gradient(&self, grad: &FlexTensor) -> FlexTensor;
+}
+
+/// The backward step of a host kernel with one differentiable input, on the device its gradient
+/// goes back to; the state `S` does the work.
+#[derive(Debug)]
+struct HostUnaryStep<D, S> {
+    device: D,
+    state: std::marker::PhantomData<S>,
+}
+
+impl<B: Backend + HostKernels, S: HostGradient> Backward<B, 1> for HostUnaryStep<B::Device, S> {
+    type State = S;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let (state, device) = (ops.state, self.device);
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            B::from_host(state.input_gradient(&B::to_host(grad)), &device)
+        });
+    }
+}
+
+/// The host kernel's output `out` as an autodiff tensor on `device` whose one parent is `node`;
+/// `state` is kept for the backward pass when the parent tracks gradients.
+fn host_unary<B: Backend + HostKernels, C: CheckpointStrategy, S: HostGradient>(
+    node: NodeGuard,
+    device: B::Device,
+    out: FlexTensor,
+    state: S,
+) -> FloatTensor<Autodiff<B, C>> {
+    let out = B::from_host(out, &device);
+    let step = HostUnaryStep { device, state: std::marker::PhantomData };
+    match <HostUnaryStep<B::Device, S> as Backward<B, 1>>::prepare::<C>(step, [node]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(state, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
 /// The value of a future that is ready when first polled (LibTorch's reads of CPU tensors are),
 /// polling again, yielding in between, if it is not.
 #[cfg(feature = "tch")]
@@ -369,7 +411,7 @@ fn gru_sequence_forward(x: &FlexTensor, extra: &FlexTensor, u: &FlexTensor) -> (
     let per = rows_per_task(g3);
     for step in 0..t {
         let rec = Flex::float_matmul(flex_tensor(h.clone(), &[b, g]), u.clone());
-        let rec = values(&rec).expect("f32").into_owned();
+        let rec = values(&rec).expect("f32");
         let mut next = vec![0f32; b * g];
         next.par_chunks_mut(per * g).enumerate().for_each(|(task, chunk)| {
             for (k, out) in chunk.chunks_mut(g).enumerate() {
@@ -438,14 +480,15 @@ fn gru_sequence_backward(state: &GruSequenceState, grad: &FlexTensor) -> [FlexTe
                     });
                 }
             });
-        // The previous state's gradient through this step's recurrent product.
-        let through = Flex::float_matmul(flex_tensor(drec.clone(), &[b, g3]), u_t.clone());
-        let through = values(&through).expect("f32");
-        dh_direct.iter_mut().zip(through.iter()).for_each(|(a, &v)| *a += v);
+        // This step's gradients into the whole sequence's.
         for row in 0..b {
             dx[at(t, g3, row, step)].copy_from_slice(&dx_step[row * g3..(row + 1) * g3]);
             drecs[at(t, g3, row, step)].copy_from_slice(&drec[row * g3..(row + 1) * g3]);
         }
+        // The previous state's gradient through this step's recurrent product.
+        let through = Flex::float_matmul(flex_tensor(drec, &[b, g3]), u_t.clone());
+        let through = values(&through).expect("f32");
+        dh_direct.iter_mut().zip(through.iter()).for_each(|(a, &v)| *a += v);
         dh = dh_direct;
     }
     // dU = Σ_t h_{t−1}ᵀ drec_t: the states shifted one step (h_{−1} = 0), as one product.
@@ -564,21 +607,9 @@ struct TitlePoolState {
     q_dims: [usize; 3],
 }
 
-/// The backward step of [`FusedTitlePool::title_pool`], on the device its gradient goes back to.
-#[derive(Debug)]
-struct TitlePoolStep<D> {
-    device: D,
-}
-
-impl<B: Backend + HostKernels> Backward<B, 1> for TitlePoolStep<B::Device> {
-    type State = TitlePoolState;
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let state = ops.state;
-        let device = self.device;
-        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-            B::from_host(title_pool_backward(&B::to_host(grad), &state), &device)
-        });
+impl HostGradient for TitlePoolState {
+    fn input_gradient(&self, grad: &FlexTensor) -> FlexTensor {
+        title_pool_backward(grad, self)
     }
 }
 
@@ -588,18 +619,9 @@ impl<B: Backend + HostKernels + FusedTitlePool, C: CheckpointStrategy> FusedTitl
         let device = q.device();
         let q = B::to_host(q);
         let tokens = std::sync::Arc::new(title_tokens(&B::int_to_host(tokens)));
-        let step = TitlePoolStep { device: device.clone() };
-        match <TitlePoolStep<B::Device> as Backward<B, 1>>::prepare::<C>(step, [node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let (out, argmax) = title_pool_forward(&q, &tokens, &windows);
-                let q_dims = q.layout().shape().dims::<3>();
-                prep.finish(
-                    TitlePoolState { tokens, argmax: argmax.into(), windows, q_dims },
-                    B::from_host(out, &device),
-                )
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::from_host(title_pool_forward(&q, &tokens, &windows).0, &device)),
-        }
+        let (out, argmax) = title_pool_forward(&q, &tokens, &windows);
+        let q_dims = q.layout().shape().dims::<3>();
+        host_unary::<B, C, _>(node, device, out, TitlePoolState { tokens, argmax: argmax.into(), windows, q_dims })
     }
 }
 
@@ -911,21 +933,9 @@ struct PoolState {
     dims: [usize; 3],
 }
 
-/// The backward step of [`FusedPool::weighted_max`], on the device its gradient goes back to.
-#[derive(Debug)]
-struct PoolStep<D> {
-    device: D,
-}
-
-impl<B: Backend + HostKernels> Backward<B, 1> for PoolStep<B::Device> {
-    type State = PoolState;
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let state = ops.state;
-        let device = self.device;
-        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-            B::from_host(weighted_max_backward(&B::to_host(grad), &state), &device)
-        });
+impl HostGradient for PoolState {
+    fn input_gradient(&self, grad: &FlexTensor) -> FlexTensor {
+        weighted_max_backward(grad, self)
     }
 }
 
@@ -935,15 +945,9 @@ impl<B: Backend + HostKernels + FusedPool, C: CheckpointStrategy> FusedPool for 
         let device = c.device();
         let c = B::to_host(c);
         let (w, present) = (B::to_host(w.into_parts().0), B::to_host(present.into_parts().0));
-        let step = PoolStep { device: device.clone() };
-        match <PoolStep<B::Device> as Backward<B, 1>>::prepare::<C>(step, [node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let (out, argmax) = weighted_max_forward(&c, &w, &present);
-                let dims = c.layout().shape().dims::<3>();
-                prep.finish(PoolState { argmax: argmax.into(), w, dims }, B::from_host(out, &device))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::from_host(weighted_max_forward(&c, &w, &present).0, &device)),
-        }
+        let (out, argmax) = weighted_max_forward(&c, &w, &present);
+        let dims = c.layout().shape().dims::<3>();
+        host_unary::<B, C, _>(node, device, out, PoolState { argmax: argmax.into(), w, dims })
     }
 }
 
