@@ -76,11 +76,8 @@ pub(crate) fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> 
     }
 }
 
-/// `tanh`: one operation with its backward from the output, vectorised over every core on burn's
-/// CPU backend ([`fused::tanh`]).
-pub(crate) fn tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    fused::tanh(x)
-}
+// `tanh` for every block: one operation with its backward from the output.
+pub(crate) use fused::tanh;
 
 /// One [`burn::nn::Linear`] per modality, each applied to its own modality of a stacked input,
 /// as one batched product: `y[m] = x[m] · W_m + b_m`. The same values as calling each layer on
