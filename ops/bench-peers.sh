@@ -139,18 +139,9 @@ bin="${bin:-$CARGO_TARGET_DIR/release/marnflow}"
 
 users=$((users * scale)) items=$((items * scale)) per_day=$((per_day * scale))
 shape="u${users}-i${items}-e${per_day}-d${days}"
-pristine="$root/$shape/pristine"
+pristine="$(bash ops/bench-lake.sh "$users" "$items" "$per_day" "$days" "$root" "$bin")"
 first="2026-01-01"
 last=$(date -d "$first + $((days - 1)) days" +%F)
-if [ ! -d "$pristine/raw/exposures" ]; then
-  rm -rf "$pristine"
-  mkdir -p "$pristine"
-  MARNFLOW_GENERATE_USERS=$users MARNFLOW_GENERATE_ITEMS=$items MARNFLOW_GENERATE_DAYS=$days \
-    MARNFLOW_GENERATE_EXPOSURES_PER_DAY=$per_day MARNFLOW_GENERATE_IMAGE_DIM=32 \
-    MARNFLOW_GENERATE_CATEGORIES=50 MARNFLOW_GENERATE_SHOPS=1000 MARNFLOW_GENERATE_BRANDS=2000 \
-    MARNFLOW_GENERATE_START_DATE=$first MARNFLOW_GENERATE_SEED=42 \
-    "$bin" --lake "$pristine" generate >&2
-fi
 events=$("$bin" --lake "$pristine" sql --format csv \
   "SELECT (SELECT count(*) FROM raw.exposures) + (SELECT count(*) FROM raw.clicks) + (SELECT count(*) FROM raw.behaviors)" |
   tail -n1)

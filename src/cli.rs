@@ -51,6 +51,9 @@ pub enum Command {
     /// Follow the raw logs as a long-running process: build each day once it closes, with the
     /// rolling windows and user state kept live between days
     Stream(StreamArgs),
+    /// Write the raw logs of some days of another lake into this one as they would arrive: in
+    /// slices of event time, at N times real time (load for `stream`, a catch-up rehearsal)
+    Replay(ReplayArgs),
     /// Run SQL over every table of the lake (DataFusion)
     Sql(SqlArgs),
     /// Run one process of a Ballista cluster for the feature SQL: the scheduler or an executor
@@ -392,13 +395,77 @@ pub struct StreamArgs {
     #[arg(long, value_name = "S", default_value_t = 300.0, value_parser = parse_seconds)]
     pub lateness_seconds: f64,
 
+    /// With a label window (features.label_window_seconds): event-time seconds an event may
+    /// arrive behind its log's newest one and still count in the rows emitted within the day
+    #[arg(long, value_name = "S", default_value_t = 60.0, value_parser = parse_seconds)]
+    pub out_of_order_seconds: f64,
+
+    /// Train model M online from the rows emitted within the day, warm-started from M@production,
+    /// registering a version every --register-every-steps or --register-every-minutes
+    #[arg(long, value_name = "M")]
+    pub train: Option<String>,
+
+    /// With --train: register a version after this many training steps
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    pub register_every_steps: u64,
+
+    /// With --train: register a version after this many minutes (if it has trained since)
+    #[arg(long, value_name = "MIN", default_value_t = 10.0, value_parser = parse_minutes)]
+    pub register_every_minutes: f64,
+
     /// Timely worker threads for the rolling windows
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub workers: Option<u64>,
 
-    /// Print one JSON object per day built on stdout
+    /// Print one JSON object per day built, per part of rows emitted and per part trained on stdout
     #[arg(long)]
     pub json: bool,
+}
+
+/// `marnflow replay`: raw logs of another lake written into this one slice by slice.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The lake to read the raw logs from (a path or s3://bucket/prefix)
+    #[arg(long, value_name = "LAKE")]
+    pub source: String,
+
+    /// The first day to replay
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date)]
+    pub from: chrono::NaiveDate,
+
+    /// The last day to replay [default: --from]
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date)]
+    pub to: Option<chrono::NaiveDate>,
+
+    /// Times real time; 0 writes the slices as fast as it can
+    #[arg(long, value_name = "X", default_value_t = 10.0, value_parser = parse_speed)]
+    pub speed: f64,
+
+    /// Event-time seconds per file of each log
+    #[arg(long, value_name = "S", default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub slice_seconds: u32,
+
+    /// Start at this hour of the first day's event time (0 to 24)
+    #[arg(long, value_name = "H", default_value_t = 0.0)]
+    pub start_hour: f64,
+
+    /// Replay this many hours of event time, then stop [default: to the end of --to]
+    #[arg(long, value_name = "H")]
+    pub hours: Option<f64>,
+}
+
+fn parse_minutes(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 7.0 * 24.0 * 60.0 => Ok(v),
+        _ => Err(format!("{s:?}: give minutes, above 0 and at most a week")),
+    }
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1e6).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: give a speed from 0 (as fast as it can) to 1000000")),
+    }
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {

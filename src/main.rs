@@ -88,6 +88,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Import(ref args) => import_command(&cli, args, &runtime),
         Command::Features(ref args) => features_command(&cli, args, &runtime),
         Command::Stream(ref args) => stream_command(&cli, args, &runtime),
+        Command::Replay(ref args) => replay_command(&cli, args, &runtime),
         Command::Train(ref args) => train_command(&cli, args, &runtime),
         Command::Evaluate(ref args) => evaluate_command(&cli, args, &runtime),
         Command::Models(ref args) => models_command(&cli, args, &runtime),
@@ -248,9 +249,76 @@ fn features_command(cli: &Cli, args: &cli::FeaturesArgs, runtime: &tokio::runtim
     Ok(())
 }
 
+/// `replay`: another lake's raw logs written into this one slice by slice.
+fn replay_command(cli: &Cli, args: &cli::ReplayArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    use marnflow_pipeline::replay::{replay, ReplayOptions};
+    let cfg = load_config(cli)?;
+    cfg.validate()?;
+    let to = args.to.unwrap_or(args.from);
+    let mut problems = Vec::new();
+    if to < args.from {
+        problems.push(format!("--to {to} is before --from {}", args.from));
+    }
+    if !(0.0..=24.0).contains(&args.start_hour) {
+        problems.push(format!("--start-hour {}: allowed 0 to 24", args.start_hour));
+    }
+    if args.hours.is_some_and(|h| !(h > 0.0 && h.is_finite())) {
+        problems.push("--hours: give a positive number of hours".into());
+    }
+    if !problems.is_empty() {
+        bail!(ConfigError(problems));
+    }
+    let source = Lake::open(&args.source)?;
+    let target = Lake::open(&cfg.lake)?;
+    if source.uri() == target.uri() {
+        bail!(ConfigError(vec![format!("--source {} is the lake written to: give another lake", args.source)]));
+    }
+    let opts = ReplayOptions {
+        from: args.from,
+        to,
+        slice_seconds: args.slice_seconds,
+        speed: args.speed,
+        start_hour: args.start_hour,
+        hours: args.hours,
+    };
+    let report = runtime
+        .block_on(replay(&source, &target, &opts, |day, at, files| {
+            tracing::debug!(day = %day, slice_start_s = at, files, "slice written");
+        }))
+        .with_context(|| format!("replaying {} into {}", source.uri(), target.uri()))?;
+    println!("replayed {} rows in {} files in {:.1} s", report.rows, report.files, report.seconds);
+    Ok(())
+}
+
+/// One part trained online, on stdout (a JSON object with `"event": "trained"`, or a line).
+fn print_online(r: &marnflow_engine::online::OnlineReport, json: bool) {
+    let line = if json {
+        match serde_json::to_value(r) {
+            Ok(serde_json::Value::Object(mut m)) => {
+                m.insert("event".into(), "trained".into());
+                serde_json::Value::Object(m).to_string()
+            }
+            _ => return,
+        }
+    } else {
+        format!(
+            "{:<12} trained part {:>5}: {:>7} rows, {:.0} samples/s, online AUC {}{}",
+            r.date,
+            r.part,
+            r.rows,
+            r.samples_per_second,
+            r.online_auc.map_or("-".to_string(), |a| format!("{a:.4}")),
+            r.registered.map_or(String::new(), |v| format!(", registered v{v}"))
+        )
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 /// `stream`: the feature job following the raw logs, day by day as each closes.
 fn stream_command(cli: &Cli, args: &cli::StreamArgs, runtime: &tokio::runtime::Runtime) -> Result<()> {
-    use marnflow_pipeline::stream::{run_stream, StreamOptions};
+    use marnflow_pipeline::stream::{run_stream, StreamEvent, StreamOptions};
     let mut cfg = load_config(cli)?;
     if let Some(w) = args.workers {
         cfg.features.workers = usize::try_from(w)?;
@@ -267,36 +335,91 @@ fn stream_command(cli: &Cli, args: &cli::StreamArgs, runtime: &tokio::runtime::R
         once: args.once,
         poll: std::time::Duration::from_secs_f64(args.poll_seconds),
         lateness: std::time::Duration::from_secs_f64(args.lateness_seconds),
+        out_of_order: std::time::Duration::from_secs_f64(args.out_of_order_seconds),
     };
     let lake = Lake::open(&cfg.lake)?;
     let json = args.json;
+    let online = args.train.as_ref().map(|model| marnflow_engine::online::OnlineOptions {
+        model: model.clone(),
+        every_steps: args.register_every_steps,
+        every: std::time::Duration::from_secs_f64(args.register_every_minutes * 60.0),
+        poll: opts.poll,
+        once: args.once,
+        settings: cfg.train.clone(),
+    });
+    if let Some(o) = &online {
+        marnflow_registry::validate_name("model", &o.model)?;
+        if cfg.features.label_window_seconds == 0 {
+            bail!(ConfigError(vec![
+                "--train trains on the rows emitted within the day: set features.label_window_seconds (e.g. 60)".into()
+            ]));
+        }
+    }
+    // Online training follows the lake on a thread of its own; it stops the process if it fails
+    // (a service manager restarts it, and it resumes from its saved state).
+    if let (Some(o), false) = (&online, args.once) {
+        let (o, lake) = (o.clone(), lake.clone());
+        std::thread::Builder::new().name("online-training".into()).spawn(move || {
+            let done = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(marnflow_engine::online::run_online(&lake, &o, |r| print_online(r, json))));
+            if let Err(e) = done {
+                tracing::error!(error = format!("{e:#}"), "online training failed: the stream stops");
+                std::process::exit(1);
+            }
+        })?;
+    }
     let mut header = false;
     let built = runtime
-        .block_on(run_stream(&lake, &cfg.features, &opts, |day| {
+        .block_on(run_stream(&lake, &cfg.features, &opts, |event| {
             let mut out = std::io::stdout().lock();
             let line = if json {
-                serde_json::to_string(day).map_err(std::io::Error::other)
+                serde_json::to_string(event).map_err(std::io::Error::other)
             } else {
-                if !header {
-                    header = true;
-                    let _ = writeln!(
-                        out,
-                        "{:<12} {:>9} {:>12} {:>9} {:>10} {:>8} {:>4} {:>9} {:>5}",
-                        "day", "seconds", "raw events/s", "samples", "window ms", "ctr", "lag", "delay s", "late"
-                    );
+                match event {
+                    StreamEvent::Day(day) => {
+                        if !header {
+                            header = true;
+                            let _ = writeln!(
+                                out,
+                                "{:<12} {:>9} {:>12} {:>9} {:>10} {:>8} {:>4} {:>9} {:>5}",
+                                "day",
+                                "seconds",
+                                "raw events/s",
+                                "samples",
+                                "window ms",
+                                "ctr",
+                                "lag",
+                                "delay s",
+                                "late"
+                            );
+                        }
+                        Ok(format!(
+                            "{:<12} {:>9.2} {:>12.0} {:>9} {:>10.1} {:>8.4} {:>4} {:>9.1} {:>5}",
+                            day.date,
+                            day.seconds,
+                            day.events_per_second,
+                            day.report.samples,
+                            day.window_step_ms,
+                            day.report.positive_rate,
+                            day.lag_days,
+                            day.delay_seconds,
+                            day.late_files
+                        ))
+                    }
+                    StreamEvent::Part(p) => Ok(format!(
+                        "{:<12} part {:>5}: {:>7} rows through {}, {:.0} raw events/s, delay p50 {:.2} s p99 {:.2} s",
+                        p.date,
+                        p.part,
+                        p.rows,
+                        p.emitted_through,
+                        p.events_per_second,
+                        p.delay_p50_seconds,
+                        p.delay_p99_seconds
+                    )),
                 }
-                Ok(format!(
-                    "{:<12} {:>9.2} {:>12.0} {:>9} {:>10.1} {:>8.4} {:>4} {:>9.1} {:>5}",
-                    day.date,
-                    day.seconds,
-                    day.events_per_second,
-                    day.report.samples,
-                    day.window_step_ms,
-                    day.report.positive_rate,
-                    day.lag_days,
-                    day.delay_seconds,
-                    day.late_files
-                ))
             };
             // A closed stdout (a pipe whose reader went away) must not stop the stream.
             if let Ok(line) = line {
@@ -305,6 +428,11 @@ fn stream_command(cli: &Cli, args: &cli::StreamArgs, runtime: &tokio::runtime::R
             }
         }))
         .with_context(|| format!("streaming features in {}", lake.uri()))?;
+    if let (Some(o), true) = (&online, args.once) {
+        runtime
+            .block_on(marnflow_engine::online::run_online(&lake, o, |r| print_online(r, json)))
+            .with_context(|| format!("training {} online", o.model))?;
+    }
     tracing::info!(days = built, "stream stopped");
     Ok(())
 }

@@ -119,6 +119,10 @@ pub struct FeaturesConfig {
     /// Where the SQL jobs run: `embedded` (this process) or `ballista://HOST:PORT` (a Ballista
     /// cluster's scheduler; [`crate::cluster`]).
     pub engine: Engine,
+    /// Seconds after an exposure within which its click counts (`labels.sql`); 0: any click of
+    /// the exposure's day. With a window, `marnflow stream` emits an exposure's sample row as
+    /// soon as the window has closed in every raw log, instead of at the end of the day.
+    pub label_window_seconds: u32,
     /// Files per day of the tables keyed by user (`samples`, `user_history`): each holds the
     /// users whose id hashes to its index, as DataFusion's hash repartition assigns them. Above
     /// 1, or on a cluster, those tables are written by the query's partitions themselves
@@ -185,6 +189,7 @@ impl Default for FeaturesConfig {
             sql_dir: "sql".into(),
             raw_format: RawFormat::Auto,
             engine: Engine::Embedded,
+            label_window_seconds: 0,
             partitions: 1,
         }
     }
@@ -217,6 +222,12 @@ impl FeaturesConfig {
         }
         if !(1..=1024).contains(&self.workers) {
             p.push(format!("features.workers = {} is out of range: allowed 1 to 1024", self.workers));
+        }
+        if self.label_window_seconds > 86_400 {
+            p.push(format!(
+                "features.label_window_seconds = {} is out of range: allowed 0 (the whole day) to 86400",
+                self.label_window_seconds
+            ));
         }
         if !(1..=4096).contains(&self.partitions) {
             p.push(format!("features.partitions = {} is out of range: allowed 1 to 4096", self.partitions));
@@ -330,6 +341,9 @@ pub struct DayReport {
     /// rows of its `features/item_content` partition.
     pub items_changed: u64,
     pub positive_rate: f64,
+    /// Exposures whose click came only after the label window (`features.label_window_seconds`),
+    /// so their label is 0: counted here, not silently lost (0 without a window).
+    pub clicked_after_window: u64,
     /// How the run's rolling windows started: from the window state an earlier run left for day
     /// `D` (`Some(D)`; [`WINDOW_STATE`]), or rebuilt from the daily aggregates (`None`). The same
     /// on every day of one run.
@@ -1173,6 +1187,127 @@ impl DayRunner {
     }
 }
 
+impl DayRunner {
+    /// A session for the sample rows of day `day` while it is still open (`marnflow stream`
+    /// with a label window): what a sample of the day needs that is known when the day starts is
+    /// registered once, as the daily job's pass 3 registers it: the catalogue (`raw.items`), the
+    /// day's buckets from `stats` (the window totals at the end of `day − 1`), and the user state
+    /// at the end of `day − 1` (from memory when that day was the last one run here, else from
+    /// the lake). Always in this process, one partition, as the daily job's samples run.
+    pub async fn open_day(
+        &self,
+        lake: &Lake,
+        cfg: &FeaturesConfig,
+        day: NaiveDate,
+        stats: &[ItemWindows],
+    ) -> Result<OpenDay> {
+        let dt = day_string(day);
+        let local = FeaturesConfig { engine: Engine::Embedded, partitions: 1, ..cfg.clone() };
+        let session = open_session(lake, &local, &format!("open-{dt}")).await?;
+        let ctx = session.context();
+        ctx.state_ref().write().config_mut().options_mut().execution.target_partitions = 1;
+        let (catalogue, digests) = checked_catalogue(lake, cfg).await?;
+        replace_table(ctx, "raw.items", vec![catalogue.batch.clone()]).await?;
+        let stats_batch = item_stats_batch(cfg, stats)?;
+        let filled = FilledStats::new(cfg, &catalogue.batch, &stats_batch)?;
+        replace_table(ctx, "item_stats_long", vec![filled.long.clone()]).await?;
+        let buckets = run_sql(ctx, &self.registry, "item_stat_buckets", vec![]).await?;
+        replace_table(ctx, "item_stat_buckets_wide", vec![filled.widen(cfg, &buckets)?]).await?;
+        let (history, items) = match &self.state {
+            Some(state) if self.last == day.pred_opt() => (state.history.clone(), state.items.clone()),
+            _ => (previous_history(lake, &session, day, false).await?, previous_items(lake, day).await?),
+        };
+        history.register(ctx, lake).await?;
+        // The day's item side is known when it starts (the catalogue, the content the day before
+        // pointed at, the buckets): published now, for whatever reads the rows emitted within the
+        // day (the online trainer), with the bytes the day's build writes again. The dictionaries
+        // stay the build's.
+        replace_table(ctx, "item_digests", vec![digests]).await?;
+        replace_table(ctx, "previous_items", vec![items]).await?;
+        let content = run_sql(ctx, &self.registry, "item_content", vec![]).await?;
+        let items = run_sql(ctx, &self.registry, "items", vec![ScalarValue::Utf8(Some(dt.clone()))]).await?;
+        for (table, batches) in [(ITEM_CONTENT, content), (ITEMS, items)] {
+            let (schema, plain) = plain_batches(&batches)?;
+            write_partition(lake, table, &dt, schema, &plain).await?;
+        }
+        Ok(OpenDay { session, registry: self.registry.clone(), cfg: local, dt })
+    }
+}
+
+/// A day still open in `marnflow stream` ([`DayRunner::open_day`]): its rows are validated as
+/// they arrive, and the sample rows of its exposures computed once their label window has
+/// closed, by the daily job's SQL (`clean_*.sql`, `labels.sql`, `samples.sql`), so that a row
+/// is the one `marnflow features --date D` writes.
+pub struct OpenDay {
+    session: LakeSession,
+    registry: SqlRegistry,
+    cfg: FeaturesConfig,
+    dt: String,
+}
+
+impl std::fmt::Debug for OpenDay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenDay").field("dt", &self.dt).finish()
+    }
+}
+
+impl OpenDay {
+    /// The day, `YYYY-MM-DD`.
+    pub fn dt(&self) -> &str {
+        &self.dt
+    }
+
+    /// The forced raw format, if any (`features.raw_format`).
+    pub fn raw_format(&self) -> Option<&'static str> {
+        self.cfg.raw_format()
+    }
+
+    /// Runs `clean_<raw>.sql` over `rows` (raw rows of this day, [`raw_files::read_files`]):
+    /// returns the accepted rows and how many broke the contract. A click is checked here on its
+    /// own: whether it matches an exposure is the labels' join, and the day's build quarantines
+    /// those that match none.
+    pub async fn accept(&self, raw: &str, rows: Vec<RecordBatch>) -> Result<(Vec<RecordBatch>, u64)> {
+        let ctx = self.session.context();
+        replace_memory_table(ctx, &format!("raw.{raw}"), rows, Vec::new())?;
+        if raw == "clicks" {
+            let every_click_shown = "SELECT DISTINCT CAST(request_id AS VARCHAR) AS request_id, \
+                CAST(user_id AS VARCHAR) AS user_id, CAST(item_id AS VARCHAR) AS item_id, \
+                CAST(NULL AS VARCHAR) AS reason FROM raw.clicks";
+            let _ = ctx.deregister_table("clean_exposures")?;
+            ctx.register_table("clean_exposures", ctx.sql(every_click_shown).await?.into_view())?;
+        }
+        let job = format!("clean_{raw}");
+        let params =
+            vec![ScalarValue::Utf8(Some(self.dt.clone())), ScalarValue::Int64(Some(i64::from(self.cfg.max_id_bytes)))];
+        let checked = run_sql(ctx, &self.registry, &job, params).await?;
+        let (good, bad) = split_by_reason(&checked, &job)?;
+        Ok((good, total_rows(&bad)))
+    }
+
+    /// The sample rows of the exposures `due` (accepted rows of this day whose label window has
+    /// closed), given the day's accepted `clicks` and `behaviors` so far, in the daily job's
+    /// order (`labels.sql`'s), with its columns and types as written to the lake.
+    pub async fn samples(
+        &self,
+        due: Vec<RecordBatch>,
+        clicks: Vec<RecordBatch>,
+        behaviors: Vec<RecordBatch>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let ctx = self.session.context();
+        replace_memory_table(ctx, "exposures", due, Vec::new())?;
+        replace_memory_table(ctx, "clicks", clicks, Vec::new())?;
+        replace_memory_table(ctx, "behaviors", behaviors, Vec::new())?;
+        let labels = run_sql(ctx, &self.registry, "labels", vec![label_window(&self.cfg)]).await?;
+        // As the daily job reads them back from the lake: strings plain.
+        let (_, labels) = plain_batches(&labels)?;
+        register_ordered_labels(ctx, labels)?;
+        let t = ScalarValue::Int64(Some(i64::from(self.cfg.sequence_length)));
+        let samples = run_sql(ctx, &self.registry, "samples", vec![t]).await?;
+        check_columns(&self.registry, "samples", &samples, &SAMPLES_REQUIRED)?;
+        plain_batches(&samples)
+    }
+}
+
 /// The write of the window state a run of day `day` leaves ([`WINDOW_STATE`]): `items`, the
 /// totals at the end of `day − 1`, which a later daily run resumes from. The rows are built now;
 /// the returned future owns them and writes the file.
@@ -1218,18 +1353,19 @@ async fn ingest_day(
     let (n, positives) = if cfg.writes_by_partition() {
         // Written by the query's partitions (on a cluster, the executors) straight into place.
         let folder = format!("{}/{LABELS}", parts_folder(&dt));
-        let n = write_sql_by_user(ctx, lake, cfg, registry, "labels", vec![], &folder).await?;
+        let n = write_sql_by_user(ctx, lake, cfg, registry, "labels", vec![label_window(cfg)], &folder).await?;
         publish_parts(lake, &dt, &[(LABELS, folder, cfg.partitions)]).await?;
         register_labels(ctx, lake, &dt).await?;
         let sum =
             ctx.sql("SELECT CAST(coalesce(sum(CAST(label AS BIGINT)), 0) AS BIGINT) AS label FROM labels").await?;
         (n, labels_positive(&collect(sum).await?))
     } else {
-        let labels = run_sql(ctx, registry, "labels", vec![]).await?;
+        let labels = run_sql(ctx, registry, "labels", vec![label_window(cfg)]).await?;
         publish(lake, LABELS, &dt, &labels).await?;
         (total_rows(&labels), labels_positive(&labels))
     };
     steps.mark("labels");
+    let clicked_after_window = clicked_after_window(ctx, cfg).await?;
     remove_staging(ctx).await?;
     info!(dt, exposures = exposures.accepted, clicks = clicks.accepted, behaviors = behaviors.accepted, %steps, "day ingested");
     let report = DayReport {
@@ -1242,9 +1378,35 @@ async fn ingest_day(
         items_with_stats: 0,
         items_changed: 0,
         positive_rate: if n > 0 { positives as f64 / n as f64 } else { 0.0 },
+        clicked_after_window,
         windows_resumed_from: None,
     };
     Ok((report, checked, counts))
+}
+
+/// `labels.sql`'s parameter: the label window in seconds (0: the whole day).
+pub(crate) fn label_window(cfg: &FeaturesConfig) -> ScalarValue {
+    ScalarValue::Int64(Some(i64::from(cfg.label_window_seconds)))
+}
+
+/// The exposures of the session's day (tables `exposures`, `clicks`) clicked only after the
+/// label window: their label is 0, and they are counted, not lost in silence. 0 without a window.
+pub(crate) async fn clicked_after_window(ctx: &SessionContext, cfg: &FeaturesConfig) -> Result<u64> {
+    if cfg.label_window_seconds == 0 {
+        return Ok(0);
+    }
+    let sql = "SELECT CAST(count(*) AS BIGINT) AS n FROM exposures e \
+               JOIN (SELECT request_id, user_id, item_id, min(event_time) AS first_click FROM clicks \
+                     GROUP BY request_id, user_id, item_id) c \
+                 ON c.request_id = e.request_id AND c.user_id = e.user_id AND c.item_id = e.item_id \
+               WHERE CAST(c.first_click AS BIGINT) > CAST(e.event_time AS BIGINT) + $1 * 1000";
+    let df = ctx.sql(sql).await?.with_param_values(vec![label_window(cfg)])?;
+    let batches = collect(df).await?;
+    let n = batches
+        .first()
+        .and_then(|b| b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>())
+        .map_or(0, |a| a.value(0));
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Wall time of each step of a day's pass, logged with the day (where the feature job's time
@@ -1300,6 +1462,7 @@ struct DayState {
 
 /// The user state at the end of a day: in memory, or in its place on the lake (the partition of
 /// `features/user_history` of that day), which a session on a cluster reads from there.
+#[derive(Clone)]
 enum History {
     /// The rows, and the order they are in when the query that made them said so (empty: none
     /// known), declared to the next day's session so that its queries do not sort them again.

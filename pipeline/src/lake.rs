@@ -242,6 +242,39 @@ impl Lake {
         self.publish(&written, rel).await
     }
 
+    /// Removes the files under `_staging/` that a process stopped before it published them (a
+    /// `kill -9` mid-write): those at least `min_age` old whose writer (the pid their name starts
+    /// with) is no running process of this machine. Returns how many were removed. Only a lake on
+    /// this machine's file system is looked at: elsewhere (S3 writes in place, nothing is staged;
+    /// memory) there is nothing to tell a stopped writer from one on another host.
+    pub async fn remove_stale_staging(&self, min_age: std::time::Duration) -> Result<u64> {
+        if self.base_url.scheme() != "file" {
+            return Ok(0);
+        }
+        let now = chrono::Utc::now();
+        let min_age = chrono::Duration::from_std(min_age).unwrap_or(chrono::Duration::MAX);
+        let staged: Vec<ObjectMeta> = self
+            .store
+            .list(Some(&self.path(STAGING)))
+            .try_collect()
+            .await
+            .map_err(|e| PipelineError::store("list", self.path(STAGING), e))?;
+        let mut removed = 0;
+        for meta in staged {
+            let name = meta.location.filename().unwrap_or_default();
+            let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+            let alive = pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists();
+            if !alive && now - meta.last_modified >= min_age {
+                self.store
+                    .delete(&meta.location)
+                    .await
+                    .map_err(|e| PipelineError::store("delete", &meta.location, e))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Deletes a staged file after a failure; errors are ignored (nothing visible depends on it).
     /// A file written in place is left alone: what is there is the last published version.
     pub async fn discard(&self, staged: &Path) {
@@ -623,6 +656,24 @@ mod tests {
         let rels: Vec<_> = listed.iter().filter_map(|m| lake.relative(&m.location)).collect();
         assert_eq!(rels, vec!["raw/a/dt=2026-01-01/part-0.parquet".to_string()]);
         assert_eq!(&lake.get("raw/a/dt=2026-01-01/part-0.parquet").await.unwrap()[..], b"x");
+    }
+
+    #[tokio::test]
+    async fn staged_files_of_a_stopped_writer_are_removed_and_a_live_writers_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        // Above the largest pid Linux hands out: a writer that is gone.
+        let gone = lake.path(STAGING).join("4194305-1-0-features_samples_dt=2026-01-01_part-00000.parquet");
+        lake.store().put(&gone, PutPayload::from_static(b"half")).await.unwrap();
+        let mine = lake.staging_path("features/x");
+        lake.store().put(&mine, PutPayload::from_static(b"writing")).await.unwrap();
+        // Too young: kept, whoever wrote it.
+        assert_eq!(lake.remove_stale_staging(std::time::Duration::from_secs(3600)).await.unwrap(), 0);
+        assert_eq!(lake.remove_stale_staging(std::time::Duration::ZERO).await.unwrap(), 1);
+        assert!(lake.store().head(&gone).await.is_err());
+        assert!(lake.store().head(&mine).await.is_ok(), "a live writer's file stays");
+        let memory = Lake::open("memory:///root").unwrap();
+        assert_eq!(memory.remove_stale_staging(std::time::Duration::ZERO).await.unwrap(), 0);
     }
 
     #[test]

@@ -201,13 +201,27 @@ pub async fn read_day(
     dt: &str,
     forced: Option<&'static str>,
 ) -> Result<RawDay> {
+    let files = data_files(lake, &format!("raw/{table}/dt={dt}")).await?;
+    read_files(lake, ctx, table, dt, &files, forced).await
+}
+
+/// [`read_day`] for some of the day's files only (`marnflow stream` reads a day's files as they
+/// arrive): their readable rows in one schema, and the files or records that could not be read.
+pub(crate) async fn read_files(
+    lake: &Lake,
+    ctx: &SessionContext,
+    table: &str,
+    dt: &str,
+    files: &[DataFile],
+    forced: Option<&'static str>,
+) -> Result<RawDay> {
     let contract = contract_schema(table)?;
     let mut day = RawDay { batches: Vec::new(), files: 0, bytes: 0, faults: Vec::new(), lines: Vec::new() };
     // Per readable file: its columns, batch by batch.
     let mut read: Vec<Vec<Vec<ArrayRef>>> = Vec::new();
-    for file in data_files(lake, &format!("raw/{table}/dt={dt}")).await? {
-        let one = read_one(lake, ctx, &file, forced, &contract).await?;
-        if let Some(columns) = day.record(&file, one) {
+    for file in files {
+        let one = read_one(lake, ctx, file, forced, &contract).await?;
+        if let Some(columns) = day.record(file, one) {
             read.push(columns);
         }
     }

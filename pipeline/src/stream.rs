@@ -37,6 +37,7 @@ use tracing::{info, warn};
 use crate::contract;
 use crate::error::{PipelineError, Result};
 use crate::features::{epoch_day, load_daily_counts, write_window_state, DayReport, DayRunner, FeaturesConfig};
+use crate::intraday::{reconcile, Arrival, Emission, LiveDay, OpenProgress, StreamPart};
 use crate::lake::{partition, partition_day, Lake};
 use crate::windows::{DailyCounts, ItemWindows, LiveWindows};
 
@@ -48,6 +49,8 @@ pub const RAW_TABLES: [&str; 3] = [contract::EXPOSURES, contract::CLICKS, contra
 pub const ALIVE_EVERY: StdDuration = StdDuration::from_secs(300);
 /// Days before the last one built whose raw files are watched for late arrivals.
 pub const TRACKED_DAYS: i64 = 30;
+/// Staged files of stopped writers older than this are removed when the stream starts.
+pub const STALE_STAGING: StdDuration = StdDuration::from_secs(600);
 
 /// How `marnflow stream` runs.
 #[derive(Debug, Clone)]
@@ -62,6 +65,9 @@ pub struct StreamOptions {
     pub poll: StdDuration,
     /// How long every raw table must have had files of a later day before a day closes.
     pub lateness: StdDuration,
+    /// With a label window: how far behind its log's newest event time an event may still
+    /// arrive and be counted in the rows emitted within the day.
+    pub out_of_order: StdDuration,
 }
 
 /// What the stream records after each day (`_state/stream/progress.json`).
@@ -75,6 +81,10 @@ pub struct Progress {
     pub late_files: u64,
     /// The raw files (path → bytes) each tracked day was built from.
     pub files: BTreeMap<String, BTreeMap<String, u64>>,
+    /// With a label window: the day open, what it has taken in and emitted
+    /// ([`crate::intraday`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<OpenProgress>,
 }
 
 /// One day built by the stream: the daily job's report and the stream's measures.
@@ -96,13 +106,30 @@ pub struct StreamDay {
     pub delay_seconds: f64,
     /// Late raw files counted so far.
     pub late_files: u64,
+    /// With a label window: the day's rows emitted within the day (`features/stream_samples`),
+    /// and of them those whose label the day's build has otherwise (a click later than the
+    /// out-of-order time allows).
+    pub stream_rows: u64,
+    pub late_labels: u64,
     pub report: DayReport,
+}
+
+/// What the stream reports as it goes.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum StreamEvent {
+    /// A day built (its tables landed).
+    Day(Box<StreamDay>),
+    /// Sample rows emitted within a day ([`crate::intraday`]).
+    Part(StreamPart),
 }
 
 /// One partition of a raw table: its files (path → bytes) and when the first of them appeared.
 #[derive(Debug, Clone)]
 struct RawDay {
     files: BTreeMap<String, u64>,
+    /// When each file was last modified (its arrival).
+    arrived: BTreeMap<String, DateTime<Utc>>,
     first_seen: DateTime<Utc>,
 }
 
@@ -121,9 +148,13 @@ async fn list_raw(lake: &Lake, from: Option<NaiveDate>) -> Result<RawListing> {
         for meta in listed {
             let Some(rel) = lake.relative(&meta.location) else { continue };
             let Some(day) = partition_day(&rel) else { continue };
-            let entry =
-                days.entry(day).or_insert_with(|| RawDay { files: BTreeMap::new(), first_seen: meta.last_modified });
+            let entry = days.entry(day).or_insert_with(|| RawDay {
+                files: BTreeMap::new(),
+                arrived: BTreeMap::new(),
+                first_seen: meta.last_modified,
+            });
             entry.first_seen = entry.first_seen.min(meta.last_modified);
+            entry.arrived.insert(rel.clone(), meta.last_modified);
             entry.files.insert(rel, meta.size);
         }
     }
@@ -153,6 +184,48 @@ fn closed_at(listing: &RawListing, day: NaiveDate, lateness: StdDuration) -> Opt
 /// The files of day `day` in every raw table (path → bytes).
 fn day_files(listing: &RawListing, day: NaiveDate) -> BTreeMap<String, u64> {
     listing.values().filter_map(|days| days.get(&day)).flat_map(|d| d.files.clone()).collect()
+}
+
+/// The files of day `day` that `live` has not taken in, oldest first (by arrival, then path). A
+/// file taken in that has changed since is counted in `late_files` and named: the rows emitted
+/// keep what it had, the day's build reads it as it is.
+fn arrivals(listing: &RawListing, day: NaiveDate, live: &LiveDay, late_files: &mut u64) -> Vec<Arrival> {
+    let mut out = Vec::new();
+    for (table, days) in listing {
+        let Some(d) = days.get(&day) else { continue };
+        for (path, bytes) in &d.files {
+            match live.has(path) {
+                None => out.push(Arrival {
+                    table,
+                    path: path.clone(),
+                    bytes: *bytes,
+                    at: d.arrived.get(path).copied().unwrap_or(d.first_seen),
+                }),
+                Some(b) if b != *bytes => {
+                    *late_files += 1;
+                    warn!(day = %day, file = path, "a raw file changed after the stream took it in: the rows emitted keep what it had, the day's build reads it as it is");
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.at, &a.path).cmp(&(b.at, &b.path)));
+    out
+}
+
+/// Makes `windows` the live windows for day `day` (their totals those at the end of `day − 1`),
+/// started from the lake when they are not.
+async fn windows_for(
+    windows: &mut Option<(LiveWindows, Vec<ItemWindows>)>,
+    lake: &Lake,
+    cfg: &FeaturesConfig,
+    day: NaiveDate,
+) -> Result<()> {
+    if !matches!(windows, Some(w) if w.0.last_day() == epoch_day(day).checked_sub(1)) {
+        *windows = None;
+        *windows = Some(start_windows(lake, cfg, day).await?);
+    }
+    Ok(())
 }
 
 /// Reads the progress file; a missing one is a fresh start, an unreadable one an error (the
@@ -203,7 +276,7 @@ pub async fn run_stream(
     lake: &Lake,
     cfg: &FeaturesConfig,
     opts: &StreamOptions,
-    mut on_day: impl FnMut(&StreamDay),
+    mut on_event: impl FnMut(&StreamEvent),
 ) -> Result<u64> {
     let mut runner = DayRunner::new(cfg)?;
     let mut progress = read_progress(lake).await?;
@@ -213,10 +286,16 @@ pub async fn run_stream(
                 PipelineError::Config(vec![format!("{}: last_day {d:?}: {e}", lake.file_url(PROGRESS))])
             })? + Duration::days(1),
         ),
-        None => opts.from,
+        // No day built yet: the day open within (rows emitted before a stop), else --from.
+        None => match &progress.open {
+            Some(open) => Some(NaiveDate::parse_from_str(&open.day, "%Y-%m-%d").map_err(|e| {
+                PipelineError::Config(vec![format!("{}: open day {:?}: {e}", lake.file_url(PROGRESS), open.day)])
+            })?),
+            None => opts.from,
+        },
     };
     if let (Some(n), Some(from)) = (next, opts.from) {
-        if progress.last_day.is_some() && from != n {
+        if (progress.last_day.is_some() || progress.open.is_some()) && from != n {
             info!(next = %n, from = %from, "the stream resumes after its last day built; --from applies to a fresh start only");
         }
     }
@@ -225,7 +304,18 @@ pub async fn run_stream(
         next = next.map(|d| d.to_string()).unwrap_or_else(|| "the earliest raw day".into()),
         "stream starts"
     );
+    // What a stream killed mid-write left half-written (never published, so never read).
+    let stale = lake.remove_stale_staging(STALE_STAGING).await?;
+    if stale > 0 {
+        info!(files = stale, "removed files left in _staging/ by stopped writers");
+    }
     let mut windows: Option<(LiveWindows, Vec<ItemWindows>)> = None;
+    // With a label window, rows are emitted within the day ([`crate::intraday`]).
+    let emission = (cfg.label_window_seconds > 0).then(|| Emission {
+        window_ms: i64::from(cfg.label_window_seconds) * 1000,
+        out_of_order_ms: i64::try_from(opts.out_of_order.as_millis()).unwrap_or(i64::MAX),
+    });
+    let mut open: Option<LiveDay> = None;
     let mut built = 0u64;
     let mut waiting_logged = None;
     let mut alive = Instant::now();
@@ -243,16 +333,33 @@ pub async fn run_stream(
                 break;
             }
             let started = Instant::now();
-            let (mut live, stats) = match windows.take() {
-                Some(w) if w.0.last_day() == epoch_day(day).checked_sub(1) => w,
-                _ => start_windows(lake, cfg, day).await?,
-            };
+            windows_for(&mut windows, lake, cfg, day).await?;
+            let Some((mut live, stats)) = windows.take() else { continue };
+            let closed_at = closed_at(&listing, day, opts.lateness);
+            if let Some(e) = emission {
+                // The day's last rows, with all of its clicks.
+                let mut day_open = match open.take() {
+                    Some(o) if o.day == day => o,
+                    _ => open_day(lake, cfg, &runner, &progress, day, &stats).await?,
+                };
+                let new = arrivals(&listing, day, &day_open, &mut progress.late_files);
+                if let Some(part) = day_open.advance(lake, &new, e, true, closed_at).await? {
+                    on_event(&StreamEvent::Part(part));
+                }
+                progress.open = Some(day_open.progress().clone());
+                write_progress(lake, &progress).await?;
+            }
             let (report, counts) = runner.run_day(lake, cfg, day, &stats).await?;
+            let (stream_rows, late_labels) = match emission {
+                Some(_) => emitted_against_built(lake, &day.to_string()).await?,
+                None => (0, 0),
+            };
             let (totals, step) = live.feed(&counts, true)?;
             let totals = totals.unwrap_or_default();
             let next_day = day + Duration::days(1);
             write_window_state(lake, &cfg.windows, next_day, &totals)?.await?;
             progress.last_day = Some(day.to_string());
+            progress.open = None;
             progress.days_built += 1;
             progress.files.insert(day.to_string(), day_files(&listing, day));
             let oldest = (day - Duration::days(TRACKED_DAYS)).to_string();
@@ -271,9 +378,10 @@ pub async fn run_stream(
                 samples_per_second: report.samples as f64 / seconds.max(1e-9),
                 window_step_ms: step * 1e3,
                 lag_days: (last_closed - day).num_days(),
-                delay_seconds: closed_at(&listing, day, opts.lateness)
-                    .map_or(0.0, |at| (Utc::now() - at).num_milliseconds() as f64 / 1e3),
+                delay_seconds: closed_at.map_or(0.0, |at| (Utc::now() - at).num_milliseconds() as f64 / 1e3),
                 late_files: progress.late_files,
+                stream_rows,
+                late_labels,
                 report,
             };
             info!(
@@ -287,7 +395,41 @@ pub async fn run_stream(
                 late_files = done.late_files,
                 "day streamed"
             );
-            on_day(&done);
+            on_event(&StreamEvent::Day(Box::new(done)));
+        }
+        // The day open: its new files taken in, the rows that are due emitted.
+        if let (Some(e), Some(day)) = (emission, next) {
+            let wanted = opts.until.is_none_or(|u| day <= u) && closed.is_none_or(|c| day > c);
+            if wanted && !day_files(&listing, day).is_empty() {
+                let mut day_open = match open.take() {
+                    Some(o) if o.day == day => o,
+                    _ => {
+                        windows_for(&mut windows, lake, cfg, day).await?;
+                        let stats = windows.as_ref().map(|w| w.1.clone()).unwrap_or_default();
+                        open_day(lake, cfg, &runner, &progress, day, &stats).await?
+                    }
+                };
+                let new = arrivals(&listing, day, &day_open, &mut progress.late_files);
+                if !new.is_empty() {
+                    if let Some(part) = day_open.advance(lake, &new, e, false, None).await? {
+                        progress.open = Some(day_open.progress().clone());
+                        write_progress(lake, &progress).await?;
+                        info!(
+                            day = part.date,
+                            part = part.part,
+                            rows = part.rows,
+                            emitted_through = part.emitted_through,
+                            event_lag_seconds = part.event_lag_seconds,
+                            delay_p50_seconds = format!("{:.2}", part.delay_p50_seconds),
+                            delay_p99_seconds = format!("{:.2}", part.delay_p99_seconds),
+                            events_per_second = part.events_per_second.round(),
+                            "rows emitted"
+                        );
+                        on_event(&StreamEvent::Part(part));
+                    }
+                }
+                open = Some(day_open);
+            }
         }
         if opts.until.is_some_and(|u| next.is_some_and(|n| n > u)) || opts.once {
             return Ok(built);
@@ -313,6 +455,42 @@ pub async fn run_stream(
         }
         tokio::time::sleep(opts.poll).await;
     }
+}
+
+/// Opens day `day` for rows within the day, resuming what the progress file recorded of it.
+async fn open_day(
+    lake: &Lake,
+    cfg: &FeaturesConfig,
+    runner: &DayRunner,
+    progress: &Progress,
+    day: NaiveDate,
+    stats: &[ItemWindows],
+) -> Result<LiveDay> {
+    let session = runner.open_day(lake, cfg, day, stats).await?;
+    LiveDay::start(lake, day, session, progress.open.clone()).await
+}
+
+/// The rows emitted within day `dt` against the day's build: (rows emitted, rows relabelled by
+/// late clicks). Rows the build has and the stream did not emit (a raw file that landed while the
+/// day was built) are named in a warning: the day's tables have them, the online trainer not.
+async fn emitted_against_built(lake: &Lake, dt: &str) -> Result<(u64, u64)> {
+    let (emitted, built, relabelled) = reconcile(lake, dt).await?;
+    if emitted != built {
+        warn!(
+            day = dt,
+            emitted,
+            built,
+            "the rows emitted within the day are not the day's build: a raw file landed while the day was built (raise --lateness-seconds); features/samples has them all"
+        );
+    }
+    if relabelled > 0 {
+        warn!(
+            day = dt,
+            late_labels = relabelled,
+            "clicks arrived after their exposures' rows were emitted: those rows keep label 0 in features/stream_samples, the day's build has 1 (raise --out-of-order-seconds to wait for them)"
+        );
+    }
+    Ok((emitted, relabelled))
 }
 
 /// Counts and names raw files that appeared in, or changed in, a day already built.
@@ -359,6 +537,7 @@ mod tests {
                 day(d),
                 RawDay {
                     files: BTreeMap::from([(format!("{table}/dt={d}/a.parquet"), 1)]),
+                    arrived: BTreeMap::new(),
                     first_seen: now - Duration::seconds(*age_s),
                 },
             );

@@ -14,6 +14,7 @@ pub mod daily;
 pub mod data;
 pub mod demo;
 pub mod evaluate;
+pub mod online;
 pub mod plot;
 #[cfg(feature = "mpi")]
 pub mod replicas;

@@ -347,7 +347,7 @@ pub fn training_record(files: &BTreeMap<String, Vec<u8>>) -> Result<Option<Train
 
 /// The model to train: built for `spec` on the settings' device and seed, with the lake's word
 /// vectors, warm-started from `warm` when given (new ids get fresh rows).
-async fn init_model(
+pub(crate) async fn init_model(
     lake: &Lake,
     req: &TrainRequest,
     spec: &DataSpec,
@@ -423,7 +423,7 @@ async fn start_trainer(
 
 /// Registers the trained `model` as a new version of `name`: its checkpoint, its training
 /// record, the dictionaries scoring needs, and the typed metadata.
-async fn register_version(
+pub(crate) async fn register_version(
     lake: &Lake,
     registry: &Registry,
     name: &str,
@@ -845,21 +845,41 @@ async fn read_state(lake: &Lake, work: &str) -> Option<ResumeState> {
 /// Weights and optimizer first (named by step), then `state.json` pointing at them; the
 /// previous step's files are removed after.
 async fn write_state(lake: &Lake, work: &str, trainer: &Trainer, state: &mut ResumeState) -> Result<()> {
-    let previous = read_state(lake, work).await;
+    let previous = read_state(lake, work).await.map(|p| (p.weights, p.optimizer));
+    save_trainer(lake, work, trainer, state.step, previous, |weights, optimizer| {
+        state.weights = weights.to_string();
+        state.optimizer = optimizer.to_string();
+        Ok(serde_json::to_vec_pretty(&*state)?)
+    })
+    .await?;
+    Ok(())
+}
+
+/// A trainer's checkpoint under `dir`: its weights and optimizer state, named by `step`, then
+/// `state.json`, the bytes `state` makes given those two names (it points at them); then the
+/// files of the checkpoint before (`previous`) that are not the new ones are removed. Returns the
+/// two names. A stop at any point leaves `state.json` pointing at files that exist.
+pub(crate) async fn save_trainer(
+    lake: &Lake,
+    dir: &str,
+    trainer: &Trainer,
+    step: u64,
+    previous: Option<(String, String)>,
+    state: impl FnOnce(&str, &str) -> Result<Vec<u8>>,
+) -> Result<(String, String)> {
     let (weights, optimizer) = trainer.state_bytes()?;
-    state.weights = format!("weights-{:010}.bpk", state.step);
-    state.optimizer = format!("optimizer-{:010}.bpk", state.step);
-    lake.put_atomic(&format!("{work}/{}", state.weights), weights).await?;
-    lake.put_atomic(&format!("{work}/{}", state.optimizer), optimizer).await?;
-    lake.put_atomic(&format!("{work}/state.json"), serde_json::to_vec_pretty(state)?).await?;
-    if let Some(p) = previous {
-        for f in [p.weights, p.optimizer] {
-            if f != state.weights && f != state.optimizer {
-                let _ = lake.store().delete(&lake.path(&format!("{work}/{f}"))).await;
+    let names = (format!("weights-{step:010}.bpk"), format!("optimizer-{step:010}.bpk"));
+    lake.put_atomic(&format!("{dir}/{}", names.0), weights).await?;
+    lake.put_atomic(&format!("{dir}/{}", names.1), optimizer).await?;
+    lake.put_atomic(&format!("{dir}/state.json"), state(&names.0, &names.1)?).await?;
+    if let Some((w, o)) = previous {
+        for f in [w, o] {
+            if f != names.0 && f != names.1 {
+                let _ = lake.store().delete(&lake.path(&format!("{dir}/{f}"))).await;
             }
         }
     }
-    Ok(())
+    Ok(names)
 }
 
 async fn clear_work(lake: &Lake, work: &str) {
