@@ -79,9 +79,12 @@ pub struct StreamPart {
     /// Event time between the newest raw event and the cutoff, in seconds: at least the label
     /// window plus the out-of-order time while the logs flow evenly.
     pub event_lag_seconds: f64,
-    /// Seconds from the moment each row could be computed (the arrival of the raw file that
-    /// closed its exposure's window, or of the exposure itself if later) to the part landing:
-    /// median and 99th percentile over the part's rows.
+    /// Seconds from the moment each row could be computed to the part landing, median and 99th
+    /// percentile over the part's rows. That moment is the arrival of the newest raw file of the
+    /// pass that emitted the row (the pass takes its new files in together, so when it takes in
+    /// several slices of the logs this is an upper bound); for an exposure that arrived after
+    /// its window had been emitted through, its own arrival; for the day's last part, the day's
+    /// close.
     pub delay_p50_seconds: f64,
     pub delay_p99_seconds: f64,
     /// The same over every row this process has emitted for the day so far.
@@ -138,7 +141,7 @@ pub struct LiveDay {
     behaviors: Vec<RecordBatch>,
     /// Newest accepted event time per raw table (exposures, clicks, behaviors), ms.
     newest: [Option<i64>; 3],
-    /// Since the last part: raw rows, files, rejected rows, and (cutoff, arrival) steps.
+    /// Since the last part: raw rows, files and rows rejected.
     raw_events: u64,
     files: u64,
     rejected: u64,
@@ -416,8 +419,7 @@ impl LiveDay {
         let target = format!("{}/part-{part:05}.parquet", parts_folder(&self.progress.day));
         crate::lake::write_parquet(lake, target, schema, &rows, 1 << 20).await?;
         let landed = Utc::now();
-        // When each row became computable: its exposure's arrival, or the first file after which
-        // the cutoff covered it (an exposure already covered when it arrived was late).
+        // When each row became computable (see `StreamPart::delay_p50_seconds`).
         let mut delays = Vec::new();
         let mut late_exposures = 0u64;
         for (times, at) in &arrived {
@@ -470,19 +472,30 @@ impl LiveDay {
 /// rows of the day, emitted rows whose label the day's build has otherwise: late clicks).
 pub async fn reconcile(lake: &Lake, dt: &str) -> Result<(u64, u64, u64)> {
     let ctx = crate::query::new_context(lake);
-    let parts = lake.list(&parts_folder(dt)).await?;
-    let day = lake.list(&partition(crate::features::SAMPLES, dt)).await?;
-    if parts.is_empty() || day.is_empty() {
-        let rows = |n: usize| n as u64;
-        return Ok((rows(0), rows(0), 0));
+    let options = datafusion::prelude::ParquetReadOptions::default;
+    let mut present = Vec::new();
+    for (name, folder) in [("emitted", parts_folder(dt)), ("built", partition(crate::features::SAMPLES, dt))] {
+        if !lake.list(&folder).await?.is_empty() {
+            ctx.register_parquet(name, lake.folder_url(&folder), options()).await?;
+            present.push(name);
+        }
     }
-    let options = || datafusion::prelude::ParquetReadOptions::default();
-    ctx.register_parquet("emitted", lake.folder_url(&parts_folder(dt)), options()).await?;
-    ctx.register_parquet("built", lake.folder_url(&partition(crate::features::SAMPLES, dt)), options()).await?;
-    let sql = "SELECT (SELECT count(*) FROM emitted) AS emitted, (SELECT count(*) FROM built) AS built, \
-               (SELECT count(*) FROM emitted e JOIN built b ON e.request_id = b.request_id AND e.user_id = b.user_id \
-                AND e.item_id = b.item_id AND e.event_time = b.event_time WHERE e.label <> b.label) AS relabelled";
-    let batches = ctx.sql(sql).await?.collect().await?;
+    let count = |name: &str| {
+        if present.contains(&name) {
+            format!("(SELECT count(*) FROM {name})")
+        } else {
+            "CAST(0 AS BIGINT)".to_string()
+        }
+    };
+    let relabelled = if present.len() == 2 {
+        "(SELECT count(*) FROM emitted e JOIN built b ON e.request_id = b.request_id AND e.user_id = b.user_id \
+          AND e.item_id = b.item_id AND e.event_time = b.event_time WHERE e.label <> b.label)"
+    } else {
+        "CAST(0 AS BIGINT)"
+    };
+    let sql =
+        format!("SELECT {} AS emitted, {} AS built, {relabelled} AS relabelled", count("emitted"), count("built"));
+    let batches = ctx.sql(&sql).await?.collect().await?;
     let value = |i: usize| {
         batches
             .first()
