@@ -355,19 +355,33 @@ fn stream_command(cli: &Cli, args: &cli::StreamArgs, runtime: &tokio::runtime::R
             ]));
         }
     }
-    // Online training follows the lake on a thread of its own; it stops the process if it fails
-    // (a service manager restarts it, and it resumes from its saved state).
+    // Online training follows the lake on a thread of its own. A failure does not stop the
+    // stream (its rows and days go on): it is logged, and training starts again from its saved
+    // state after a pause that doubles up to 10 minutes.
     if let (Some(o), false) = (&online, args.once) {
         let (o, lake) = (o.clone(), lake.clone());
         std::thread::Builder::new().name("online-training".into()).spawn(move || {
-            let done = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(marnflow_engine::online::run_online(&lake, &o, |r| print_online(r, json))));
-            if let Err(e) = done {
-                tracing::error!(error = format!("{e:#}"), "online training failed: the stream stops");
-                std::process::exit(1);
+            let mut pause = std::time::Duration::from_secs(30);
+            loop {
+                let done = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|rt| {
+                        rt.block_on(marnflow_engine::online::run_online(&lake, &o, |r| print_online(r, json)))
+                    });
+                match done {
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::error!(
+                            error = format!("{e:#}"),
+                            retry_in_seconds = pause.as_secs(),
+                            "online training failed; the stream goes on, and training starts again from its saved state"
+                        );
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(std::time::Duration::from_secs(600));
+                    }
+                }
             }
         })?;
     }

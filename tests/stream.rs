@@ -321,7 +321,7 @@ fn online_training_from_the_rows_emitted_trains_each_recorded_part_once_across_s
     assert!(!trained.is_empty(), "the killed streams trained some parts");
     eprintln!("parts trained by the four streams killed with SIGKILL: {}", trained.len());
     // The rest arrives; one pass trains what is left and registers it.
-    replay(lake.path(), source.path(), "2026-01-04", 0, 24);
+    replay(lake.path(), source.path(), "2026-01-04", 0, 12);
     let out = windowed(&[&stream[..], &["--once", "--train", "ctr", "--json"]].concat());
     let last: Vec<serde_json::Value> = events(&out).into_iter().filter(|e| e["event"] == "trained").collect();
     assert!(last.last().is_some_and(|e| e["registered"].as_u64().is_some()), "{last:?}");
@@ -364,6 +364,24 @@ fn online_training_from_the_rows_emitted_trains_each_recorded_part_once_across_s
         listed[0]["aliases"]["production"], 1,
         "online versions are candidates: production stays where its owners put it"
     );
+
+    // The last online version promoted: a new online state starts from it and trains only the
+    // parts of its last day (the day open, 4) it had not seen, as they come.
+    let promoted = format!("ctr@v{}", state["registered"]);
+    ok(&["--lake", path, "models", "promote", &promoted, "--to", "production", "--reason", "online"]);
+    replay(lake.path(), source.path(), "2026-01-04", 12, 12);
+    let out = windowed(&[&stream[..], &["--once", "--train", "ctr", "--json"]].concat());
+    let next: Vec<serde_json::Value> = events(&out).into_iter().filter(|e| e["event"] == "trained").collect();
+    assert!(!next.is_empty(), "the rest of day 4 is trained");
+    for e in &next {
+        assert_eq!(e["base"], promoted.as_str(), "{e}");
+        assert_eq!(e["date"], "2026-01-04", "{e}");
+    }
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lake.path().join("_state/online/ctr/state.json")).unwrap()).unwrap();
+    for p in again["parts"].as_array().unwrap() {
+        assert!(!parts.contains(&p["path"].as_str().unwrap()), "{p} was trained by {promoted} already");
+    }
 }
 
 /// Rows of the Parquet files under `rel`.

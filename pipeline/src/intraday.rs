@@ -147,6 +147,8 @@ pub struct LiveDay {
     rejected: u64,
     /// Every row's delay emitted by this process for the day, seconds.
     delays: Vec<f32>,
+    /// Files taken in that changed since, with the size they were last seen at (warned once).
+    changed: BTreeMap<String, u64>,
 }
 
 /// Event times of `batch`'s `event_time` column in ms (nulls as `i64::MIN`).
@@ -197,12 +199,13 @@ fn compact_into(rows: &mut Vec<RecordBatch>, more: Vec<RecordBatch>) -> Result<(
 /// Batches of accepted rows kept before they are merged ([`compact_into`]).
 const COMPACT_AT: usize = 32;
 
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
+/// The `q` quantile of `values` (nearest rank), in linear time (the values are reordered).
+fn quantile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
         return 0.0;
     }
-    let at = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[at.min(sorted.len() - 1)]
+    let at = (((values.len() - 1) as f64 * q).round() as usize).min(values.len() - 1);
+    *values.select_nth_unstable_by(at, f64::total_cmp).1
 }
 
 fn millis_time(ms: i64) -> String {
@@ -246,6 +249,7 @@ impl LiveDay {
             files: 0,
             rejected: 0,
             delays: Vec::new(),
+            changed: BTreeMap::new(),
         };
         // Parts after the last one recorded were cut short by a stop: written again.
         let folder = parts_folder(&dt);
@@ -284,6 +288,14 @@ impl LiveDay {
                     )])
                 },
             )?;
+            // A file recorded and gone since (moved away by hand): its rows were emitted or are
+            // lost with it; the day's build reads what is there.
+            if lake.store().head(&lake.path(path)).await.is_err() {
+                warn!(day = dt, file = path, "a raw file taken in before the stop is gone: not read again");
+                live.taken.insert(path.clone(), *bytes);
+                live.progress.files.push((path.clone(), *bytes));
+                continue;
+            }
             again.push(Arrival { table, path: path.clone(), bytes: *bytes, at: Utc::now() });
         }
         live.take(lake, &again).await?;
@@ -320,6 +332,12 @@ impl LiveDay {
     /// Whether the file has been taken in (with these bytes).
     pub fn has(&self, path: &str) -> Option<u64> {
         self.taken.get(path).copied()
+    }
+
+    /// Notes that a file taken in now has `bytes`; whether that is news (to be counted and
+    /// warned about once, not on every poll).
+    pub fn note_changed(&mut self, path: &str, bytes: u64) -> bool {
+        self.changed.insert(path.to_string(), bytes) != Some(bytes)
     }
 
     /// Reads raw files of the day (in arrival order) and keeps their accepted rows: each raw
@@ -434,10 +452,8 @@ impl LiveDay {
                 delays.push((landed - covered).num_milliseconds().max(0) as f64 / 1e3);
             }
         }
-        delays.sort_by(f64::total_cmp);
         self.delays.extend(delays.iter().map(|&d| d as f32));
         let mut day: Vec<f64> = self.delays.iter().map(|&d| f64::from(d)).collect();
-        day.sort_by(f64::total_cmp);
         self.progress.cutoff_ms = cutoff;
         self.progress.parts += 1;
         self.progress.rows += n;
@@ -454,10 +470,10 @@ impl LiveDay {
             samples_per_second: n as f64 / seconds,
             emitted_through: if last { format!("{}T24:00:00Z", self.progress.day) } else { millis_time(cutoff) },
             event_lag_seconds: if last { 0.0 } else { (newest - cutoff).max(0) as f64 / 1e3 },
-            delay_p50_seconds: quantile(&delays, 0.5),
-            delay_p99_seconds: quantile(&delays, 0.99),
-            day_delay_p50_seconds: quantile(&day, 0.5),
-            day_delay_p99_seconds: quantile(&day, 0.99),
+            delay_p50_seconds: quantile(&mut delays, 0.5),
+            delay_p99_seconds: quantile(&mut delays, 0.99),
+            day_delay_p50_seconds: quantile(&mut day, 0.5),
+            day_delay_p99_seconds: quantile(&mut day, 0.99),
             late_exposures,
             rejected: self.rejected,
         };

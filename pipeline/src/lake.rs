@@ -202,7 +202,7 @@ impl Lake {
         let seq = STAGING_SEQ.fetch_add(1, Ordering::Relaxed);
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let name = format!("{}-{nanos}-{seq}-{}", std::process::id(), hint.replace('/', "_"));
+        let name = format!("{}.{:08x}-{nanos}-{seq}-{}", std::process::id(), host_id(), hint.replace('/', "_"));
         self.path(STAGING).join(name.as_str())
     }
 
@@ -243,10 +243,11 @@ impl Lake {
     }
 
     /// Removes the files under `_staging/` that a process stopped before it published them (a
-    /// `kill -9` mid-write): those at least `min_age` old whose writer (the pid their name starts
-    /// with) is no running process of this machine. Returns how many were removed. Only a lake on
-    /// this machine's file system is looked at: elsewhere (S3 writes in place, nothing is staged;
-    /// memory) there is nothing to tell a stopped writer from one on another host.
+    /// `kill -9` mid-write): those at least `min_age` old written on this host (their name starts
+    /// with the writer's pid and [`host_id`]) by a process that no longer runs. Returns how many
+    /// were removed. A file of another host (a shared volume, another container) or of an
+    /// earlier build's naming is never touched; nor is anything on S3 (written in place, nothing
+    /// is staged) or in memory.
     pub async fn remove_stale_staging(&self, min_age: std::time::Duration) -> Result<u64> {
         if self.base_url.scheme() != "file" {
             return Ok(0);
@@ -262,7 +263,15 @@ impl Lake {
         let mut removed = 0;
         for meta in staged {
             let name = meta.location.filename().unwrap_or_default();
-            let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+            let writer = name.split('-').next().and_then(|w| w.split_once('.'));
+            let Some((pid, host)) =
+                writer.and_then(|(p, h)| Some((p.parse::<u32>().ok()?, u32::from_str_radix(h, 16).ok()?)))
+            else {
+                continue;
+            };
+            if host == 0 || host != host_id() {
+                continue;
+            }
             let alive = pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists();
             if !alive && now - meta.last_modified >= min_age {
                 self.store
@@ -497,6 +506,25 @@ fn process_env() -> BTreeMap<String, String> {
     std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
 }
 
+/// This host's id in staged files' names: a hash of its name (0 when it has none), so that a
+/// process only ever judges its own host's writers ([`Lake::remove_stale_staging`]).
+pub fn host_id() -> u32 {
+    static ID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|n| n.trim().to_string())
+            .unwrap_or_default();
+        if name.is_empty() {
+            return 0;
+        }
+        // FNV-1a: stable across builds and runs (std's hasher is not).
+        let h = name.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+        h.max(1)
+    })
+}
+
 /// The relative path of partition `dt` of `table`, e.g. `raw/exposures/dt=2026-01-01`.
 pub fn partition(table: &str, dt: &str) -> String {
     format!("{table}/dt={dt}")
@@ -663,7 +691,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
         // Above the largest pid Linux hands out: a writer that is gone.
-        let gone = lake.path(STAGING).join("4194305-1-0-features_samples_dt=2026-01-01_part-00000.parquet");
+        let gone =
+            lake.path(STAGING).join(format!("4194305.{:08x}-1-0-features_samples_part-00000.parquet", host_id()));
+        // The same name from another host, and a name of an earlier build: never touched.
+        let other = lake.path(STAGING).join(format!("4194305.{:08x}-1-0-x.parquet", host_id() ^ 1));
+        let old = lake.path(STAGING).join("4194305-1-0-x.parquet");
+        for p in [&other, &old] {
+            lake.store().put(p, PutPayload::from_static(b"half")).await.unwrap();
+        }
         lake.store().put(&gone, PutPayload::from_static(b"half")).await.unwrap();
         let mine = lake.staging_path("features/x");
         lake.store().put(&mine, PutPayload::from_static(b"writing")).await.unwrap();
@@ -672,6 +707,7 @@ mod tests {
         assert_eq!(lake.remove_stale_staging(std::time::Duration::ZERO).await.unwrap(), 1);
         assert!(lake.store().head(&gone).await.is_err());
         assert!(lake.store().head(&mine).await.is_ok(), "a live writer's file stays");
+        assert!(lake.store().head(&other).await.is_ok() && lake.store().head(&old).await.is_ok());
         let memory = Lake::open("memory:///root").unwrap();
         assert_eq!(memory.remove_stale_staging(std::time::Duration::ZERO).await.unwrap(), 0);
     }

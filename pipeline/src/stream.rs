@@ -189,7 +189,7 @@ fn day_files(listing: &RawListing, day: NaiveDate) -> BTreeMap<String, u64> {
 /// The files of day `day` that `live` has not taken in, oldest first (by arrival, then path). A
 /// file taken in that has changed since is counted in `late_files` and named: the rows emitted
 /// keep what it had, the day's build reads it as it is.
-fn arrivals(listing: &RawListing, day: NaiveDate, live: &LiveDay, late_files: &mut u64) -> Vec<Arrival> {
+fn arrivals(listing: &RawListing, day: NaiveDate, live: &mut LiveDay, late_files: &mut u64) -> Vec<Arrival> {
     let mut out = Vec::new();
     for (table, days) in listing {
         let Some(d) = days.get(&day) else { continue };
@@ -201,7 +201,7 @@ fn arrivals(listing: &RawListing, day: NaiveDate, live: &LiveDay, late_files: &m
                     bytes: *bytes,
                     at: d.arrived.get(path).copied().unwrap_or(d.first_seen),
                 }),
-                Some(b) if b != *bytes => {
+                Some(b) if b != *bytes && live.note_changed(path, *bytes) => {
                     *late_files += 1;
                     warn!(day = %day, file = path, "a raw file changed after the stream took it in: the rows emitted keep what it had, the day's build reads it as it is");
                 }
@@ -342,7 +342,7 @@ pub async fn run_stream(
                     Some(o) if o.day == day => o,
                     _ => open_day(lake, cfg, &runner, &progress, day, &stats).await?,
                 };
-                let new = arrivals(&listing, day, &day_open, &mut progress.late_files);
+                let new = arrivals(&listing, day, &mut day_open, &mut progress.late_files);
                 if let Some(part) = day_open.advance(lake, &new, e, true, closed_at).await? {
                     on_event(&StreamEvent::Part(part));
                 }
@@ -409,7 +409,7 @@ pub async fn run_stream(
                         open_day(lake, cfg, &runner, &progress, day, &stats).await?
                     }
                 };
-                let new = arrivals(&listing, day, &day_open, &mut progress.late_files);
+                let new = arrivals(&listing, day, &mut day_open, &mut progress.late_files);
                 if !new.is_empty() {
                     if let Some(part) = day_open.advance(lake, &new, e, false, None).await? {
                         progress.open = Some(day_open.progress().clone());

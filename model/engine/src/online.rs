@@ -5,7 +5,11 @@
 //! - **Which rows.** Only parts the stream has recorded (in `_state/stream/progress.json`: every
 //!   part of a day built, the first `open.parts` of the day open), so a part the stream may still
 //!   write again after a stop is never trained. Only days after the last day the production
-//!   version was trained on.
+//!   version was trained on, or, for a production version trained online, the parts of its
+//!   last day it had not seen.
+//! - A failure (a non-finite loss, no production version yet) ends [`run_online`] with an
+//!   error; `marnflow stream` logs it and starts it again from the saved state after a pause,
+//!   without stopping the stream.
 //! - **How.** Each part's rows in their order, in batches of `train.batch_size`, with the item
 //!   side of the part's day (published when the stream opens the day). Each batch is scored by
 //!   the model before its step: the **online AUC** is the AUC of the last
@@ -104,8 +108,8 @@ struct Part {
     path: String,
 }
 
-/// The parts of days after `after` the stream has recorded, in order.
-async fn recorded_parts(lake: &Lake, progress: &Progress, after: NaiveDate) -> Result<Vec<Part>> {
+/// The parts of days from `from` on the stream has recorded, in order.
+async fn recorded_parts(lake: &Lake, progress: &Progress, from: NaiveDate) -> Result<Vec<Part>> {
     let last_built = progress.last_day.as_deref().and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
     let open =
         progress.open.as_ref().and_then(|o| Some((NaiveDate::parse_from_str(&o.day, "%Y-%m-%d").ok()?, o.parts)));
@@ -119,7 +123,7 @@ async fn recorded_parts(lake: &Lake, progress: &Progress, after: NaiveDate) -> R
             .and_then(|n| n.strip_prefix("part-")?.strip_suffix(".parquet")?.parse::<u32>().ok());
         let Some(index) = index else { continue };
         let recorded = last_built.is_some_and(|b| day <= b) || open.is_some_and(|(d, n)| d == day && index < n);
-        if day > after && recorded {
+        if day >= from && recorded {
             out.push(Part { day, index, path });
         }
     }
@@ -173,6 +177,8 @@ struct Online {
     state: OnlineState,
     vocab: Vocab,
     spec: DataSpec,
+    /// Parts the base version was trained on already (an online version promoted to production).
+    base_parts: std::collections::HashSet<String>,
     /// The item side of the day being trained, as day index 0.
     stores: std::collections::HashMap<u16, Arc<ItemStore>>,
     store_day: Option<NaiveDate>,
@@ -184,6 +190,8 @@ struct Online {
 
 impl Online {
     /// From the saved state when it was trained from today's production, else afresh from it.
+    /// Returns it with the first day to train: the day after the base's last training day, or
+    /// that day itself when the base was trained online (its record lists the parts it saw).
     async fn start(lake: &Lake, opts: &OnlineOptions) -> Result<(Self, NaiveDate)> {
         let registry = registry(lake);
         let production = format!("{}@production", opts.model);
@@ -196,6 +204,9 @@ impl Online {
             .ok_or_else(|| anyhow!("{base} has no training record: it cannot be trained online"))?;
         let after = NaiveDate::parse_from_str(&record.to, "%Y-%m-%d")
             .with_context(|| format!("{base}: its last training day {:?}", record.to))?;
+        let base_parts: std::collections::HashSet<String> =
+            record.partitions.iter().filter(|p| p.path.starts_with(STREAM_SAMPLES)).map(|p| p.path.clone()).collect();
+        let first = if base_parts.is_empty() { after + chrono::Duration::days(1) } else { after };
         let vocab = Vocab::load(lake).await?;
         let settings = opts.settings.clone();
         let device = settings.device.device()?;
@@ -247,6 +258,7 @@ impl Online {
         let online = Online {
             name,
             base_version: version,
+            base_parts,
             trainer,
             state,
             vocab,
@@ -258,7 +270,7 @@ impl Online {
             since: Instant::now(),
             settings,
         };
-        Ok((online, after))
+        Ok((online, first))
     }
 
     /// Trains one part: its rows in order, each batch scored before its step.
@@ -352,13 +364,17 @@ impl Online {
 
 /// Runs online training (see the module docs); calls `on_report` after each part trained.
 pub async fn run_online(lake: &Lake, opts: &OnlineOptions, mut on_report: impl FnMut(&OnlineReport)) -> Result<u64> {
-    let (mut online, after) = Online::start(lake, opts).await?;
+    let (mut online, first) = Online::start(lake, opts).await?;
     let mut trained = 0u64;
     loop {
         let progress = read_progress(lake).await?;
-        let done: std::collections::HashSet<String> = online.state.parts.iter().map(|p| p.path.clone()).collect();
-        let waiting: Vec<Part> =
-            recorded_parts(lake, &progress, after).await?.into_iter().filter(|p| !done.contains(&p.path)).collect();
+        let mut done: std::collections::HashSet<&str> = online.state.parts.iter().map(|p| p.path.as_str()).collect();
+        done.extend(online.base_parts.iter().map(String::as_str));
+        let waiting: Vec<Part> = recorded_parts(lake, &progress, first)
+            .await?
+            .into_iter()
+            .filter(|p| !done.contains(p.path.as_str()))
+            .collect();
         for (i, part) in waiting.iter().enumerate() {
             let (rows, seconds, loss) = online.train_part(lake, part).await?;
             trained += 1;
