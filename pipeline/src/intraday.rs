@@ -212,6 +212,11 @@ fn millis_time(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339())
 }
 
+/// The index of a part file (`…/part-NNNNN.parquet`), if `path` names one.
+pub fn part_index(path: &str) -> Option<u32> {
+    path.rsplit('/').next()?.strip_prefix("part-")?.strip_suffix(".parquet")?.parse().ok()
+}
+
 /// The folder of day `dt`'s parts.
 pub fn parts_folder(dt: &str) -> String {
     partition(STREAM_SAMPLES, dt)
@@ -255,11 +260,7 @@ impl LiveDay {
         let folder = parts_folder(&dt);
         for meta in lake.list(&folder).await? {
             let Some(rel) = lake.relative(&meta.location) else { continue };
-            let index = rel
-                .rsplit('/')
-                .next()
-                .and_then(|n| n.strip_prefix("part-")?.strip_suffix(".parquet")?.parse::<u32>().ok());
-            if index.is_none_or(|i| i >= progress.parts) {
+            if part_index(&rel).is_none_or(|i| i >= progress.parts) {
                 warn!(file = rel, "a part written after the last one recorded (the stream stopped between the two): removed, its rows are emitted again");
                 lake.store()
                     .delete(&meta.location)
@@ -438,6 +439,7 @@ impl LiveDay {
         crate::lake::write_parquet(lake, target, schema, &rows, 1 << 20).await?;
         let landed = Utc::now();
         // When each row became computable (see `StreamPart::delay_p50_seconds`).
+        let closed = if last { closed_at.or(newest_file) } else { newest_file }.unwrap_or(landed);
         let mut delays = Vec::new();
         let mut late_exposures = 0u64;
         for (times, at) in &arrived {
@@ -446,8 +448,7 @@ impl LiveDay {
                     late_exposures += 1;
                     *at
                 } else {
-                    let closed = if last { closed_at.or(newest_file) } else { newest_file };
-                    closed.unwrap_or(landed).max(*at)
+                    closed.max(*at)
                 };
                 delays.push((landed - covered).num_milliseconds().max(0) as f64 / 1e3);
             }

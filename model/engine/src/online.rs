@@ -30,8 +30,8 @@ use anyhow::{anyhow, Context, Result};
 use burn::module::Module;
 use chrono::NaiveDate;
 use marnflow_model::{metrics, MarnConfig, ModelInputs, Trainer};
-use marnflow_pipeline::intraday::STREAM_SAMPLES;
-use marnflow_pipeline::lake::{partition_day, Lake};
+use marnflow_pipeline::intraday::{part_index, STREAM_SAMPLES};
+use marnflow_pipeline::lake::{partition, partition_day, Lake};
 use marnflow_pipeline::stream::{read_progress, Progress};
 use serde::{Deserialize, Serialize};
 use tracing::info;
@@ -114,14 +114,11 @@ async fn recorded_parts(lake: &Lake, progress: &Progress, from: NaiveDate) -> Re
     let open =
         progress.open.as_ref().and_then(|o| Some((NaiveDate::parse_from_str(&o.day, "%Y-%m-%d").ok()?, o.parts)));
     let mut out = Vec::new();
-    for meta in lake.list(STREAM_SAMPLES).await? {
+    // Only the days from `from` on are listed (the table grows by a day's parts every day).
+    for meta in lake.list_after(STREAM_SAMPLES, &partition(STREAM_SAMPLES, &from.to_string())).await? {
         let Some(path) = lake.relative(&meta.location) else { continue };
         let Some(day) = partition_day(&path) else { continue };
-        let index = path
-            .rsplit('/')
-            .next()
-            .and_then(|n| n.strip_prefix("part-")?.strip_suffix(".parquet")?.parse::<u32>().ok());
-        let Some(index) = index else { continue };
+        let Some(index) = part_index(&path) else { continue };
         let recorded = last_built.is_some_and(|b| day <= b) || open.is_some_and(|(d, n)| d == day && index < n);
         if day >= from && recorded {
             out.push(Part { day, index, path });
